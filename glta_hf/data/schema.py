@@ -1,0 +1,153 @@
+"""The one in-memory shape of a recommendation dataset.
+
+Every loader returns a :class:`RecData`:
+
+* ``splits`` -- a ``datasets.DatasetDict`` with ``"train"`` and ``"test"`` (and ``"validation"`` once
+  :meth:`RecData.with_validation` carved one out of train). Columns: ``user_idx`` (int64), ``item_idx`` (int64),
+  and ``timestamp`` (int64) / ``rating`` (float32) where the source has them. One row per (user, item) pair:
+  interactions are implicit and deduplicated.
+* ``items`` -- a ``datasets.Dataset`` with one row per catalogue item, row ``i`` is item index ``i``:
+  ``item_idx`` (int64), ``item_id`` (str, the source's external id), ``title`` (str), ``text`` (str, the
+  item description the prompts use; falls back to the title, then to the id, when the source has none).
+* ``user_ids`` -- external user id of each user index.
+
+Indices are dense: users ``0..num_users-1``, items ``0..num_items-1``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import UnknownIdError
+from ..io_utils import read_json, write_json
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class UserItemMatrix:
+    """Binary user-item interactions in CSR form (rows = users), the shape samplers and the evaluator need."""
+
+    indptr: np.ndarray  # int64, (num_users + 1,)
+    indices: np.ndarray  # int64, item indices, sorted within each row
+    num_users: int
+    num_items: int
+
+    @classmethod
+    def from_pairs(cls, users: Sequence[int], items: Sequence[int], num_users: int, num_items: int) -> "UserItemMatrix":
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        order = np.lexsort((items, users))
+        users, items = users[order], items[order]
+        if len(users):
+            keep = np.ones(len(users), dtype=bool)
+            keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+            users, items = users[keep], items[keep]
+        counts = np.bincount(users, minlength=num_users)
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return cls(indptr=indptr, indices=items, num_users=num_users, num_items=num_items)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    def items_of(self, user: int) -> np.ndarray:
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
+
+    def row_lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def users_with_items(self) -> np.ndarray:
+        return np.flatnonzero(self.row_lengths() > 0)
+
+    def to_pairs(self):
+        users = np.repeat(np.arange(self.num_users, dtype=np.int64), self.row_lengths())
+        return users, self.indices.copy()
+
+    def to_torch_csr(self):
+        import torch
+
+        values = torch.ones(self.nnz, dtype=torch.float32)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(self.indptr), torch.from_numpy(self.indices), values, size=(self.num_users, self.num_items)
+        )
+
+
+@dataclasses.dataclass
+class RecData:
+    """A dataset after id remapping, filtering and splitting (see the module docstring for the schema)."""
+
+    name: str
+    splits: "datasets.DatasetDict"  # noqa: F821
+    items: "datasets.Dataset"  # noqa: F821
+    user_ids: List[str]
+    split_policy: str  # e.g. "fixed (CoLaKG)", "random 80/20 per user, seed 0", "leave-one-out (time-ordered)"
+    source: Dict[str, str] = dataclasses.field(default_factory=dict)  # what was read (paths) / options
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def item_ids(self) -> List[str]:
+        return list(self.items["item_id"])
+
+    @property
+    def item_texts(self) -> List[str]:
+        return list(self.items["text"])
+
+    @property
+    def item_titles(self) -> List[str]:
+        return list(self.items["title"])
+
+    def matrix(self, split: str = TRAIN) -> UserItemMatrix:
+        """The split's interactions as a CSR matrix (cached)."""
+        cache = self.__dict__.setdefault("_matrix_cache", {})
+        if split not in cache:
+            table = self.splits[split].with_format("numpy")
+            cache[split] = UserItemMatrix.from_pairs(table["user_idx"], table["item_idx"], self.num_users, self.num_items)
+        return cache[split]
+
+    def user_index(self, external_id) -> int:
+        lookup = self.__dict__.setdefault("_user_lookup", {u: i for i, u in enumerate(self.user_ids)})
+        try:
+            return lookup[str(external_id)]
+        except KeyError:
+            raise UnknownIdError(f"dataset {self.name!r} has no user with id {external_id!r}") from None
+
+    def item_index(self, external_id) -> int:
+        lookup = self.__dict__.setdefault("_item_lookup", {it: i for i, it in enumerate(self.item_ids)})
+        try:
+            return lookup[str(external_id)]
+        except KeyError:
+            raise UnknownIdError(f"dataset {self.name!r} has no item with id {external_id!r}") from None
+
+    def with_validation(self, fraction: float = 0.1, seed: int = 0) -> "RecData":
+        """Carve a per-user random validation split out of train (never out of test). Implemented in split.py."""
+        from .split import carve_validation
+
+        return carve_validation(self, fraction=fraction, seed=seed)
+
+    # id maps ---------------------------------------------------------------------------------------------
+    def save_id_maps(self, folder) -> None:
+        """Write ``user_map.json`` / ``item_map.json`` (index -> external id, as JSON lists) atomically."""
+        folder = Path(folder)
+        write_json(folder / "user_map.json", self.user_ids)
+        write_json(folder / "item_map.json", self.item_ids)
+
+    @staticmethod
+    def load_id_maps(folder):
+        folder = Path(folder)
+        return read_json(folder / "user_map.json"), read_json(folder / "item_map.json")
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"RecData({self.name!r}, users={self.num_users}, items={self.num_items}, {sizes}, split={self.split_policy!r})"

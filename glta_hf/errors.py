@@ -1,0 +1,41 @@
+"""The package's documented error types.
+
+Every error caused by a user's input derives from :class:`GLTAError` and from the builtin type a caller
+would naturally catch (``ValueError``), and its message names the file and line, or the user / item id,
+at fault. Property tests assert that malformed input never escapes as any other exception type.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class GLTAError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class DataFormatError(GLTAError, ValueError):
+    """An input file is malformed; the message starts with ``path:line:`` where they are known."""
+
+    def __init__(self, message: str, path: Optional[PathLike] = None, line: Optional[int] = None):
+        self.path = None if path is None else os.fspath(path)
+        self.line = line
+        location = ""
+        if self.path is not None:
+            location = self.path if line is None else f"{self.path}:{line}"
+            location += ": "
+        super().__init__(location + message)
+
+
+class UnknownIdError(GLTAError, ValueError):
+    """A user or item id is not in the model's / dataset's id map."""
+
+
+class CheckpointError(GLTAError, ValueError):
+    """A checkpoint folder is inconsistent (catalogue vs weights, hidden size, tokenizer, unsafe files)."""
+
+
+class TrainingError(GLTAError, RuntimeError):
+    """Training cannot go on (non-finite loss, wrong stage setup); the message names the step."""

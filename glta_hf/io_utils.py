@@ -1,0 +1,89 @@
+"""Crash-safe file writing and safe reading.
+
+Every artifact the package writes goes to a temporary file in the destination folder and is renamed into
+place (``os.replace`` is atomic on POSIX), so a reader never sees a half-written file and a job killed at
+any moment leaves either the old file or the new one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+from .errors import CheckpointError
+
+#: File names that may hold pickled Python objects; never loaded for weights.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj: Any, indent: int = 2) -> None:
+    """Atomically write ``obj`` as JSON (keys in insertion order, UTF-8, trailing newline)."""
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=indent, ensure_ascii=False)
+        handle.write("\n")
+
+
+def read_json(path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def save_safetensors(tensors: Dict[str, "torch.Tensor"], path, metadata: Optional[Dict[str, str]] = None) -> None:  # noqa: F821
+    """Atomically save tensors (made contiguous) as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_safetensors(path) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+    """Load a safetensors file on CPU (no pickle is ever involved)."""
+    from safetensors.torch import load_file
+
+    return load_file(os.fspath(path), device="cpu")
+
+
+def refuse_pickled_weights(folder) -> None:
+    """Raise if ``folder`` holds pickle-format weight files; this package only reads safetensors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+    if found:
+        raise CheckpointError(
+            f"{folder}: refusing to load a checkpoint that contains pickle files {found}; "
+            "glta-hf reads weights from safetensors only. Remove them or re-save the model with save_pretrained()."
+        )
