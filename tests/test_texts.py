@@ -1,0 +1,115 @@
+"""Profile/prediction cache: training items only, resume without loss or duplicates, refusal of foreign caches."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glta_hf.alignment_data import prepare_data
+from glta_hf.errors import DataFormatError
+from glta_hf.testing import tiny_llama
+from glta_hf.texts import (TextCacheError, TextGenerationConfig, generate_user_texts, llm_reference, load_texts,
+                           meta_path, read_cache, sample_user_items)
+
+from _tiny_data import write_tiny_movielens
+
+CFG = TextGenerationConfig(max_items=4, max_new_tokens=4, batch_size=5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = write_tiny_movielens(tmp_path_factory.mktemp("ds"), num_users=12, num_items=24, per_user=6)
+    return prepare_data("ml-latest-small", folder)[0]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    model, tok = tiny_llama(seed=0)
+    return model, tok, llm_reference(model, "tiny-llama-seed0")
+
+
+def test_generates_one_line_per_user_from_training_items_only(tmp_path, data, llm):
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    summary = generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False)
+    assert summary["users_written"] == data.num_users and summary["new_tokens"] > 0
+    records = read_cache(path)
+    assert sorted(records) == list(range(data.num_users))
+    train, val, test = data.matrix("train"), data.matrix("validation"), data.matrix("test")
+    for u, rec in records.items():
+        shown = set(rec["items_shown"])
+        assert shown <= set(train.items_of(u).tolist()) and len(shown) <= CFG.max_items
+        assert not shown & (set(val.items_of(u).tolist()) | set(test.items_of(u).tolist()))
+        assert rec["user_id"] == data.user_ids[u] and set(rec) >= {"profile", "prediction"}
+    header = json.loads(meta_path(path).read_text())
+    assert {"template_hash", "llm", "dataset", "generation"} <= set(header)
+    assert header["llm"]["name_or_path"] == "tiny-llama-seed0" and header["dataset"]["name"] == "ml-latest-small"
+    assert load_texts(path, num_users=data.num_users) == records
+
+
+def test_resume_drops_truncated_line_and_never_duplicates(tmp_path, data, llm):
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False, stop_after_batches=1)
+    partial = read_cache(path)
+    assert len(partial) == CFG.batch_size
+    with open(path, "a", encoding="utf-8") as handle:  # a write cut by kill -9
+        handle.write('{"user_idx": 11, "profile": "half a li')
+    again = generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False)
+    assert again["users_cached_before"] == CFG.batch_size
+    lines = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["user_idx"] for r in lines) == list(range(data.num_users))
+    # the resumed cache equals one written in a single go (greedy, per-user seeded item samples)
+    full = tmp_path / "full.jsonl"
+    generate_user_texts(model, tok, data, full, config=CFG, llm=ref, progress=False)
+    assert read_cache(path) == read_cache(full)
+
+
+def test_batched_equals_one_at_a_time(tmp_path, data, llm):
+    model, tok, ref = llm
+    one = TextGenerationConfig(max_items=4, max_new_tokens=4, batch_size=1)
+    generate_user_texts(model, tok, data, tmp_path / "a.jsonl", config=CFG, llm=ref, users=range(6), progress=False)
+    generate_user_texts(model, tok, data, tmp_path / "b.jsonl", config=one, llm=ref, users=range(6), progress=False)
+    assert read_cache(tmp_path / "a.jsonl") == read_cache(tmp_path / "b.jsonl")
+
+
+def test_foreign_cache_is_refused(tmp_path, data, llm):
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, users=range(2), progress=False)
+    with pytest.raises(TextCacheError, match="another LLM"):
+        generate_user_texts(model, tok, data, path, config=CFG, llm=dict(ref, name_or_path="other"), progress=False)
+    with pytest.raises(TextCacheError, match="generation settings"):
+        generate_user_texts(model, tok, data, path, config=TextGenerationConfig(max_items=5, max_new_tokens=4),
+                            llm=ref, progress=False)
+    tok.chat_template, saved = tok.chat_template + " ", tok.chat_template
+    try:
+        with pytest.raises(TextCacheError, match="prompt template"):
+            generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False)
+    finally:
+        tok.chat_template = saved
+
+
+def test_other_dataset_split_is_refused(tmp_path, data, llm, tmp_path_factory):
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, users=range(2), progress=False)
+    folder = write_tiny_movielens(tmp_path_factory.mktemp("ds2"), num_users=12, num_items=24, per_user=4, seed=1)
+    other = prepare_data("ml-latest-small", folder)[0]
+    with pytest.raises(TextCacheError, match="dataset"):
+        generate_user_texts(model, tok, other, path, config=CFG, llm=ref, progress=False)
+
+
+def test_malformed_middle_line_names_the_line(tmp_path):
+    path = tmp_path / "texts.jsonl"
+    path.write_text('{"user_idx": 0}\nnot json\n{"user_idx": 1}\n', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"texts.jsonl:2"):
+        read_cache(path)
+
+
+def test_item_sample_is_seeded_per_user():
+    items = list(range(100))
+    a = sample_user_items(items, 10, seed=0, user=5)
+    assert a == sample_user_items(items, 10, seed=0, user=5) and len(a) == 10
+    assert a != sample_user_items(items, 10, seed=0, user=6)
+    assert sample_user_items(items[:3], 10, seed=0, user=5) == [0, 1, 2]

@@ -1,0 +1,93 @@
+"""GLTATrainingArguments / GLTATrainer: stage parameters only, GLTA-only checkpoints, ranking eval, NaN guard, resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glta_hf.alignment_data import GLTACollator, UserItemDataset
+from glta_hf.data.schema import UserItemMatrix
+from glta_hf.errors import TrainingError
+from glta_hf.glta_config import GLTATrainingArguments
+from glta_hf.glta_trainer import GLTATrainer
+from glta_hf.io_utils import load_safetensors
+
+HISTORIES = [np.array(h) for h in ([0, 1, 3], [2, 3, 4, 11], [5, 1], [6, 7, 8], [8, 9], [9, 10, 0])]
+VALIDATION = [[2], [5], [6], [9], [10], [1]]
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, per_device_eval_batch_size=6,
+                learning_rate=1e-2, max_steps=4, save_steps=2, save_strategy="steps", eval_strategy="no",
+                logging_steps=1, disable_tqdm=True, use_cpu=True, seed=0, num_slots=4, max_history=5, eval_ks="2,4", items_per_sample=3,
+                dataloader_num_workers=0)
+    base.update(kw)
+    return GLTATrainingArguments(**base)
+
+
+def _trainer(tiny, args, stage="user"):
+    model = tiny.model
+    model.set_trainable(stage)
+    ds = UserItemDataset(HISTORIES, tiny.tokenizer, model.prompt_config, mode="train", seed=args.seed)
+    train = UserItemMatrix.from_pairs(*zip(*[(u, i) for u, h in enumerate(HISTORIES) for i in h]), 6, 12)
+    truth = UserItemMatrix.from_pairs(*zip(*[(u, i) for u, h in enumerate(VALIDATION) for i in h]), 6, 12)
+    model.attach_user_context(histories=[h.tolist() for h in HISTORIES])
+    return GLTATrainer(model=model, args=args, train_dataset=ds,
+                       data_collator=GLTACollator(tiny.tokenizer.pad_token_id, model.config.num_slots),
+                       ranking_train=train, ranking_truth=truth)
+
+
+def test_arguments_validate_and_map_ablations(tmp_path):
+    args = _args(tmp_path, no_profile=True, user_as_text=True, no_item_alignment=True)
+    assert args.trainable_stage == "user+item"
+    assert args.prompt_overrides()["include_profile"] is False and args.prompt_overrides()["user_as_text"] is True
+    assert args.ks == (2, 4) and args.metric_for_best_model == "ndcg@10" and not args.remove_unused_columns
+    for bad in (dict(stage="both"), dict(eval_decoding="beam"), dict(target_policy="x"),
+                dict(stage="item", no_item_alignment=True), dict(items_per_sample=9)):
+        with pytest.raises(ValueError):
+            _args(tmp_path, **bad)
+
+
+def test_only_stage_parameters_train_and_checkpoints_hold_only_glta_weights(tiny, tmp_path):
+    args = _args(tmp_path)
+    trainer = _trainer(tiny, args, stage="user")
+    llm_before = {k: v.clone() for k, v in tiny.model.llm.state_dict().items()}
+    item_proj = tiny.model.item_projector.weight.detach().clone()
+    user_proj = tiny.model.user_projector.weight.detach().clone()
+    trainer.train()
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    trainable = {id(p) for p in tiny.model.parameters() if p.requires_grad}
+    assert optimized == trainable and trainable
+    assert all(torch.equal(v, tiny.model.llm.state_dict()[k]) for k, v in llm_before.items())
+    assert torch.equal(item_proj, tiny.model.item_projector.weight)  # frozen in the user stage
+    assert not torch.equal(user_proj, tiny.model.user_projector.weight)
+    ckpt = tmp_path / "out" / "checkpoint-4"
+    state = load_safetensors(ckpt / "model.safetensors")
+    assert state and not [k for k in state if k.startswith("llm.")]
+    metrics = trainer.evaluate()
+    assert {"eval_ndcg@4", "eval_precision@2", "eval_num_users"} <= set(metrics) and metrics["eval_num_users"] == 6
+
+
+def test_non_finite_loss_names_the_step(tiny, tmp_path):
+    trainer = _trainer(tiny, _args(tmp_path))
+    with torch.no_grad():
+        tiny.model.user_embeddings.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="global step 0"):
+        trainer.train()
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    from conftest import build_tiny
+
+    full = build_tiny(tmp_path / "a")
+    t = _trainer(full, _args(tmp_path / "a", max_steps=6, save_steps=3))
+    t.train()
+    reference = {k: v.clone() for k, v in full.model.glta_state_dict().items()}
+
+    resumed = build_tiny(tmp_path / "b")
+    args = _args(tmp_path / "a", max_steps=6, save_steps=3, output_dir=str(tmp_path / "a" / "out"))
+    t2 = _trainer(resumed, args)
+    t2.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    assert t2.state.global_step == 6
+    for k, v in resumed.model.glta_state_dict().items():
+        assert torch.equal(v, reference[k]), k

