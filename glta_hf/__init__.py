@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from transformers import AutoConfig, AutoModel
 
 from .configuration_glta import GLTAConfig
-from .errors import CheckpointError, DataFormatError, GLTAError, TrainingError, UnknownIdError  # noqa: F401
+from .errors import CheckpointError, DataFormatError, DatasetOptionError, GLTAError, TrainingError, UnknownIdError  # noqa: F401
 from .modeling_glta import GLTAForRecommendation, GLTAOutput, GLTAPreTrainedModel  # noqa: F401
 
 AutoConfig.register("glta", GLTAConfig, exist_ok=True)

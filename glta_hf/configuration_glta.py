@@ -53,6 +53,12 @@ class GLTAConfig(PretrainedConfig):
         user_token_id / item_token_id / slot_token_id: tokenizer ids of ``<user>``, ``<item>``, ``<slot>``.
         prompt: prompt settings (``glta_hf.prompts.PromptConfig`` fields), stored so serving uses the training prompt.
         lora: None (default, the paper: LLM fully frozen) or a ``peft.LoraConfig`` kwargs dict, e.g. ``{"r": 8}``.
+        ce_chunk_size: None (default: plain cross-entropy over the materialized (B, L, |I|) logits) or a number of
+            items per chunk: with ``labels`` and ``num_items > ce_chunk_size`` the loss is computed chunk by chunk
+            over the catalogue (logits recomputed chunk-wise in backward), so a training step never holds more than
+            ``labelled slots x ce_chunk_size`` logits, and ``forward`` returns ``logits=None``. Same loss and
+            gradients as the plain path up to float rounding. Worth it from about |I| = 100k
+            (see BENCHMARKS.md, catalogue scale).
     """
 
     model_type = "glta"
@@ -77,6 +83,7 @@ class GLTAConfig(PretrainedConfig):
         slot_token_id=None,
         prompt=None,
         lora=None,
+        ce_chunk_size=None,
         **kwargs,
     ):
         if quantization not in QUANTIZATIONS:
@@ -89,6 +96,8 @@ class GLTAConfig(PretrainedConfig):
             raise ValueError(f"slot_mode must be one of {SLOT_MODES}, got {slot_mode!r}")
         if int(num_slots) < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if ce_chunk_size is not None and int(ce_chunk_size) < 1:
+            raise ValueError(f"ce_chunk_size must be None or >= 1, got {ce_chunk_size}")
         if lora is not None and not isinstance(lora, dict):
             raise ValueError(f"lora must be None or a dict of peft.LoraConfig arguments, got {type(lora).__name__}")
         self.llm_name_or_path = llm_name_or_path
@@ -112,4 +121,5 @@ class GLTAConfig(PretrainedConfig):
         merged["num_slots"] = self.num_slots  # one source of truth for L
         self.prompt = merged
         self.lora = lora
+        self.ce_chunk_size = None if ce_chunk_size is None else int(ce_chunk_size)
         super().__init__(**kwargs)

@@ -29,6 +29,10 @@ class DataFormatError(GLTAError, ValueError):
         super().__init__(location + message)
 
 
+class DatasetOptionError(GLTAError, ValueError):
+    """An option of a loader / split function is invalid (bad split name, fraction outside (0, 1), ...)."""
+
+
 class UnknownIdError(GLTAError, ValueError):
     """A user or item id is not in the model's / dataset's id map."""
 

@@ -12,7 +12,6 @@ Extension point: :meth:`GraphRecommender.auxiliary_loss` returns an extra loss t
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -176,6 +175,7 @@ class LightGCN(MF):
     def __init__(self, train: UserItemMatrix, dim: int = 64, layers: int = 3, reg: float = 1e-4,
                  propagation: str = "sparse"):
         super().__init__(train.num_users, train.num_items, dim=dim, reg=reg)
+        # re-drawn after MF's init (kept: the benchmark runs were produced with this exact RNG sequence)
         nn.init.normal_(self.user_embedding.weight, std=0.1)
         nn.init.normal_(self.item_embedding.weight, std=0.1)
         self.layers = int(layers)

@@ -230,7 +230,8 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         for projector, table in ((self.user_projector, self.user_embeddings), (self.item_projector, self.item_embeddings)):
             if table.shape[0] == 0:
                 continue
-            current = projector(table.float()).norm(dim=-1).mean()
+            # chunked: projecting a 1M-item table at once would hold |I| x hidden floats (2.3 GB at hidden 576)
+            current = sum(projector(part.float()).norm(dim=-1).sum() for part in table.split(16384)) / table.shape[0]
             last = projector if isinstance(projector, nn.Linear) else projector[-1]
             if current > 0:
                 last.weight.mul_(target / current)
@@ -403,17 +404,42 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         hidden = self._run_llm(inputs_embeds, attention_mask).last_hidden_state
         slot_mask = input_ids == self.config.slot_token_id
         slot_hidden = hidden[slot_mask].view(input_ids.shape[0], self.config.num_slots, -1)
+        chunk = getattr(self.config, "ce_chunk_size", None)
+        if labels is not None and chunk and self.config.num_items > chunk:
+            # Large catalogue: never build the (B, L, |I|) logits; CE chunk by chunk over the items.
+            labels = self._check_labels(labels, slot_hidden.shape[:2], slot_hidden.device)
+            return GLTAOutput(loss=self.chunked_slot_loss(slot_hidden, labels, chunk), slot_hidden_states=slot_hidden)
         logits = self.score_slots(slot_hidden)
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must have shape (batch, num_slots)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-            valid = labels != -100
-            if bool(((labels[valid] < 0) | (labels[valid] >= self.config.num_items)).any()):
-                raise ValueError(f"labels must be item rows in [0, {self.config.num_items}) or -100")
+            labels = self._check_labels(labels, logits.shape[:2], logits.device)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return GLTAOutput(loss=loss, logits=logits, slot_hidden_states=slot_hidden)
+
+    def _check_labels(self, labels: torch.Tensor, shape, device) -> torch.LongTensor:
+        labels = labels.to(device)
+        if labels.shape != tuple(shape):
+            raise ValueError(f"labels must have shape (batch, num_slots)={tuple(shape)}, got {tuple(labels.shape)}")
+        valid = labels != -100
+        if bool(((labels[valid] < 0) | (labels[valid] >= self.config.num_items)).any()):
+            raise ValueError(f"labels must be item rows in [0, {self.config.num_items}) or -100")
+        return labels
+
+    def chunked_slot_loss(self, slot_hidden: torch.Tensor, labels: torch.LongTensor, chunk_size: int) -> torch.Tensor:
+        """Mean CE over labelled slots, computed ``chunk_size`` items at a time (same value and gradients as
+        ``F.cross_entropy(score_slots(slot_hidden), labels, ignore_index=-100)`` up to float rounding).
+
+        Only the labelled slots enter the head; peak extra memory is (labelled slots) x ``chunk_size`` logits.
+        """
+        flat = labels.reshape(-1)
+        valid = flat != -100
+        x = slot_hidden.reshape(-1, slot_hidden.shape[-1])[valid].to(self.head.weight.dtype)
+        if self.config.head == "linear":
+            weight, bias = self.head.weight, self.head.bias
+        else:
+            x = self.head(x)
+            weight, bias = self.item_embeddings.to(x.dtype), self.item_bias
+        return chunked_linear_cross_entropy(x, weight, bias, flat[valid], chunk_size)
 
     # ------------------------------------------------------------------------------------------- decoding
 
@@ -804,6 +830,68 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         model.tokenizer = tokenizer
         model.set_trainable("none")
         return model.eval()
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """``mean_n CE(x_n W^T + b, y_n)`` without the (N, C) logits: forward keeps a running logsumexp over item chunks,
+    backward recomputes each chunk's logits and forms ``softmax - onehot`` chunk by chunk (cut-cross-entropy style)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels, chunk_size):
+        n, c = x.shape[0], weight.shape[0]
+        lse = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+        target = torch.zeros(n, dtype=x.dtype, device=x.device)
+        rows = torch.arange(n, device=x.device)
+        for start in range(0, c, chunk_size):
+            end = min(start + chunk_size, c)
+            logits = x @ weight[start:end].t()
+            if bias is not None:
+                logits += bias[start:end]
+            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+            hit = (labels >= start) & (labels < end)
+            target[hit] = logits[rows[hit], labels[hit] - start]
+        ctx.save_for_backward(x, weight, bias, labels, lse)
+        ctx.chunk_size = chunk_size
+        return (lse - target).sum() / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, weight, bias, labels, lse = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        n, c = x.shape[0], weight.shape[0]
+        scale = grad_loss / n
+        rows = torch.arange(n, device=x.device)
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = torch.empty_like(bias) if need_b else None
+        for start in range(0, c, ctx.chunk_size):
+            end = min(start + ctx.chunk_size, c)
+            w = weight[start:end]
+            logits = x @ w.t()
+            if bias is not None:
+                logits += bias[start:end]
+            probs = torch.exp_(logits.sub_(lse.unsqueeze(1)))  # softmax of this chunk, in place
+            hit = (labels >= start) & (labels < end)
+            probs[rows[hit], labels[hit] - start] -= 1.0
+            probs.mul_(scale)
+            if need_x:
+                grad_x.addmm_(probs, w)
+            if need_w:
+                torch.mm(probs.t(), x, out=grad_w[start:end])
+            if need_b:
+                torch.sum(probs, dim=0, out=grad_b[start:end])
+        return grad_x, grad_w, grad_b, None, None
+
+
+def chunked_linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.LongTensor, chunk_size: int
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``x @ weight.T + bias`` (N, C) against ``labels`` (N,), never holding more
+    than N x ``chunk_size`` logits (forward or backward). Gradients flow to ``x``, ``weight`` and ``bias`` (those that
+    require grad). Equals ``F.cross_entropy(x @ weight.T + bias, labels)`` up to float rounding."""
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _ChunkedLinearCrossEntropy.apply(x, weight, bias, labels.to(x.device, torch.long), int(chunk_size))
 
 
 def _is_peft(module: nn.Module) -> bool:

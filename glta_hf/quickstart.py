@@ -42,27 +42,29 @@ class QuickstartConfig:
     seed: int = 0
     val_fraction: float = 0.1
     # graph stage
-    graph_epochs: int = 40
+    graph_epochs: int = 15
     graph_dim: int = 64
-    graph_lr: float = 5e-3
-    graph_batch_size: int = 2048
-    graph_patience: int = 5
+    graph_lr: float = 1e-2
+    graph_batch_size: int = 8192
+    graph_patience: int = 3
     # texts
-    text_users: Optional[int] = 32  # users that get profile / prediction texts (None = all)
+    text_users: Optional[int] = 16  # users that get profile / prediction texts (None = all)
     text_max_new_tokens: int = 24
-    text_max_items: int = 10
+    text_max_items: int = 5
+    text_max_item_chars: int = 120
     text_batch_size: int = 16
     # alignment
-    item_items: Optional[int] = 60  # most popular training items used by the item-text stage (None = all)
+    item_items: Optional[int] = 30  # most popular training items used by the item-text stage (None = all)
     items_per_sample: int = 3
     item_epochs: float = 1.0
-    train_users: Optional[int] = 96  # users trained in the user-item stage (None = all)
+    train_users: Optional[int] = 64  # users trained in the user-item stage (None = all)
     epochs: float = 1.0
     learning_rate: float = 1e-3
     batch_size: int = 8
     max_history: int = 5
     num_slots: int = 10
     max_length: int = 256
+    max_description_tokens: int = 24  # per item description in the item-text stage
     head: str = "factorized"
     # evaluation
     eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
@@ -76,11 +78,14 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(graph_epochs=5, text_users=4, text_max_new_tokens=8, item_items=12, train_users=8, eval_users=8,
                  max_history=3, batch_size=4),
     "small": {},
-    "medium": dict(graph_epochs=100, text_users=128, text_max_new_tokens=48, text_max_items=20, item_items=500,
-                   items_per_sample=5, train_users=300, epochs=2.0, max_history=10, eval_users=300, max_length=512),
-    "large": dict(graph_epochs=300, graph_patience=10, text_users=None, text_max_new_tokens=64, text_max_items=20,
+    "medium": dict(graph_epochs=100, graph_patience=5, text_users=128, text_max_new_tokens=48, text_max_items=20,
+                   text_max_item_chars=200, item_items=500,
+                   items_per_sample=5, train_users=300, epochs=2.0, max_history=10, eval_users=300, max_length=512,
+                   max_description_tokens=32),
+    "large": dict(graph_epochs=300, graph_patience=10, graph_lr=5e-3, graph_batch_size=2048, text_users=None,
+                  text_max_new_tokens=64, text_max_items=20, text_max_item_chars=200,
                   item_items=None, items_per_sample=5, train_users=None, epochs=4.0, max_history=20, eval_users=None,
-                  max_length=1024),
+                  max_length=1024, max_description_tokens=48),
 }
 
 _FLAGS = {  # flag -> (field, type, help)
@@ -217,11 +222,16 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
 
     echo(f"[4/7] profile / prediction texts -> {work / 'texts.jsonl'}")
     seed_everything(cfg.seed)
-    text_users = range(data.num_users) if cfg.text_users is None else \
-        np.sort(np.random.default_rng(cfg.seed).choice(data.num_users, size=min(cfg.text_users, data.num_users),
-                                                       replace=False)).tolist()
+    # One seeded order of the users with test items: the first eval_users are evaluated, the first train_users
+    # trained, the first text_users get texts -- so the users with texts are trained and evaluated too.
+    order = np.random.default_rng(cfg.seed).permutation(pipeline.test_users(full))
+
+    def first(n):
+        return None if n is None else np.sort(order[: min(n, len(order))]).tolist()
+
+    text_users = first(cfg.text_users)
     tcfg = TextGenerationConfig(max_items=cfg.text_max_items, max_new_tokens=cfg.text_max_new_tokens,
-                                batch_size=cfg.text_batch_size, seed=cfg.seed)
+                                batch_size=cfg.text_batch_size, seed=cfg.seed, max_item_chars=cfg.text_max_item_chars)
     texts = pipeline.generate_texts(llm, tokenizer, data, work / "texts.jsonl", config=tcfg, llm_ref=ref,
                                     users=text_users, progress=cfg.progress)
     echo(f"      {len(texts)} users have texts")
@@ -250,7 +260,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
             echo("      reused the finished stage")
         else:
             if model is None:
-                prompt = PromptConfig(**args.prompt_overrides())
+                prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=cfg.max_description_tokens,
+                                      max_profile_tokens=cfg.text_max_new_tokens,
+                                      max_prediction_tokens=cfg.text_max_new_tokens)
                 model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=str(folder),
                                              llm_gguf_file=gguf, prompt=prompt, num_slots=cfg.num_slots,
                                              head=cfg.head)
@@ -260,11 +272,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
             model.run_info["eval_history_recent"] = recent
             stage_args = copy.copy(args)
             stage_args.output_dir = str(work / stage)
-            users = None
-            if stage == "user" and cfg.train_users is not None:
-                rng = np.random.default_rng(cfg.seed + 1)
-                users = np.sort(rng.choice(data.num_users, size=min(cfg.train_users, data.num_users),
-                                           replace=False)).tolist()
+            users = first(cfg.train_users) if stage == "user" else None
             items = _popular_items(data.matrix("train"), cfg.item_items) if stage == "item" else None
             model, metrics = pipeline.run_stage(model, stage, stage_args, data=data, histories=histories,
                                                 has_time=has_time, texts=texts, users=users, items=items,
@@ -274,7 +282,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         step(stage)
 
     echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
-    users = pipeline.test_users(full, cfg.eval_users, seed=cfg.seed)
+    users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else pipeline.test_users(full))
     ks = tuple(k for k in (5, 10, 20) if cfg.decoding in ("all_slots", "first_logit") or k <= cfg.num_slots)
     key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks),
            "model_mtime": (work / "user" / "final" / "model.safetensors").stat().st_mtime}

@@ -1,9 +1,7 @@
 """Every loader on small files written here, the bad-input matrix, the real shared data when present, the CLI."""
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ from glta_hf.cli import main as cli_main
 from glta_hf.data import DATASETS, DatasetOptionError, RecData, embedded_dataset_dir, load_dataset
 from glta_hf.data.examples import FORMATS, MOVIE_TEXTS, NUM_INTERACTIONS, NUM_ITEMS, NUM_USERS, write_example
 from glta_hf.data.stats import dataset_stats, format_markdown
-from glta_hf.errors import DataFormatError, GLTAError
+from glta_hf.errors import DataFormatError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MOVIE_FORMATS = ("ml-1m", "ml-100k", "ml-latest-small", "generic")
@@ -48,6 +46,7 @@ def test_every_format_gives_the_same_dataset(tmp_path, fmt, gz):
     assert test == NUM_USERS  # leave-one-out / the fixed split: one test item per user
     assert not pairs(data, "train") & pairs(data, "test")
     assert list(data.items["item_idx"]) == list(range(NUM_ITEMS))
+    assert data.source["catalogue_items_without_interactions"] == ("0" if fmt == "ml-1m" else "1")  # item 7, reported
     assert all(t.strip() for t in data.item_texts) and all(t.strip() for t in data.item_titles)
     for split in data.splits.values():
         assert split.features["user_idx"].dtype == "int64" and split.features["item_idx"].dtype == "int64"
@@ -221,8 +220,10 @@ def test_bad_input_names_file_and_line(tmp_path, fmt, name, line, content, error
     with pytest.raises(DataFormatError, match=match) as info:
         load(fmt, folder, **({"item_text": "long"} if fmt == "ml-1m" else {}))
     assert info.value.line == error_line
-    expected = folder / name if line is not None or "not found" in match else folder
-    assert info.value.path in (str(expected), str(folder))
+    if error_line is not None or "file not found" in match:
+        assert info.value.path == str(folder / name)
+    else:  # errors inside one JSON document name the file and the key; a missing pair names the folder
+        assert info.value.path in (str(folder / name), str(folder))
     assert str(info.value).startswith(info.value.path)
 
 

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -20,15 +19,21 @@ from glta_hf.data import RecData, load_dataset
 from glta_hf.data.examples import FORMATS, write_example
 from glta_hf.errors import DataFormatError, GLTAError
 
-TEMPLATES = Path(tempfile.mkdtemp(prefix="glta-data-templates-"))
 DELIMITERS = [b"\t", b",", b"|", b"::", b" ", b";", b":", b'"', b"{", b"}", b"[", b"\n", b"\r\n", b"\xff", b""]
 
 
-def template(fmt: str, gz: bool) -> Path:
-    folder = TEMPLATES / f"{fmt}-{int(gz)}"
-    if not folder.exists():
-        write_example(fmt, folder, gz=gz)
-    return folder
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """``template(fmt, gz)``: the valid example folder of a format, written once per module."""
+    root = tmp_path_factory.mktemp("templates")
+
+    def get(fmt: str, gz: bool) -> Path:
+        folder = root / f"{fmt}-{int(gz)}"
+        if not folder.exists():
+            write_example(fmt, folder, gz=gz)
+        return folder
+
+    return get
 
 
 @st.composite
@@ -99,7 +104,7 @@ def check_invariants(data: RecData) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_damaged_files_raise_only_glta_errors(fmt, data):
+def test_damaged_files_raise_only_glta_errors(template, fmt, data):
     gz = data.draw(st.booleans()) if fmt in ("amazon-2018", "goodreads") else False
     source = template(fmt, gz)
     change = data.draw(damage(sorted(p.name for p in source.iterdir())))
@@ -118,7 +123,7 @@ def test_damaged_files_raise_only_glta_errors(fmt, data):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_undamaged_templates_load(fmt):
+def test_undamaged_templates_load(template, fmt):
     """The baseline of the property test: without damage every template loads (so errors above are caused)."""
     check_invariants(load_dataset(fmt, template(fmt, False), split="fixed" if fmt == "ml-1m" else "random"))
 

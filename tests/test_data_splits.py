@@ -138,7 +138,7 @@ def test_loaded_splits_are_reproducible_disjoint_and_keep_every_user(ml100k_dir,
 def test_carve_validation(ml100k_dir):
     data = load_dataset("ml-100k", ml100k_dir, split="random", seed=0)
     carved = data.with_validation(fraction=0.25, seed=1)
-    assert carved.with_validation is not None and set(carved.splits) == {"train", "validation", "test"}
+    assert set(carved.splits) == {"train", "validation", "test"}
     train, val = _pair_set(carved, "train"), _pair_set(carved, "validation")
     assert not train & val and train | val == _pair_set(data, "train")
     assert _pair_set(carved, "test") == _pair_set(data, "test")

@@ -266,8 +266,8 @@ def main(argv=None) -> int:
                 from transformers import EarlyStoppingCallback
 
                 callbacks.append(EarlyStoppingCallback(script.early_stopping_patience))
-        if args.user_as_text or stage == "item":
-            stage_args.ddp_find_unused_parameters = True  # a trainable projector gets no input in this setting
+        # DDP: only w/o UA leaves a trainable parameter (the user projector) without input
+        stage_args.ddp_find_unused_parameters = bool(args.user_as_text)
         trainer = GLTATrainer(model=model, args=stage_args, train_dataset=train_dataset, data_collator=collator,
                               callbacks=callbacks, **ranking)
         resume = resolve_resume(args.resume_from_checkpoint, stage_dir)

@@ -51,19 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_matrix(data, split):
-    """``data.matrix(split)`` built from arrow columns: RecData.matrix's numpy-format column access iterates row
-    by row with datasets 4 (~80 s for ml-1m); this takes well under a second. Fills the same cache."""
-    from glta_hf.data.schema import UserItemMatrix
-
-    cache = data.__dict__.setdefault("_matrix_cache", {})
-    if split not in cache:
-        table = data.splits[split].with_format("arrow")[:]
-        cache[split] = UserItemMatrix.from_pairs(table.column("user_idx").to_numpy(), table.column("item_idx").to_numpy(),
-                                                 data.num_users, data.num_items)
-    return cache[split]
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from glta_hf.data.loaders import load_dataset
@@ -75,7 +62,7 @@ def main(argv=None) -> int:
                                  ("seed", args.split_seed)) if v is not None}
     full = load_dataset(args.dataset, args.data_dir, **options)
     data = full.with_validation(fraction=args.val_fraction, seed=args.val_seed)
-    fit, validation = split_matrix(data, "train"), split_matrix(data, "validation")
+    fit, validation = data.matrix("train"), data.matrix("validation")
     targs = GraphTrainingArguments(dim=args.dim, layers=args.layers, lr=args.lr, reg=args.reg,
                                    batch_size=args.batch_size, epochs=args.epochs, eval_every=args.eval_every,
                                    patience=args.patience, seed=args.seed, num_negatives=args.num_negatives,
@@ -117,7 +104,7 @@ def _test_and_record(args, argv, full, data, scorer, config, start) -> int:
     from glta_hf.results import write_run_result
 
     # test: mask every training interaction (fit + validation), as every model in a comparison does
-    metrics = evaluate(train=split_matrix(full, "train"), test=split_matrix(full, "test"), scorer=scorer)
+    metrics = evaluate(train=full.matrix("train"), test=full.matrix("test"), scorer=scorer)
     wall = time.perf_counter() - start
     if args.from_embeddings:  # the run's cost is its training plus this evaluation
         wall += float(config.get("train_wall_time_s", 0.0))

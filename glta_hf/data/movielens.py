@@ -8,6 +8,7 @@ CoLaKG LLM-written descriptions instead (``item_text="long"``); ml-latest-small 
 from __future__ import annotations
 
 import collections
+import logging
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -19,6 +20,7 @@ from ._readers import (column_positions, iter_csv_rows, iter_lines, load_json, p
                        parse_timestamp, split_fields)
 from .split import DatasetOptionError
 
+logger = logging.getLogger("glta_hf.data")
 NO_GENRE = {"", "unknown", "(no genres listed)"}
 
 
@@ -130,6 +132,10 @@ def load_ml1m(data_dir, *, item_text: str = "short", **options):
     for movie in movie_ids.tolist():
         title, genres = movies.get(movie, ("", []))
         catalogue.add(movie, title, movie_fields(genres), text=long_texts.get(str(movie)))
+    if item_text == "long":
+        missing = sum(1 for movie in movie_ids.tolist() if not (long_texts.get(str(movie)) or "").strip())
+        if missing:
+            logger.warning("ml-1m: %d movies have no long description; they use the short one", missing)
 
     all_users = np.concatenate(train_users + test_users) if train_users else np.zeros(0, dtype=np.int64)
     all_items = np.concatenate(train_items + test_items) if train_items else np.zeros(0, dtype=np.int64)

