@@ -47,7 +47,8 @@ def prepare_data(name: str, data_dir=None, *, split: Optional[str] = None, test_
     """
     from .data.loaders import load_dataset
 
-    opts = {k: v for k, v in (("split", split), ("test_fraction", test_fraction), ("seed", split_seed)) if v is not None}
+    given = (("split", split), ("test_fraction", test_fraction), ("seed", split_seed))
+    opts = {k: v for k, v in given if v is not None}
     opts.update(options)
     full = load_dataset(name, data_dir, **opts)
     data = full.with_validation(fraction=val_fraction, seed=val_seed) if val_fraction else full

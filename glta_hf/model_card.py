@@ -96,7 +96,7 @@ def build_model_card(
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
         repo_id=repo_id,
-        base_model=base_model,
+        base_model=_display_llm(config),
         quantization=getattr(config, "quantization", "none"),
         num_items=getattr(config, "num_items", "?"),
         num_users=getattr(config, "num_users", "?"),
@@ -127,6 +127,14 @@ def hub_base_model(config: Any) -> Optional[str]:
     if Path(text).is_absolute() or text.startswith((".", "~")) or Path(text).exists() or text.count("/") != 1:
         return None
     return text
+
+
+def _display_llm(config: Any) -> str:
+    """How the card names the LLM: its Hub id when known (+ the GGUF file), else the recorded reference."""
+    ref = getattr(config, "llm_name_or_path", None) or "unknown"
+    name = hub_base_model(config) or str(ref)
+    gguf = getattr(config, "llm_gguf_file", None) or (Path(str(ref)).name if str(ref).endswith(".gguf") else None)
+    return f"{name} (GGUF file {gguf})" if gguf else name
 
 
 def _stages(run_info: Mapping[str, Any]) -> List[Dict[str, Any]]:

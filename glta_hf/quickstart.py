@@ -42,13 +42,13 @@ class QuickstartConfig:
     seed: int = 0
     val_fraction: float = 0.1
     # graph stage
-    graph_epochs: int = 15
+    graph_epochs: int = 10
     graph_dim: int = 64
     graph_lr: float = 1e-2
     graph_batch_size: int = 8192
     graph_patience: int = 3
     # texts
-    text_users: Optional[int] = 16  # users that get profile / prediction texts (None = all)
+    text_users: Optional[int] = 8  # users that get profile / prediction texts (None = all)
     text_max_new_tokens: int = 24
     text_max_items: int = 5
     text_max_item_chars: int = 120
@@ -119,7 +119,9 @@ def _budget_help() -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = (__doc__.split("\n\n")[0] + " Resumable: rerunning reuses the finished steps.")
+    parser.description = ("Run the whole GLTA pipeline offline: LightGCN, profile/prediction texts, item-text and "
+                          "user-item alignment, test evaluation against LightGCN, and a checkpoint with its model "
+                          "card. Resumable: rerunning with the same --output-dir reuses the finished steps.")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "budgets: " + _budget_help()
     parser.add_argument("--budget", choices=list(BUDGETS), default="small",

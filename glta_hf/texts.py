@@ -307,8 +307,9 @@ def generate_user_texts(
     catalogue = data.item_texts  # one list, not one Arrow read per user
     shown = {u: sample_user_items(train.items_of(u), config.max_items, config.seed, u) for u in todo}
     profile_prompts = {
-        u: render_generation_prompt(tokenizer, profile_messages(_item_texts(catalogue, shown[u], config.max_item_chars)),
-                                    config.use_chat_template)
+        u: render_generation_prompt(
+            tokenizer, profile_messages(_item_texts(catalogue, shown[u], config.max_item_chars)),
+            config.use_chat_template)
         for u in todo
     }
     lengths = {u: len(tokenizer(profile_prompts[u], add_special_tokens=False)["input_ids"]) for u in todo}
@@ -382,7 +383,11 @@ def load_generator(name_or_path, *, revision: Optional[str] = None, gguf_file: O
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    torch_dtype = resolve_dtype(dtype) or (None if not gguf_file else None)
+    torch_dtype = resolve_dtype(dtype)
+    if gguf_file and torch_dtype is None:
+        import torch
+
+        torch_dtype = torch.float32  # a GGUF file is dequantized; same default as backbone.load_llm
     qconfig = quantization_config(quantization, torch_dtype, tokenizer=tokenizer)
     if qconfig is not None:
         import torch

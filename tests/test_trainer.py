@@ -1,4 +1,5 @@
-"""GLTATrainingArguments / GLTATrainer: stage parameters only, GLTA-only checkpoints, ranking eval, NaN guard, resume."""
+"""GLTATrainingArguments / GLTATrainer: stage parameters only, GLTA-only checkpoints, ranking eval, NaN guard,
+resume."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,8 @@ VALIDATION = [[2], [5], [6], [9], [10], [1]]
 def _args(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, per_device_eval_batch_size=6,
                 learning_rate=1e-2, max_steps=4, save_steps=2, save_strategy="steps", eval_strategy="no",
-                logging_steps=1, disable_tqdm=True, use_cpu=True, seed=0, num_slots=4, max_history=5, eval_ks="2,4", items_per_sample=3,
+                logging_steps=1, disable_tqdm=True, use_cpu=True, seed=0, num_slots=4, max_history=5, eval_ks="2,4",
+                items_per_sample=3,
                 dataloader_num_workers=0)
     base.update(kw)
     return GLTATrainingArguments(**base)

@@ -19,10 +19,8 @@ continues the stage from the last one.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -147,8 +145,7 @@ def main(argv=None) -> int:
     from glta_hf.alignment_data import (GLTACollator, ItemTextDataset, UserItemDataset, prepare_data,
                                         serving_histories, user_histories)
     from glta_hf.backbone import load_backbone, smollm2_gguf_path
-    from glta_hf.errors import TrainingError
-    from glta_hf.glta_trainer import GLTATrainer, evaluate_model
+    from glta_hf.glta_trainer import GLTATrainer
     from glta_hf.graph import load_node_embeddings
     from glta_hf.io_utils import write_json
     from glta_hf.modeling_glta import GLTAForRecommendation
@@ -157,6 +154,9 @@ def main(argv=None) -> int:
 
     if script.threads:
         torch.set_num_threads(script.threads)
+    from transformers import set_seed
+
+    set_seed(args.seed)  # the fresh projectors / head / slots are initialized from the global RNG
     state = PartialState()
     data, _full = prepare_data(script.dataset, script.data_dir, split=script.split,
                                test_fraction=script.test_fraction, split_seed=script.split_seed,
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
                 prompt = PromptConfig(**args.prompt_overrides())
                 model = GLTAForRecommendation.from_components(
                     llm, tokenizer, nodes.user, nodes.item, item_ids=data.item_ids, item_titles=data.item_titles,
-                    llm_name_or_path=backbone if not script.backbone_gguf_file else backbone,
+                    llm_name_or_path=backbone,
                     llm_revision=script.backbone_revision, llm_gguf_file=script.backbone_gguf_file,
                     quantization=script.quantization, llm_dtype=script.llm_dtype, prompt=prompt,
                     num_slots=args.num_slots, head=script.head, projector=script.projector)
@@ -274,10 +274,7 @@ def main(argv=None) -> int:
         if resume:
             logger.info("stage %s: resuming from %s", stage, resume)
         t0 = time.perf_counter()
-        try:
-            result = trainer.train(resume_from_checkpoint=resume)
-        except TrainingError:
-            raise
+        result = trainer.train(resume_from_checkpoint=resume)
         stage_time = time.perf_counter() - t0
         metrics = dict(result.metrics)
         if stage == "user" and args.eval_strategy != "no":

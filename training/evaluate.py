@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     dataset = args.dataset or run.get("dataset")
     if not dataset:
         raise SystemExit(f"{folder}: no glta_run.json; pass --dataset / --data-dir")
-    data, full = prepare_data(dataset, args.data_dir or run.get("data_dir"), split=args.split_policy or run.get("split"),
-                              test_fraction=run.get("test_fraction"), split_seed=run.get("split_seed"),
+    data, full = prepare_data(dataset, args.data_dir or run.get("data_dir"),
+                              split=args.split_policy or run.get("split"), test_fraction=run.get("test_fraction"), split_seed=run.get("split_seed"),
                               val_fraction=run.get("val_fraction", 0.1), val_seed=run.get("val_seed", 0))
     model = GLTAForRecommendation.from_pretrained(folder, llm_name_or_path=args.llm)
     if list(map(str, model.item_catalogue["item_ids"])) != list(map(str, data.item_ids)):
