@@ -154,6 +154,27 @@ class GLTATrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    def create_model_card(self, **kwargs) -> None:
+        """The GLTA model card (``README.md`` in ``output_dir``) from the model's run record plus this stage's
+        hyperparameters and last validation metrics, instead of transformers' generic Trainer card."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import trainer_run_info
+        from .model_card import write_model_card
+
+        model = self.accelerator.unwrap_model(self.model)
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id
+        write_model_card(model, self.args.output_dir, repo_id=repo_id, run_info=trainer_run_info(self))
+
+    def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True, token=None,
+                    revision: Optional[str] = None, private: Optional[bool] = None, **kwargs):
+        """Upload the GLTA checkpoint + card to ``args.hub_model_id`` (never the LLM's weights, never
+        ``training_args.bin`` or ``checkpoint-*``); see :func:`glta_hf.hub.push_trainer_to_hub`."""
+        from .hub import push_trainer_to_hub
+
+        return push_trainer_to_hub(self, commit_message=commit_message, blocking=blocking, token=token,
+                                   revision=revision, private=private, **kwargs)
+
 
 def check_loss_fell(history: Sequence[Dict[str, float]]) -> bool:
     """True when the mean logged loss of the last third is below the first third's (used by smoke tests)."""

@@ -57,6 +57,7 @@ from .prompts import (
 WEIGHTS_NAME = "model.safetensors"
 CATALOGUE_NAME = "item_catalogue.json"
 USER_TABLE_NAME = "user_table.json"
+RUN_INFO_NAME = "glta_run.json"
 ADAPTER_DIR = "llm_adapter"
 DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
 STAGES = ("item", "user", "user+item", "none")
@@ -128,6 +129,9 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
             "predictions": [None] * config.num_users,
         }
         self.tokenizer = None
+        # The training record (dataset, split, stages + hyperparameters, metrics) behind the model card;
+        # saved as glta_run.json (see glta_hf.model_card).
+        self.run_info: Dict[str, Any] = {}
         if llm is None:
             if not config.llm_name_or_path:
                 raise ValueError("GLTAConfig.llm_name_or_path is not set: pass llm= or use from_components()")
@@ -710,7 +714,7 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         from transformers.dynamic_module_utils import custom_object_save
 
         if push_to_hub:
-            raise NotImplementedError("push_to_hub: save to a folder, then upload it with huggingface_hub.upload_folder")
+            raise NotImplementedError("save_pretrained(push_to_hub=True): use model.push_to_hub(repo_id) instead")
         if not self.config.llm_name_or_path:
             raise CheckpointError(
                 "config.llm_name_or_path is empty: a GLTA checkpoint references its LLM instead of copying it; "
@@ -728,6 +732,18 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         write_json(folder / USER_TABLE_NAME, self.user_table)
         if _is_peft(self.llm):
             self.llm.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+        if self.run_info:
+            write_json(folder / RUN_INFO_NAME, self.run_info)
+        _write_model_card(self, folder)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload config, GLTA weights, tokenizer, catalogue, user table, remote code and a generated model card to
+        ``repo_id`` in one commit -- never the LLM's weights. Keyword arguments: see ``glta_hf.hub.push_to_hub``."""
+        try:
+            from glta_hf.hub import push_to_hub
+        except ImportError as err:  # the remote-code copy of this file, without glta-hf installed
+            raise ImportError("push_to_hub of a GLTA model needs the glta-hf package") from err
+        return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -827,6 +843,8 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                 )
             except ValueError as err:
                 raise CheckpointError(f"{folder}/{USER_TABLE_NAME}: {err}") from err
+        if (folder / RUN_INFO_NAME).is_file():
+            model.run_info = read_json(folder / RUN_INFO_NAME)
         model.tokenizer = tokenizer
         model.set_trainable("none")
         return model.eval()
@@ -892,6 +910,16 @@ def chunked_linear_cross_entropy(
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _ChunkedLinearCrossEntropy.apply(x, weight, bias, labels.to(x.device, torch.long), int(chunk_size))
+
+
+def _write_model_card(model: "GLTAForRecommendation", folder: Path) -> None:
+    """README.md model card, rendered by glta_hf when it is importable (this file also runs as remote code without
+    it; the card is then simply not rewritten)."""
+    try:
+        from glta_hf.model_card import write_model_card
+    except ImportError:
+        return
+    write_model_card(model, folder)
 
 
 def _is_peft(module: nn.Module) -> bool:

@@ -54,7 +54,14 @@ def tiny_tokenizer(vocab_size: int = 384):
     return tok
 
 
-def tiny_llama_config(vocab_size: int = 384, hidden_size: int = 32, num_layers: int = 2):
+def tiny_llama_config(vocab_size: int = 384, hidden_size: int = 32, num_layers: int = 2, initializer_range: float = 0.2):
+    """A 2-layer LLaMA config.
+
+    ``initializer_range`` is 0.2, not LLaMA's 0.02: at 0.02 a random tiny model's attention is uniform and its value /
+    output projections nearly zero, so (pre-norm) no token can influence another's hidden state and a test of the
+    ``<user>`` -> slot signal path cannot pass however GLTA is written. At 0.2 the random attention mixes tokens,
+    as a pretrained LLM's does.
+    """
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -69,6 +76,7 @@ def tiny_llama_config(vocab_size: int = 384, hidden_size: int = 32, num_layers: 
         bos_token_id=1,
         eos_token_id=2,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
 
 

@@ -41,7 +41,13 @@ def test_two_cpu_processes_train_and_save_one_model(tmp_path):
            "--threads", "1", "--use_cpu", "true"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    reports = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"stage"')]
+    # each rank prints one JSON report; two ranks may interleave them on one line, so decode them in place
+    decoder, reports, text = json.JSONDecoder(), [], proc.stdout
+    start = text.find('{"stage"')
+    while start != -1:
+        report, end = decoder.raw_decode(text, start)
+        reports.append(report)
+        start = text.find('{"stage"', end)
     assert sorted(r["process_index"] for r in reports) == [0, 1], proc.stdout[-3000:]
     assert all(r["world_size"] == 2 and r["global_step"] == 3 for r in reports)
     # both ranks computed the same all-reduced validation metrics

@@ -30,6 +30,8 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from glta_hf.pipeline import last_complete_checkpoint, resolve_resume  # noqa: E402,F401  (re-exported for callers)
+
 logger = logging.getLogger("glta.align")
 
 
@@ -100,38 +102,6 @@ def stage_plan(args) -> list:
     if args.stage == "all":
         return ["user"] if args.no_item_alignment else ["item", "user"]
     return [args.stage]
-
-
-def last_complete_checkpoint(stage_dir: Path):
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by the Trainer) parses.
-
-    A job killed while writing checkpoint N+1 leaves a partial folder; resuming from it would fail, so it is skipped.
-    """
-    found = []
-    for path in stage_dir.glob("checkpoint-*"):
-        try:
-            found.append((int(path.name.split("-")[-1]), path))
-        except ValueError:
-            continue
-    for _, path in sorted(found, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logger.warning("skipping incomplete checkpoint %s", path)
-            continue
-        if (path / "model.safetensors").is_file():
-            return str(path)
-    return None
-
-
-def resolve_resume(value, stage_dir: Path):
-    """``None`` / ``false``: no resume; ``true`` / ``last``: the last complete checkpoint of the stage; a path."""
-    if value is None or str(value).lower() in ("", "false", "no", "0"):
-        return None
-    if str(value).lower() in ("true", "last", "yes", "1"):
-        return last_complete_checkpoint(stage_dir) if stage_dir.is_dir() else None
-    path = Path(value)
-    return str(path) if path.parent.resolve() == stage_dir.resolve() else None
 
 
 def main(argv=None) -> int:
