@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,7 +287,8 @@ def test_remote_code_loads_without_glta_hf(tiny, tmp_path):
                 if name == "glta_hf" or name.startswith("glta_hf."):
                     raise ImportError("glta_hf is blocked in this test")
         sys.meta_path.insert(0, Block())
-        sys.path[:] = [p for p in sys.path if not p.startswith({str(os.getcwd())!r})]
+        import os
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != {str(Path(__file__).resolve().parents[1])!r}]
         try:
             import glta_hf
             raise SystemExit("glta_hf is importable")

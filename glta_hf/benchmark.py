@@ -1,0 +1,382 @@
+"""``glta benchmark``: every model of the paper's comparison on one dataset, one split, one evaluator.
+
+Rows (run names, each also ``<results-dir>/<dataset>/<run>.json`` via :func:`glta_hf.results.write_run_result`):
+``pop``, ``mf``, ``lightgcn``, ``lightgcn_plus`` (graph baselines, :mod:`glta_hf.graph`) and ``glta``,
+``glta_wo_ia``, ``glta_wo_ua``, ``glta_wo_pf``, ``glta_wo_pd``, ``glta_wo_both``, ``glta_ar``, ``glta_fl``
+(:mod:`glta_hf.pipeline` stages; the variants are :class:`GLTATrainingArguments` flags / decodings). Every row is
+scored on the same test users with :func:`glta_hf.metrics.evaluate` (graph rows) / :func:`pipeline.evaluate_glta`.
+A row whose result JSON exists with the same config fingerprint is skipped (resume). Writes ``results.json``,
+``tables.md`` (Table 2 / Table 3 layouts) in ``--output-dir`` and ``fig3_<dataset>.png`` / ``fig4_<dataset>.png``
+in ``--figures-dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+GRAPH_ROWS = {"pop": "pop", "mf": "mf", "lightgcn": "lightgcn", "lightgcn_plus": "lightgcn+"}
+#: GLTA row -> (training variant, GLTATrainingArguments flags, decoding)
+GLTA_ROWS = {
+    "glta": ("glta", {}, "first_k"),
+    "glta_wo_ia": ("wo_ia", {"no_item_alignment": True}, "first_k"),
+    "glta_wo_ua": ("wo_ua", {"user_as_text": True}, "first_k"),
+    "glta_wo_pf": ("wo_pf", {"no_profile": True}, "first_k"),
+    "glta_wo_pd": ("wo_pd", {"no_prediction": True}, "first_k"),
+    "glta_wo_both": ("wo_both", {"no_profile": True, "no_prediction": True}, "first_k"),
+    "glta_ar": ("glta", {}, "autoregressive"),
+    "glta_fl": ("glta", {}, "first_logit"),
+}
+ROWS = list(GRAPH_ROWS) + list(GLTA_ROWS)
+LABELS = {"pop": "Pop", "mf": "MF-BPR", "lightgcn": "LightGCN", "lightgcn_plus": "LightGCN+", "glta": "GLTA",
+          "glta_wo_ia": "w/o IA", "glta_wo_ua": "w/o UA", "glta_wo_pf": "w/o PF", "glta_wo_pd": "w/o PD",
+          "glta_wo_both": "w/o both", "glta_ar": "AR", "glta_fl": "FL"}
+TABLE2 = [("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10"),
+          ("R@10", "recall@10"), ("N@20", "ndcg@20")]
+TABLE3 = [("P@5", "precision@5"), ("N@5", "ndcg@5")]
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from .quickstart import BUDGETS
+
+    parser.add_argument("--dataset", default="ml-latest-small", help="loader name (ml-1m, amazon-json, ...)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--split", default=None, help="split policy passed to load_dataset (random, loo, ...)")
+    parser.add_argument("--test-fraction", type=float, default=None)
+    parser.add_argument("--split-seed", type=int, default=None)
+    parser.add_argument("--results-name", default=None, help="dataset folder under --results-dir (default: dataset name)")
+    parser.add_argument("--rows", default="all", help="comma-separated run names (default all): " + ",".join(ROWS))
+    parser.add_argument("--budget", choices=list(BUDGETS), default="small", help="quickstart budget preset")
+    parser.add_argument("--backbone", default=None, help="LLM for GLTA rows (default SmolLM2-135M GGUF)")
+    parser.add_argument("--graph-epochs", type=int, default=None)
+    parser.add_argument("--graph-lr", type=float, default=None)
+    parser.add_argument("--graph-reg", type=float, default=1e-4)
+    parser.add_argument("--graph-batch-size", type=int, default=None)
+    parser.add_argument("--graph-patience", type=int, default=None)
+    parser.add_argument("--eval-every", type=int, default=1)
+    parser.add_argument("--text-weight", type=float, default=0.1, help="LightGCN+ InfoNCE weight")
+    parser.add_argument("--temperature", type=float, default=0.2, help="LightGCN+ InfoNCE temperature")
+    parser.add_argument("--epochs", type=float, default=None, help="GLTA user-stage epochs")
+    parser.add_argument("--max-users", type=int, default=None, help="GLTA training users (0 = all)")
+    parser.add_argument("--eval-users", type=int, default=None, help="test users, same for every row (0 = all)")
+    parser.add_argument("--output-dir", default="runs/benchmark", help="work files, results.json, tables.md")
+    parser.add_argument("--results-dir", default="benchmarks/results")
+    parser.add_argument("--figures-dir", default="benchmarks/figures")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _config(args) -> Dict[str, Any]:
+    from .quickstart import BUDGETS, QuickstartConfig
+
+    values = dict(BUDGETS[args.budget])
+    for field, flag in (("graph_epochs", "graph_epochs"), ("graph_lr", "graph_lr"),
+                        ("graph_batch_size", "graph_batch_size"), ("graph_patience", "graph_patience"),
+                        ("epochs", "epochs"), ("train_users", "max_users"), ("eval_users", "eval_users")):
+        value = getattr(args, flag)
+        if value is not None:
+            values[field] = None if (value == 0 and field in ("train_users", "eval_users")) else value
+    values.update(getattr(args, "overrides", None) or {})  # library callers / tests: any QuickstartConfig field
+    cfg = QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
+                           backbone=args.backbone, progress=not args.no_progress, **values)
+    return dataclasses.asdict(cfg)
+
+
+def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
+    """What a row's numbers depend on: data, split, budget (and LightGCN+'s text weight); not paths / progress."""
+    keep = {k: v for k, v in cfg.items() if k not in ("output_dir", "progress", "show_users")}
+    key = dict(row=row, split=args.split, test_fraction=args.test_fraction, split_seed=args.split_seed,
+               graph_reg=args.graph_reg, eval_every=args.eval_every, cfg=keep)
+    if row == "lightgcn_plus":
+        key.update(text_weight=args.text_weight, temperature=args.temperature)
+    if row.startswith("glta"):
+        key.update(backbone=args.backbone)
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Benchmark:
+    def __init__(self, args, *, llm=None, tokenizer=None, echo: Callable[[str], None] = print):
+        import numpy as np
+
+        from . import pipeline
+        from .data.loaders import load_dataset
+
+        self.args, self.echo, self.llm, self.tokenizer = args, echo, llm, tokenizer
+        self.cfg = _config(args)
+        self.out = Path(args.output_dir)
+        options = {k: v for k, v in (("split", args.split), ("test_fraction", args.test_fraction),
+                                     ("seed", args.split_seed)) if v is not None}
+        self.full = load_dataset(args.dataset, args.data_dir, **options)
+        self.data = self.full.with_validation(fraction=self.cfg["val_fraction"], seed=self.cfg["seed"])
+        self.name = args.results_name or self.full.name
+        order = np.random.default_rng(self.cfg["seed"]).permutation(pipeline.test_users(self.full))
+        self.order = order
+        n = self.cfg["eval_users"]
+        self.users = None if n is None else np.sort(order[: min(n, len(order))])
+        self._glta_models: Dict[str, Any] = {}
+
+    def first(self, n):
+        import numpy as np
+
+        return None if n is None else np.sort(self.order[: min(n, len(self.order))]).tolist()
+
+    # ------------------------------------------------------------------ graph rows
+    def graph_args(self):
+        from .graph import GraphTrainingArguments
+
+        c = self.cfg
+        return GraphTrainingArguments(dim=c["graph_dim"], lr=c["graph_lr"], reg=self.args.graph_reg,
+                                      batch_size=c["graph_batch_size"], epochs=c["graph_epochs"],
+                                      patience=c["graph_patience"], seed=c["seed"], eval_every=self.args.eval_every,
+                                      progress=c["progress"])
+
+    def run_graph(self, row: str):
+        from .graph import BPRTrainer, build_model, encode_item_texts
+        from .metrics import evaluate
+
+        targs = self.graph_args()
+        fit, validation = self.data.matrix("train"), self.data.matrix("validation")
+        extra = {}
+        if row == "lightgcn_plus":
+            extra = dict(text_embeddings=encode_item_texts(self.data.item_texts), text_weight=self.args.text_weight,
+                         temperature=self.args.temperature)
+        model = build_model(GRAPH_ROWS[row], fit, targs, **extra)
+        info: Dict[str, Any] = {"graph": dataclasses.asdict(targs)}
+        if row != "pop":
+            result = BPRTrainer(model, targs, fit, validation).train()
+            info.update(best_epoch=result.best_epoch, epochs_run=len(result.history),
+                        validation={k: round(v, 5) for k, v in result.best_validation.items()})
+        model.eval()
+        metrics = evaluate(train=self.full.matrix("train"), test=self.full.matrix("test"),
+                           scorer=model.full_sort_predict, users=self.users)
+        return metrics, info
+
+    # ------------------------------------------------------------------ GLTA rows
+    def _backbone(self):
+        if self.llm is None:
+            from .backbone import _split_gguf, smollm2_gguf_path
+            from .texts import load_generator
+
+            backbone = self.cfg["backbone"] or str(smollm2_gguf_path())
+            folder, gguf = _split_gguf(backbone, None)
+            self.llm, self.tokenizer, self.ref = load_generator(folder, gguf_file=gguf)
+            self.folder, self.gguf = folder, gguf
+        elif not hasattr(self, "ref"):
+            from .texts import llm_reference
+
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.folder, self.gguf = self.cfg["backbone"], None
+            self.ref = llm_reference(self.llm, self.folder, None, None)
+        return self.llm, self.tokenizer
+
+    def _shared(self):
+        """Graph node embeddings and texts shared by every GLTA variant (resumable, in <output-dir>/work)."""
+        if hasattr(self, "nodes"):
+            return
+        from . import pipeline
+        from .texts import TextGenerationConfig
+        from .graph import seed_everything
+
+        c = self.cfg
+        work = self.out / "work"
+        self.nodes, _ = pipeline.train_graph(self.data, work / "graph", self.graph_args())
+        llm, tokenizer = self._backbone()
+        seed_everything(c["seed"])
+        tcfg = TextGenerationConfig(max_items=c["text_max_items"], max_new_tokens=c["text_max_new_tokens"],
+                                    batch_size=c["text_batch_size"], seed=c["seed"],
+                                    max_item_chars=c["text_max_item_chars"])
+        self.texts = pipeline.generate_texts(llm, tokenizer, self.data, work / "texts.jsonl", config=tcfg,
+                                             llm_ref=self.ref, users=self.first(c["text_users"]),
+                                             progress=c["progress"])
+
+    def glta_model(self, variant: str, flags: Dict[str, Any]):
+        if variant in self._glta_models:
+            return self._glta_models[variant]
+        from . import pipeline
+        from .alignment_data import user_histories
+        from .glta_config import GLTATrainingArguments
+        from .prompts import PromptConfig
+        from .quickstart import _popular_items
+
+        self._shared()
+        c = self.cfg
+        llm, tokenizer = self._backbone()
+        decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
+        work = self.out / "work" / variant
+        histories, has_time = user_histories(self.data, "train")
+        args = GLTATrainingArguments(
+            output_dir=str(work / "item"), stage="all", num_train_epochs=c["epochs"], item_stage_epochs=c["item_epochs"],
+            learning_rate=c["learning_rate"], per_device_train_batch_size=c["batch_size"],
+            per_device_eval_batch_size=max(c["batch_size"], 8), max_history=c["max_history"],
+            num_slots=c["num_slots"], items_per_sample=c["items_per_sample"], max_length=c["max_length"],
+            seed=c["seed"], eval_strategy="no", save_strategy="steps", save_steps=25, save_total_limit=1,
+            logging_steps=5, disable_tqdm=not c["progress"], use_cpu=True, dataloader_num_workers=0,
+            report_to="none", **flags)
+        stages = ("user",) if flags.get("no_item_alignment") else ("item", "user")
+        model = None
+        for stage in stages:
+            final = work / stage / "final"
+            if pipeline.stage_done(final):
+                model = pipeline.load_stage(final, decoder)
+                continue
+            if model is None:
+                prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=c["max_description_tokens"],
+                                      max_profile_tokens=c["text_max_new_tokens"],
+                                      max_prediction_tokens=c["text_max_new_tokens"])
+                model = pipeline.build_model(decoder, tokenizer, self.nodes, self.data,
+                                             llm_name_or_path=str(self.folder), llm_gguf_file=self.gguf,
+                                             prompt=prompt, num_slots=c["num_slots"], head=c["head"])
+                model.run_info = {"dataset": self.name, "variant": variant, "flags": flags,
+                                  "split": self.full.split_policy, "eval_history_recent": None}
+            recent = pipeline.attach_user_context(model, self.data, histories, has_time=has_time, texts=self.texts,
+                                                  seed=c["seed"])
+            model.run_info["eval_history_recent"] = recent
+            stage_args = copy.copy(args)
+            stage_args.output_dir = str(work / stage)
+            users = self.first(c["train_users"]) if stage == "user" else None
+            items = _popular_items(self.data.matrix("train"), c["item_items"]) if stage == "item" else None
+            model, _ = pipeline.run_stage(model, stage, stage_args, data=self.data, histories=histories,
+                                          has_time=has_time, texts=self.texts, users=users, items=items,
+                                          final_dir=final)
+        self._glta_models[variant] = model
+        return model
+
+    def run_glta(self, row: str):
+        from . import pipeline
+        from .metrics import DEFAULT_KS
+
+        variant, flags, decoding = GLTA_ROWS[row]
+        model = self.glta_model(variant, flags)
+        c = self.cfg
+        users = self.users if self.users is not None else pipeline.test_users(self.full)
+        ks = tuple(k for k in DEFAULT_KS if decoding in ("all_slots", "first_logit") or k <= c["num_slots"])
+        metrics = pipeline.evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
+                                         batch_size=max(c["batch_size"], 8), progress=c["progress"])
+        return metrics, {"variant": variant, "flags": flags, "decoding": decoding,
+                         "stages": (model.run_info or {}).get("stages")}
+
+    # ------------------------------------------------------------------ driver
+    def run(self, rows: List[str]) -> Dict[str, Any]:
+        from .io_utils import read_json, write_json
+        from .results import hardware_info, write_run_result
+
+        command = "glta benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "glta benchmark"
+        results: Dict[str, Any] = {}
+        for row in rows:
+            fp = fingerprint(row, self.args, self.cfg)
+            path = Path(self.args.results_dir) / self.name / f"{row}.json"
+            existing = read_json(path) if path.is_file() else None
+            if existing and (existing.get("config") or {}).get("fingerprint") == fp:
+                self.echo(f"{row}: skipped (finished, fingerprint {fp})")
+                results[row] = dict(existing, skipped=True)
+                continue
+            start = time.perf_counter()
+            metrics, info = self.run_graph(row) if row in GRAPH_ROWS else self.run_glta(row)
+            wall = time.perf_counter() - start
+            config = dict(info, fingerprint=fp, benchmark=self.cfg, row=row, eval_users=
+                          None if self.users is None else len(self.users), text_weight=self.args.text_weight
+                          if row == "lightgcn_plus" else None)
+            write_run_result(self.args.results_dir, self.name, row, model=row, split=self.data.split_policy,
+                             metrics=metrics, command=command, wall_time_s=wall, config=config)
+            hw = hardware_info()
+            self.echo(f"{row}: {wall:.1f}s on {hw['cpu']} x{hw['cpu_cores']} (gpu {hw['gpu']}); "
+                      f"P@5 {metrics.get('precision@5', float('nan')):.4f} N@10 {metrics.get('ndcg@10', float('nan')):.4f}")
+            results[row] = read_json(path)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "results.json", {"dataset": self.name, "rows": results})
+        tables = render_tables(self.name, results)
+        (self.out / "tables.md").write_text(tables, encoding="utf-8")
+        self.echo(tables)
+        figures = render_figures(self.name, results, self.args.figures_dir)
+        for f in figures:
+            self.echo(f"figure: {f}")
+        return {"results": results, "tables": tables, "figures": figures}
+
+
+def _table(rows, columns, title):
+    lines = [title, "", "| model | " + " | ".join(c for c, _ in columns) + " | wall time (s) | hardware |",
+             "|---" * (len(columns) + 3) + "|"]
+    for row, rec in rows.items():
+        m = rec.get("metrics") or {}
+        hw = rec.get("hardware") or {}
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "n/a" for _, k in columns]
+        lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) +
+                     f" | {rec.get('wall_time_s', float('nan')):.1f} | {hw.get('cpu')} x{hw.get('cpu_cores')}"
+                     f"{', ' + hw['gpu'] if hw.get('gpu') else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_tables(dataset: str, results: Dict[str, Any]) -> str:
+    t2 = {r: results[r] for r in ROWS if r in results and r not in ("glta_wo_pf", "glta_wo_pd", "glta_wo_both")}
+    t3 = {r: results[r] for r in ("glta_wo_pf", "glta_wo_pd", "glta_wo_both", "glta") if r in results}
+    out = _table(t2, TABLE2, f"### Table 2 layout: {dataset}")
+    if t3:
+        out += "\n" + _table(t3, TABLE3, f"### Table 3 layout (PF / PD ablation): {dataset}")
+    return out
+
+
+def _bar(path, dataset, results, rows, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = [("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10")]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(rows)
+    x = np.arange(len(metrics))
+    for i, row in enumerate(rows):
+        m = results[row].get("metrics") or {}
+        ax.bar(x + i * width, [m.get(k, 0.0) for _, k in metrics], width, label=LABELS[row])
+    ax.set_xticks(x + width * (len(rows) - 1) / 2)
+    ax.set_xticklabels([n for n, _ in metrics])
+    ax.set_title(f"{title} ({dataset})")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render_figures(dataset: str, results: Dict[str, Any], folder) -> List[str]:
+    """Figure 3 style (GLTA vs w/o IA vs w/o UA) and Figure 4 style (GLTA vs AR vs FL), with the rows present."""
+    made = []
+    for name, rows, title in (("fig3", ["glta", "glta_wo_ia", "glta_wo_ua"], "Alignment ablation"),
+                              ("fig4", ["glta", "glta_ar", "glta_fl"], "Decoding")):
+        present = [r for r in rows if r in results]
+        if "glta" in present and len(present) >= 2 or (len(present) >= 1 and name == "fig3"):
+            made.append(str(_bar(Path(folder) / f"{name}_{dataset}.png", dataset, results, present, title)))
+    return made
+
+
+def parse_rows(value: str) -> List[str]:
+    if value in ("all", ""):
+        return list(ROWS)
+    rows = [r.strip() for r in value.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        from .errors import GLTAError
+
+        raise GLTAError(f"unknown rows {unknown}; expected some of {ROWS}")
+    return rows
+
+
+def run(args: argparse.Namespace, *, llm=None, tokenizer=None) -> int:
+    rows = parse_rows(args.rows)
+    Benchmark(args, llm=llm, tokenizer=tokenizer).run(rows)
+    return 0
+
+
+def main(argv=None) -> int:  # pragma: no cover - ``glta benchmark`` goes through glta_hf.cli
+    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0])
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
