@@ -20,22 +20,29 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[Any]:
-    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it onto ``path``."""
-    path = Path(path)
+def _replacing(path: Path) -> Iterator[str]:
+    """Yield a temporary sibling path of ``path``; on success fsync it and rename it onto ``path``, else delete it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    binary = "b" in mode
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
-            yield handle
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it onto ``path``."""
+    binary = "b" in mode
+    with _replacing(Path(path)) as tmp:
+        with open(tmp, mode, encoding=None if binary else encoding) as handle:
+            yield handle
 
 
 def write_json(path, obj: Any, indent: int = 2) -> None:
@@ -54,19 +61,8 @@ def save_safetensors(tensors: Dict[str, "torch.Tensor"], path, metadata: Optiona
     """Atomically save tensors (made contiguous) as safetensors."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(Path(path)) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_safetensors(path) -> Dict[str, "torch.Tensor"]:  # noqa: F821
