@@ -60,10 +60,10 @@ def user_histories(data, split: str = "train") -> Tuple[List[np.ndarray], bool]:
 
     Returns ``(histories, has_time)``.
     """
-    table = data.splits[split].with_format("numpy")
+    has_time = "timestamp" in data.splits[split].column_names
+    table = data.columns(split, "user_idx", "item_idx", *(("timestamp",) if has_time else ()))
     users = np.asarray(table["user_idx"], dtype=np.int64)
     items = np.asarray(table["item_idx"], dtype=np.int64)
-    has_time = "timestamp" in data.splits[split].column_names
     if has_time:
         order = np.lexsort((items, np.asarray(table["timestamp"], dtype=np.int64), users))
     else:
