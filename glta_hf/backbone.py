@@ -10,8 +10,9 @@ Quantization choices (see the README, "Backbones"):
   * ``"bnb-4bit"``: bitsandbytes NF4 with double quantization, computed in ``dtype`` (float32 on CPU).
     bitsandbytes >= 0.45 runs 4-bit on CPU; gradients reach ``inputs_embeds`` through the frozen layers.
   * ``"gptq"``: a GPTQ checkpoint (the paper used TheBloke/Llama-2-7B-GPTQ) through transformers'
-    ``GPTQConfig``, which needs ``optimum`` + ``gptqmodel`` (the ``gptq`` extra; gptqmodel needs torch >= 2.14).
-    Loaded with ``backend="auto_trainable"`` so backward passes reach the projectors. A non-GPTQ checkpoint is
+    ``GPTQConfig``, which needs ``optimum`` + ``gptqmodel`` (the ``gptq`` extra; gptqmodel needs torch >= 2.14.1).
+    Loaded with ``backend="auto_trainable"`` so backward passes reach the projectors (on CPU gptqmodel 7.7 picks
+    ``TorchAtenLinear``, kept on its autograd path by ``_pin_gptq_train_mode``). A non-GPTQ checkpoint is
     quantized on load (4 bit, group size 64 -- SmolLM2's hidden size 576 is not a multiple of 128) using a few
     built-in calibration sentences. AutoGPTQ is not used: it is abandoned and transformers 5 dropped it.
 
@@ -156,7 +157,23 @@ def load_llm(
         ) from err
     if hasattr(model, "get_decoder") and not hasattr(model, "layers"):
         model = model.get_decoder()  # a *ForCausalLM class registered as AutoModel: keep the decoder
+    if quantization == "gptq":
+        _pin_gptq_train_mode(model)
     return freeze(model)
+
+
+def _pin_gptq_train_mode(model: torch.nn.Module) -> None:
+    """Keep gptqmodel's CPU kernel on its differentiable path.
+
+    On CPU ``backend="auto_trainable"`` picks ``TorchAtenLinear`` (gptqmodel 7.7). Its first forward decides its mode
+    for good: a float16/bfloat16 forward under ``torch.no_grad`` (an evaluation pass) switches it to the fused int4
+    ATen kernel, which runs under ``no_grad``, so later training steps would silently lose every gradient through
+    the quantized linears. Deciding "train" (dequantize + matmul, autograd-aware) up front avoids that; float32 runs
+    always took that path anyway. Modules without the attribute (other kernels, GPU) are left alone.
+    """
+    for module in model.modules():
+        if hasattr(module, "linear_mode") and module.linear_mode is None and hasattr(module, "qweight"):
+            module.linear_mode = "train"
 
 
 def load_backbone(

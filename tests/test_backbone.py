@@ -1,4 +1,5 @@
 """Backbone loading: local folders, GGUF path lookup, option validation, GPTQ (only with the gptq extra)."""
+import copy
 import importlib.util
 
 import pytest
@@ -63,16 +64,122 @@ def test_gptq_without_extra_is_a_clear_error(tiny_dir):
         backbone.load_llm(tiny_dir, quantization="gptq")
 
 
-@pytest.mark.gptq
-def test_gptq_quantize_and_backprop(tmp_path):
-    """Quantize a tiny LLaMA (hidden 128, group size 64) with gptqmodel on load; grads reach inputs_embeds."""
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def gptq_tiny(tmp_path_factory):
+    """A tiny LLaMA (hidden 128) saved to disk, its fp32 base decoder, and the same decoder GPTQ-quantized on load.
+
+    Quantized once per module (~15 s on 2 CPU cores); the quantized decoder is frozen, so tests can share it. The
+    fourth item is an untouched copy: gptqmodel's CPU kernel picks its mode at its first forward.
+    """
     if not gptq_available():
-        pytest.skip("needs the gptq extra: optimum + gptqmodel (torch >= 2.14)")
+        pytest.skip("needs the gptq extra: optimum + gptqmodel (torch >= 2.14.1)")
+    folder = tmp_path_factory.mktemp("gptq") / "llm"
     model, tokenizer = tiny_llama(hidden_size=128)
-    model.save_pretrained(tmp_path / "llm")
-    tokenizer.save_pretrained(tmp_path / "llm")
-    llm, _ = load_backbone(tmp_path / "llm", quantization="gptq")
-    assert getattr(llm.config, "quantization_config", None) is not None
-    x = torch.randn(1, 6, 128, requires_grad=True)
-    llm(inputs_embeds=x).last_hidden_state.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reference, _ = load_backbone(folder)
+    quantized, _ = load_backbone(folder, quantization="gptq")
+    return folder, reference, quantized, copy.deepcopy(quantized)  # the copy never runs a forward before its test
+
+
+@pytest.mark.gptq
+def test_gptq_quantize_and_backprop(gptq_tiny):
+    """Quantize a tiny LLaMA (hidden 128, group size 64) with gptqmodel on load; grads reach inputs_embeds."""
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    _, reference, llm, _ = gptq_tiny
+    qcfg = llm.config.quantization_config
+    qcfg = qcfg if isinstance(qcfg, dict) else qcfg.to_dict()
+    assert qcfg["quant_method"] == "gptq" and qcfg["bits"] == 4 and qcfg["group_size"] == 64
+    # every decoder-layer projection was replaced by a gptqmodel quant-linear (int4 packed weights, no fp weight)
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    quant = {n: m for n, m in llm.named_modules() if n.rsplit(".", 1)[-1] in names}
+    assert len(quant) == 7 * llm.config.num_hidden_layers
+    assert all(isinstance(m, BaseQuantLinear) for m in quant.values()), {n: type(m) for n, m in quant.items()}
+    assert not any(isinstance(m, torch.nn.Linear) for m in llm.layers.modules())
+    assert all(m.qweight.dtype == torch.int32 and not hasattr(m, "weight") for m in quant.values())
+    # each quantized weight is a 4-bit approximation of the fp32 one: different, but within ~13% (relative norm)
+    ref_modules = dict(reference.named_modules())
+    for name, module in quant.items():
+        w = ref_modules[name].weight
+        with torch.no_grad():
+            w_q = module(torch.eye(w.shape[1])).T
+        assert 0.01 < _rel(w_q, w) < 0.25, (name, _rel(w_q, w))
+    # the whole decoder: output differs from fp32 but is far closer to it than an unrelated model of the same shape
+    other, _ = tiny_llama(seed=1, hidden_size=128)
+    x = torch.randn(2, 6, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # an eval-style forward first: must not switch the kernels off their autograd path
+        fp32 = reference(inputs_embeds=x).last_hidden_state
+        q = llm(inputs_embeds=x).last_hidden_state
+        unrelated = other.model(inputs_embeds=x).last_hidden_state
+    assert torch.isfinite(q).all() and not torch.allclose(q, fp32, atol=1e-3)
+    assert _rel(q, fp32) < 0.8 and _rel(q, fp32) < 0.5 * _rel(unrelated, fp32), (_rel(q, fp32), _rel(unrelated, fp32))
+    # backward through the frozen quantized layers: grads reach inputs_embeds, and through the quant-linears
+    seen = []
+    hook = llm.layers[0].mlp.up_proj.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
+    xg = x.clone().requires_grad_(True)
+    llm(inputs_embeds=xg).last_hidden_state.sum().backward()
+    hook.remove()
+    assert seen == [True]
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    assert all(p.grad is None for p in llm.parameters())
+
+
+@pytest.mark.gptq
+def test_gptq_half_precision_eval_forward_keeps_backward(gptq_tiny):
+    """A bfloat16 no-grad forward (an eval pass) must not switch gptqmodel's CPU kernel to its no-grad fused path.
+
+    Without ``backbone._pin_gptq_train_mode`` the quant-linears' outputs stop requiring grad after such a pass and
+    only the residual stream carries gradients to ``inputs_embeds`` (about 50x smaller here).
+    """
+    *_, pristine = gptq_tiny
+    half = torch.nn.Module.to(pristine, torch.bfloat16)  # transformers refuses .to(dtype) on GPTQ models
+    x = torch.randn(1, 6, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        half(inputs_embeds=x)
+    seen = []
+    hook = half.layers[0].mlp.up_proj.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
+    xg = x.clone().requires_grad_(True)
+    half(inputs_embeds=xg).last_hidden_state.float().sum().backward()
+    hook.remove()
+    assert seen == [True] and xg.grad.abs().sum() > 0
+
+
+@pytest.mark.gptq
+def test_glta_over_gptq_backbone_trains_projectors_only(gptq_tiny):
+    """GLTAForRecommendation over the GPTQ-quantized tiny LLM: a backward pass reaches the projectors, not the LLM."""
+    from conftest import Tiny
+
+    from glta_hf import GLTAForRecommendation
+    from glta_hf.testing import tiny_tokenizer
+
+    folder, _, llm, _ = gptq_tiny
+    tokenizer = tiny_tokenizer()
+    gen = torch.Generator().manual_seed(0)
+    users, items = torch.randn(6, 8, generator=gen), torch.randn(12, 8, generator=gen)
+    torch.manual_seed(0)
+    model = GLTAForRecommendation.from_components(
+        llm,
+        tokenizer,
+        users,
+        items,
+        item_ids=[f"i{j}" for j in range(12)],
+        llm_name_or_path=str(folder),
+        quantization="gptq",
+        prompt={"num_slots": 4, "max_history": 5, "max_length": 512},
+    )
+    model.attach_user_context(user_ids=[f"u{j}" for j in range(6)], histories=[[0, 1], [2, 3, 4], [5], [6, 7], [8], [9, 10]])
+    tiny = Tiny(model=model, tokenizer=tokenizer, llm_dir=folder, user_embeddings=users, item_embeddings=items)
+    names = model.set_trainable("user+item")
+    assert names and not any(n.startswith("llm.") for n in names)
+    out = model(**tiny.batch())
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for projector in (model.user_projector, model.item_projector):
+        grads = [p.grad for p in projector.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in model.llm.parameters())
