@@ -17,6 +17,10 @@ are written), so training, evaluation and ``recommend()`` see the same text.
 * Evaluation mode (no targets): the history is the most recent H training items when the split has timestamps
   (``eval_history="recent"``), otherwise a seeded sample of H (``"sample"``); ``"auto"`` picks between them.
 
+* :class:`EpochSampler` (the trainer's sampler): the epoch order as a function of ``(seed, epoch)``; with
+  ``group_by_length`` it is :func:`length_grouped_indices` of the epoch's prompt lengths (each stage dataset
+  encodes an epoch once for its ``sample_lengths()`` and serves those encodings).
+
 Prompts that cannot fit ``max_length`` even without free text raise ``ValueError`` naming the user or the items:
 placeholders are never dropped silently (free text is what gets shortened, see ``encode_prompt``).
 """
@@ -98,12 +102,44 @@ def _wrap(err: ValueError, what: str) -> ValueError:
 
 
 class _EpochDataset(torch.utils.data.Dataset):
-    """A dataset whose samples are re-drawn per epoch; :class:`EpochSampler` / the trainer call ``set_epoch``."""
+    """A dataset whose samples are re-drawn per epoch; :class:`EpochSampler` / the trainer call ``set_epoch``.
+
+    Subclasses encode sample ``index`` of the current epoch in ``_encode``. :meth:`sample_lengths` (what the
+    length-grouped sampler sorts by) encodes the whole epoch once and keeps the encodings, which ``__getitem__``
+    then hands out (each one once), so length grouping tokenizes every prompt once per epoch, not twice. The kept
+    encodings are dropped when the epoch changes.
+    """
 
     epoch: int = 0
+    _cache_epoch: Optional[int] = None
+    _cache: Dict[int, EncodedPrompt]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if self._cache_epoch != self.epoch:
+            self._cache_epoch, self._cache = None, {}
+
+    def _encode(self, index: int) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> EncodedPrompt:
+        if self._cache_epoch == self.epoch:
+            cached = self._cache.pop(int(index), None)
+            if cached is not None:
+                return cached
+        return self._encode(int(index))
+
+    def sample_lengths(self) -> np.ndarray:
+        """Token count of every sample of the current epoch (the encodings are kept for ``__getitem__``)."""
+        if self._cache_epoch != self.epoch:
+            self._cache_epoch, self._cache = self.epoch, {}
+        lengths = np.empty(len(self), dtype=np.int64)
+        for index in range(len(self)):
+            encoded = self._cache.get(index)
+            if encoded is None:
+                encoded = self._cache[index] = self._encode(index)
+            lengths[index] = len(encoded.input_ids)
+        return lengths
 
 
 class ItemTextDataset(_EpochDataset):
@@ -136,7 +172,7 @@ class ItemTextDataset(_EpochDataset):
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         return item_text_prompt(group, [self.item_texts[i] for i in group], self.config, rng=rng)
 
-    def __getitem__(self, index: int) -> EncodedPrompt:
+    def _encode(self, index: int) -> EncodedPrompt:
         p = self.prompt(index)
         try:
             return encode_prompt(self.tokenizer, p, self.config)
@@ -224,11 +260,44 @@ class UserItemDataset(_EpochDataset):
         return user_item_prompt(user, history, self.config, profile=rec.get("profile"),
                                 prediction=rec.get("prediction"), targets=targets, user_text=name)
 
-    def __getitem__(self, index: int) -> EncodedPrompt:
+    def _encode(self, index: int) -> EncodedPrompt:
         try:
             return encode_prompt(self.tokenizer, self.prompt(index), self.config)
         except ValueError as err:
             raise _wrap(err, f"user {self.users[index]}") from None
+
+
+def length_grouped_indices(lengths: Sequence[int], batch_size: int, *, seed: int = 0, epoch: int = 0,
+                           mega_batch_mult: Optional[int] = None) -> List[int]:
+    """A permutation of ``range(len(lengths))`` whose consecutive ``batch_size`` slices hold similar lengths.
+
+    transformers' ``get_length_grouped_indices`` as a pure function of ``(seed, epoch, lengths)``: the indices are
+    shuffled with a generator seeded by ``(seed, epoch)`` (the same draw as :class:`EpochSampler`'s plain shuffle),
+    cut into megabatches of ``mega_batch_mult * batch_size`` (default: 50, or fewer so there are at least 4
+    megabatches, at least 1) and each megabatch is sorted by length, longest first. The longest sample of all is
+    swapped to the front so an out-of-memory error shows at the first step. Batches therefore need little padding
+    while the epoch order stays random at the megabatch scale.
+    """
+    n = len(lengths)
+    batch_size = max(1, int(batch_size))
+    if mega_batch_mult is None:
+        mega_batch_mult = max(1, min(n // (batch_size * 4), 50))
+    if n == 0:
+        return []
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = torch.randperm(n, generator=_epoch_generator(seed, epoch)).numpy()
+    size = int(mega_batch_mult) * batch_size
+    megabatches = []
+    for start in range(0, n, size):
+        chunk = order[start: start + size]
+        megabatches.append(chunk[np.argsort(-lengths[chunk], kind="stable")].tolist())
+    longest = int(np.argmax([lengths[m[0]] for m in megabatches]))
+    megabatches[0][0], megabatches[longest][0] = megabatches[longest][0], megabatches[0][0]
+    return [i for m in megabatches for i in m]
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -236,24 +305,47 @@ class EpochSampler(torch.utils.data.Sampler):
 
     Both the order and the dataset's per-epoch draws are then functions of the epoch alone, so a run resumed
     from a checkpoint mid-epoch (the Trainer skips the batches already seen) replays exactly the same samples.
+
+    ``group_by_length=True``: the order is :func:`length_grouped_indices` of the epoch's sample lengths (the
+    dataset's ``sample_lengths()``, else the encoded samples' lengths) with ``batch_size`` (the Trainer passes the
+    per-device batch times the gradient-accumulation steps, as transformers' ``LengthGroupedSampler``).
+    ``shuffle=False``: indices in order.
     """
 
-    def __init__(self, dataset, seed: int = 0, shuffle: bool = True):
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True, *, group_by_length: bool = False,
+                 batch_size: int = 1, mega_batch_mult: Optional[int] = None):
         self.dataset, self.seed, self.shuffle, self.epoch = dataset, int(seed), shuffle, 0
+        self.group_by_length, self.batch_size, self.mega_batch_mult = group_by_length, int(batch_size), mega_batch_mult
+        self._lengths: Optional[Tuple[int, np.ndarray]] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
+        if self.group_by_length and self.shuffle:
+            # encode the epoch now, before the DataLoader forks its workers, so they inherit the encodings
+            self.lengths()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def lengths(self) -> np.ndarray:
+        """The current epoch's sample lengths (computed once per epoch)."""
+        if self._lengths is None or self._lengths[0] != self.epoch:
+            if hasattr(self.dataset, "sample_lengths"):
+                lengths = np.asarray(self.dataset.sample_lengths())
+            else:
+                lengths = np.asarray([len(self.dataset[i].input_ids) for i in range(len(self.dataset))])
+            self._lengths = (self.epoch, lengths)
+        return self._lengths[1]
+
     def __iter__(self):
         if not self.shuffle:
             return iter(range(len(self.dataset)))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+        if self.group_by_length:
+            return iter(length_grouped_indices(self.lengths(), self.batch_size, seed=self.seed, epoch=self.epoch,
+                                               mega_batch_mult=self.mega_batch_mult))
+        return iter(torch.randperm(len(self.dataset), generator=_epoch_generator(self.seed, self.epoch)).tolist())
 
 
 class GLTACollator:

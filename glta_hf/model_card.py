@@ -142,7 +142,7 @@ def _stages(run_info: Mapping[str, Any]) -> List[Dict[str, Any]]:
     for stage in run_info.get("stages") or []:
         if isinstance(stage, Mapping):
             stages.append({"name": str(stage.get("name")), "hyperparameters": dict(stage.get("hyperparameters") or {})})
-        else:  # training/align.py records the names only
+        else:  # glta_run.json files written before stage records held the names only
             stages.append({"name": str(stage), "hyperparameters": {}})
     return stages
 

@@ -10,7 +10,8 @@ these, so a stage is built, trained, recorded and saved one way only:
 * :func:`build_model` -- a fresh :class:`~glta_hf.modeling_glta.GLTAForRecommendation` from node embeddings, a
   loaded backbone and the item catalogue, after checking the id maps agree.
 * :func:`attach_user_context` -- per user the serving history (training items, shown ones last) and the texts.
-* :func:`run_stage` -- one alignment stage (``"item"`` or ``"user"``) with :class:`~glta_hf.glta_trainer.GLTATrainer`;
+* :func:`run_stage` -- one alignment stage (``"item"`` or ``"user"``) with :class:`~glta_hf.glta_trainer.GLTATrainer`
+  (the only implementation of a stage: training/align.py, quickstart and benchmark all call it);
   the final model goes to ``<stage_dir>/final`` through ``save_pretrained`` with the stage recorded in
   ``model.run_info`` (so ``glta_run.json`` and the ``README.md`` card are written with it). A finished stage is
   reloaded instead of retrained; an interrupted one resumes from its last complete Trainer checkpoint.
@@ -140,10 +141,15 @@ def last_complete_checkpoint(stage_dir) -> Optional[str]:
     return None
 
 
+def wants_resume(value) -> bool:
+    """Whether a ``resume_from_checkpoint`` value asks to continue (``true`` / ``last`` / a checkpoint path)."""
+    return value is not None and str(value).lower() not in ("", "false", "no", "0")
+
+
 def resolve_resume(value, stage_dir) -> Optional[str]:
     """``None`` / ``false``: no resume; ``true`` / ``last``: the last complete checkpoint of the stage; a path."""
     stage_dir = Path(stage_dir)
-    if value is None or str(value).lower() in ("", "false", "no", "0"):
+    if not wants_resume(value):
         return None
     if str(value).lower() in ("true", "last", "yes", "1"):
         return last_complete_checkpoint(stage_dir) if stage_dir.is_dir() else None
@@ -157,17 +163,62 @@ def stage_done(final_dir) -> bool:
     return (final_dir / "model.safetensors").is_file() and (final_dir / RUN_INFO_NAME).is_file()
 
 
+# top-level keys of the glta_run.json that training/align.py wrote before it went through run_stage
+_LEGACY_STAGE_KEYS = ("stage", "stage_wall_time_s", "train_metrics", "log_history", "world_size")
+
+
+def stage_records(run_info: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The ``stages`` of a run record as records (``{"name", "global_step", "output_dir", ...}``).
+
+    Older ``glta_run.json`` files written by ``training/align.py`` list stage names only; they become
+    ``{"name": name}``.
+    """
+    records = []
+    for entry in (run_info or {}).get("stages") or []:
+        if isinstance(entry, Mapping):
+            records.append(dict(entry))
+        elif entry is not None:
+            records.append({"name": str(entry)})
+    return records
+
+
+def needs_unused_parameter_search(stage: str, args) -> bool:
+    """Whether DDP must look for trainable parameters that got no gradient in a step (``find_unused_parameters``).
+
+    Only the stage's parameters train (``set_trainable``); the frozen LLM and the other projector are not
+    DDP's concern. A trainable part can still get no input: the user projector under w/o UA (the user is text,
+    no ``<user>`` token) and, in the w/o IA user stage (both projectors train), the item projector in a batch
+    whose users show no history item. Everything else gets a gradient every step, so the per-step graph search
+    is skipped.
+    """
+    if stage == "item":
+        return False
+    return bool(args.user_as_text) or args.trainable_stage == "user+item"
+
+
 def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts=None, users=None, items=None,
-              callbacks: Sequence = (), resume="last", final_dir=None, run_info: Optional[Mapping[str, Any]] = None):
+              callbacks: Sequence = (), early_stopping_patience: Optional[int] = None, resume="last",
+              final_dir=None, run_info: Optional[Mapping[str, Any]] = None):
     """Train one alignment stage of ``model`` with :class:`GLTATrainer` and save it to ``final_dir``.
 
-    ``stage``: ``"item"`` (item-text alignment; no validation ranking) or ``"user"`` (user-item alignment, trains
-    ``args.trainable_stage``: ``"user+item"`` for w/o IA; validated on ``data``'s validation split when
-    ``args.eval_strategy != "no"``). ``args`` is a :class:`GLTATrainingArguments` whose ``output_dir`` is the stage
-    folder (Trainer checkpoints); ``final_dir`` defaults to ``<output_dir>/final``. ``users`` / ``items`` restrict
-    the user stage's training users / the item stage's items (budgets). ``resume``: see :func:`resolve_resume`. The user context (histories, texts)
-    must be attached already (:func:`attach_user_context`). Returns ``(model, metrics)``; ``model.run_info`` gains
-    the stage with its hyperparameters, wall time and train metrics.
+    The one implementation of a stage, used by ``training/align.py`` (single process or ``accelerate launch``),
+    ``glta quickstart`` and ``glta benchmark``.
+
+    ``stage``: ``"item"`` (item-text alignment; no validation ranking, no early stopping) or ``"user"`` (user-item
+    alignment, trains ``args.trainable_stage``: ``"user+item"`` for w/o IA; validated on ``data``'s validation
+    split when ``args.eval_strategy != "no"``, which then must exist). ``args`` is a :class:`GLTATrainingArguments`
+    whose ``output_dir`` is the stage folder (Trainer checkpoints); it is copied, so the per-stage overrides
+    (item-stage epochs / learning rate, ``ddp_find_unused_parameters``) never leak into the caller's. ``final_dir``
+    defaults to ``<output_dir>/final``. ``users`` / ``items`` restrict the user stage's training users / the item
+    stage's items (budgets). ``early_stopping_patience``: evaluations without improvement before the user stage
+    stops. ``resume``: see :func:`resolve_resume`. The user context (histories, texts) must be attached already
+    (:func:`attach_user_context`).
+
+    The run record ``model.run_info`` (updated with ``run_info``, then saved as ``glta_run.json`` with the weights
+    by the main process) gains this stage in ``stages`` -- ``{"name", "global_step", "output_dir",
+    "wall_time_s", "world_size", "hyperparameters", "log_history"}``, replacing an earlier record of the same
+    name -- and its train / validation metrics in ``stage_metrics[stage]``. Every process waits until the model
+    is saved. Returns ``(model, metrics)``; ``metrics["global_step"]`` is the Trainer's final step.
     """
     import copy
 
@@ -185,6 +236,7 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     trainable = model.set_trainable("item" if stage == "item" else args.trainable_stage)
     logger.info("stage %s: training %s", stage, trainable)
     ranking: Dict[str, Any] = {}
+    callbacks = list(callbacks)
     if stage == "item":
         train_dataset = ItemTextDataset(data.item_texts, tokenizer, prompt, items_per_sample=args.items_per_sample,
                                         seed=args.seed, items=items)
@@ -194,19 +246,27 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
             args.num_train_epochs = args.item_stage_epochs
         if args.item_stage_learning_rate is not None:
             args.learning_rate = args.item_stage_learning_rate
-        args.ddp_find_unused_parameters = True  # the user projector gets no input in this stage
     else:
         train_dataset = UserItemDataset(histories, tokenizer, prompt, texts=texts, users=users, mode="train",
                                         target_policy=args.target_policy, num_targets=args.num_targets,
                                         eval_history=args.eval_history, has_time=has_time,
                                         user_names=data.user_ids, seed=args.seed)
-        if args.eval_strategy != "no" and "validation" in data.splits:
+        if args.eval_strategy != "no":
+            if "validation" not in data.splits:
+                raise ValueError(f"eval_strategy={args.eval_strategy!r} ranks a validation split, but dataset "
+                                 f"{data.name!r} has none: carve one (val_fraction > 0) or set eval_strategy='no'")
             ranking = dict(ranking_train=data.matrix("train"), ranking_truth=data.matrix("validation"))
-        if args.user_as_text:
-            args.ddp_find_unused_parameters = True
+            if early_stopping_patience:
+                from transformers import EarlyStoppingCallback
+
+                callbacks.append(EarlyStoppingCallback(early_stopping_patience))
+        elif early_stopping_patience:
+            raise ValueError("early stopping needs validation: set eval_strategy (and load_best_model_at_end)")
+    if args.ddp_find_unused_parameters is None:  # an explicit choice of the caller is kept
+        args.ddp_find_unused_parameters = needs_unused_parameter_search(stage, args)
     collator = GLTACollator(tokenizer.pad_token_id, model.config.num_slots)
     trainer = GLTATrainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
-                          callbacks=list(callbacks), **ranking)
+                          callbacks=callbacks, **ranking)
     trainer.glta_stage = stage
     checkpoint = resolve_resume(resume, args.output_dir)
     if checkpoint:
@@ -217,17 +277,28 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if ranking:
         metrics.update(trainer.evaluate())
-    record = dict(run_info if run_info is not None else (model.run_info or {}))
-    stages = [s for s in record.get("stages") or [] if isinstance(s, Mapping) and s.get("name") != stage]
-    hyper = stage_record(stage, args, global_step=int(trainer.state.global_step), wall_time_s=round(seconds, 1),
+    global_step = int(trainer.state.global_step)
+    metrics["global_step"] = global_step
+
+    record = dict(model.run_info or {})
+    for key in _LEGACY_STAGE_KEYS:
+        record.pop(key, None)
+    record.update({k: v for k, v in (run_info or {}).items() if k != "stages"})
+    stages = [s for s in stage_records(record) if s.get("name") != stage]
+    hyper = stage_record(stage, args, global_step=global_step,
                          train_users=len(train_dataset) if stage == "user" else None,
                          train_items=(len(items) if items is not None else data.num_items) if stage == "item" else None)
-    hyper["hyperparameters"] = {k: v for k, v in hyper["hyperparameters"].items() if v is not None}
-    record["stages"] = stages + [hyper]
+    record["stages"] = stages + [{
+        "name": stage, "global_step": global_step, "output_dir": str(final_dir), "wall_time_s": round(seconds, 1),
+        "world_size": int(args.world_size),
+        "hyperparameters": {k: v for k, v in hyper["hyperparameters"].items() if v is not None},
+        "log_history": trainer.state.log_history}]
     record.setdefault("stage_metrics", {})[stage] = metrics
     model.run_info = record
     if trainer.is_world_process_zero():
         model.save_pretrained(final_dir)  # writes glta_run.json + README.md from model.run_info
+        logger.info("stage %s done in %.1fs (step %d) -> %s", stage, seconds, global_step, final_dir)
+    trainer.accelerator.wait_for_everyone()
     return model, metrics
 
 

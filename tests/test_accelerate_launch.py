@@ -56,4 +56,6 @@ def test_two_cpu_processes_train_and_save_one_model(tmp_path):
     assert sorted(p.name for p in stage.iterdir()) == ["checkpoint-3", "final"]
     assert (stage / "final" / "model.safetensors").is_file()
     info = json.loads((stage / "final" / "glta_run.json").read_text())
-    assert info["world_size"] == 2
+    [record] = info["stages"]
+    assert record["name"] == "user" and record["world_size"] == 2 and record["global_step"] == 3
+    assert record["output_dir"] == str(stage / "final")

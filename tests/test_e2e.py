@@ -52,9 +52,11 @@ def workdir(tmp_path_factory):
     return w
 
 
-def _losses(final_dir: Path):
+def _losses(final_dir: Path, stage: str = "user"):
     info = json.loads((final_dir / "glta_run.json").read_text())
-    return [h["loss"] for h in info["log_history"] if "loss" in h]
+    record = next(s for s in info["stages"] if s["name"] == stage)
+    assert record["output_dir"] == str(final_dir) and record["global_step"] > 0
+    return [h["loss"] for h in record["log_history"] if "loss" in h]
 
 
 def test_pipeline_texts_item_user_evaluate(workdir, tmp_path):
@@ -72,6 +74,8 @@ def test_pipeline_texts_item_user_evaluate(workdir, tmp_path):
     run(*align_args(w, "--stage", "user", "--num_train_epochs", "4", "--eval_strategy", "epoch",
                     "--save_strategy", "epoch", "--load_best_model_at_end", "true"))
     final = w / "run" / "user" / "final"
+    stages = json.loads((final / "glta_run.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["item", "user"]  # the item stage's record carries over
     losses = _losses(final)
     third = max(1, len(losses) // 3)
     assert np.mean(losses[-third:]) < np.mean(losses[:third]), losses
@@ -183,6 +187,12 @@ def test_kill_during_training_then_resume_matches_uninterrupted(workdir, tmp_pat
     assert set(wa) == set(wb)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    # resuming a finished stage reuses it: nothing is trained or written again
+    weights = b / "run" / "user" / "final" / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    again = run(*args_for(b), "--resume_from_checkpoint", "true")
+    report = json.loads(next(line for line in again.stdout.splitlines() if line.startswith('{"stage"')))
+    assert report["skipped"] is True and report["global_step"] == 9 and weights.stat().st_mtime_ns == mtime
     ma = run(ROOT / "training" / "evaluate.py", "--model", a / "run" / "user" / "final", "--ks", "5,10",
              "--output", a / "m.json")
     mb = run(ROOT / "training" / "evaluate.py", "--model", b / "run" / "user" / "final", "--ks", "5,10",

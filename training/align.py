@@ -15,10 +15,19 @@ training/pretrain_graph.py on the same split) -> profile/prediction texts (``tex
 frozen LLM when missing, on the main process) -> frozen backbone -> model (fresh, or the item-stage model for
 stage ``user``) -> train -> ``<output_dir>/<stage>/final`` (GLTA weights only + ``glta_run.json``).
 Trainer checkpoints go to ``<output_dir>/<stage>/checkpoint-*``; ``--resume_from_checkpoint true`` (or a path)
-continues the stage from the last one.
+continues an interrupted stage from the last complete one and reuses a stage whose ``final`` folder is complete
+(without it, every planned stage trains from scratch).
+
+Each stage is :func:`glta_hf.pipeline.run_stage` (the one implementation ``glta quickstart`` and
+``glta benchmark`` use too); this script only parses the arguments, prepares data / texts / graph / backbone and
+prints one JSON report per stage and process (``stage``, ``wall_time_s``, ``process_index``, ``world_size``,
+``global_step`` and the train / validation metrics). ``glta_run.json`` lists the finished stages as records
+(``name``, ``global_step``, ``output_dir``, ``wall_time_s``, ``world_size``, ``hyperparameters``,
+``log_history``) next to the run's data options.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shlex
@@ -104,6 +113,33 @@ def stage_plan(args) -> list:
     return [args.stage]
 
 
+def first_model(stage, script, args, *, llm, tokenizer, nodes, data, backbone, root):
+    """The model the first stage of this launch starts from: ``--init_from`` (stage ``user``: the item stage's
+    final model by default) or a fresh one over the node embeddings."""
+    from glta_hf import pipeline
+    from glta_hf.prompts import PromptConfig
+
+    init = script.init_from
+    if stage == "user" and not args.no_item_alignment and init is None:
+        init = str(root / "item" / "final")
+        if not (Path(init) / "model.safetensors").is_file():
+            raise SystemExit(f"stage user continues from the item stage, but {init} does not exist: run "
+                             "--stage item first, pass --init_from, or use --no_item_alignment (w/o IA)")
+    if init:
+        return checked_slots(pipeline.load_stage(init, llm), init, args)
+    return pipeline.build_model(llm, tokenizer, nodes, data, llm_name_or_path=backbone,
+                                llm_revision=script.backbone_revision, llm_gguf_file=script.backbone_gguf_file,
+                                quantization=script.quantization, llm_dtype=script.llm_dtype,
+                                prompt=PromptConfig(**args.prompt_overrides()), num_slots=args.num_slots,
+                                head=script.head, projector=script.projector)
+
+
+def checked_slots(model, folder, args):
+    if model.config.num_slots != args.num_slots:
+        raise SystemExit(f"{folder} has num_slots={model.config.num_slots}, arguments say {args.num_slots}")
+    return model
+
+
 def main(argv=None) -> int:
     start = time.perf_counter()
     script, args = parse_args(argv)
@@ -112,15 +148,11 @@ def main(argv=None) -> int:
     import torch
     from accelerate import PartialState
 
-    from glta_hf.alignment_data import (GLTACollator, ItemTextDataset, UserItemDataset, prepare_data,
-                                        serving_histories, user_histories)
+    from glta_hf import pipeline
+    from glta_hf.alignment_data import prepare_data, user_histories
     from glta_hf.backbone import load_backbone, smollm2_gguf_path
-    from glta_hf.glta_trainer import GLTATrainer
     from glta_hf.graph import load_node_embeddings
-    from glta_hf.io_utils import write_json
-    from glta_hf.modeling_glta import GLTAForRecommendation
-    from glta_hf.prompts import PromptConfig
-    from glta_hf.texts import TextGenerationConfig, generate_user_texts, load_generator, load_texts
+    from glta_hf.texts import TextGenerationConfig, load_generator, load_texts
 
     if script.threads:
         torch.set_num_threads(script.threads)
@@ -128,6 +160,10 @@ def main(argv=None) -> int:
 
     set_seed(args.seed)  # the fresh projectors / head / slots are initialized from the global RNG
     state = PartialState()
+    plan = stage_plan(args)
+    if "user" in plan and args.eval_strategy != "no" and not script.val_fraction:
+        raise SystemExit(f"--eval_strategy {args.eval_strategy} ranks a validation split carved from train: set "
+                         "--val_fraction > 0 or --eval_strategy no")
     data, _full = prepare_data(script.dataset, script.data_dir, split=script.split,
                                test_fraction=script.test_fraction, split_seed=script.split_seed,
                                val_fraction=script.val_fraction, val_seed=script.val_seed)
@@ -136,8 +172,7 @@ def main(argv=None) -> int:
 
     # profile / prediction texts (main process generates, the others wait and read)
     texts = {}
-    wants_text = not (args.no_profile and args.no_prediction)
-    if wants_text:
+    if not (args.no_profile and args.no_prediction):
         if not script.texts:
             raise SystemExit("--texts is required unless both --no_profile and --no_prediction are set")
         with state.main_process_first():
@@ -147,121 +182,59 @@ def main(argv=None) -> int:
                                                          quantization=script.quantization, dtype=script.llm_dtype)
                 cfg = TextGenerationConfig(max_items=script.text_max_items, max_new_tokens=script.text_max_new_tokens,
                                            batch_size=script.text_batch_size, seed=script.text_seed)
-                summary = generate_user_texts(gen_model, gen_tok, data, script.texts, config=cfg, llm=ref,
-                                              progress=not args.disable_tqdm)
-                logger.info("texts: %s", summary)
+                texts = pipeline.generate_texts(gen_model, gen_tok, data, script.texts, config=cfg, llm_ref=ref,
+                                                progress=not args.disable_tqdm)
                 del gen_model
-            texts = load_texts(script.texts, num_users=data.num_users)
+            else:
+                texts = load_texts(script.texts, num_users=data.num_users)
         if len(texts) < data.num_users:
             logger.warning("text cache covers %d of %d users", len(texts), data.num_users)
 
     if not script.graph_dir:
         raise SystemExit("--graph_dir (node embeddings from training/pretrain_graph.py --output-dir) is required")
     nodes = load_node_embeddings(script.graph_dir)
-    if list(nodes.user_ids) != [str(u) for u in data.user_ids] or list(nodes.item_ids) != [str(i) for i in data.item_ids]:
-        raise SystemExit(f"{script.graph_dir}: node-embedding id maps differ from dataset {data.name!r}; "
-                         "run pretrain_graph.py with the same dataset and split options")
+    try:
+        pipeline.check_node_ids(nodes, data, where=script.graph_dir)
+    except ValueError as err:
+        raise SystemExit(f"{err} (run pretrain_graph.py with the same dataset and split options)") from None
 
     llm, tokenizer = load_backbone(backbone, revision=script.backbone_revision, gguf_file=script.backbone_gguf_file,
                                    quantization=script.quantization, dtype=script.llm_dtype)
     histories, has_time = user_histories(data, "train")
     root = Path(args.output_dir)
-    plan = stage_plan(args)
     run_info = {"dataset": script.dataset, "data_dir": script.data_dir, "split": script.split,
                 "test_fraction": script.test_fraction, "split_seed": script.split_seed,
                 "val_fraction": script.val_fraction, "val_seed": script.val_seed, "graph_dir": script.graph_dir,
-                "texts": script.texts, "backbone": backbone, "eval_history_recent": None, "stages": plan,
+                "texts": script.texts, "backbone": backbone,
                 "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    resuming = pipeline.wants_resume(args.resume_from_checkpoint)
 
     model = None
     for stage in plan:
         stage_dir = root / stage
         final_dir = stage_dir / "final"
-        if model is None:
-            init = script.init_from
-            if stage == "user" and not args.no_item_alignment and init is None:
-                init = str(root / "item" / "final")
-                if not (Path(init) / "model.safetensors").is_file():
-                    raise SystemExit(f"stage user continues from the item stage, but {init} does not exist: run "
-                                     "--stage item first, pass --init_from, or use --no_item_alignment (w/o IA)")
-            if init:
-                model = GLTAForRecommendation.from_pretrained(init, llm=llm)
-                if model.config.num_slots != args.num_slots:
-                    raise SystemExit(f"{init} has num_slots={model.config.num_slots}, arguments say {args.num_slots}")
-                tokenizer = model.tokenizer
-            else:
-                prompt = PromptConfig(**args.prompt_overrides())
-                model = GLTAForRecommendation.from_components(
-                    llm, tokenizer, nodes.user, nodes.item, item_ids=data.item_ids, item_titles=data.item_titles,
-                    llm_name_or_path=backbone,
-                    llm_revision=script.backbone_revision, llm_gguf_file=script.backbone_gguf_file,
-                    quantization=script.quantization, llm_dtype=script.llm_dtype, prompt=prompt,
-                    num_slots=args.num_slots, head=script.head, projector=script.projector)
-        model.config.prompt.update(args.prompt_overrides())
-        prompt = model.prompt_config
-        recent = has_time and args.eval_history != "sample" or args.eval_history == "recent"
-        run_info["eval_history_recent"] = recent
-        model.attach_user_context(
-            user_ids=data.user_ids,
-            histories=serving_histories(histories, prompt.max_history, recent, args.seed),
-            profiles=[(texts.get(u) or {}).get("profile") for u in range(data.num_users)],
-            predictions=[(texts.get(u) or {}).get("prediction") for u in range(data.num_users)],
-        )
-        trainable = model.set_trainable("item" if stage == "item" else args.trainable_stage)
-        logger.info("stage %s: training %s", stage, trainable)
-        collator = GLTACollator(tokenizer.pad_token_id, model.config.num_slots)
-
-        stage_args = args
-        stage_args.output_dir = str(stage_dir)
-        callbacks = []
-        ranking = {}
-        if stage == "item":
-            train_dataset = ItemTextDataset(data.item_texts, tokenizer, prompt, items_per_sample=args.items_per_sample,
-                                            seed=args.seed)
-            saved = (stage_args.eval_strategy, stage_args.load_best_model_at_end, stage_args.num_train_epochs,
-                     stage_args.learning_rate)
-            stage_args.eval_strategy = "no"  # user-item ranking means nothing before the user stage
-            stage_args.load_best_model_at_end = False
-            if args.item_stage_epochs is not None:
-                stage_args.num_train_epochs = args.item_stage_epochs
-            if args.item_stage_learning_rate is not None:
-                stage_args.learning_rate = args.item_stage_learning_rate
-        else:
-            train_dataset = UserItemDataset(histories, tokenizer, prompt, texts=texts, mode="train",
-                                            target_policy=args.target_policy, num_targets=args.num_targets,
-                                            eval_history=args.eval_history, has_time=has_time,
-                                            user_names=data.user_ids, seed=args.seed)
-            ranking = dict(ranking_train=data.matrix("train"), ranking_truth=data.matrix("validation"))
-            if script.early_stopping_patience:
-                from transformers import EarlyStoppingCallback
-
-                callbacks.append(EarlyStoppingCallback(script.early_stopping_patience))
-        # DDP: only w/o UA leaves a trainable parameter (the user projector) without input
-        stage_args.ddp_find_unused_parameters = bool(args.user_as_text)
-        trainer = GLTATrainer(model=model, args=stage_args, train_dataset=train_dataset, data_collator=collator,
-                              callbacks=callbacks, **ranking)
-        resume = resolve_resume(args.resume_from_checkpoint, stage_dir)
-        if resume:
-            logger.info("stage %s: resuming from %s", stage, resume)
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-        stage_time = time.perf_counter() - t0
-        metrics = dict(result.metrics)
-        if stage == "user" and args.eval_strategy != "no":
-            metrics.update(trainer.evaluate())
-        if stage == "item":
-            (stage_args.eval_strategy, stage_args.load_best_model_at_end, stage_args.num_train_epochs,
-             stage_args.learning_rate) = saved
-        if trainer.is_world_process_zero():
-            model.save_pretrained(final_dir)
-            info = dict(run_info, stage=stage, stage_wall_time_s=round(stage_time, 2),
-                        train_metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                        log_history=trainer.state.log_history, world_size=args.world_size)
-            write_json(final_dir / "glta_run.json", info)
-            logger.info("stage %s done in %.1fs -> %s", stage, stage_time, final_dir)
-        state.wait_for_everyone()
-        print(json.dumps({"stage": stage, "wall_time_s": round(stage_time, 2), "process_index": args.process_index,
-                          "world_size": args.world_size, "global_step": trainer.state.global_step,
+        if resuming and pipeline.stage_done(final_dir):  # a finished stage is not trained again
+            logger.info("stage %s: already finished in %s, reusing it", stage, final_dir)
+            model = checked_slots(pipeline.load_stage(final_dir, llm), final_dir, args)
+            record = next((s for s in pipeline.stage_records(model.run_info) if s.get("name") == stage), {})
+            metrics = {"global_step": record.get("global_step"), "skipped": True}
+        else:
+            if model is None:
+                model = first_model(stage, script, args, llm=llm, tokenizer=tokenizer, nodes=nodes, data=data,
+                                    backbone=backbone, root=root)
+            model.config.prompt.update(args.prompt_overrides())  # the serving history length follows --max_history
+            recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
+                                                  eval_history=args.eval_history, seed=args.seed)
+            stage_args = copy.copy(args)
+            stage_args.output_dir = str(stage_dir)
+            model, metrics = pipeline.run_stage(
+                model, stage, stage_args, data=data, histories=histories, has_time=has_time, texts=texts,
+                early_stopping_patience=script.early_stopping_patience if stage == "user" else None,
+                resume=args.resume_from_checkpoint, final_dir=final_dir,
+                run_info=dict(run_info, eval_history_recent=recent))
+        print(json.dumps({"stage": stage, "wall_time_s": round(time.perf_counter() - t0, 2),
+                          "process_index": args.process_index, "world_size": args.world_size,
                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}), flush=True)
     logger.info("total %.1fs", time.perf_counter() - start)
     return 0
