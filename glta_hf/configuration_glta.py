@@ -59,6 +59,12 @@ class GLTAConfig(PretrainedConfig):
             ``labelled slots x ce_chunk_size`` logits, and ``forward`` returns ``logits=None``. Same loss and
             gradients as the plain path up to float rounding. Worth it from about |I| = 100k
             (see BENCHMARKS.md, catalogue scale).
+        rank_chunk_size: None (default: decoding reads the materialized (B, L, |I|) logits and their log-softmax) or
+            a number of items per chunk: with ``num_items > rank_chunk_size``, :meth:`~GLTAForRecommendation.rank`
+            (every decoding), ``recommend``, ``ranker`` and ``scorer`` run the LLM once and stream the head over item
+            chunks (running logsumexp for the softmax normaliser + running top-k), holding at most
+            ``B x L x rank_chunk_size`` logits. Same items and scores (to float rounding) as the plain path
+            (BENCHMARKS.md 5.8).
     """
 
     model_type = "glta"
@@ -84,6 +90,7 @@ class GLTAConfig(PretrainedConfig):
         prompt=None,
         lora=None,
         ce_chunk_size=None,
+        rank_chunk_size=None,
         **kwargs,
     ):
         if quantization not in QUANTIZATIONS:
@@ -96,8 +103,9 @@ class GLTAConfig(PretrainedConfig):
             raise ValueError(f"slot_mode must be one of {SLOT_MODES}, got {slot_mode!r}")
         if int(num_slots) < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
-        if ce_chunk_size is not None and int(ce_chunk_size) < 1:
-            raise ValueError(f"ce_chunk_size must be None or >= 1, got {ce_chunk_size}")
+        for name, chunk in (("ce_chunk_size", ce_chunk_size), ("rank_chunk_size", rank_chunk_size)):
+            if chunk is not None and int(chunk) < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {chunk}")
         if lora is not None and not isinstance(lora, dict):
             raise ValueError(f"lora must be None or a dict of peft.LoraConfig arguments, got {type(lora).__name__}")
         self.llm_name_or_path = llm_name_or_path
@@ -122,4 +130,5 @@ class GLTAConfig(PretrainedConfig):
         self.prompt = merged
         self.lora = lora
         self.ce_chunk_size = None if ce_chunk_size is None else int(ce_chunk_size)
+        self.rank_chunk_size = None if rank_chunk_size is None else int(rank_chunk_size)
         super().__init__(**kwargs)

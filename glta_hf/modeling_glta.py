@@ -15,7 +15,9 @@ Read top to bottom like ``modeling_llava.py``:
    ``Z = (h W_q + b_q) E_i^T + b_item`` (item side tied to the frozen LightGCN table). Loss: mean cross-entropy
    over the labelled slots (labels (B, L), -100 = unused), i.e. paper eq. 3 over the first k slots.
 4. **Decoding** (:meth:`rank`): ``first_k`` (paper), ``first_logit`` (FL), ``autoregressive`` (AR) and
-   ``all_slots`` (logsumexp over slots of log-softmax; full ranking, any k).
+   ``all_slots`` (logsumexp over slots of log-softmax; full ranking, any k). With ``config.rank_chunk_size`` the
+   head streams over item chunks (running logsumexp + running top-k, ties to the lower item row) instead of building
+   the (B, L, |I|) logits: same items, scores equal up to float rounding (:meth:`rank_from_hidden`).
 5. **Checkpoints** (:meth:`save_pretrained` / :meth:`from_pretrained`): only what GLTA adds -- config (with the
    LLM reference), ``model.safetensors`` (projectors, slots, head, frozen ``E_u``/``E_i``), the tokenizer with the
    placeholders, ``item_catalogue.json`` and ``user_table.json`` (+ ``llm_adapter/`` with LoRA). The LLM is
@@ -372,12 +374,18 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
             raise ValueError(f"{name} must be rows in [0, {size}), got min {int(ids.min())} max {int(ids.max())}")
         return ids
 
+    def head_operands(self, slot_hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(x, weight, bias)`` with ``score_slots(slot_hidden) == F.linear(x, weight, bias)``: the linear head's own
+        weight and bias, or the factorized head's query ``h W_q + b_q`` against the frozen ``E_i`` and the item bias.
+        Rows ``weight[a:b]`` / ``bias[a:b]`` score the catalogue slice ``a:b`` (chunked loss and ranking)."""
+        x = slot_hidden.to(self.head.weight.dtype)
+        if self.config.head == "linear":
+            return x, self.head.weight, self.head.bias
+        return self.head(x), self.item_embeddings.to(x.dtype), self.item_bias
+
     def score_slots(self, slot_hidden: torch.Tensor) -> torch.Tensor:
         """GLLM head: (..., hidden) -> (..., |I|) item logits, in float32."""
-        slot_hidden = slot_hidden.to(self.head.weight.dtype)
-        if self.config.head == "linear":
-            return self.head(slot_hidden)
-        return self.head(slot_hidden) @ self.item_embeddings.t().to(slot_hidden.dtype) + self.item_bias
+        return F.linear(*self.head_operands(slot_hidden))
 
     def _run_llm(self, inputs_embeds, attention_mask, position_ids=None, past_key_values=None, use_cache=False):
         if position_ids is None:
@@ -402,12 +410,7 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         **kwargs,
     ) -> GLTAOutput:
         """Logits (B, L, |I|) at the slot positions; ``loss`` = mean CE over slots whose label is not -100."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        inputs_embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
-        hidden = self._run_llm(inputs_embeds, attention_mask).last_hidden_state
-        slot_mask = input_ids == self.config.slot_token_id
-        slot_hidden = hidden[slot_mask].view(input_ids.shape[0], self.config.num_slots, -1)
+        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
         chunk = getattr(self.config, "ce_chunk_size", None)
         if labels is not None and chunk and self.config.num_items > chunk:
             # Large catalogue: never build the (B, L, |I|) logits; CE chunk by chunk over the items.
@@ -419,6 +422,17 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
             labels = self._check_labels(labels, logits.shape[:2], logits.device)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return GLTAOutput(loss=loss, logits=logits, slot_hidden_states=slot_hidden)
+
+    def slot_hidden_states(
+        self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None
+    ) -> torch.Tensor:
+        """(B, L, hidden): the frozen LLM's last hidden state at the L ``<slot>`` positions (the head's input)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs_embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
+        hidden = self._run_llm(inputs_embeds, attention_mask).last_hidden_state
+        slot_mask = input_ids == self.config.slot_token_id
+        return hidden[slot_mask].view(input_ids.shape[0], self.config.num_slots, -1)
 
     def _check_labels(self, labels: torch.Tensor, shape, device) -> torch.LongTensor:
         labels = labels.to(device)
@@ -437,12 +451,7 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         """
         flat = labels.reshape(-1)
         valid = flat != -100
-        x = slot_hidden.reshape(-1, slot_hidden.shape[-1])[valid].to(self.head.weight.dtype)
-        if self.config.head == "linear":
-            weight, bias = self.head.weight, self.head.bias
-        else:
-            x = self.head(x)
-            weight, bias = self.item_embeddings.to(x.dtype), self.item_bias
+        x, weight, bias = self.head_operands(slot_hidden.reshape(-1, slot_hidden.shape[-1])[valid])
         return chunked_linear_cross_entropy(x, weight, bias, flat[valid], chunk_size)
 
     # ------------------------------------------------------------------------------------------- decoding
@@ -495,38 +504,130 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         ``seen``: per sample an iterable of item rows, or a bool mask (B, |I|). Decodings (paper sec. 4.5):
         ``first_k``: slot t proposes its best item not yet proposed and not seen (score: its log-prob at slot t).
         ``first_logit``: the k best items of slot 1. ``all_slots``: score_j = logsumexp_t log_softmax(Z[t])_j, a
-        full ranking for any k. ``autoregressive``: see :meth:`_decode_autoregressive`.
+        full ranking for any k. ``autoregressive``: see :meth:`_decode_autoregressive`. Items are chosen by score
+        (by the raw logit where the score is a log-prob of one slot, so softmax rounding never merges two items);
+        ties go to the lower item row.
+
+        With ``config.rank_chunk_size`` < |I| the (B, L, |I|) logits are never built: see :meth:`rank_from_hidden`.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         seen_mask = self._seen_mask(seen, input_ids.shape[0], input_ids.device)
         self._check_k(k, decoding, seen_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         if decoding == "autoregressive":
             return self._decode_autoregressive(input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings)
-        logits = self(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings=user_node_embeddings).logits
-        return self.rank_from_logits(logits, k=k, seen_mask=seen_mask, decoding=decoding)
+        chunk = self._rank_chunk()
+        if chunk is None:
+            logits = self(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings=user_node_embeddings).logits
+            return self.rank_from_logits(logits, k=k, seen_mask=seen_mask, decoding=decoding)
+        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
+        return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding, chunk_size=chunk)
+
+    def _rank_chunk(self) -> Optional[int]:
+        """``config.rank_chunk_size`` when it is smaller than the catalogue, else None (decode from full logits)."""
+        chunk = getattr(self.config, "rank_chunk_size", None)
+        return chunk if chunk and self.config.num_items > chunk else None
 
     @staticmethod
     def rank_from_logits(logits: torch.Tensor, k: int, seen_mask: Optional[torch.Tensor] = None, decoding: str = "first_k"):
         """``first_k`` / ``first_logit`` / ``all_slots`` from slot logits (B, L, |I|); returns (items, scores)."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
         blocked = torch.zeros_like(logprobs[:, 0], dtype=torch.bool) if seen_mask is None else seen_mask.clone()
         if decoding == "first_logit":
-            scores, items = logprobs[:, 0].masked_fill(blocked, float("-inf")).topk(k, dim=-1)
-            return items, scores
+            _, items = _topk_first(logits[:, 0].masked_fill(blocked, float("-inf")), k)
+            return items, logprobs[:, 0].gather(1, items)
         if decoding == "all_slots":
-            scores, items = torch.logsumexp(logprobs, dim=1).masked_fill(blocked, float("-inf")).topk(k, dim=-1)
+            scores, items = _topk_first(torch.logsumexp(logprobs, dim=1).masked_fill(blocked, float("-inf")), k)
             return items, scores
         if decoding != "first_k":
             raise ValueError(f"rank_from_logits supports first_k, first_logit, all_slots, got {decoding!r}")
         rows = torch.arange(logits.shape[0], device=logits.device)
         items, scores = [], []
         for t in range(k):
-            score, item = logprobs[:, t].masked_fill(blocked, float("-inf")).max(dim=-1)
+            item = logits[:, t].masked_fill(blocked, float("-inf")).argmax(dim=-1)  # first maximum: lowest row
             blocked[rows, item] = True
             items.append(item)
-            scores.append(score)
+            scores.append(logprobs[rows, t, item])
         return torch.stack(items, dim=1), torch.stack(scores, dim=1)
+
+    def rank_from_hidden(
+        self,
+        slot_hidden: torch.Tensor,
+        k: int,
+        seen_mask: Optional[torch.Tensor] = None,
+        decoding: str = "first_k",
+        chunk_size: Optional[int] = None,
+    ) -> Tuple[torch.LongTensor, torch.FloatTensor]:
+        """``first_k`` / ``first_logit`` / ``all_slots`` from slot hidden states (B, L, hidden), streaming the head
+        over ``chunk_size`` items at a time (default: ``config.rank_chunk_size``, else the whole catalogue).
+
+        Same items as :meth:`rank_from_logits` on ``score_slots(slot_hidden)`` (same tie rule: lower row first) and
+        the same scores up to float rounding (the softmax normaliser is a running logsumexp). Memory: B x L x chunk
+        logits (``first_k`` only its first k slots, ``first_logit`` slot 1) plus the (B, |I|) bool ``seen_mask``.
+        ``first_k`` / ``first_logit``: one pass, a running logsumexp and a running top-k per slot; slot t of
+        ``first_k`` then takes its best candidate not taken by slots 1..t-1 -- t-1 items at most are taken before it,
+        so its k best candidates always hold that item. ``all_slots``: two passes (:meth:`_all_slot_score_chunks`).
+        """
+        if decoding not in ("first_k", "first_logit", "all_slots"):
+            raise ValueError(f"rank_from_hidden supports first_k, first_logit, all_slots, got {decoding!r}")
+        chunk = chunk_size or self._rank_chunk() or self.config.num_items
+        if seen_mask is None:
+            seen_mask = torch.zeros(slot_hidden.shape[0], self.config.num_items, dtype=torch.bool, device=slot_hidden.device)
+        if decoding == "all_slots":
+            best = None
+            for start, scores in self._all_slot_score_chunks(slot_hidden, chunk):
+                scores.masked_fill_(seen_mask[:, start : start + scores.shape[1]], float("-inf"))
+                vals, idx = _topk_first(scores, k)
+                best = _merge_topk(best, vals, idx + start, k)
+            return best[1], best[0]
+        rows = (slot_hidden[:, :1] if decoding == "first_logit" else slot_hidden[:, :k]).contiguous()
+        scores, items = self._slot_candidates(rows, k, seen_mask, chunk)
+        if decoding == "first_logit":
+            return items[:, 0], scores[:, 0]
+        return _take_distinct(scores, items)
+
+    def _head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int):
+        """Yields ``(start, logits)``: the head's float32 logits (..., chunk) for items ``start:start+chunk``."""
+        x, weight, bias = self.head_operands(slot_hidden)
+        for start in range(0, weight.shape[0], chunk_size):
+            end = start + chunk_size
+            yield start, F.linear(x, weight[start:end], None if bias is None else bias[start:end]).float()
+
+    def _slot_candidates(self, slot_hidden: torch.Tensor, k: int, blocked: torch.Tensor, chunk_size: int):
+        """Per slot row of ``slot_hidden`` (B, R, hidden): the k best items not ``blocked`` (B, |I|), as
+        (log-probs, item rows), each (B, R, k), best first, ties to the lower row. One pass over the items: a running
+        logsumexp over ALL items (the softmax normaliser; blocked items count, as in ``log_softmax``) and a running
+        top-k of the raw logits."""
+        lse = best = None
+        for start, logits in self._head_chunks(slot_hidden, chunk_size):
+            part = torch.logsumexp(logits, dim=-1)
+            lse = part if lse is None else torch.logaddexp(lse, part)
+            logits.masked_fill_(blocked[:, None, start : start + logits.shape[-1]], float("-inf"))
+            vals, idx = _topk_first(logits, k)
+            best = _merge_topk(best, vals, idx + start, k)
+        return best[0] - lse.unsqueeze(-1), best[1]
+
+    def _all_slot_score_chunks(self, slot_hidden: torch.Tensor, chunk_size: int):
+        """Yields ``(start, scores)``: the ``all_slots`` scores logsumexp_t log_softmax(Z_t) (B, chunk) of items
+        ``start:start+chunk``. Two passes over the items: pass 1 the per-(user, slot) logsumexp, pass 2 the chunk's
+        normalized log-probs reduced over slots; the head runs twice, at most B x L x chunk logits are alive."""
+        lse = None
+        for _, logits in self._head_chunks(slot_hidden, chunk_size):
+            part = torch.logsumexp(logits, dim=-1)
+            lse = part if lse is None else torch.logaddexp(lse, part)
+        for start, logits in self._head_chunks(slot_hidden, chunk_size):
+            yield start, torch.logsumexp(logits.sub_(lse.unsqueeze(-1)), dim=1)
+
+    @torch.no_grad()
+    def all_slot_scores(self, **batch) -> torch.FloatTensor:
+        """(B, |I|) ``all_slots`` scores of every item for an encoded batch (the evaluator's ``scorer``); chunked over
+        the items (never the (B, L, |I|) logits) when ``config.rank_chunk_size`` < |I|."""
+        chunk = self._rank_chunk()
+        if chunk is None:
+            return torch.logsumexp(torch.log_softmax(self(**batch).logits.float(), dim=-1), dim=1)
+        slot_hidden = self.slot_hidden_states(**batch)
+        return torch.cat([scores for _, scores in self._all_slot_score_chunks(slot_hidden, chunk)], dim=1)
 
     def _decode_autoregressive(self, input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings):
         """AR (paper sec. 4.5): slot t's chosen item token is fed back as the next input before predicting t+1.
@@ -537,6 +638,9 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         plus the projected item token just chosen, the way an LM feeds back its generated token -- and slot t's
         hidden state picks i_t among items neither seen nor chosen. Training never shows fed-back items, the
         train/inference mismatch the paper blames for AR's weak results.
+
+        Each step scores one slot row per user, chunked over the items like the other decodings when
+        ``config.rank_chunk_size`` < |I| (B x chunk logits per step; the LLM steps themselves are not chunked).
         """
         input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
         L, B = self.config.num_slots, input_ids.shape[0]
@@ -545,10 +649,11 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         prefix = input_ids.shape[1] - L + 1  # everything through slot 1
         out = self._run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
         blocked, rows = seen_mask.clone(), torch.arange(B, device=input_ids.device)
+        chunk = self._rank_chunk() or self.config.num_items
         items, scores = [], []
         for t in range(k):
-            logprobs = torch.log_softmax(self.score_slots(out.last_hidden_state[:, -1]).float(), dim=-1)
-            score, item = logprobs.masked_fill(blocked, float("-inf")).max(dim=-1)
+            score, item = self._slot_candidates(out.last_hidden_state[:, -1:], 1, blocked, chunk)
+            score, item = score[:, 0, 0], item[:, 0, 0]
             blocked[rows, item] = True
             items.append(item)
             scores.append(score)
@@ -643,8 +748,7 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
             out = []
             for start in range(0, len(users), batch_size):
                 batch = self.encode_users([int(u) for u in users[start : start + batch_size]])
-                logprobs = torch.log_softmax(self(**batch).logits.float(), dim=-1)
-                out.append(torch.logsumexp(logprobs, dim=1).cpu())
+                out.append(self.all_slot_scores(**batch).cpu())
             return torch.cat(out) if out else torch.zeros(0, self.config.num_items)
 
         return score_users
@@ -910,6 +1014,46 @@ def chunked_linear_cross_entropy(
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _ChunkedLinearCrossEntropy.apply(x, weight, bias, labels.to(x.device, torch.long), int(chunk_size))
+
+
+def _topk_first(values: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.LongTensor]:
+    """The k largest entries along the last dim as (values, indices), best first, ties to the LOWER index.
+
+    A total order (value desc, index asc), unlike ``torch.topk``'s unspecified tie order: the top-k of a catalogue
+    is then the top-k of its chunks' top-ks, which is what makes chunked ranking return the same items."""
+    k = min(k, values.shape[-1])
+    top, idx = values.topk(min(k + 1, values.shape[-1]), dim=-1)  # one more, to see a tie across the cut
+    kth = top[..., k - 1 : k]
+    if top.shape[-1] > k and bool((top[..., k:] == kth).any()):  # ties across the cut: take the lowest indices
+        tie = values == kth
+        need = k - (top > kth).sum(dim=-1, keepdim=True)  # every value above the k-th is in ``top``
+        take = (values > kth) | (tie & (tie.cumsum(dim=-1, dtype=torch.int32) <= need))
+        idx = take.nonzero()[:, -1].view(*values.shape[:-1], k)  # row-major: ascending index within each row
+    idx = idx[..., :k].sort(dim=-1).values
+    vals, order = values.gather(-1, idx).sort(dim=-1, descending=True, stable=True)
+    return vals, idx.gather(-1, order)
+
+
+def _merge_topk(best, vals: torch.Tensor, idx: torch.LongTensor, k: int):
+    """Merge a running ``(values, indices)`` top-k with a later chunk's (all of whose indices are higher): a stable
+    sort keeps the running entries first among equal values, i.e. the lower index wins ties."""
+    if best is not None:
+        vals, idx = torch.cat([best[0], vals], dim=-1), torch.cat([best[1], idx], dim=-1)
+    vals, order = vals.sort(dim=-1, descending=True, stable=True)
+    return vals[..., :k], idx.gather(-1, order[..., :k])
+
+
+def _take_distinct(scores: torch.Tensor, items: torch.LongTensor) -> Tuple[torch.LongTensor, torch.FloatTensor]:
+    """``first_k`` over per-slot candidates (B, k, k), best first: slot t takes its first candidate not taken by an
+    earlier slot. Returns (items, scores), each (B, k)."""
+    taken = torch.full(items.shape[:2], -1, dtype=items.dtype, device=items.device)
+    chosen = torch.empty(items.shape[:2], dtype=scores.dtype, device=scores.device)
+    for t in range(items.shape[1]):
+        free = ~(items[:, t].unsqueeze(-1) == taken.unsqueeze(1)).any(dim=-1)
+        pos = free.to(torch.int8).argmax(dim=-1, keepdim=True)  # first free candidate
+        taken[:, t] = items[:, t].gather(1, pos).squeeze(1)
+        chosen[:, t] = scores[:, t].gather(1, pos).squeeze(1)
+    return taken, chosen
 
 
 def _write_model_card(model: "GLTAForRecommendation", folder: Path) -> None:
