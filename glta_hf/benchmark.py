@@ -70,6 +70,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--figures-dir", default="benchmarks/figures")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--render-only", action="store_true",
+                        help="train nothing: rebuild results.json, tables and figures from the rows' result files "
+                             "(e.g. graph rows tuned with training/pretrain_graph.py --run-name <row>)")
 
 
 def _config(args) -> Dict[str, Any]:
@@ -273,6 +276,12 @@ class Benchmark:
             fp = fingerprint(row, self.args, self.cfg)
             path = Path(self.args.results_dir) / self.name / f"{row}.json"
             existing = read_json(path) if path.is_file() else None
+            if getattr(self.args, "render_only", False):
+                if existing is None:
+                    self.echo(f"{row}: no result file {path}; left out of the tables")
+                else:
+                    results[row] = existing
+                continue
             if existing and (existing.get("config") or {}).get("fingerprint") == fp:
                 self.echo(f"{row}: skipped (finished, fingerprint {fp})")
                 results[row] = dict(existing, skipped=True)

@@ -228,7 +228,7 @@ def _set_seed(seed: int) -> None:
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0):
-    """Generate one batch (left padding, KV cache). Returns (texts, number of new non-pad tokens)."""
+    """Generate one batch (left padding, KV cache). Returns (texts, new non-pad tokens, prompt non-pad tokens)."""
     import torch
 
     old_side = tokenizer.padding_side
@@ -257,7 +257,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
             ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
         n_tokens += len(ids)
         texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return texts, n_tokens
+    return texts, n_tokens, int(enc["attention_mask"].sum())
 
 
 def _length_sorted_batches(users: Sequence[int], lengths: Mapping[int, int], batch_size: int) -> List[List[int]]:
@@ -300,7 +300,7 @@ def generate_user_texts(
     wanted = [int(u) for u in (users if users is not None else range(data.num_users))]
     todo = [u for u in wanted if u not in done]
     summary = {"users_cached_before": len([u for u in wanted if u in done]), "users_written": 0,
-               "new_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
+               "new_tokens": 0, "prompt_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if not todo:
         return summary
 
@@ -329,9 +329,9 @@ def generate_user_texts(
                 if stop_after_batches is not None and b >= stop_after_batches:
                     break
                 batch_seed = config.seed * 1_000_003 + batch[0]
-                profiles, n1 = generate_batch(model, tokenizer, [profile_prompts[u] for u in batch], config,
+                profiles, n1, p1 = generate_batch(model, tokenizer, [profile_prompts[u] for u in batch], config,
                                               seed=batch_seed)
-                predictions, n2 = [None] * len(batch), 0
+                predictions, n2, p2 = [None] * len(batch), 0, 0
                 if config.with_prediction:
                     pred_prompts = [
                         render_generation_prompt(
@@ -341,7 +341,7 @@ def generate_user_texts(
                             config.use_chat_template)
                         for u, p in zip(batch, profiles)
                     ]
-                    predictions, n2 = generate_batch(model, tokenizer, pred_prompts, config, seed=batch_seed + 1)
+                    predictions, n2, p2 = generate_batch(model, tokenizer, pred_prompts, config, seed=batch_seed + 1)
                 lines = "".join(
                     json.dumps({"user_idx": u, "user_id": str(data.user_ids[u]), "profile": p, "prediction": q,
                                 "items_shown": shown[u]}, ensure_ascii=False) + "\n"
@@ -352,6 +352,7 @@ def generate_user_texts(
                 os.fsync(handle.fileno())
                 summary["users_written"] += len(batch)
                 summary["new_tokens"] += n1 + n2
+                summary["prompt_tokens"] += p1 + p2
                 elapsed = time.perf_counter() - start
                 if bar is not None:
                     bar.update(len(batch))

@@ -62,6 +62,17 @@ def test_benchmark_rows_tables_figure_resume(tmp_path):
     after = {r: (tmp_path / "results" / "ml-latest-small" / f"{r}.json").stat().st_mtime for r in ("pop", "glta")}
     assert before == after
 
+    # render-only: tables from the result files (even with another budget's fingerprint), a missing row is named
+    args = _args(tmp_path, llm_dir, "pop,lightgcn,glta")
+    args.render_only, args.output_dir = True, str(tmp_path / "render")
+    lines3 = []
+    Benchmark(args, echo=lines3.append).run(parse_rows("pop,lightgcn,glta"))
+    assert any("lightgcn: no result file" in line for line in lines3)
+    assert set(json.loads((tmp_path / "render" / "results.json").read_text())["rows"]) == {"pop", "glta"}
+    assert "| GLTA |" in (tmp_path / "render" / "tables.md").read_text()
+    assert before == {r: (tmp_path / "results" / "ml-latest-small" / f"{r}.json").stat().st_mtime
+                      for r in ("pop", "glta")}
+
 
 def test_benchmark_cli_help_and_unknown_row(capsys):
     import pytest
