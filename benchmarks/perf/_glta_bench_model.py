@@ -38,3 +38,20 @@ def build(dataset: str, data_dir: str, layers: int = 30, head: str = "linear", d
     model.attach_user_context(user_ids=data.user_ids, histories=[h.tolist() for h in histories])
     model.set_trainable("none")
     return model.eval(), data
+
+
+def write_perf_result(script: str, args, name: str, *, split: str, metrics: dict, t_start: float, **config) -> None:
+    """Print ``metrics`` and write ``benchmarks/results/performance/<name>.json`` with the command, commit, machine,
+    wall time and the run's arguments (+ ``config``, + the load average at the end: these machines are shared)."""
+    import os
+    import time
+
+    from glta_hf.results import write_run_result
+
+    for k, v in metrics.items():
+        print(k, v)
+    write_run_result(
+        args.out, "performance", name, model="glta", split=split, metrics=metrics,
+        command="python " + " ".join([os.path.relpath(script, ROOT)] + sys.argv[1:]),
+        wall_time_s=time.time() - t_start, config=vars(args) | config | {"load_avg_end": os.getloadavg()},
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _glta_bench_model import ROOT, build  # noqa: E402
+from _glta_bench_model import ROOT, build, write_perf_result  # noqa: E402
 
 
 def main():
@@ -34,7 +34,6 @@ def main():
     import torch
 
     from glta_hf.metrics import evaluate
-    from glta_hf.results import write_run_result
 
     t_start = time.time()
     model, data = build("ml-1m", "/work/shared/data/ml-1m", layers=args.layers)
@@ -62,16 +61,10 @@ def main():
     metrics["loop_over_batched_time"] = {"median": round(statistics.median(per), 3), "per_repeat": [round(x, 3) for x in per]}
     metrics["metrics_identical_batched_vs_loop"] = same
     metrics["users_sampled"], metrics["users_with_test_items"] = int(len(users)), int(len(all_users))
-    for k, v in metrics.items():
-        print(k, v)
-    write_run_result(
-        args.out, "performance", "glta_eval_speed", model="glta", split="ml-1m fixed CoLaKG split (user sample)",
-        metrics=metrics, command="python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-        wall_time_s=time.time() - t_start,
-        config=vars(args) | {"llm": f"SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32, {args.layers} layers",
-                             "torch_threads": torch.get_num_threads(), "load_avg_end": os.getloadavg(),
-                             "note": "random node embeddings, untrained; timing only"},
-    )
+    write_perf_result(__file__, args, "glta_eval_speed", split="ml-1m fixed CoLaKG split (user sample)",
+                      metrics=metrics, t_start=t_start, torch_threads=torch.get_num_threads(),
+                      llm=f"SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32, {args.layers} layers",
+                      note="random node embeddings, untrained; timing only")
 
 
 if __name__ == "__main__":

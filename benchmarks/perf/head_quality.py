@@ -102,7 +102,6 @@ def main():
     for _ in range(args.epochs):
         t = np.stack([rng.choice(fit.items_of(u), size=10, replace=len(fit.items_of(u)) < 10) for u in range(data.num_users)])
         epoch_targets.append(torch.from_numpy(t))
-    users = torch.arange(data.num_users)
 
     results = {"lightgcn_validation": lgcn, "feature_cache_s": round(feature_s, 1)}
     for head, m in models.items():

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _glta_bench_model import ROOT, build  # noqa: E402
+from _glta_bench_model import ROOT, build, write_perf_result  # noqa: E402
 
 
 def pct(values, q):
@@ -42,7 +42,6 @@ def main():
 
     import torch
 
-    from glta_hf.results import write_run_result
 
     t_start = time.time()
     model, data = build("ml-latest-small", "/work/shared/data/ml-latest-small", layers=args.layers)
@@ -72,16 +71,10 @@ def main():
         }
     if lat[1] and lat[32]:
         metrics["per_user_speedup_batch32_vs_batch1"] = round(statistics.median(lat[1]) / (statistics.median(lat[32]) / 32), 2)
-    for k, v in metrics.items():
-        print(k, v)
-    write_run_result(
-        args.out, "performance", "recommend_latency", model="glta", split="ml-latest-small catalogue, random node embeddings",
-        metrics=metrics, command="python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-        wall_time_s=time.time() - t_start,
-        config=vars(args) | {"llm": f"SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32, {args.layers} layers",
-                             "torch_threads": torch.get_num_threads(), "load_avg_end": os.getloadavg(),
-                             "note": "random node embeddings, untrained; no profile/prediction texts"},
-    )
+    write_perf_result(__file__, args, "recommend_latency", split="ml-latest-small catalogue, random node embeddings",
+                      metrics=metrics, t_start=t_start, torch_threads=torch.get_num_threads(),
+                      llm=f"SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32, {args.layers} layers",
+                      note="random node embeddings, untrained; no profile/prediction texts")
 
 
 if __name__ == "__main__":

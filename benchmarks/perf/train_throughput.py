@@ -38,7 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-DATA = Path("/work/shared/data/ml-latest-small")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _glta_bench_model import write_perf_result  # noqa: E402
+DATA = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 
 def load_users(limit_users: int, seed: int):
@@ -102,7 +104,6 @@ def main():
     from glta_hf import GLTAForRecommendation
     from glta_hf.backbone import load_backbone, smollm2_gguf_path
     from glta_hf.prompts import collate_prompts
-    from glta_hf.results import write_run_result
 
     t_start = time.time()
     llm, tokenizer = load_backbone(smollm2_gguf_path())
@@ -230,15 +231,9 @@ def main():
         "layers_total": total_layers,
         "default_attn_implementation": default_attn,
     }
-    for k, v in metrics.items():
-        print(k, v)
-    write_run_result(
-        args.out, "performance", "train_throughput", model="glta", split="ml-latest-small (synthetic texts)",
-        metrics=metrics, command="python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-        wall_time_s=time.time() - t_start,
-        config=vars(args) | {"llm": "SmolLM2-135M-Instruct Q4_1 GGUF dequantized", "load_avg_end": os.getloadavg(),
-                             "flops_assumption": "4*N*computed_tokens (frozen fwd + input-grad bwd) + 12*T^2*hidden per seq per layer"},
-    )
+    write_perf_result(__file__, args, "train_throughput", split="ml-latest-small (synthetic texts)",
+                      metrics=metrics, t_start=t_start, llm="SmolLM2-135M-Instruct Q4_1 GGUF dequantized",
+                      flops_assumption="4*N*computed_tokens (frozen fwd + input-grad bwd) + 12*T^2*hidden per seq per layer")
 
 
 if __name__ == "__main__":
