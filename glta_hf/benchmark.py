@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 GRAPH_ROWS = {"pop": "pop", "mf": "mf", "lightgcn": "lightgcn", "lightgcn_plus": "lightgcn+"}
 #: GLTA row -> (training variant, GLTATrainingArguments flags, decoding)

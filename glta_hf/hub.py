@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import CheckpointError
-from .model_card import CARD_NAME, RUN_INFO_NAME, hub_base_model, stage_record, write_model_card
+from .model_card import CARD_NAME, RUN_INFO_NAME, hub_base_model, stage_record, stage_records, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,11 @@ def trainer_run_info(trainer, stage: Optional[str] = None) -> Dict[str, Any]:
     record: Dict[str, Any] = dict(getattr(model, "run_info", None) or {})
     args = trainer.args
     name = stage or getattr(trainer, "glta_stage", None) or getattr(args, "stage", "user")
-    stages = [s for s in record.get("stages") or [] if isinstance(s, Mapping) and s.get("name") != name]
-    record["stages"] = stages + [stage_record(name, args, global_step=int(trainer.state.global_step))]
+    step = int(trainer.state.global_step)
+    records = stage_records(record)
+    earlier = next((s for s in records if s.get("name") == name), {})  # run_stage's record keeps its other fields
+    record["stages"] = [s for s in records if s.get("name") != name] + [
+        dict(earlier, **stage_record(name, args, global_step=step), global_step=step)]
     if not (record.get("eval") or {}).get("metrics"):
         evals = [h for h in trainer.state.log_history if any(k.startswith("eval_") and "@" in k for k in h)]
         if evals:

@@ -75,7 +75,6 @@ def build_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     dataset_name = dataset_name or getattr(config, "dataset_name", None) or "unknown"
-    base_model = getattr(config, "llm_name_or_path", None) or "unknown"
     model_name = repo_id.split("/")[-1]
     metrics = {k: float(v) for k, v in (metrics or {}).items() if "@" in k}
     card_data = ModelCardData(
@@ -138,13 +137,8 @@ def _display_llm(config: Any) -> str:
 
 
 def _stages(run_info: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    stages = []
-    for stage in run_info.get("stages") or []:
-        if isinstance(stage, Mapping):
-            stages.append({"name": str(stage.get("name")), "hyperparameters": dict(stage.get("hyperparameters") or {})})
-        else:  # glta_run.json files written before stage records held the names only
-            stages.append({"name": str(stage), "hyperparameters": {}})
-    return stages
+    return [{"name": str(s.get("name")), "hyperparameters": dict(s.get("hyperparameters") or {})}
+            for s in stage_records(run_info)]
 
 
 def card_kwargs(run_info: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -194,6 +188,21 @@ def write_model_card(model: Any, folder, *, repo_id: Optional[str] = None,
     with atomic_write(path) as handle:
         handle.write(str(card))
     return path
+
+
+def stage_records(run_info: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The ``stages`` of a run record as records (``{"name", "global_step", "output_dir", ...}``).
+
+    ``glta_run.json`` files written before stage records list stage names only; they become ``{"name": name}``.
+    The one reader of that list (pipeline, hub and the card use it).
+    """
+    records = []
+    for entry in (run_info or {}).get("stages") or []:
+        if isinstance(entry, Mapping):
+            records.append(dict(entry))
+        elif entry is not None:
+            records.append({"name": str(entry)})
+    return records
 
 
 def stage_record(name: str, args: Any, **extra: Any) -> Dict[str, Any]:

@@ -25,9 +25,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+
+from .model_card import stage_records  # noqa: F401  (re-exported: training/align.py reads stage records)
 
 logger = logging.getLogger(__name__)
 
@@ -165,21 +167,6 @@ def stage_done(final_dir) -> bool:
 
 # top-level keys of the glta_run.json that training/align.py wrote before it went through run_stage
 _LEGACY_STAGE_KEYS = ("stage", "stage_wall_time_s", "train_metrics", "log_history", "world_size")
-
-
-def stage_records(run_info: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The ``stages`` of a run record as records (``{"name", "global_step", "output_dir", ...}``).
-
-    Older ``glta_run.json`` files written by ``training/align.py`` list stage names only; they become
-    ``{"name": name}``.
-    """
-    records = []
-    for entry in (run_info or {}).get("stages") or []:
-        if isinstance(entry, Mapping):
-            records.append(dict(entry))
-        elif entry is not None:
-            records.append({"name": str(entry)})
-    return records
 
 
 def needs_unused_parameter_search(stage: str, args) -> bool:
