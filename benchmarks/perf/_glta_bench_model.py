@@ -13,6 +13,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32"
+
+
+def truncate_layers(llm, layers: int) -> int:
+    """Keep the decoder's first ``layers`` layers (per-layer cost is uniform, so timings scale); returns how many
+    it had."""
+    total = len(llm.layers)
+    if layers < total:
+        llm.layers = llm.layers[:layers]
+        llm.config.num_hidden_layers = layers
+        if getattr(llm.config, "layer_types", None):
+            llm.config.layer_types = llm.config.layer_types[:layers]
+    return total
+
+
 def build(dataset: str, data_dir: str, layers: int = 30, head: str = "linear", dtype=None):
     import torch
 
@@ -23,11 +38,7 @@ def build(dataset: str, data_dir: str, layers: int = 30, head: str = "linear", d
 
     data = load_dataset(dataset, data_dir)
     llm, tokenizer = load_backbone(smollm2_gguf_path(), dtype=dtype)
-    if layers < len(llm.layers):
-        llm.layers = llm.layers[:layers]
-        llm.config.num_hidden_layers = layers
-        if getattr(llm.config, "layer_types", None):
-            llm.config.layer_types = llm.config.layer_types[:layers]
+    truncate_layers(llm, layers)
     gen = torch.Generator().manual_seed(0)
     model = GLTAForRecommendation.from_components(
         llm, tokenizer, torch.randn(data.num_users, 64, generator=gen), torch.randn(data.num_items, 64, generator=gen),
@@ -42,9 +53,12 @@ def build(dataset: str, data_dir: str, layers: int = 30, head: str = "linear", d
 
 def write_perf_result(script: str, args, name: str, *, split: str, metrics: dict, t_start: float, **config) -> None:
     """Print ``metrics`` and write ``benchmarks/results/performance/<name>.json`` with the command, commit, machine,
-    wall time and the run's arguments (+ ``config``, + the load average at the end: these machines are shared)."""
+    wall time and the run's arguments (+ ``config``, + torch's thread count and the load average at the end: these
+    machines are shared)."""
     import os
     import time
+
+    import torch
 
     from glta_hf.results import write_run_result
 
@@ -53,5 +67,5 @@ def write_perf_result(script: str, args, name: str, *, split: str, metrics: dict
     write_run_result(
         args.out, "performance", name, model="glta", split=split, metrics=metrics,
         command="python " + " ".join([os.path.relpath(script, ROOT)] + sys.argv[1:]),
-        wall_time_s=time.time() - t_start, config=vars(args) | config | {"load_avg_end": os.getloadavg()},
+        wall_time_s=time.time() - t_start, config=vars(args) | config | {"torch_threads": torch.get_num_threads(), "load_avg_end": os.getloadavg()},
     )

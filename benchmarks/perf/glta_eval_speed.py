@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _glta_bench_model import ROOT, build, write_perf_result  # noqa: E402
+from _glta_bench_model import ROOT, SMOLLM2, build, write_perf_result  # noqa: E402
 
 
 def main():
@@ -30,8 +30,6 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = parser.parse_args()
-
-    import torch
 
     from glta_hf.metrics import evaluate
 
@@ -62,8 +60,7 @@ def main():
     metrics["metrics_identical_batched_vs_loop"] = same
     metrics["users_sampled"], metrics["users_with_test_items"] = int(len(users)), int(len(all_users))
     write_perf_result(__file__, args, "glta_eval_speed", split="ml-1m fixed CoLaKG split (user sample)",
-                      metrics=metrics, t_start=t_start, torch_threads=torch.get_num_threads(),
-                      llm=f"SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32, {args.layers} layers",
+                      metrics=metrics, t_start=t_start, llm=f"{SMOLLM2}, {args.layers} layers",
                       note="random node embeddings, untrained; timing only")
 
 

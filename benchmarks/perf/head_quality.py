@@ -23,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _glta_bench_model import truncate_layers  # noqa: E402
 
 
 def main():
@@ -69,10 +71,7 @@ def main():
     print("lightgcn validation", lgcn, flush=True)
 
     llm, tok = load_backbone(smollm2_gguf_path())
-    llm.layers = llm.layers[: args.layers]
-    llm.config.num_hidden_layers = args.layers
-    if getattr(llm.config, "layer_types", None):
-        llm.config.layer_types = llm.config.layer_types[: args.layers]
+    truncate_layers(llm, args.layers)
     histories, _ = user_histories(data, "train")
     models = {}
     for head in ("linear", "factorized"):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _glta_bench_model import ROOT, build, write_perf_result  # noqa: E402
+from _glta_bench_model import ROOT, SMOLLM2, build, write_perf_result  # noqa: E402
 
 
 def pct(values, q):
@@ -39,8 +39,6 @@ def main():
     parser.add_argument("--decoding", default="first_k")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = parser.parse_args()
-
-    import torch
 
 
     t_start = time.time()
@@ -72,8 +70,7 @@ def main():
     if lat[1] and lat[32]:
         metrics["per_user_speedup_batch32_vs_batch1"] = round(statistics.median(lat[1]) / (statistics.median(lat[32]) / 32), 2)
     write_perf_result(__file__, args, "recommend_latency", split="ml-latest-small catalogue, random node embeddings",
-                      metrics=metrics, t_start=t_start, torch_threads=torch.get_num_threads(),
-                      llm=f"SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32, {args.layers} layers",
+                      metrics=metrics, t_start=t_start, llm=f"{SMOLLM2}, {args.layers} layers",
                       note="random node embeddings, untrained; no profile/prediction texts")
 
 

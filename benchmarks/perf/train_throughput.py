@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _glta_bench_model import write_perf_result  # noqa: E402
+from _glta_bench_model import truncate_layers, write_perf_result  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 
@@ -107,11 +107,7 @@ def main():
 
     t_start = time.time()
     llm, tokenizer = load_backbone(smollm2_gguf_path())
-    total_layers = len(llm.layers)
-    llm.layers = llm.layers[: args.layers]
-    llm.config.num_hidden_layers = args.layers
-    if getattr(llm.config, "layer_types", None):
-        llm.config.layer_types = llm.config.layer_types[: args.layers]
+    total_layers = truncate_layers(llm, args.layers)
     default_attn = llm.config._attn_implementation
     titles, histories = load_users(args.samples, args.seed)
     gen = torch.Generator().manual_seed(0)
