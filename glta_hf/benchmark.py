@@ -12,7 +12,6 @@ in ``--figures-dir``.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import hashlib
 import json
@@ -184,17 +183,15 @@ class Benchmark:
         if hasattr(self, "nodes"):
             return
         from . import pipeline
-        from .texts import TextGenerationConfig
         from .graph import seed_everything
+        from .quickstart import QuickstartConfig, text_config
 
         c = self.cfg
         work = self.out / "work"
         self.nodes, _ = pipeline.train_graph(self.data, work / "graph", self.graph_args())
         llm, tokenizer = self._backbone()
         seed_everything(c["seed"])
-        tcfg = TextGenerationConfig(max_items=c["text_max_items"], max_new_tokens=c["text_max_new_tokens"],
-                                    batch_size=c["text_batch_size"], seed=c["seed"],
-                                    max_item_chars=c["text_max_item_chars"])
+        tcfg = text_config(QuickstartConfig(**c))
         self.texts = pipeline.generate_texts(llm, tokenizer, self.data, work / "texts.jsonl", config=tcfg,
                                              llm_ref=self.ref, users=self.first(c["text_users"]),
                                              progress=c["progress"])
@@ -202,52 +199,18 @@ class Benchmark:
     def glta_model(self, variant: str, flags: Dict[str, Any]):
         if variant in self._glta_models:
             return self._glta_models[variant]
-        from . import pipeline
-        from .alignment_data import user_histories
-        from .glta_config import GLTATrainingArguments
-        from .prompts import PromptConfig
-        from .quickstart import _popular_items
+        from .quickstart import QuickstartConfig, train_alignment
 
         self._shared()
         c = self.cfg
         llm, tokenizer = self._backbone()
         decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
-        work = self.out / "work" / variant
-        histories, has_time = user_histories(self.data, "train")
-        args = GLTATrainingArguments(
-            output_dir=str(work / "item"), stage="all", num_train_epochs=c["epochs"], item_stage_epochs=c["item_epochs"],
-            learning_rate=c["learning_rate"], per_device_train_batch_size=c["batch_size"],
-            per_device_eval_batch_size=max(c["batch_size"], 8), max_history=c["max_history"],
-            num_slots=c["num_slots"], items_per_sample=c["items_per_sample"], max_length=c["max_length"],
-            seed=c["seed"], eval_strategy="no", save_strategy="steps", save_steps=25, save_total_limit=1,
-            logging_steps=5, disable_tqdm=not c["progress"], use_cpu=True, dataloader_num_workers=0,
-            report_to="none", **flags)
-        stages = ("user",) if flags.get("no_item_alignment") else ("item", "user")
-        model = None
-        for stage in stages:
-            final = work / stage / "final"
-            if pipeline.stage_done(final):
-                model = pipeline.load_stage(final, decoder)
-                continue
-            if model is None:
-                prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=c["max_description_tokens"],
-                                      max_profile_tokens=c["text_max_new_tokens"],
-                                      max_prediction_tokens=c["text_max_new_tokens"])
-                model = pipeline.build_model(decoder, tokenizer, self.nodes, self.data,
-                                             llm_name_or_path=str(self.folder), llm_gguf_file=self.gguf,
-                                             prompt=prompt, num_slots=c["num_slots"], head=c["head"])
-                model.run_info = {"dataset": self.name, "variant": variant, "flags": flags,
-                                  "split": self.full.split_policy, "eval_history_recent": None}
-            recent = pipeline.attach_user_context(model, self.data, histories, has_time=has_time, texts=self.texts,
-                                                  seed=c["seed"])
-            model.run_info["eval_history_recent"] = recent
-            stage_args = copy.copy(args)
-            stage_args.output_dir = str(work / stage)
-            users = self.first(c["train_users"]) if stage == "user" else None
-            items = _popular_items(self.data.matrix("train"), c["item_items"]) if stage == "item" else None
-            model, _ = pipeline.run_stage(model, stage, stage_args, data=self.data, histories=histories,
-                                          has_time=has_time, texts=self.texts, users=users, items=items,
-                                          final_dir=final)
+        model = train_alignment(
+            QuickstartConfig(**c), self.out / "work" / variant, decoder=decoder, tokenizer=tokenizer, nodes=self.nodes,
+            data=self.data, texts=self.texts, llm_name_or_path=str(self.folder), gguf_file=self.gguf,
+            run_info={"dataset": self.name, "variant": variant, "flags": flags, "split": self.full.split_policy,
+                      "eval_history_recent": None},
+            train_users=self.first(c["train_users"]), flags=flags, echo=lambda _line: None)
         self._glta_models[variant] = model
         return model
 

@@ -167,6 +167,68 @@ def _popular_items(matrix, n: Optional[int]):
     return order if n is None else np.sort(order[: min(n, matrix.num_items)])
 
 
+def text_config(cfg: "QuickstartConfig"):
+    """The budget's profile / prediction generation settings."""
+    from .texts import TextGenerationConfig
+
+    return TextGenerationConfig(max_items=cfg.text_max_items, max_new_tokens=cfg.text_max_new_tokens,
+                                batch_size=cfg.text_batch_size, seed=cfg.seed, max_item_chars=cfg.text_max_item_chars)
+
+
+def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, nodes, data, texts, llm_name_or_path,
+                    gguf_file, run_info: Dict[str, Any], train_users, flags: Optional[Dict[str, Any]] = None,
+                    echo: Callable[[str], None] = print, numbers=None, after_stage: Callable[[str], None] = None):
+    """The budget's alignment stages (item-text, then user-item; user-item only under w/o IA) in ``work/<stage>``,
+    each reused when its ``final`` folder is complete. ``flags``: :class:`GLTATrainingArguments` variant flags;
+    ``train_users``: the user stage's users (None = all). Used by ``glta quickstart`` and ``glta benchmark``."""
+    from . import pipeline
+    from .alignment_data import user_histories
+    from .glta_config import GLTATrainingArguments
+    from .prompts import PromptConfig
+
+    flags = dict(flags or {})
+    histories, has_time = user_histories(data, "train")
+    args = GLTATrainingArguments(
+        output_dir=str(work / "item"), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
+        items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
+        save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
+        use_cpu=True, dataloader_num_workers=0, report_to="none", **flags)
+    stages = ("user",) if flags.get("no_item_alignment") else ("item", "user")
+    model = None
+    for number, stage in zip(numbers or [""] * len(stages), stages):
+        final = work / stage / "final"
+        echo(f"{number}{'item-text' if stage == 'item' else 'user-item'} alignment -> {final}")
+        if pipeline.stage_done(final):
+            model = pipeline.load_stage(final, decoder)
+            echo("      reused the finished stage")
+        else:
+            if model is None:
+                prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=cfg.max_description_tokens,
+                                      max_profile_tokens=cfg.text_max_new_tokens,
+                                      max_prediction_tokens=cfg.text_max_new_tokens)
+                model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=llm_name_or_path,
+                                             llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots,
+                                             head=cfg.head)
+                model.run_info = dict(run_info)
+            recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
+                                                  seed=cfg.seed)
+            model.run_info["eval_history_recent"] = recent
+            stage_args = copy.copy(args)
+            stage_args.output_dir = str(work / stage)
+            users = train_users if stage == "user" else None
+            items = _popular_items(data.matrix("train"), cfg.item_items) if stage == "item" else None
+            model, metrics = pipeline.run_stage(model, stage, stage_args, data=data, histories=histories,
+                                                has_time=has_time, texts=texts, users=users, items=items,
+                                                final_dir=final)
+            echo(f"      done: train loss {metrics.get('train_loss', float('nan')):.4f}, "
+                 f"{metrics.get('train_runtime', 0):.0f}s")
+        if after_stage is not None:
+            after_stage(stage)
+    return model
+
+
 def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run the quickstart pipeline; returns ``{"metrics": {...}, "table": str, "output_dir", "recommendations"}``.
 
@@ -176,12 +238,10 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     import numpy as np
 
     from . import pipeline
-    from .alignment_data import prepare_data, user_histories
-    from .glta_config import GLTATrainingArguments
+    from .alignment_data import prepare_data
     from .graph import GraphTrainingArguments, seed_everything
     from .io_utils import read_json, write_json
-    from .prompts import PromptConfig
-    from .texts import TextGenerationConfig, llm_reference
+    from .texts import llm_reference
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -231,56 +291,22 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         return None if n is None else np.sort(order[: min(n, len(order))]).tolist()
 
     text_users = first(cfg.text_users)
-    tcfg = TextGenerationConfig(max_items=cfg.text_max_items, max_new_tokens=cfg.text_max_new_tokens,
-                                batch_size=cfg.text_batch_size, seed=cfg.seed, max_item_chars=cfg.text_max_item_chars)
+    tcfg = text_config(cfg)
     texts = pipeline.generate_texts(llm, tokenizer, data, work / "texts.jsonl", config=tcfg, llm_ref=ref,
                                     users=text_users, progress=cfg.progress)
     echo(f"      {len(texts)} users have texts")
     step("texts")
 
     decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
-    histories, has_time = user_histories(data, "train")
-    args = GLTATrainingArguments(
-        output_dir=str(work / "item"), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
-        items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
-        save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
-        use_cpu=True, dataloader_num_workers=0, report_to="none")
     run_info = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "split": full.split_policy,
                 "val_fraction": cfg.val_fraction, "val_seed": cfg.seed, "backbone": str(folder), "gguf_file": gguf,
                 "graph": {k: nodes.config.get(k) for k in ("model", "dim", "layers", "lr", "best_epoch")},
                 "texts": {"users": len(texts), **tcfg.to_dict()}, "budget": dataclasses.asdict(cfg),
                 "eval_history_recent": None}
-    model = None
-    for number, stage in ((5, "item"), (6, "user")):
-        final = work / stage / "final"
-        echo(f"[{number}/7] {'item-text' if stage == 'item' else 'user-item'} alignment -> {final}")
-        if pipeline.stage_done(final):
-            model = pipeline.load_stage(final, decoder)
-            echo("      reused the finished stage")
-        else:
-            if model is None:
-                prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=cfg.max_description_tokens,
-                                      max_profile_tokens=cfg.text_max_new_tokens,
-                                      max_prediction_tokens=cfg.text_max_new_tokens)
-                model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=str(folder),
-                                             llm_gguf_file=gguf, prompt=prompt, num_slots=cfg.num_slots,
-                                             head=cfg.head)
-                model.run_info = dict(run_info)
-            recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
-                                                  seed=cfg.seed)
-            model.run_info["eval_history_recent"] = recent
-            stage_args = copy.copy(args)
-            stage_args.output_dir = str(work / stage)
-            users = first(cfg.train_users) if stage == "user" else None
-            items = _popular_items(data.matrix("train"), cfg.item_items) if stage == "item" else None
-            model, metrics = pipeline.run_stage(model, stage, stage_args, data=data, histories=histories,
-                                                has_time=has_time, texts=texts, users=users, items=items,
-                                                final_dir=final)
-            echo(f"      done: train loss {metrics.get('train_loss', float('nan')):.4f}, "
-                 f"{metrics.get('train_runtime', 0):.0f}s")
-        step(stage)
+    model = train_alignment(cfg, work, decoder=decoder, tokenizer=tokenizer, nodes=nodes, data=data, texts=texts,
+                            llm_name_or_path=str(folder), gguf_file=gguf, run_info=run_info,
+                            train_users=first(cfg.train_users), echo=echo, numbers=("[5/7] ", "[6/7] "),
+                            after_stage=step)
 
     echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
     users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else pipeline.test_users(full))
