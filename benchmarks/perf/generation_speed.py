@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         "hardware": hardware_info(),
     }
     if args.breakdown:
-        result["breakdown"] = breakdown(model, runs, prompt_tokens=len(users) and summary.get("prompt_tokens"))
+        result["breakdown"] = breakdown(model, runs, prompt_tokens=summary["prompt_tokens"])  # same prompts in both runs
     write_json(args.output, result)
     print(json.dumps({k: result.get(k) for k in ("runs", "speedup_tokens_per_s", "identical_greedy_outputs",
                                                  "breakdown")}, indent=2))
