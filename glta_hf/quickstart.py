@@ -268,11 +268,10 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
 
     echo("[3/7] loading the LLM backbone")
     if llm is None:
-        from .backbone import _split_gguf, smollm2_gguf_path
+        from .backbone import SMOLLM2_REFERENCE, portable_llm_reference
         from .texts import load_generator
 
-        backbone = cfg.backbone or str(smollm2_gguf_path())
-        folder, gguf = _split_gguf(backbone, cfg.backbone_gguf_file)
+        folder, gguf = portable_llm_reference(cfg.backbone or SMOLLM2_REFERENCE, cfg.backbone_gguf_file)
         llm, tokenizer, ref = load_generator(folder, gguf_file=gguf)
     else:
         folder, gguf = cfg.backbone, cfg.backbone_gguf_file

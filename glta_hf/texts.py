@@ -375,9 +375,10 @@ def load_generator(name_or_path, *, revision: Optional[str] = None, gguf_file: O
     :func:`glta_hf.backbone.load_backbone`, but with the LM head (GLTA's backbone drops it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .backbone import _split_gguf, freeze, quantization_config, resolve_dtype
+    from .backbone import freeze, portable_llm_reference, quantization_config, resolve_dtype, resolve_llm
 
-    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    recorded, recorded_gguf = portable_llm_reference(name_or_path, gguf_file)
+    name_or_path, gguf_file = resolve_llm(recorded, recorded_gguf)
     kwargs: Dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -398,4 +399,4 @@ def load_generator(name_or_path, *, revision: Optional[str] = None, gguf_file: O
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     model = freeze(AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
-    return model, tokenizer, llm_reference(model, str(name_or_path), revision, gguf_file)
+    return model, tokenizer, llm_reference(model, recorded, revision, recorded_gguf)

@@ -113,7 +113,7 @@ def stage_plan(args) -> list:
     return [args.stage]
 
 
-def first_model(stage, script, args, *, llm, tokenizer, nodes, data, backbone, root):
+def first_model(stage, script, args, *, llm, tokenizer, nodes, data, backbone, backbone_gguf, root):
     """The model the first stage of this launch starts from: ``--init_from`` (stage ``user``: the item stage's
     final model by default) or a fresh one over the node embeddings."""
     from glta_hf import pipeline
@@ -128,7 +128,7 @@ def first_model(stage, script, args, *, llm, tokenizer, nodes, data, backbone, r
     if init:
         return checked_slots(pipeline.load_stage(init, llm), init, args)
     return pipeline.build_model(llm, tokenizer, nodes, data, llm_name_or_path=backbone,
-                                llm_revision=script.backbone_revision, llm_gguf_file=script.backbone_gguf_file,
+                                llm_revision=script.backbone_revision, llm_gguf_file=backbone_gguf,
                                 quantization=script.quantization, llm_dtype=script.llm_dtype,
                                 prompt=PromptConfig(**args.prompt_overrides()), num_slots=args.num_slots,
                                 head=script.head, projector=script.projector)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
     from glta_hf import pipeline
     from glta_hf.alignment_data import prepare_data, user_histories
-    from glta_hf.backbone import load_backbone, smollm2_gguf_path
+    from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference
     from glta_hf.graph import load_node_embeddings
     from glta_hf.texts import TextGenerationConfig, load_generator, load_texts
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
                                test_fraction=script.test_fraction, split_seed=script.split_seed,
                                val_fraction=script.val_fraction, val_seed=script.val_seed)
     logger.info("%r", data)
-    backbone = script.backbone or str(smollm2_gguf_path())
+    backbone, backbone_gguf = portable_llm_reference(script.backbone or SMOLLM2_REFERENCE, script.backbone_gguf_file)
 
     # profile / prediction texts (main process generates, the others wait and read)
     texts = {}
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         with state.main_process_first():
             if state.is_main_process and script.generate_missing_texts:
                 gen_model, gen_tok, ref = load_generator(backbone, revision=script.backbone_revision,
-                                                         gguf_file=script.backbone_gguf_file,
+                                                         gguf_file=backbone_gguf,
                                                          quantization=script.quantization, dtype=script.llm_dtype)
                 cfg = TextGenerationConfig(max_items=script.text_max_items, max_new_tokens=script.text_max_new_tokens,
                                            batch_size=script.text_batch_size, seed=script.text_seed)
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         raise SystemExit(f"{err} (run pretrain_graph.py with the same dataset and split options)") from None
 
-    llm, tokenizer = load_backbone(backbone, revision=script.backbone_revision, gguf_file=script.backbone_gguf_file,
+    llm, tokenizer = load_backbone(backbone, revision=script.backbone_revision, gguf_file=backbone_gguf,
                                    quantization=script.quantization, dtype=script.llm_dtype)
     histories, has_time = user_histories(data, "train")
     root = Path(args.output_dir)
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         else:
             if model is None:
                 model = first_model(stage, script, args, llm=llm, tokenizer=tokenizer, nodes=nodes, data=data,
-                                    backbone=backbone, root=root)
+                                    backbone=backbone, backbone_gguf=backbone_gguf, root=root)
             model.config.prompt.update(args.prompt_overrides())  # the serving history length follows --max_history
             recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
                                                   eval_history=args.eval_history, seed=args.seed)

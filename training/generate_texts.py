@@ -61,11 +61,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     data, _ = prepare_data(args.dataset, args.data_dir, split=args.split, test_fraction=args.test_fraction,
                            split_seed=args.split_seed, val_fraction=args.val_fraction, val_seed=args.val_seed)
-    llm = args.llm
-    if llm is None:
-        from glta_hf.backbone import smollm2_gguf_path
+    from glta_hf.backbone import SMOLLM2_REFERENCE
 
-        llm = str(smollm2_gguf_path())
+    llm = args.llm or SMOLLM2_REFERENCE
     model, tokenizer, ref = load_generator(llm, revision=args.revision, gguf_file=args.gguf_file,
                                            quantization=args.quantization, dtype=args.dtype)
     config = TextGenerationConfig(max_items=args.max_items, max_new_tokens=args.max_new_tokens,
