@@ -1,0 +1,32 @@
+"""A checkpoint folder saved by the code before the GLTAModel / GLTAForRecommendation split (tests/fixtures/legacy_v1,
+both head types) still loads and gives identical logits and rankings.
+
+The fixture's config names its LLM ``tiny-llama-seed0``: ``glta_hf.testing.tiny_llama(seed=0)`` re-creates it offline,
+so the test passes it as ``llm=``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glta_hf import GLTAForRecommendation
+from glta_hf.testing import tiny_llama
+
+FIXTURE = Path(__file__).parent / "fixtures" / "legacy_v1"
+
+
+@pytest.mark.parametrize("variant", ["linear_linear", "factorized_mlp"])
+def test_legacy_checkpoint_gives_identical_logits(variant):
+    expected = load_file(str(FIXTURE / "expected.safetensors"))
+    batch = {k[len("input."):]: v for k, v in expected.items() if k.startswith("input.")}
+    causal, _ = tiny_llama(seed=0)
+    model = GLTAForRecommendation.from_pretrained(FIXTURE / variant, llm=causal.model)
+    assert model.config.head == variant.split("_")[0] and model.config.projector == variant.split("_")[1]
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert torch.equal(logits, expected[f"{variant}.logits"])
+    items, _ = model.rank(**batch, k=3, decoding="all_slots")
+    assert torch.equal(items, expected[f"{variant}.all_slots_items"])
