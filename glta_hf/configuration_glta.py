@@ -1,34 +1,20 @@
 """``GLTAConfig``: everything needed to rebuild a GLTA recommender except its weights.
 
-A flat file (only ``transformers`` is imported) so that a saved checkpoint can carry it as remote code.
+It imports only ``transformers`` and its siblings ``components`` / ``prompts`` (whose registry and defaults it
+checks against), so a saved checkpoint can carry it as remote code.
 The LLM is referenced, never copied: ``llm_name_or_path`` (+ ``llm_revision`` / ``llm_gguf_file``,
 ``quantization``, ``llm_dtype``) says how ``from_pretrained`` rebuilds the frozen backbone, and
 ``llm_hidden_size`` is checked against it so a projector never meets a backbone of another width.
 """
 from transformers import PretrainedConfig
 
-QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
-PROJECTORS = ("linear", "mlp")
-HEADS = ("linear", "factorized")
-SLOT_MODES = ("replace", "add")
+from .components import component_names
+from .prompts import PromptConfig
 
-#: Defaults of the prompt settings (mirrors ``glta_hf.prompts.PromptConfig``; kept here so this file stays flat).
-PROMPT_DEFAULTS = {
-    "max_history": 20,
-    "num_slots": 10,
-    "use_chat_template": True,
-    "max_length": 1024,
-    "max_profile_tokens": 96,
-    "max_prediction_tokens": 64,
-    "max_description_tokens": 48,
-    "include_profile": True,
-    "include_prediction": True,
-    "user_as_text": False,
-    "system_prompt": (
-        "You are a recommender system. User and item tokens come from a user-item interaction graph; "
-        "answer with item tokens."
-    ),
-}
+QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
+
+#: Defaults of the prompt settings: ``PromptConfig``'s own (one owner of every prompt default).
+PROMPT_DEFAULTS = PromptConfig().to_dict()
 
 
 class GLTAConfig(PretrainedConfig):
@@ -44,12 +30,11 @@ class GLTAConfig(PretrainedConfig):
         node_dim: d, width of the pretrained LightGCN node embeddings ``E_u`` / ``E_i``.
         num_users / num_items: |U| / |I| (rows of ``E_u`` / ``E_i``, columns of the GLLM logits).
         num_slots: L output slots (>= the largest k evaluated).
-        projector: ``"linear"`` (paper eq. 1-2: ``V = W E + b``) or ``"mlp"`` (Linear-GELU-Linear, LLaVA-1.5 style).
-        head: ``"linear"`` (paper: ``Z = h W_g + b_g`` over |I|) or ``"factorized"`` (``Z = (h W_q + b_q) E_i^T + b_i``
+        projector: a name in ``glta_hf.components.REGISTRY["projector"]``: ``"linear"`` (paper eq. 1-2:
+            ``V = W E + b``) or ``"mlp"`` (Linear-GELU-Linear, LLaVA-1.5 style).
+        head: a name in ``glta_hf.components.REGISTRY["head"]``: ``"linear"`` (paper: ``Z = h W_g + b_g`` over |I|) or ``"factorized"`` (``Z = (h W_q + b_q) E_i^T + b_i``
             with the frozen LightGCN item table ``E_i`` and a per-item bias: |I|-free parameters, starts from
             the graph's item geometry; converged about 2x faster in DESIGN.md's quick experiment).
-        slot_mode: ``"replace"`` (the input at slot t is the trainable vector s_t) or ``"add"``
-            (the frozen ``<slot>`` base embedding + s_t).
         user_token_id / item_token_id / slot_token_id: tokenizer ids of ``<user>``, ``<item>``, ``<slot>``.
         prompt: prompt settings (``glta_hf.prompts.PromptConfig`` fields), stored so serving uses the training prompt.
         lora: None (default, the paper: LLM fully frozen) or a ``peft.LoraConfig`` kwargs dict, e.g. ``{"r": 8}``.
@@ -83,7 +68,6 @@ class GLTAConfig(PretrainedConfig):
         num_slots=10,
         projector="linear",
         head="linear",
-        slot_mode="replace",
         user_token_id=None,
         item_token_id=None,
         slot_token_id=None,
@@ -95,12 +79,11 @@ class GLTAConfig(PretrainedConfig):
     ):
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-        if projector not in PROJECTORS:
-            raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if slot_mode not in SLOT_MODES:
-            raise ValueError(f"slot_mode must be one of {SLOT_MODES}, got {slot_mode!r}")
+        for kind, name in (("projector", projector), ("head", head)):
+            if name not in component_names(kind):
+                raise ValueError(f"{kind} must be one of {component_names(kind)}, got {name!r}")
+        if kwargs.pop("slot_mode", "replace") != "replace":  # a key of older configs; only "replace" ever ran
+            raise ValueError("slot_mode is no longer a setting: the input at slot t is always its vector s_t")
         if int(num_slots) < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
         for name, chunk in (("ce_chunk_size", ce_chunk_size), ("rank_chunk_size", rank_chunk_size)):
@@ -120,7 +103,6 @@ class GLTAConfig(PretrainedConfig):
         self.num_slots = int(num_slots)
         self.projector = projector
         self.head = head
-        self.slot_mode = slot_mode
         self.user_token_id = user_token_id
         self.item_token_id = item_token_id
         self.slot_token_id = slot_token_id

@@ -1,110 +1,99 @@
 """GLTA: a frozen LLM reads graph-aligned user/item tokens and a GLLM head scores the catalogue at L output slots.
 
-Read top to bottom like ``modeling_llava.py``:
+Laid out like transformers' ``models/llava/modeling_llava.py``:
 
-1. **Injection** (:meth:`GLTAForRecommendation.get_inputs_embeds`). ``<user>`` / ``<item>`` / ``<slot>`` are added to
-   the tokenizer but the frozen embedding table is not resized: their ids are mapped to a valid id (pad) for the
-   lookup, then ``masked_scatter`` writes the projected node embeddings ``V_u = W_u E_u + b_u``,
-   ``V_i = W_i E_i + b_i`` (paper eq. 1-2) at the ``<user>`` / ``<item>`` positions and slot t's own trainable
-   vector ``s_t`` at the t-th ``<slot>`` (the slot input is *replaced*). ``user_ids`` / ``item_ids`` are flattened
-   over the batch in placeholder order (row-major), like LLaVA's image features; counts are checked.
-2. **Frozen LLM** (a base decoder, no LM head). Position ids come from the attention mask, so left and right
-   padding give the same logits. Gradients reach ``inputs_embeds`` through the frozen (possibly 4-bit) layers
-   because the injected vectors require grad; nothing of the LLM itself requires grad.
-3. **GLLM head** at the L slot positions only: ``"linear"`` ``Z = h W_g + b_g`` (the paper) or ``"factorized"``
-   ``Z = (h W_q + b_q) E_i^T + b_item`` (item side tied to the frozen LightGCN table). Loss: mean cross-entropy
-   over the labelled slots (labels (B, L), -100 = unused), i.e. paper eq. 3 over the first k slots.
-4. **Decoding** (:meth:`rank`): ``first_k`` (paper), ``first_logit`` (FL), ``autoregressive`` (AR) and
-   ``all_slots`` (logsumexp over slots of log-softmax; full ranking, any k). With ``config.rank_chunk_size`` the
-   head streams over item chunks (running logsumexp + running top-k, ties to the lower item row) instead of building
-   the (B, L, |I|) logits: same items, scores equal up to float rounding (:meth:`rank_from_hidden`).
-5. **Checkpoints** (:meth:`save_pretrained` / :meth:`from_pretrained`): only what GLTA adds -- config (with the
-   LLM reference), ``model.safetensors`` (projectors, slots, head, frozen ``E_u``/``E_i``), the tokenizer with the
-   placeholders, ``item_catalogue.json`` and ``user_table.json`` (+ ``llm_adapter/`` with LoRA). The LLM is
-   rebuilt from its reference. Pickle files are refused.
+* :class:`GLTAModel` (the base model): **placeholders -> inputs_embeds -> frozen LLM -> slot hidden states.**
+  ``<user>`` / ``<item>`` / ``<slot>`` are added to the tokenizer but the frozen embedding table is not resized:
+  their ids are mapped to a valid id (pad) for the lookup, then ``masked_scatter`` writes the projected node
+  embeddings ``V_u = P_u(E_u)``, ``V_i = P_i(E_i)`` (paper eq. 1-2) at the ``<user>`` / ``<item>`` positions and
+  slot t's own trainable vector ``s_t`` at the t-th ``<slot>``. ``user_ids`` / ``item_ids`` are flattened over the
+  batch in placeholder order (row-major), like LLaVA's image features; counts are checked.
+  :meth:`GLTAModel.run_llm` is the single place the LLM runs (position ids from the attention mask, so left and
+  right padding agree; an optional KV cache) -- the hook for a cached-prefix forward.
+* :class:`GLTAForRecommendation`: ``GLTAModel`` + GLLM head + loss -> :class:`GLTAOutput`, plus decoding
+  (:meth:`~GLTAForRecommendation.rank`, ``glta_hf.decoding``), serving (``recommend``, ``glta_hf.serving``) and
+  checkpoints (``save_pretrained`` / ``from_pretrained``, files and checks in ``glta_hf.checkpoint``).
 
-The relative imports below (``configuration_glta``, ``backbone``, ``prompts``, ``io_utils``, ``errors``) import only
-torch/transformers/stdlib, so ``save_pretrained`` copies them next to this file and the folder loads with
-``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where glta_hf is not installed.
+Projectors and heads are ``nn.Module``\\ s picked by ``config.projector`` / ``config.head`` from one registry
+(``glta_hf.components``); the chunked cross-entropy lives in ``glta_hf.loss``. The relative imports below import
+only torch/transformers/safetensors/stdlib, so ``save_pretrained`` copies them next to this file and the folder loads
+with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where glta_hf is not installed.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbone import freeze, load_llm
-from .configuration_glta import GLTAConfig
-from .errors import CheckpointError, UnknownIdError
-from .io_utils import load_safetensors, read_json, refuse_pickled_weights, save_safetensors, write_json
-from .prompts import (
-    ITEM_TOKEN,
-    SLOT_TOKEN,
-    USER_TOKEN,
-    PromptConfig,
-    add_placeholder_tokens,
-    collate_prompts,
-    encode_prompt,
-    placeholder_token_ids,
-    user_item_prompt,
+from .checkpoint import (
+    ADAPTER_DIR,
+    CATALOGUE_NAME,
+    PICKLE_SUFFIXES,
+    RUN_INFO_NAME,
+    USER_TABLE_NAME,
+    WEIGHTS_NAME,
+    load_weights,
+    read_checkpoint,
 )
+from .components import GLTAHead, build_component, init_linear
+from .configuration_glta import GLTAConfig
+from .decoding import DECODINGS, check_k, cumulative_log_prob, decode, full_logit_chunks, head_logit_chunks, slot_candidates
+from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: F401  (old import path of tests)
+from .errors import CheckpointError
+from .io_utils import save_safetensors, write_json
+from .loss import chunked_linear_cross_entropy, slot_loss  # noqa: F401  (chunked_linear_cross_entropy: old path)
+from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
+from .serving import GLTAServingMixin
 
-WEIGHTS_NAME = "model.safetensors"
-CATALOGUE_NAME = "item_catalogue.json"
-USER_TABLE_NAME = "user_table.json"
-RUN_INFO_NAME = "glta_run.json"
-ADAPTER_DIR = "llm_adapter"
-DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
+#: What ``set_trainable`` accepts: which projector trains besides the slot vectors and the head.
 STAGES = ("item", "user", "user+item", "none")
 
 
 @dataclass
+class GLTAModelOutput(ModelOutput):
+    """``slot_hidden_states`` (B, L, hidden): the LLM's last hidden state at the L ``<slot>`` positions."""
+
+    slot_hidden_states: Optional[torch.FloatTensor] = None
+
+
+@dataclass
 class GLTAOutput(ModelOutput):
-    """``loss`` (mean CE over labelled slots), ``logits`` (B, L, |I|), ``slot_hidden_states`` (B, L, hidden)."""
+    """``loss`` (mean CE over labelled slots), ``logits`` (B, L, |I|; None on the chunked-loss path),
+    ``slot_hidden_states`` (B, L, hidden)."""
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     slot_hidden_states: Optional[torch.FloatTensor] = None
 
 
-def _projector(config: GLTAConfig) -> nn.Module:
-    d, h = config.node_dim, config.llm_hidden_size
-    if config.projector == "linear":
-        return nn.Linear(d, h)
-    return nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, h))
-
-
 class GLTAPreTrainedModel(PreTrainedModel):
     config_class = GLTAConfig
     base_model_prefix = "glta"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer"]
+    _no_split_modules: List[str] = []  # replaced per instance by the attached LLM's (set_llm)
 
     def _init_weights(self, module):
         """Only GLTA's own modules are ever initialized here (the LLM is attached after ``post_init``)."""
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, GLTAForRecommendation):
+            init_linear(module)
+        elif isinstance(module, GLTAHead):
+            module.reset_parameters()
+        elif isinstance(module, GLTAModel):
             nn.init.normal_(module.slot_embeddings, std=0.02)
-            if module.item_bias is not None:
-                nn.init.zeros_(module.item_bias)
 
 
-class GLTAForRecommendation(GLTAPreTrainedModel):
-    """The GLTA recommender: frozen LLM + frozen node tables + projectors + slot vectors + GLLM head.
-
-    Build a fresh model with :meth:`from_components`; ``GLTAForRecommendation(config)`` rebuilds the LLM from
-    ``config.llm_name_or_path`` (pass ``llm=`` to reuse a loaded one).
-    """
+class GLTAModel(GLTAPreTrainedModel):
+    """The base model: frozen LLM + frozen node tables ``E_u`` / ``E_i`` + projectors + slot vectors; its output is
+    the slot hidden states (no head). ``GLTAModel(config)`` rebuilds the LLM from ``config.llm_name_or_path``
+    (pass ``llm=`` to reuse a loaded one)."""
 
     def __init__(self, config: GLTAConfig, llm: Optional[nn.Module] = None):
         super().__init__(config)
@@ -112,28 +101,12 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
             raise ValueError("GLTAConfig.llm_hidden_size is required (the projectors' output width)")
         self.register_buffer("user_embeddings", torch.zeros(config.num_users, config.node_dim))
         self.register_buffer("item_embeddings", torch.zeros(config.num_items, config.node_dim))
-        self.user_projector = _projector(config)
-        self.item_projector = _projector(config)
+        self.user_projector = build_component("projector", config.projector, config)
+        self.item_projector = build_component("projector", config.projector, config)
         self.slot_embeddings = nn.Parameter(torch.zeros(config.num_slots, config.llm_hidden_size))
-        if config.head == "linear":
-            self.head = nn.Linear(config.llm_hidden_size, config.num_items)
-            self.item_bias = None
-        else:  # factorized: hidden -> d, dot with the frozen E_i, + per-item bias
-            self.head = nn.Linear(config.llm_hidden_size, config.node_dim)
-            self.item_bias = nn.Parameter(torch.zeros(config.num_items))
+        self._build_head()
         self.post_init()
-        # Not weights: the catalogue (external item ids, titles), the user table and the tokenizer.
-        self.item_catalogue: Dict[str, list] = {"item_ids": list(range(config.num_items)), "titles": [None] * config.num_items}
-        self.user_table: Dict[str, list] = {
-            "user_ids": list(range(config.num_users)),
-            "histories": [[] for _ in range(config.num_users)],
-            "profiles": [None] * config.num_users,
-            "predictions": [None] * config.num_users,
-        }
-        self.tokenizer = None
-        # The training record (dataset, split, stages + hyperparameters, metrics) behind the model card;
-        # saved as glta_run.json (see glta_hf.model_card).
-        self.run_info: Dict[str, Any] = {}
+        self._llm_cache_kwarg = "cache"
         if llm is None:
             if not config.llm_name_or_path:
                 raise ValueError("GLTAConfig.llm_name_or_path is not set: pass llm= or use from_components()")
@@ -141,6 +114,9 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                 config.llm_name_or_path, config.llm_revision, config.llm_gguf_file, config.quantization, config.llm_dtype
             )
         self.set_llm(llm)
+
+    def _build_head(self) -> None:
+        """The base model has no head (``GLTAForRecommendation`` adds one, before ``post_init``)."""
 
     # ------------------------------------------------------------------------------------------- building
 
@@ -155,6 +131,10 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         if self.config.lora and not _is_peft(llm):
             llm = _apply_lora(llm, self.config.lora)
         self.llm = llm
+        base = llm.get_base_model() if _is_peft(llm) else llm
+        self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
+        params = inspect.signature(base.forward).parameters
+        self._llm_cache_kwarg = "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
         self._place_own_modules()
 
     def _place_own_modules(self) -> None:
@@ -165,10 +145,173 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
             if name != "llm":
                 child.to(device)
         self.slot_embeddings.data = self.slot_embeddings.data.to(device)
-        if self.item_bias is not None:
-            self.item_bias.data = self.item_bias.data.to(device)
         self.user_embeddings = self.user_embeddings.to(device)
         self.item_embeddings = self.item_embeddings.to(device)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig.from_dict(self.config.prompt)
+
+    # ------------------------------------------------------------------------------------------- forward
+
+    def _token_ids(self) -> Tuple[int, int, int]:
+        ids = (self.config.user_token_id, self.config.item_token_id, self.config.slot_token_id)
+        if any(i is None for i in ids):
+            raise ValueError("placeholder token ids are not set in the config (build the model with from_components)")
+        return ids
+
+    def get_inputs_embeds(
+        self,
+        input_ids: torch.LongTensor,
+        user_ids: Optional[torch.LongTensor] = None,
+        item_ids: Optional[torch.LongTensor] = None,
+        user_node_embeddings: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Token embeddings with projected node vectors at ``<user>``/``<item>`` and ``s_t`` at the t-th ``<slot>``.
+
+        ``user_node_embeddings`` (n_user_tokens, d) replaces the ``E_u`` lookup (fold-in users not in the table).
+        """
+        user_tok, item_tok, slot_tok = self._token_ids()
+        embedding = self.llm.get_input_embeddings()
+        user_mask, item_mask, slot_mask = input_ids == user_tok, input_ids == item_tok, input_ids == slot_tok
+        safe_id = self.llm.config.pad_token_id if self.llm.config.pad_token_id is not None else 0
+        embeds = embedding(input_ids.masked_fill(user_mask | item_mask | slot_mask, safe_id))
+
+        if user_node_embeddings is not None:
+            user_nodes = user_node_embeddings.to(self.user_embeddings)
+        else:
+            user_nodes = self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
+        item_nodes = self.item_embeddings[self._check_ids(item_ids, self.config.num_items, "item_ids")]
+        for name, mask, nodes, projector in (
+            (USER_TOKEN, user_mask, user_nodes, self.user_projector),
+            (ITEM_TOKEN, item_mask, item_nodes, self.item_projector),
+        ):
+            count = int(mask.sum())
+            if count != nodes.shape[0]:
+                raise ValueError(f"the batch has {count} {name} tokens but {nodes.shape[0]} {name} node ids were given")
+            if count:
+                embeds = embeds.masked_scatter(mask.unsqueeze(-1), projector(nodes).to(embeds.dtype))
+
+        per_row = slot_mask.sum(dim=1)
+        if not bool((per_row == self.config.num_slots).all()):
+            raise ValueError(
+                f"every sample needs exactly num_slots={self.config.num_slots} {SLOT_TOKEN} tokens, got {per_row.tolist()}"
+            )
+        slots = self.slot_embeddings.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)
+        return embeds.masked_scatter(slot_mask.unsqueeze(-1), slots)
+
+    def _check_ids(self, ids: Optional[torch.Tensor], size: int, name: str) -> torch.LongTensor:
+        if ids is None:
+            return torch.zeros(0, dtype=torch.long, device=self.user_embeddings.device)
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.user_embeddings.device).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+            raise ValueError(f"{name} must be rows in [0, {size}), got min {int(ids.min())} max {int(ids.max())}")
+        return ids
+
+    def run_llm(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache=None,
+        use_cache: bool = False,
+    ):
+        """The one call of the frozen LLM: ``inputs_embeds`` (B, T, hidden) -> its output (``last_hidden_state``,
+        ``cache`` when ``use_cache``). Position ids default to the attention mask's running count, so padding side
+        never changes a result; ``cache`` continues from earlier steps (autoregressive decoding, cached prefixes)."""
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **{self._llm_cache_kwarg: cache},
+        )
+
+    def slot_hidden_states(
+        self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None
+    ) -> torch.Tensor:
+        """(B, L, hidden): the frozen LLM's last hidden state at the L ``<slot>`` positions (the head's input)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs_embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
+        hidden = self.run_llm(inputs_embeds, attention_mask).last_hidden_state
+        slot_mask = input_ids == self.config.slot_token_id
+        return hidden[slot_mask].view(input_ids.shape[0], self.config.num_slots, -1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        user_ids: Optional[torch.LongTensor] = None,
+        item_ids: Optional[torch.LongTensor] = None,
+        user_node_embeddings: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[GLTAModelOutput, Tuple[torch.Tensor]]:
+        """Slot hidden states (B, L, hidden); a tuple when ``return_dict`` is False (default: ``config.use_return_dict``)."""
+        out = GLTAModelOutput(
+            slot_hidden_states=self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
+        )
+        return out if _wants_dict(self.config, return_dict) else out.to_tuple()
+
+    def set_trainable(self, stage: str) -> List[str]:
+        """Make only ``stage``'s parameters trainable; returns their names. The LLM never trains (LoRA may).
+
+        ``"item"``: item projector + slots + head (item-text alignment). ``"user"``: user projector + slots + head,
+        item projector frozen (user-item alignment). ``"user+item"``: both projectors + slots + head ("w/o IA").
+        ``"none"``: everything frozen. LoRA adapters, when configured, train in every stage but ``"none"``.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        for param in self.parameters():
+            param.requires_grad_(False)
+        if stage == "none":
+            return []
+        modules = [m for m in (getattr(self, "head", None),) if m is not None]
+        if stage in ("item", "user+item"):
+            modules.append(self.item_projector)
+        if stage in ("user", "user+item"):
+            modules.append(self.user_projector)
+        for module in modules:
+            for param in module.parameters():
+                param.requires_grad_(True)
+        self.slot_embeddings.requires_grad_(True)
+        for name, param in self.llm.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
+        return [name for name, param in self.named_parameters() if param.requires_grad]
+
+    def glta_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Everything GLTA adds (projectors, slots, head, frozen E_u/E_i); never an LLM weight."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.")}
+
+
+class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
+    """The GLTA recommender: :class:`GLTAModel` + GLLM head + loss, with decoding, serving and checkpoints.
+
+    Build a fresh model with :meth:`from_components`; ``GLTAForRecommendation(config)`` rebuilds the LLM from
+    ``config.llm_name_or_path`` (pass ``llm=`` to reuse a loaded one).
+    """
+
+    def __init__(self, config: GLTAConfig, llm: Optional[nn.Module] = None):
+        super().__init__(config, llm=llm)
+        self._init_serving_state()
+        self.tokenizer = None
+        # The training record (dataset, split, stages + hyperparameters, metrics) behind the model card;
+        # saved as glta_run.json (see glta_hf.model_card).
+        self.run_info: Dict[str, Any] = {}
+
+    def _build_head(self) -> None:
+        self.head = build_component("head", self.config.head, self.config)
+
+    @property
+    def item_bias(self) -> Optional[nn.Parameter]:
+        """The per-item bias of the factorized head (None for heads without one)."""
+        return getattr(self.head, "item_bias", None)
 
     @classmethod
     def from_components(
@@ -238,165 +381,22 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                 continue
             # chunked: projecting a 1M-item table at once would hold |I| x hidden floats (2.3 GB at hidden 576)
             current = sum(projector(part.float()).norm(dim=-1).sum() for part in table.split(16384)) / table.shape[0]
-            last = projector if isinstance(projector, nn.Linear) else projector[-1]
+            last = projector.output_layer
             if current > 0:
                 last.weight.mul_(target / current)
                 last.bias.mul_(target / current)
         self.slot_embeddings.mul_(target / self.slot_embeddings.norm(dim=-1).mean().clamp_min(1e-12))
 
-    def set_catalogue(self, item_ids: Iterable, titles: Optional[Sequence[Optional[str]]] = None) -> None:
-        """External item ids (row order of ``E_i``) and optional titles."""
-        item_ids = list(item_ids)
-        if len(item_ids) != self.config.num_items:
-            raise ValueError(f"catalogue has {len(item_ids)} item ids but the model has {self.config.num_items} items")
-        titles = list(titles) if titles is not None else [None] * len(item_ids)
-        if len(titles) != len(item_ids):
-            raise ValueError(f"{len(titles)} titles for {len(item_ids)} items")
-        self.item_catalogue = {"item_ids": item_ids, "titles": titles}
-        self._item_index = None
-
-    def attach_user_context(
-        self,
-        user_ids: Optional[Sequence] = None,
-        histories: Optional[Sequence[Sequence[int]]] = None,
-        profiles: Optional[Sequence[Optional[str]]] = None,
-        predictions: Optional[Sequence[Optional[str]]] = None,
-    ) -> None:
-        """Per internal user row: external id, TRAINING history (item rows, prompt order), profile, prediction.
-
-        Saved in ``user_table.json``; used by :meth:`recommend` and :meth:`ranker` to build the same prompts as
-        training and to exclude seen items. Arguments left as None keep the current values.
-        """
-        n = self.config.num_users
-        for name, values in (("user_ids", user_ids), ("histories", histories), ("profiles", profiles), ("predictions", predictions)):
-            if values is None:
-                continue
-            values = list(values)
-            if len(values) != n:
-                raise ValueError(f"attach_user_context: {len(values)} {name} for {n} users")
-            if name == "histories":
-                values = [[int(i) for i in h] for h in values]
-                bad = [i for h in values for i in h if not 0 <= i < self.config.num_items]
-                if bad:
-                    raise UnknownIdError(f"history item rows out of range [0, {self.config.num_items}): {bad[:5]}")
-            self.user_table[name] = values
-        self._user_index = None
-
-    @property
-    def prompt_config(self) -> PromptConfig:
-        return PromptConfig.from_dict(self.config.prompt)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.llm.get_input_embeddings()
-
-    def set_trainable(self, stage: str) -> List[str]:
-        """Make only ``stage``'s parameters trainable; returns their names. The LLM never trains (LoRA may).
-
-        ``"item"``: item projector + slots + head (item-text alignment). ``"user"``: user projector + slots + head,
-        item projector frozen (user-item alignment). ``"user+item"``: both projectors + slots + head ("w/o IA").
-        ``"none"``: everything frozen. LoRA adapters, when configured, train in every stage but ``"none"``.
-        """
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        for param in self.parameters():
-            param.requires_grad_(False)
-        if stage == "none":
-            return []
-        modules = [self.head]
-        if stage in ("item", "user+item"):
-            modules.append(self.item_projector)
-        if stage in ("user", "user+item"):
-            modules.append(self.user_projector)
-        for module in modules:
-            for param in module.parameters():
-                param.requires_grad_(True)
-        self.slot_embeddings.requires_grad_(True)
-        if self.item_bias is not None:
-            self.item_bias.requires_grad_(True)
-        for name, param in self.llm.named_parameters():
-            if "lora_" in name:
-                param.requires_grad_(True)
-        return [name for name, param in self.named_parameters() if param.requires_grad]
-
-    # ------------------------------------------------------------------------------------------- forward
-
-    def _token_ids(self) -> Tuple[int, int, int]:
-        ids = (self.config.user_token_id, self.config.item_token_id, self.config.slot_token_id)
-        if any(i is None for i in ids):
-            raise ValueError("placeholder token ids are not set in the config (build the model with from_components)")
-        return ids
-
-    def get_inputs_embeds(
-        self,
-        input_ids: torch.LongTensor,
-        user_ids: Optional[torch.LongTensor] = None,
-        item_ids: Optional[torch.LongTensor] = None,
-        user_node_embeddings: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Token embeddings with projected node vectors at ``<user>``/``<item>`` and ``s_t`` at the t-th ``<slot>``.
-
-        ``user_node_embeddings`` (n_user_tokens, d) replaces the ``E_u`` lookup (fold-in users not in the table).
-        """
-        user_tok, item_tok, slot_tok = self._token_ids()
-        embedding = self.llm.get_input_embeddings()
-        user_mask, item_mask, slot_mask = input_ids == user_tok, input_ids == item_tok, input_ids == slot_tok
-        safe_id = self.llm.config.pad_token_id if self.llm.config.pad_token_id is not None else 0
-        embeds = embedding(input_ids.masked_fill(user_mask | item_mask | slot_mask, safe_id))
-
-        if user_node_embeddings is not None:
-            user_nodes = user_node_embeddings.to(self.user_embeddings)
-        else:
-            user_nodes = self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
-        item_nodes = self.item_embeddings[self._check_ids(item_ids, self.config.num_items, "item_ids")]
-        for name, mask, nodes, projector in (
-            (USER_TOKEN, user_mask, user_nodes, self.user_projector),
-            (ITEM_TOKEN, item_mask, item_nodes, self.item_projector),
-        ):
-            count = int(mask.sum())
-            if count != nodes.shape[0]:
-                raise ValueError(f"the batch has {count} {name} tokens but {nodes.shape[0]} {name} node ids were given")
-            if count:
-                embeds = embeds.masked_scatter(mask.unsqueeze(-1), projector(nodes).to(embeds.dtype))
-
-        per_row = slot_mask.sum(dim=1)
-        if not bool((per_row == self.config.num_slots).all()):
-            raise ValueError(
-                f"every sample needs exactly num_slots={self.config.num_slots} {SLOT_TOKEN} tokens, got {per_row.tolist()}"
-            )
-        slots = self.slot_embeddings.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)
-        return embeds.masked_scatter(slot_mask.unsqueeze(-1), slots)
-
-    def _check_ids(self, ids: Optional[torch.Tensor], size: int, name: str) -> torch.LongTensor:
-        if ids is None:
-            return torch.zeros(0, dtype=torch.long, device=self.user_embeddings.device)
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.user_embeddings.device).reshape(-1)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
-            raise ValueError(f"{name} must be rows in [0, {size}), got min {int(ids.min())} max {int(ids.max())}")
-        return ids
+    # ------------------------------------------------------------------------------------------- head + loss
 
     def head_operands(self, slot_hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """``(x, weight, bias)`` with ``score_slots(slot_hidden) == F.linear(x, weight, bias)``: the linear head's own
-        weight and bias, or the factorized head's query ``h W_q + b_q`` against the frozen ``E_i`` and the item bias.
-        Rows ``weight[a:b]`` / ``bias[a:b]`` score the catalogue slice ``a:b`` (chunked loss and ranking)."""
-        x = slot_hidden.to(self.head.weight.dtype)
-        if self.config.head == "linear":
-            return x, self.head.weight, self.head.bias
-        return self.head(x), self.item_embeddings.to(x.dtype), self.item_bias
+        """``(x, weight, bias)`` with ``score_slots(slot_hidden) == F.linear(x, weight, bias)`` (``GLTAHead.operands``);
+        rows ``weight[a:b]`` / ``bias[a:b]`` score the catalogue slice ``a:b`` (chunked loss and ranking)."""
+        return self.head.operands(slot_hidden, self.item_embeddings)
 
     def score_slots(self, slot_hidden: torch.Tensor) -> torch.Tensor:
-        """GLLM head: (..., hidden) -> (..., |I|) item logits, in float32."""
-        return F.linear(*self.head_operands(slot_hidden))
-
-    def _run_llm(self, inputs_embeds, attention_mask, position_ids=None, past_key_values=None, use_cache=False):
-        if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        return self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
+        """GLLM head: (..., hidden) -> (..., |I|) item logits."""
+        return self.head(slot_hidden, self.item_embeddings)
 
     def forward(
         self,
@@ -407,52 +407,19 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         labels: Optional[torch.LongTensor] = None,
         user_node_embeddings: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> GLTAOutput:
-        """Logits (B, L, |I|) at the slot positions; ``loss`` = mean CE over slots whose label is not -100."""
-        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
-        chunk = getattr(self.config, "ce_chunk_size", None)
-        if labels is not None and chunk and self.config.num_items > chunk:
-            # Large catalogue: never build the (B, L, |I|) logits; CE chunk by chunk over the items.
-            labels = self._check_labels(labels, slot_hidden.shape[:2], slot_hidden.device)
-            return GLTAOutput(loss=self.chunked_slot_loss(slot_hidden, labels, chunk), slot_hidden_states=slot_hidden)
-        logits = self.score_slots(slot_hidden)
-        loss = None
-        if labels is not None:
-            labels = self._check_labels(labels, logits.shape[:2], logits.device)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return GLTAOutput(loss=loss, logits=logits, slot_hidden_states=slot_hidden)
+    ) -> Union[GLTAOutput, Tuple[torch.Tensor, ...]]:
+        """Logits (B, L, |I|) at the slot positions; ``loss`` = mean CE over slots whose label is not -100.
 
-    def slot_hidden_states(
-        self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None
-    ) -> torch.Tensor:
-        """(B, L, hidden): the frozen LLM's last hidden state at the L ``<slot>`` positions (the head's input)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        inputs_embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
-        hidden = self._run_llm(inputs_embeds, attention_mask).last_hidden_state
-        slot_mask = input_ids == self.config.slot_token_id
-        return hidden[slot_mask].view(input_ids.shape[0], self.config.num_slots, -1)
-
-    def _check_labels(self, labels: torch.Tensor, shape, device) -> torch.LongTensor:
-        labels = labels.to(device)
-        if labels.shape != tuple(shape):
-            raise ValueError(f"labels must have shape (batch, num_slots)={tuple(shape)}, got {tuple(labels.shape)}")
-        valid = labels != -100
-        if bool(((labels[valid] < 0) | (labels[valid] >= self.config.num_items)).any()):
-            raise ValueError(f"labels must be item rows in [0, {self.config.num_items}) or -100")
-        return labels
-
-    def chunked_slot_loss(self, slot_hidden: torch.Tensor, labels: torch.LongTensor, chunk_size: int) -> torch.Tensor:
-        """Mean CE over labelled slots, computed ``chunk_size`` items at a time (same value and gradients as
-        ``F.cross_entropy(score_slots(slot_hidden), labels, ignore_index=-100)`` up to float rounding).
-
-        Only the labelled slots enter the head; peak extra memory is (labelled slots) x ``chunk_size`` logits.
+        With labels and ``config.ce_chunk_size`` < |I| the loss is computed chunk by chunk over the catalogue and
+        ``logits`` is None (``glta_hf.loss``). A tuple (the non-None fields) when ``return_dict`` is False.
         """
-        flat = labels.reshape(-1)
-        valid = flat != -100
-        x, weight, bias = self.head_operands(slot_hidden.reshape(-1, slot_hidden.shape[-1])[valid])
-        return chunked_linear_cross_entropy(x, weight, bias, flat[valid], chunk_size)
+        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
+        if labels is not None:
+            loss, logits = slot_loss(slot_hidden, labels, self.head_operands, self.config.ce_chunk_size)
+        else:
+            loss, logits = None, self.score_slots(slot_hidden)
+        out = GLTAOutput(loss=loss, logits=logits, slot_hidden_states=slot_hidden)
+        return out if _wants_dict(self.config, return_dict) else out.to_tuple()
 
     # ------------------------------------------------------------------------------------------- decoding
 
@@ -470,21 +437,14 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                 mask[row, items] = True
         return mask
 
-    def _check_k(self, k: int, decoding: str, seen_mask: torch.Tensor) -> None:
-        if decoding not in DECODINGS:
-            raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        if k > self.config.num_items:
-            raise ValueError(f"k={k} exceeds the catalogue size |I|={self.config.num_items}")
-        if decoding in ("first_k", "autoregressive") and k > self.config.num_slots:
-            raise ValueError(
-                f"decoding={decoding!r} yields at most num_slots={self.config.num_slots} items, asked k={k}; "
-                "use decoding='all_slots' or 'first_logit' for longer lists"
-            )
-        unseen = self.config.num_items - int(seen_mask.sum(dim=1).max()) if seen_mask.numel() else self.config.num_items
-        if k > unseen:
-            raise ValueError(f"k={k} exceeds the {unseen} items some user has not seen")
+    def _rank_chunk(self) -> Optional[int]:
+        """``config.rank_chunk_size`` when it is smaller than the catalogue, else None (decode from full logits)."""
+        chunk = self.config.rank_chunk_size
+        return chunk if chunk and self.config.num_items > chunk else None
+
+    def head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int):
+        """The head's logits of ``slot_hidden`` streamed ``chunk_size`` items at a time (``decoding.LogitChunks``)."""
+        return head_logit_chunks(self.head_operands, slot_hidden, chunk_size)
 
     @torch.no_grad()
     def rank(
@@ -499,57 +459,29 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         decoding: str = "first_k",
         user_node_embeddings: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.LongTensor, torch.FloatTensor]:
-        """Top-k item rows (B, k), best first, and their scores, for an encoded batch; ``seen`` items excluded.
+        """Top-k item rows (B, k), best first, and their scores (non-increasing), for an encoded batch.
 
-        ``seen``: per sample an iterable of item rows, or a bool mask (B, |I|). Decodings (paper sec. 4.5):
-        ``first_k``: slot t proposes its best item not yet proposed and not seen (score: its log-prob at slot t).
-        ``first_logit``: the k best items of slot 1. ``all_slots``: score_j = logsumexp_t log_softmax(Z[t])_j, a
-        full ranking for any k. ``autoregressive``: see :meth:`_decode_autoregressive`. Items are chosen by score
-        (by the raw logit where the score is a log-prob of one slot, so softmax rounding never merges two items);
-        ties go to the lower item row.
-
-        With ``config.rank_chunk_size`` < |I| the (B, L, |I|) logits are never built: see :meth:`rank_from_hidden`.
+        ``seen``: per sample an iterable of item rows, or a bool mask (B, |I|); those items are never returned.
+        Decodings (paper sec. 4.5) and what their scores mean: ``glta_hf.decoding``. Ties go to the lower item row.
+        With ``config.rank_chunk_size`` < |I| the (B, L, |I|) logits are never built (same decoder code, fed chunk
+        by chunk).
         """
         seen_mask = self._seen_mask(seen, input_ids.shape[0], input_ids.device)
-        self._check_k(k, decoding, seen_mask)
+        most_seen = int(seen_mask.sum(dim=1).max()) if seen_mask.numel() else 0
+        check_k(k, decoding, self.config.num_items, self.config.num_slots, most_seen)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if decoding == "autoregressive":
             return self._decode_autoregressive(input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings)
-        chunk = self._rank_chunk()
-        if chunk is None:
-            logits = self(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings=user_node_embeddings).logits
-            return self.rank_from_logits(logits, k=k, seen_mask=seen_mask, decoding=decoding)
         slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
-        return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding, chunk_size=chunk)
-
-    def _rank_chunk(self) -> Optional[int]:
-        """``config.rank_chunk_size`` when it is smaller than the catalogue, else None (decode from full logits)."""
-        chunk = getattr(self.config, "rank_chunk_size", None)
-        return chunk if chunk and self.config.num_items > chunk else None
+        return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding)
 
     @staticmethod
     def rank_from_logits(logits: torch.Tensor, k: int, seen_mask: Optional[torch.Tensor] = None, decoding: str = "first_k"):
-        """``first_k`` / ``first_logit`` / ``all_slots`` from slot logits (B, L, |I|); returns (items, scores)."""
-        logits = logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        blocked = torch.zeros_like(logprobs[:, 0], dtype=torch.bool) if seen_mask is None else seen_mask.clone()
-        if decoding == "first_logit":
-            _, items = _topk_first(logits[:, 0].masked_fill(blocked, float("-inf")), k)
-            return items, logprobs[:, 0].gather(1, items)
-        if decoding == "all_slots":
-            scores, items = _topk_first(torch.logsumexp(logprobs, dim=1).masked_fill(blocked, float("-inf")), k)
-            return items, scores
-        if decoding != "first_k":
-            raise ValueError(f"rank_from_logits supports first_k, first_logit, all_slots, got {decoding!r}")
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        items, scores = [], []
-        for t in range(k):
-            item = logits[:, t].masked_fill(blocked, float("-inf")).argmax(dim=-1)  # first maximum: lowest row
-            blocked[rows, item] = True
-            items.append(item)
-            scores.append(logprobs[rows, t, item])
-        return torch.stack(items, dim=1), torch.stack(scores, dim=1)
+        """``first_k`` / ``first_logit`` / ``all_slots`` from materialised slot logits (B, L, |I|): (items, scores)."""
+        if seen_mask is None:
+            seen_mask = torch.zeros(logits.shape[0], logits.shape[-1], dtype=torch.bool, device=logits.device)
+        return decode(full_logit_chunks(logits), k, seen_mask, decoding)
 
     def rank_from_hidden(
         self,
@@ -560,74 +492,22 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         chunk_size: Optional[int] = None,
     ) -> Tuple[torch.LongTensor, torch.FloatTensor]:
         """``first_k`` / ``first_logit`` / ``all_slots`` from slot hidden states (B, L, hidden), streaming the head
-        over ``chunk_size`` items at a time (default: ``config.rank_chunk_size``, else the whole catalogue).
-
-        Same items as :meth:`rank_from_logits` on ``score_slots(slot_hidden)`` (same tie rule: lower row first) and
-        the same scores up to float rounding (the softmax normaliser is a running logsumexp). Memory: B x L x chunk
-        logits (``first_k`` only its first k slots, ``first_logit`` slot 1) plus the (B, |I|) bool ``seen_mask``.
-        ``first_k`` / ``first_logit``: one pass, a running logsumexp and a running top-k per slot; slot t of
-        ``first_k`` then takes its best candidate not taken by slots 1..t-1 -- t-1 items at most are taken before it,
-        so its k best candidates always hold that item. ``all_slots``: two passes (:meth:`_all_slot_score_chunks`).
-        """
-        if decoding not in ("first_k", "first_logit", "all_slots"):
-            raise ValueError(f"rank_from_hidden supports first_k, first_logit, all_slots, got {decoding!r}")
-        chunk = chunk_size or self._rank_chunk() or self.config.num_items
+        over ``chunk_size`` items at a time (default: ``config.rank_chunk_size`` when smaller than |I|, else the
+        head's full logits). Memory: B x L x chunk logits plus the (B, |I|) bool ``seen_mask``."""
         if seen_mask is None:
             seen_mask = torch.zeros(slot_hidden.shape[0], self.config.num_items, dtype=torch.bool, device=slot_hidden.device)
-        if decoding == "all_slots":
-            best = None
-            for start, scores in self._all_slot_score_chunks(slot_hidden, chunk):
-                scores.masked_fill_(seen_mask[:, start : start + scores.shape[1]], float("-inf"))
-                vals, idx = _topk_first(scores, k)
-                best = _merge_topk(best, vals, idx + start, k)
-            return best[1], best[0]
-        rows = (slot_hidden[:, :1] if decoding == "first_logit" else slot_hidden[:, :k]).contiguous()
-        scores, items = self._slot_candidates(rows, k, seen_mask, chunk)
-        if decoding == "first_logit":
-            return items[:, 0], scores[:, 0]
-        return _take_distinct(scores, items)
-
-    def _head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int):
-        """Yields ``(start, logits)``: the head's float32 logits (..., chunk) for items ``start:start+chunk``."""
-        x, weight, bias = self.head_operands(slot_hidden)
-        for start in range(0, weight.shape[0], chunk_size):
-            end = start + chunk_size
-            yield start, F.linear(x, weight[start:end], None if bias is None else bias[start:end]).float()
-
-    def _slot_candidates(self, slot_hidden: torch.Tensor, k: int, blocked: torch.Tensor, chunk_size: int):
-        """Per slot row of ``slot_hidden`` (B, R, hidden): the k best items not ``blocked`` (B, |I|), as
-        (log-probs, item rows), each (B, R, k), best first, ties to the lower row. One pass over the items: a running
-        logsumexp over ALL items (the softmax normaliser; blocked items count, as in ``log_softmax``) and a running
-        top-k of the raw logits."""
-        lse = best = None
-        for start, logits in self._head_chunks(slot_hidden, chunk_size):
-            part = torch.logsumexp(logits, dim=-1)
-            lse = part if lse is None else torch.logaddexp(lse, part)
-            logits.masked_fill_(blocked[:, None, start : start + logits.shape[-1]], float("-inf"))
-            vals, idx = _topk_first(logits, k)
-            best = _merge_topk(best, vals, idx + start, k)
-        return best[0] - lse.unsqueeze(-1), best[1]
-
-    def _all_slot_score_chunks(self, slot_hidden: torch.Tensor, chunk_size: int):
-        """Yields ``(start, scores)``: the ``all_slots`` scores logsumexp_t log_softmax(Z_t) (B, chunk) of items
-        ``start:start+chunk``. Two passes over the items: pass 1 the per-(user, slot) logsumexp, pass 2 the chunk's
-        normalized log-probs reduced over slots; the head runs twice, at most B x L x chunk logits are alive."""
-        lse = None
-        for _, logits in self._head_chunks(slot_hidden, chunk_size):
-            part = torch.logsumexp(logits, dim=-1)
-            lse = part if lse is None else torch.logaddexp(lse, part)
-        for start, logits in self._head_chunks(slot_hidden, chunk_size):
-            yield start, torch.logsumexp(logits.sub_(lse.unsqueeze(-1)), dim=1)
+        chunk = chunk_size or self._rank_chunk()
+        chunks = self.head_chunks(slot_hidden, chunk) if chunk else full_logit_chunks(self.score_slots(slot_hidden))
+        return decode(chunks, k, seen_mask, decoding)
 
     @torch.no_grad()
     def all_slot_scores(self, **batch) -> torch.FloatTensor:
         """(B, |I|) ``all_slots`` scores of every item for an encoded batch (the evaluator's ``scorer``); chunked over
         the items (never the (B, L, |I|) logits) when ``config.rank_chunk_size`` < |I|."""
-        chunk = self._rank_chunk()
-        if chunk is None:
-            return torch.logsumexp(torch.log_softmax(self(**batch).logits.float(), dim=-1), dim=1)
         slot_hidden = self.slot_hidden_states(**batch)
-        return torch.cat([scores for _, scores in self._all_slot_score_chunks(slot_hidden, chunk)], dim=1)
+        chunk = self._rank_chunk()
+        chunks = self.head_chunks(slot_hidden, chunk) if chunk else full_logit_chunks(self.score_slots(slot_hidden))
+        return torch.cat([scores for _, scores in all_slot_score_chunks(chunks)], dim=1)
 
     def _decode_autoregressive(self, input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings):
         """AR (paper sec. 4.5): slot t's chosen item token is fed back as the next input before predicting t+1.
@@ -637,22 +517,24 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         step is run with the cache whose input at slot t's position is ``s_t + V_i[i_{t-1}]`` -- slot t's own vector
         plus the projected item token just chosen, the way an LM feeds back its generated token -- and slot t's
         hidden state picks i_t among items neither seen nor chosen. Training never shows fed-back items, the
-        train/inference mismatch the paper blames for AR's weak results.
+        train/inference mismatch the paper blames for AR's weak results. Scores: the cumulative log-probability.
 
-        Each step scores one slot row per user, chunked over the items like the other decodings when
+        Each step scores one slot row per user through ``decoding.slot_candidates``, chunked over the items when
         ``config.rank_chunk_size`` < |I| (B x chunk logits per step; the LLM steps themselves are not chunked).
         """
         input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
-        L, B = self.config.num_slots, input_ids.shape[0]
+        B = input_ids.shape[0]
         embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        prefix = input_ids.shape[1] - L + 1  # everything through slot 1
-        out = self._run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
+        prefix = input_ids.shape[1] - self.config.num_slots + 1  # everything through slot 1
+        out = self.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
         blocked, rows = seen_mask.clone(), torch.arange(B, device=input_ids.device)
-        chunk = self._rank_chunk() or self.config.num_items
+        chunk = self._rank_chunk()
         items, scores = [], []
         for t in range(k):
-            score, item = self._slot_candidates(out.last_hidden_state[:, -1:], 1, blocked, chunk)
+            hidden = out.last_hidden_state[:, -1:]
+            chunks = self.head_chunks(hidden, chunk) if chunk else full_logit_chunks(self.score_slots(hidden))
+            score, item = slot_candidates(chunks, slice(0, 1), 1, blocked)
             score, item = score[:, 0, 0], item[:, 0, 0]
             blocked[rows, item] = True
             items.append(item)
@@ -661,164 +543,41 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                 break
             col = prefix + t
             step = self.slot_embeddings[t + 1] + self.item_projector(self.item_embeddings[item])
-            out = self._run_llm(
+            out = self.run_llm(
                 step.to(embeds.dtype).unsqueeze(1),
                 attention_mask[:, : col + 1],
                 positions[:, col : col + 1],
-                past_key_values=out.past_key_values,
+                cache=_llm_cache(out),
                 use_cache=True,
             )
-        return torch.stack(items, dim=1), torch.stack(scores, dim=1)
-
-    # ------------------------------------------------------------------------------------------- serving
-
-    def _lookup(self, name: str):
-        cache = getattr(self, f"_{name}_index", None)
-        if cache is None:
-            ids = self.item_catalogue["item_ids"] if name == "item" else self.user_table["user_ids"]
-            cache = {str(x): row for row, x in enumerate(ids)}
-            setattr(self, f"_{name}_index", cache)
-        return cache
-
-    def encode_users(
-        self,
-        users: Sequence[int],
-        histories: Optional[Sequence[Optional[Sequence[int]]]] = None,
-        fold_in: Optional[Sequence[bool]] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """Encode user-item prompts for internal user rows from the attached user context (the evaluation prompt).
-
-        The prompt shows the last H items of the stored (or given) history; ``fold_in[j]`` means user j has no
-        ``E_u`` row and gets ``mean(E_i[history])`` as node embedding (returned as ``user_node_embeddings``).
-        """
-        if self.tokenizer is None:
-            raise ValueError("the model has no tokenizer attached (build it with from_components or from_pretrained)")
-        cfg = self.prompt_config
-        encoded, folded = [], []
-        for j, user in enumerate(users):
-            history = histories[j] if histories is not None and histories[j] is not None else None
-            new = bool(fold_in[j]) if fold_in is not None else False
-            if new:
-                prompt = user_item_prompt(0, history, cfg, user_text="new user")
-                if not cfg.user_as_text:  # fold-in: LightGCN-consistent mean of the history's item embeddings
-                    folded.append(self.item_embeddings[torch.as_tensor(list(history), dtype=torch.long)].mean(dim=0))
-            else:
-                row = int(user)
-                hist = history if history is not None else self.user_table["histories"][row]
-                prompt = user_item_prompt(
-                    row,
-                    hist,
-                    cfg,
-                    profile=self.user_table["profiles"][row],
-                    prediction=self.user_table["predictions"][row],
-                    user_text=str(self.user_table["user_ids"][row]),
-                )
-                if not cfg.user_as_text:
-                    folded.append(self.user_embeddings[row])
-            encoded.append(encode_prompt(self.tokenizer, prompt, cfg))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = collate_prompts(encoded, pad, self.config.num_slots)
-        batch.pop("labels", None)
-        batch["user_node_embeddings"] = torch.stack(folded) if folded else torch.zeros(0, self.config.node_dim)
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def ranker(self, decoding: str = "first_k", batch_size: int = 32) -> Callable[[torch.LongTensor, int], torch.LongTensor]:
-        """A ``ranker(users, k) -> LongTensor[B, k]`` for ``glta_hf.metrics.evaluate`` over internal user rows.
-
-        Prompts come from the attached user context; each user's stored (training) history is excluded.
-        """
-
-        def rank_users(users: torch.LongTensor, k: int) -> torch.LongTensor:
-            out = []
-            for start in range(0, len(users), batch_size):
-                chunk = [int(u) for u in users[start : start + batch_size]]
-                batch = self.encode_users(chunk)
-                seen = [self.user_table["histories"][u] for u in chunk]
-                items, _ = self.rank(**batch, k=k, seen=seen, decoding=decoding)
-                out.append(items.cpu())
-            return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
-
-        return rank_users
-
-    def scorer(self, batch_size: int = 32) -> Callable[[torch.LongTensor], torch.FloatTensor]:
-        """A ``scorer(users) -> FloatTensor[B, |I|]`` for ``evaluate``: the ``all_slots`` score of every item."""
-
-        @torch.no_grad()
-        def score_users(users: torch.LongTensor) -> torch.FloatTensor:
-            out = []
-            for start in range(0, len(users), batch_size):
-                batch = self.encode_users([int(u) for u in users[start : start + batch_size]])
-                out.append(self.all_slot_scores(**batch).cpu())
-            return torch.cat(out) if out else torch.zeros(0, self.config.num_items)
-
-        return score_users
-
-    @torch.no_grad()
-    def recommend(
-        self,
-        users: Sequence,
-        k: int = 10,
-        exclude_seen: bool = True,
-        decoding: str = "first_k",
-        histories: Optional[Union[Dict[Any, Sequence], Sequence[Optional[Sequence]]]] = None,
-        batch_size: int = 32,
-    ) -> List[Dict[str, Any]]:
-        """Top-k external item ids with scores for external user ids: ``[{"user", "items", "scores"}, ...]``.
-
-        ``histories`` (external item ids; a dict by user or a list aligned with ``users``) replaces a known user's
-        stored history in the prompt and the exclusion, and lets unknown users be *folded in*: their node embedding
-        is the mean of ``E_i`` over the history (LightGCN's propagation from a user's items), without profile or
-        prediction text. An unknown user without history raises ``UnknownIdError``.
-        """
-        user_index, item_index = self._lookup("user"), self._lookup("item")
-        if isinstance(histories, dict):
-            histories = [histories.get(u, histories.get(str(u))) for u in users]
-        if histories is not None and len(histories) != len(users):
-            raise ValueError(f"{len(histories)} histories for {len(users)} users")
-        rows, hists, fold = [], [], []
-        for j, user in enumerate(users):
-            given = histories[j] if histories is not None else None
-            if given is not None:
-                missing = [i for i in given if str(i) not in item_index]
-                if missing:
-                    raise UnknownIdError(f"user {user!r}: unknown item ids in history: {missing[:5]}")
-                given = [item_index[str(i)] for i in given]
-            if str(user) in user_index:
-                rows.append(user_index[str(user)])
-                fold.append(False)
-            elif given:
-                rows.append(-1)
-                fold.append(True)
-            else:
-                raise UnknownIdError(f"unknown user {user!r} and no history to fold in from")
-            hists.append(given)
-        results: List[Dict[str, Any]] = []
-        for start in range(0, len(users), batch_size):
-            sl = slice(start, start + batch_size)
-            batch = self.encode_users(rows[sl], hists[sl], fold[sl])
-            if exclude_seen:
-                seen = [h if h is not None else self.user_table["histories"][r] for r, h in zip(rows[sl], hists[sl])]
-            else:
-                seen = None
-            items, scores = self.rank(**batch, k=k, seen=seen, decoding=decoding)
-            for user, item_row, score in zip(users[sl], items.tolist(), scores.tolist()):
-                results.append(
-                    {"user": user, "items": [self.item_catalogue["item_ids"][i] for i in item_row], "scores": score}
-                )
-        return results
+        return torch.stack(items, dim=1), cumulative_log_prob(torch.stack(scores, dim=1))
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
-    def glta_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Everything GLTA adds (projectors, slots, head, frozen E_u/E_i); never an LLM weight."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.")}
+    @classmethod
+    def expected_tensor_shapes(cls, config: GLTAConfig) -> Dict[str, Tuple[int, ...]]:
+        """Name -> shape of every tensor a checkpoint of ``config`` holds (built on the meta device: no memory)."""
+        with torch.device("meta"):
+            shapes = {
+                "user_embeddings": (config.num_users, config.node_dim),
+                "item_embeddings": (config.num_items, config.node_dim),
+                "slot_embeddings": (config.num_slots, config.llm_hidden_size),
+            }
+            for prefix, kind, name in (("user_projector", "projector", config.projector),
+                                       ("item_projector", "projector", config.projector),
+                                       ("head", "head", config.head)):
+                module = build_component(kind, name, config)
+                shapes.update({f"{prefix}.{k}": tuple(v.shape) for k, v in module.state_dict().items()})
+        return shapes
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
-        """Write config (+ remote code), GLTA weights, tokenizer, catalogue, user table (+ LoRA adapter)."""
+        """Write config (+ remote code), GLTA weights, tokenizer, catalogue, user table (+ LoRA adapter).
+
+        ``push_to_hub=True`` then uploads the checkpoint as :meth:`push_to_hub` does (``repo_id`` defaults to the
+        folder's name, as in transformers; other keyword arguments go to ``glta_hf.hub.push_to_hub``).
+        """
         from transformers.dynamic_module_utils import custom_object_save
 
-        if push_to_hub:
-            raise NotImplementedError("save_pretrained(push_to_hub=True): use model.push_to_hub(repo_id) instead")
         if not self.config.llm_name_or_path:
             raise CheckpointError(
                 "config.llm_name_or_path is empty: a GLTA checkpoint references its LLM instead of copying it; "
@@ -839,6 +598,9 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         if self.run_info:
             write_json(folder / RUN_INFO_NAME, self.run_info)
         _write_model_card(self, folder)
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", None) or folder.resolve().name
+            self.push_to_hub(repo_id, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload config, GLTA weights, tokenizer, catalogue, user table, remote code and a generated model card to
@@ -864,13 +626,20 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         local_files_only: bool = False,
         device_map=None,
         revision: Optional[str] = None,
+        trust_remote_code: Optional[bool] = None,
         **kwargs,
     ) -> "GLTAForRecommendation":
         """Load a GLTA folder (or hub repo) and rebuild its LLM from the reference (``llm_name_or_path`` overrides).
 
-        Raises ``CheckpointError`` on pickle files, a tokenizer without the placeholders, an LLM whose hidden size
-        differs from the projectors', or weights / catalogue / user table that disagree with the config.
+        Every GLTA file is checked before the LLM loads (``glta_hf.checkpoint.read_checkpoint``): pickle files,
+        safetensors header and size, tensor names and shapes against the config, catalogue / user table JSON and
+        ids; then the tokenizer's placeholders. Each failure is a ``CheckpointError`` naming the file; an LLM whose
+        hidden size differs from the projectors' is one too. Keyword arguments of ``PreTrainedModel.from_pretrained``
+        that a GLTA checkpoint does not use are ignored with a warning-free pass-through only when known (below).
         """
+        unused = set(kwargs) - _IGNORED_FROM_PRETRAINED_KWARGS
+        if unused or model_args:
+            raise TypeError(f"from_pretrained got unexpected arguments {sorted(unused) or list(model_args)}")
         folder = Path(os.fspath(pretrained_model_name_or_path))
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -880,20 +649,21 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                     str(pretrained_model_name_or_path),
                     revision=revision,
                     local_files_only=local_files_only,
-                    ignore_patterns=["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"],
+                    ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES],
                 )
             )
-        refuse_pickled_weights(folder)
-        refuse_pickled_weights(folder / ADAPTER_DIR)
-        if not (folder / WEIGHTS_NAME).is_file():
-            raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}; not a GLTA checkpoint")
-        config = config if isinstance(config, GLTAConfig) else GLTAConfig.from_pretrained(folder)
+        if not isinstance(config, GLTAConfig):
+            try:
+                config = GLTAConfig.from_pretrained(folder)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"{folder / 'config.json'}: unusable config ({err})") from None
         if quantization is not None:
             config.quantization = quantization
         if llm_dtype is not None:
             config.llm_dtype = llm_dtype
+        files = read_checkpoint(folder, config, cls.expected_tensor_shapes(config))
 
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code"))
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         try:
             ids = placeholder_token_ids(tokenizer)
         except ValueError as err:
@@ -901,6 +671,7 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
         expected = {USER_TOKEN: config.user_token_id, ITEM_TOKEN: config.item_token_id, SLOT_TOKEN: config.slot_token_id}
         if ids != expected:
             raise CheckpointError(f"{folder}: tokenizer placeholder ids {ids} differ from the config's {expected}")
+        state = load_weights(folder)
 
         if llm is None:
             llm = load_llm(
@@ -913,147 +684,36 @@ class GLTAForRecommendation(GLTAPreTrainedModel):
                 device_map=device_map,
             )
         if config.lora:
-            if not (folder / ADAPTER_DIR).is_dir():
-                raise CheckpointError(f"{folder}: config has lora={config.lora} but no {ADAPTER_DIR}/ folder")
             from peft import PeftModel
 
             llm = PeftModel.from_pretrained(freeze(llm), folder / ADAPTER_DIR, is_trainable=False)
         model = cls(config, llm=llm)
-
-        state = load_safetensors(folder / WEIGHTS_NAME)
-        leaked = [k for k in state if k.startswith("llm.")]
-        if leaked:
-            raise CheckpointError(f"{folder}/{WEIGHTS_NAME} holds LLM weights ({leaked[:3]}...); GLTA checkpoints must not")
-        own = model.glta_state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            raise CheckpointError(
-                f"{folder}/{WEIGHTS_NAME} does not match the config: missing {missing}, unexpected {unexpected}, shapes {wrong}"
-            )
         model.load_state_dict(state, strict=False)
-
-        catalogue = read_json(folder / CATALOGUE_NAME)
-        if len(catalogue.get("item_ids", [])) != config.num_items:
-            raise CheckpointError(
-                f"{folder}/{CATALOGUE_NAME} lists {len(catalogue.get('item_ids', []))} items but the model has |I|={config.num_items}"
-            )
-        model.set_catalogue(catalogue["item_ids"], catalogue.get("titles"))
-        if (folder / USER_TABLE_NAME).is_file():
-            table = read_json(folder / USER_TABLE_NAME)
-            try:
-                model.attach_user_context(
-                    table.get("user_ids"), table.get("histories"), table.get("profiles"), table.get("predictions")
-                )
-            except ValueError as err:
-                raise CheckpointError(f"{folder}/{USER_TABLE_NAME}: {err}") from err
-        if (folder / RUN_INFO_NAME).is_file():
-            model.run_info = read_json(folder / RUN_INFO_NAME)
+        model.set_catalogue(files.catalogue["item_ids"], files.catalogue["titles"])
+        if files.user_table is not None:
+            table = files.user_table
+            model.attach_user_context(table["user_ids"], table["histories"], table["profiles"], table["predictions"])
+        model.run_info = files.run_info
         model.tokenizer = tokenizer
         model.set_trainable("none")
         return model.eval()
 
 
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """``mean_n CE(x_n W^T + b, y_n)`` without the (N, C) logits: forward keeps a running logsumexp over item chunks,
-    backward recomputes each chunk's logits and forms ``softmax - onehot`` chunk by chunk (cut-cross-entropy style)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, labels, chunk_size):
-        n, c = x.shape[0], weight.shape[0]
-        lse = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-        target = torch.zeros(n, dtype=x.dtype, device=x.device)
-        rows = torch.arange(n, device=x.device)
-        for start in range(0, c, chunk_size):
-            end = min(start + chunk_size, c)
-            logits = x @ weight[start:end].t()
-            if bias is not None:
-                logits += bias[start:end]
-            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
-            hit = (labels >= start) & (labels < end)
-            target[hit] = logits[rows[hit], labels[hit] - start]
-        ctx.save_for_backward(x, weight, bias, labels, lse)
-        ctx.chunk_size = chunk_size
-        return (lse - target).sum() / n
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        x, weight, bias, labels, lse = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        n, c = x.shape[0], weight.shape[0]
-        scale = grad_loss / n
-        rows = torch.arange(n, device=x.device)
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = torch.empty_like(weight) if need_w else None
-        grad_b = torch.empty_like(bias) if need_b else None
-        for start in range(0, c, ctx.chunk_size):
-            end = min(start + ctx.chunk_size, c)
-            w = weight[start:end]
-            logits = x @ w.t()
-            if bias is not None:
-                logits += bias[start:end]
-            probs = torch.exp_(logits.sub_(lse.unsqueeze(1)))  # softmax of this chunk, in place
-            hit = (labels >= start) & (labels < end)
-            probs[rows[hit], labels[hit] - start] -= 1.0
-            probs.mul_(scale)
-            if need_x:
-                grad_x.addmm_(probs, w)
-            if need_w:
-                torch.mm(probs.t(), x, out=grad_w[start:end])
-            if need_b:
-                torch.sum(probs, dim=0, out=grad_b[start:end])
-        return grad_x, grad_w, grad_b, None, None
+#: ``PreTrainedModel.from_pretrained`` arguments a GLTA folder has no use for (accepted so Auto/Trainer calls work).
+_IGNORED_FROM_PRETRAINED_KWARGS = {"dtype", "torch_dtype", "cache_dir", "force_download", "token", "use_safetensors",
+                                   "low_cpu_mem_usage", "subfolder", "code_revision", "_from_auto", "_commit_hash",
+                                   "adapter_kwargs", "proxies", "attn_implementation", "key_mapping", "weights_only",
+                                   "output_loading_info", "_from_pipeline"}
 
 
-def chunked_linear_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.LongTensor, chunk_size: int
-) -> torch.Tensor:
-    """Mean cross-entropy of the logits ``x @ weight.T + bias`` (N, C) against ``labels`` (N,), never holding more
-    than N x ``chunk_size`` logits (forward or backward). Gradients flow to ``x``, ``weight`` and ``bias`` (those that
-    require grad). Equals ``F.cross_entropy(x @ weight.T + bias, labels)`` up to float rounding."""
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedLinearCrossEntropy.apply(x, weight, bias, labels.to(x.device, torch.long), int(chunk_size))
+def _wants_dict(config, return_dict: Optional[bool]) -> bool:
+    return config.use_return_dict if return_dict is None else bool(return_dict)
 
 
-def _topk_first(values: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.LongTensor]:
-    """The k largest entries along the last dim as (values, indices), best first, ties to the LOWER index.
-
-    A total order (value desc, index asc), unlike ``torch.topk``'s unspecified tie order: the top-k of a catalogue
-    is then the top-k of its chunks' top-ks, which is what makes chunked ranking return the same items."""
-    k = min(k, values.shape[-1])
-    top, idx = values.topk(min(k + 1, values.shape[-1]), dim=-1)  # one more, to see a tie across the cut
-    kth = top[..., k - 1 : k]
-    if top.shape[-1] > k and bool((top[..., k:] == kth).any()):  # ties across the cut: take the lowest indices
-        tie = values == kth
-        need = k - (top > kth).sum(dim=-1, keepdim=True)  # every value above the k-th is in ``top``
-        take = (values > kth) | (tie & (tie.cumsum(dim=-1, dtype=torch.int32) <= need))
-        idx = take.nonzero()[:, -1].view(*values.shape[:-1], k)  # row-major: ascending index within each row
-    idx = idx[..., :k].sort(dim=-1).values
-    vals, order = values.gather(-1, idx).sort(dim=-1, descending=True, stable=True)
-    return vals, idx.gather(-1, order)
-
-
-def _merge_topk(best, vals: torch.Tensor, idx: torch.LongTensor, k: int):
-    """Merge a running ``(values, indices)`` top-k with a later chunk's (all of whose indices are higher): a stable
-    sort keeps the running entries first among equal values, i.e. the lower index wins ties."""
-    if best is not None:
-        vals, idx = torch.cat([best[0], vals], dim=-1), torch.cat([best[1], idx], dim=-1)
-    vals, order = vals.sort(dim=-1, descending=True, stable=True)
-    return vals[..., :k], idx.gather(-1, order[..., :k])
-
-
-def _take_distinct(scores: torch.Tensor, items: torch.LongTensor) -> Tuple[torch.LongTensor, torch.FloatTensor]:
-    """``first_k`` over per-slot candidates (B, k, k), best first: slot t takes its first candidate not taken by an
-    earlier slot. Returns (items, scores), each (B, k)."""
-    taken = torch.full(items.shape[:2], -1, dtype=items.dtype, device=items.device)
-    chosen = torch.empty(items.shape[:2], dtype=scores.dtype, device=scores.device)
-    for t in range(items.shape[1]):
-        free = ~(items[:, t].unsqueeze(-1) == taken.unsqueeze(1)).any(dim=-1)
-        pos = free.to(torch.int8).argmax(dim=-1, keepdim=True)  # first free candidate
-        taken[:, t] = items[:, t].gather(1, pos).squeeze(1)
-        chosen[:, t] = scores[:, t].gather(1, pos).squeeze(1)
-    return taken, chosen
+def _llm_cache(output):
+    """The KV cache of an LLM output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output["past_key_values"]
 
 
 def _write_model_card(model: "GLTAForRecommendation", folder: Path) -> None:

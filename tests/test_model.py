@@ -116,7 +116,7 @@ def test_head_and_projector_variants(tmp_path, head, projector):
     assert model.head.weight.grad.abs().sum() > 0
     if head == "factorized":
         assert model.head.weight.shape == (8, 32) and model.item_bias.grad is not None
-        expected = model.head(out.slot_hidden_states) @ tiny.item_embeddings.t() + model.item_bias
+        expected = model.head.query(out.slot_hidden_states) @ tiny.item_embeddings.t() + model.item_bias
         torch.testing.assert_close(out.logits, expected)
 
 

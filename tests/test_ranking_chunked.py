@@ -128,17 +128,22 @@ def test_chunked_rank_never_builds_full_logits(models, monkeypatch):
     model = models["linear"].model
     batch = _inputs(models["linear"])
     widths = []
-    original = GLTAForRecommendation._head_chunks
+    original = GLTAForRecommendation.head_chunks
 
     def spy(self, slot_hidden, chunk_size):
-        for start, logits in original(self, slot_hidden, chunk_size):
-            widths.append(logits.shape[-1])
-            yield start, logits
+        chunks = original(self, slot_hidden, chunk_size)
+
+        def recorded(slots):
+            for start, logits in chunks(slots):
+                widths.append(logits.shape[-1])
+                yield start, logits
+
+        return recorded
 
     def forbidden(*args, **kwargs):
         raise AssertionError("full (B, L, |I|) logits built")
 
-    monkeypatch.setattr(GLTAForRecommendation, "_head_chunks", spy)
+    monkeypatch.setattr(GLTAForRecommendation, "head_chunks", spy)
     monkeypatch.setattr(model, "score_slots", forbidden)
     with rank_chunk(model, 5):
         for decoding in DECODINGS:

@@ -1,0 +1,222 @@
+"""The GLTA checkpoint folder: its file names, its safety rules and its integrity check.
+
+A folder written by ``GLTAForRecommendation.save_pretrained`` holds ``config.json`` (+ remote code), the tokenizer,
+:data:`WEIGHTS_NAME` (GLTA's own tensors only, never an LLM weight), :data:`CATALOGUE_NAME` (the item id map:
+``{"item_ids": [...], "titles": [...]}``, row order of ``E_i``), optionally :data:`USER_TABLE_NAME` (the user id map
+and per-user context: ``{"user_ids", "histories", "profiles", "predictions"}``, row order of ``E_u``),
+:data:`RUN_INFO_NAME` (the training record) and :data:`ADAPTER_DIR` (LoRA).
+
+:func:`read_checkpoint` opens and checks every GLTA file BEFORE the (expensive) LLM is loaded: safetensors header and
+size, tensor names and shapes against the config, JSON syntax, unique ids, titles aligned with ids, histories in
+range. Each failure is a :class:`~glta_hf.errors.CheckpointError` naming the file and what is wrong. Pickle files are
+refused (:func:`refuse_pickled_weights`): this package never unpickles. Imports only the standard library,
+safetensors and the sibling ``errors`` module (copied as remote code).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .errors import CheckpointError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CATALOGUE_NAME = "item_catalogue.json"
+USER_TABLE_NAME = "user_table.json"
+RUN_INFO_NAME = "glta_run.json"
+ADAPTER_DIR = "llm_adapter"
+#: File names that may hold pickled Python objects; never loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: Tensor names of checkpoints written before heads became modules -> today's names.
+LEGACY_TENSOR_NAMES = {"item_bias": "head.item_bias"}
+USER_TABLE_FIELDS = ("user_ids", "histories", "profiles", "predictions")
+_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+
+
+def refuse_pickled_weights(folder) -> None:
+    """Raise if ``folder`` holds pickle-format weight files; this package only reads safetensors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+    if found:
+        raise CheckpointError(
+            f"{folder}: refusing to load a checkpoint that contains pickle files {found}; "
+            "glta-hf reads weights from safetensors only. Remove them or re-save the model with save_pretrained()."
+        )
+
+
+def upgrade_tensor_names(state: Dict[str, Any]) -> Dict[str, Any]:
+    """Rename tensors of older checkpoints (:data:`LEGACY_TENSOR_NAMES`) to today's module names."""
+    return {LEGACY_TENSOR_NAMES.get(name, name): value for name, value in state.items()}
+
+
+def read_json_file(path: Path) -> Any:
+    """Parse a checkpoint JSON file; a missing, unreadable or malformed file is a CheckpointError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+
+
+def safetensors_header(path: Path) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` from a safetensors file's header, after checking that the header and every tensor's
+    byte range fit the file (a truncated or corrupted file is a CheckpointError naming it)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: truncated ({size} bytes; a safetensors file starts with an 8-byte header size)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > size - 8:
+                raise CheckpointError(f"{path}: truncated or corrupt: header of {header_len} bytes in a {size}-byte file")
+            raw = handle.read(header_len)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file is missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    data_len = size - 8 - header_len
+    tensors, end = {}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, stop) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (TypeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header entry {name!r} ({err!r})") from None
+        if dtype not in _SAFETENSORS_DTYPES or not 0 <= begin <= stop <= data_len:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ({dtype}, bytes {begin}-{stop}) does not fit the file's {data_len} data bytes "
+                "(truncated or corrupt)"
+            )
+        tensors[name], end = (dtype, shape), max(end, stop)
+    if end != data_len:
+        raise CheckpointError(f"{path}: {data_len} data bytes but the header describes {end} (truncated or corrupt)")
+    return tensors
+
+
+def check_tensor_shapes(path: Path, found: Mapping[str, Tuple[int, ...]], expected: Mapping[str, Tuple[int, ...]]) -> None:
+    """The tensors in ``path`` are exactly ``expected`` (name -> shape): no LLM weight, none missing or extra."""
+    leaked = [k for k in found if k.startswith("llm.")]
+    if leaked:
+        raise CheckpointError(f"{path} holds LLM weights ({leaked[:3]}...); GLTA checkpoints must not")
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [f"{k}: {tuple(found[k])} vs {tuple(expected[k])}" for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not match the config: missing {missing}, unexpected {unexpected}, shapes {wrong}"
+        )
+
+
+def _unique_ids(path: Path, ids: List[Any], what: str) -> None:
+    seen: Dict[str, int] = {}
+    for row, value in enumerate(ids):
+        key = str(value)
+        if key in seen:
+            raise CheckpointError(f"{path}: {what} {value!r} appears twice (rows {seen[key]} and {row}); ids must be unique")
+        seen[key] = row
+
+
+def check_catalogue(path: Path, catalogue: Any, num_items: int) -> Dict[str, list]:
+    """The item id map: ``item_ids`` (|I| unique ids) and ``titles`` (None or one per id)."""
+    if not isinstance(catalogue, dict) or not isinstance(catalogue.get("item_ids"), list):
+        raise CheckpointError(f"{path}: expected an object with an 'item_ids' list")
+    ids = catalogue["item_ids"]
+    if len(ids) != num_items:
+        raise CheckpointError(f"{path} lists {len(ids)} items but the model has |I|={num_items}")
+    _unique_ids(path, ids, "item id")
+    titles = catalogue.get("titles")
+    if titles is None:
+        titles = [None] * len(ids)
+    if not isinstance(titles, list) or len(titles) != len(ids):
+        got = len(titles) if isinstance(titles, list) else type(titles).__name__
+        raise CheckpointError(f"{path}: 'titles' must be a list aligned with 'item_ids' ({len(ids)} ids, got {got})")
+    return {"item_ids": ids, "titles": titles}
+
+
+def check_user_table(path: Path, table: Any, num_users: int, num_items: int) -> Dict[str, Optional[list]]:
+    """The user id map and context: each present field is a list of |U| entries, ids unique, history rows in range."""
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{path}: expected a JSON object with {USER_TABLE_FIELDS}")
+    out: Dict[str, Optional[list]] = {}
+    for name in USER_TABLE_FIELDS:
+        values = table.get(name)
+        if values is not None and (not isinstance(values, list) or len(values) != num_users):
+            got = len(values) if isinstance(values, list) else type(values).__name__
+            raise CheckpointError(f"{path}: '{name}' must be a list of {num_users} entries (one per user), got {got}")
+        out[name] = values
+    if out["user_ids"] is not None:
+        _unique_ids(path, out["user_ids"], "user id")
+    for row, history in enumerate(out["histories"] or []):
+        if not isinstance(history, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_items for i in history
+        ):
+            raise CheckpointError(f"{path}: histories[{row}] must be a list of item rows in [0, {num_items})")
+    return out
+
+
+@dataclass
+class CheckpointFiles:
+    """What :func:`read_checkpoint` found valid: tensor shapes, the id maps and the run record."""
+
+    folder: Path
+    tensor_shapes: Dict[str, Tuple[int, ...]]
+    catalogue: Dict[str, list]
+    user_table: Optional[Dict[str, Optional[list]]] = None
+    run_info: Dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...]]) -> CheckpointFiles:
+    """Open and check every GLTA file of ``folder`` (see the module docstring); nothing here loads the LLM.
+
+    ``expected_shapes``: tensor name -> shape the config implies (``GLTAForRecommendation.expected_tensor_shapes``).
+    """
+    folder = Path(folder)
+    refuse_pickled_weights(folder)
+    refuse_pickled_weights(folder / ADAPTER_DIR)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}; not a GLTA checkpoint")
+    header = safetensors_header(weights)
+    shapes = upgrade_tensor_names({name: shape for name, (_, shape) in header.items()})
+    check_tensor_shapes(weights, shapes, expected_shapes)
+    catalogue = check_catalogue(folder / CATALOGUE_NAME, read_json_file(folder / CATALOGUE_NAME), config.num_items)
+    user_table = None
+    if (folder / USER_TABLE_NAME).is_file():
+        user_table = check_user_table(
+            folder / USER_TABLE_NAME, read_json_file(folder / USER_TABLE_NAME), config.num_users, config.num_items
+        )
+    run_info: Dict[str, Any] = {}
+    if (folder / RUN_INFO_NAME).is_file():
+        run_info = read_json_file(folder / RUN_INFO_NAME)
+        if not isinstance(run_info, dict):
+            raise CheckpointError(f"{folder / RUN_INFO_NAME}: expected a JSON object")
+    if getattr(config, "lora", None) and not (folder / ADAPTER_DIR).is_dir():
+        raise CheckpointError(f"{folder}: config has lora={config.lora} but no {ADAPTER_DIR}/ folder")
+    return CheckpointFiles(folder, shapes, catalogue, user_table, run_info)
+
+
+def load_weights(folder) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+    """The checked :data:`WEIGHTS_NAME` tensors on CPU (today's names); a read error is a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        state = load_file(os.fspath(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for corrupt data
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({err})") from None
+    return upgrade_tensor_names(state)

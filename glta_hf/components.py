@@ -1,0 +1,147 @@
+"""Projectors and GLLM heads: small ``nn.Module``\\ s picked by name from one registry (``config.projector`` /
+``config.head``).
+
+A new head is one class and one decorator line, in any file (a test, a user's script)::
+
+    @register_component("head", "cosine")
+    class CosineHead(GLTAHead):
+        def __init__(self, config): ...
+        def operands(self, slot_hidden, item_embeddings): return x, weight, bias
+
+Every head scores items as ``F.linear(x, weight, bias)`` (:meth:`GLTAHead.operands`), so the chunked loss and the
+chunked decoders slice ``weight`` / ``bias`` by item rows without knowing which head they serve. Every component is
+built as ``cls(config)``; the model's ``_init_weights`` then initialises linear layers (N(0, 0.02), zero bias) and
+calls a head's ``reset_parameters()``. This file imports only torch (it is copied
+into saved checkpoints as remote code).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: kind -> name -> class. The one place the names a config may use are defined.
+REGISTRY: Dict[str, Dict[str, type]] = {"projector": {}, "head": {}}
+
+
+def register_component(kind: str, name: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` available as ``config.<kind> = name`` (kind ``"projector"`` or ``"head"``)."""
+    if kind not in REGISTRY:
+        raise ValueError(f"component kind must be one of {tuple(REGISTRY)}, got {kind!r}")
+
+    def add(cls: type) -> type:
+        REGISTRY[kind][name] = cls
+        return cls
+
+    return add
+
+
+def component_names(kind: str) -> Tuple[str, ...]:
+    return tuple(REGISTRY[kind])
+
+
+def build_component(kind: str, name: str, config) -> nn.Module:
+    """``REGISTRY[kind][name](config)``; an unknown name is a ValueError listing the registered ones."""
+    try:
+        cls = REGISTRY[kind][name]
+    except KeyError:
+        raise ValueError(f"{kind} must be one of {component_names(kind)}, got {name!r}") from None
+    return cls(config)
+
+
+# ----------------------------------------------------------------------------------------------- projectors
+
+
+def init_linear(layer: nn.Linear) -> None:
+    """GLTA's initialisation of a linear layer (``_init_weights``): N(0, 0.02) weights, zero bias."""
+    nn.init.normal_(layer.weight, std=0.02)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+@register_component("projector", "linear")
+class LinearProjector(nn.Linear):
+    """Paper eq. 1-2: ``V = W E + b`` from node width d to the LLM hidden size."""
+
+    def __init__(self, config):
+        super().__init__(config.node_dim, config.llm_hidden_size)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The layer whose weight and bias set the output scale (``match_embedding_scale`` rescales it)."""
+        return self
+
+
+@register_component("projector", "mlp")
+class MLPProjector(nn.Sequential):
+    """Linear-GELU-Linear (LLaVA-1.5's projector)."""
+
+    def __init__(self, config):
+        d, h = config.node_dim, config.llm_hidden_size
+        super().__init__(nn.Linear(d, h), nn.GELU(), nn.Linear(h, h))
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self[2]
+
+
+# ----------------------------------------------------------------------------------------------- heads
+
+
+class GLTAHead(nn.Module):
+    """Base class of GLLM heads: slot hidden states (..., hidden) -> item logits (..., |I|)."""
+
+    def operands(
+        self, slot_hidden: torch.Tensor, item_embeddings: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(x, weight, bias)`` with logits ``F.linear(x, weight, bias)``; ``weight[a:b]`` / ``bias[a:b]`` score
+        items ``a:b``. ``item_embeddings`` is the frozen LightGCN table ``E_i`` (heads may ignore it)."""
+        raise NotImplementedError
+
+    def forward(self, slot_hidden: torch.Tensor, item_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(*self.operands(slot_hidden, item_embeddings))
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+
+@register_component("head", "linear")
+class LinearHead(GLTAHead):
+    """The paper's head: ``Z = h W_g + b_g`` over the |I| items."""
+
+    def __init__(self, config):
+        super().__init__()
+        layer = nn.Linear(config.llm_hidden_size, config.num_items)  # same parameters (and seeded draws) as before
+        self.weight, self.bias = layer.weight, layer.bias
+
+    def reset_parameters(self) -> None:
+        init_linear(self)
+
+    def operands(self, slot_hidden, item_embeddings):
+        return slot_hidden.to(self.weight.dtype), self.weight, self.bias
+
+
+@register_component("head", "factorized")
+class FactorizedHead(GLTAHead):
+    """``Z = (h W_q + b_q) E_i^T + b_item``: a query in node space against the frozen item table plus a per-item
+    bias; |I|-free parameters besides the bias, and it starts from the graph's item geometry."""
+
+    def __init__(self, config):
+        super().__init__()
+        layer = nn.Linear(config.llm_hidden_size, config.node_dim)
+        self.weight, self.bias = layer.weight, layer.bias
+        self.item_bias = nn.Parameter(torch.zeros(config.num_items))
+
+    def reset_parameters(self) -> None:
+        init_linear(self)
+        nn.init.zeros_(self.item_bias)
+
+    def query(self, slot_hidden: torch.Tensor) -> torch.Tensor:
+        """``h W_q + b_q`` (..., d)."""
+        return F.linear(slot_hidden.to(self.weight.dtype), self.weight, self.bias)
+
+    def operands(self, slot_hidden, item_embeddings):
+        x = self.query(slot_hidden)
+        return x, item_embeddings.to(x.dtype), self.item_bias

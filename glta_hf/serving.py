@@ -1,0 +1,238 @@
+"""Serving: the item catalogue, the user table and ``recommend`` -- a thin layer over ``GLTAForRecommendation.rank``.
+
+:class:`GLTAServingMixin` maps external ids to rows (``item_catalogue`` / ``user_table``, saved as the checkpoint's id
+maps, see ``checkpoint``), builds the training prompt of each user from the stored context, folds in unknown users
+from a history (node embedding = mean of ``E_i`` over it, LightGCN's propagation) and validates every argument of
+``recommend`` where it enters, before any prompt is built or the LLM runs. Imports only torch + siblings (copied as
+remote code).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from .decoding import ArgumentError, check_decoding, check_k, check_positive_int
+from .errors import UnknownIdError
+from .prompts import collate_prompts, encode_prompt, user_item_prompt
+
+
+def _as_user_list(users) -> list:
+    """``users`` as a list of ids: one bare id (str, int) is ONE user, never iterated character by character."""
+    if isinstance(users, (str, bytes, int)) and not isinstance(users, bool):
+        return [users]
+    if isinstance(users, bool) or users is None or isinstance(users, Mapping):
+        raise ArgumentError(f"users must be a user id or a sequence of user ids, got {users!r}")
+    try:
+        return list(users)
+    except TypeError:
+        raise ArgumentError(f"users must be a user id or a sequence of user ids, got {type(users).__name__}") from None
+
+
+class GLTAServingMixin:
+    """Catalogue, user table and recommendation API of :class:`GLTAForRecommendation` (see the module docstring)."""
+
+    def _init_serving_state(self) -> None:
+        n_items, n_users = self.config.num_items, self.config.num_users
+        self.item_catalogue: Dict[str, list] = {"item_ids": list(range(n_items)), "titles": [None] * n_items}
+        self.user_table: Dict[str, list] = {
+            "user_ids": list(range(n_users)),
+            "histories": [[] for _ in range(n_users)],
+            "profiles": [None] * n_users,
+            "predictions": [None] * n_users,
+        }
+        self._item_index = self._user_index = None
+
+    def set_catalogue(self, item_ids: Iterable, titles: Optional[Sequence[Optional[str]]] = None) -> None:
+        """External item ids (row order of ``E_i``, unique) and optional titles."""
+        item_ids = list(item_ids)
+        if len(item_ids) != self.config.num_items:
+            raise ArgumentError(f"catalogue has {len(item_ids)} item ids but the model has {self.config.num_items} items")
+        if len({str(i) for i in item_ids}) != len(item_ids):
+            raise ArgumentError("item_ids: the catalogue's item ids must be unique")
+        titles = list(titles) if titles is not None else [None] * len(item_ids)
+        if len(titles) != len(item_ids):
+            raise ArgumentError(f"{len(titles)} titles for {len(item_ids)} items")
+        self.item_catalogue = {"item_ids": item_ids, "titles": titles}
+        self._item_index = None
+
+    def attach_user_context(
+        self,
+        user_ids: Optional[Sequence] = None,
+        histories: Optional[Sequence[Sequence[int]]] = None,
+        profiles: Optional[Sequence[Optional[str]]] = None,
+        predictions: Optional[Sequence[Optional[str]]] = None,
+    ) -> None:
+        """Per internal user row: external id, TRAINING history (item rows, prompt order), profile, prediction.
+
+        Saved in ``user_table.json``; used by :meth:`recommend` and :meth:`ranker` to build the same prompts as
+        training and to exclude seen items. Arguments left as None keep the current values.
+        """
+        n = self.config.num_users
+        for name, values in (("user_ids", user_ids), ("histories", histories), ("profiles", profiles), ("predictions", predictions)):
+            if values is None:
+                continue
+            values = list(values)
+            if len(values) != n:
+                raise ArgumentError(f"attach_user_context: {len(values)} {name} for {n} users")
+            if name == "histories":
+                values = [[int(i) for i in h] for h in values]
+                bad = [i for h in values for i in h if not 0 <= i < self.config.num_items]
+                if bad:
+                    raise UnknownIdError(f"history item rows out of range [0, {self.config.num_items}): {bad[:5]}")
+            self.user_table[name] = values
+        self._user_index = None
+
+    def _lookup(self, name: str) -> Dict[str, int]:
+        """External id (as str) -> row, for ``"item"`` or ``"user"``; rebuilt after the catalogue / table changes."""
+        cache = getattr(self, f"_{name}_index", None)
+        if cache is None:
+            ids = self.item_catalogue["item_ids"] if name == "item" else self.user_table["user_ids"]
+            cache = {str(x): row for row, x in enumerate(ids)}
+            setattr(self, f"_{name}_index", cache)
+        return cache
+
+    def encode_users(
+        self,
+        users: Sequence[int],
+        histories: Optional[Sequence[Optional[Sequence[int]]]] = None,
+        fold_in: Optional[Sequence[bool]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Encode user-item prompts for internal user rows from the attached user context (the evaluation prompt).
+
+        The prompt shows the last H items of the stored (or given) history; ``fold_in[j]`` means user j has no
+        ``E_u`` row and gets ``mean(E_i[history])`` as node embedding (returned as ``user_node_embeddings``).
+        """
+        if self.tokenizer is None:
+            raise ValueError("the model has no tokenizer attached (build it with from_components or from_pretrained)")
+        cfg = self.prompt_config
+        encoded, folded = [], []
+        for j, user in enumerate(users):
+            history = histories[j] if histories is not None and histories[j] is not None else None
+            if fold_in is not None and fold_in[j]:
+                prompt = user_item_prompt(0, history, cfg, user_text="new user")
+                if not cfg.user_as_text:  # fold-in: LightGCN-consistent mean of the history's item embeddings
+                    folded.append(self.item_embeddings[torch.as_tensor(list(history), dtype=torch.long)].mean(dim=0))
+            else:
+                row = int(user)
+                hist = history if history is not None else self.user_table["histories"][row]
+                prompt = user_item_prompt(
+                    row,
+                    hist,
+                    cfg,
+                    profile=self.user_table["profiles"][row],
+                    prediction=self.user_table["predictions"][row],
+                    user_text=str(self.user_table["user_ids"][row]),
+                )
+                if not cfg.user_as_text:
+                    folded.append(self.user_embeddings[row])
+            encoded.append(encode_prompt(self.tokenizer, prompt, cfg))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = collate_prompts(encoded, pad, self.config.num_slots)
+        batch.pop("labels", None)
+        batch["user_node_embeddings"] = torch.stack(folded) if folded else torch.zeros(0, self.config.node_dim)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def ranker(self, decoding: str = "first_k", batch_size: int = 32) -> Callable[[torch.LongTensor, int], torch.LongTensor]:
+        """A ``ranker(users, k) -> LongTensor[B, k]`` for ``glta_hf.metrics.evaluate`` over internal user rows.
+
+        Prompts come from the attached user context; each user's stored (training) history is excluded.
+        """
+        check_decoding(decoding)
+        batch_size = check_positive_int("batch_size", batch_size)
+
+        def rank_users(users: torch.LongTensor, k: int) -> torch.LongTensor:
+            out = []
+            for start in range(0, len(users), batch_size):
+                chunk = [int(u) for u in users[start : start + batch_size]]
+                batch = self.encode_users(chunk)
+                seen = [self.user_table["histories"][u] for u in chunk]
+                items, _ = self.rank(**batch, k=k, seen=seen, decoding=decoding)
+                out.append(items.cpu())
+            return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+        return rank_users
+
+    def scorer(self, batch_size: int = 32) -> Callable[[torch.LongTensor], torch.FloatTensor]:
+        """A ``scorer(users) -> FloatTensor[B, |I|]`` for ``evaluate``: the ``all_slots`` score of every item."""
+        batch_size = check_positive_int("batch_size", batch_size)
+
+        @torch.no_grad()
+        def score_users(users: torch.LongTensor) -> torch.FloatTensor:
+            out = []
+            for start in range(0, len(users), batch_size):
+                batch = self.encode_users([int(u) for u in users[start : start + batch_size]])
+                out.append(self.all_slot_scores(**batch).cpu())
+            return torch.cat(out) if out else torch.zeros(0, self.config.num_items)
+
+        return score_users
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        users: Union[Any, Sequence[Any]],
+        k: int = 10,
+        exclude_seen: bool = True,
+        decoding: str = "first_k",
+        histories: Optional[Union[Dict[Any, Sequence], Sequence[Optional[Sequence]]]] = None,
+        batch_size: int = 32,
+    ) -> List[Dict[str, Any]]:
+        """Top-k external item ids with scores for external user ids: ``[{"user", "items", "scores"}, ...]``.
+
+        ``users``: a sequence of user ids, or ONE id (a bare string such as ``"12"`` is one user). ``histories``
+        (external item ids; a dict by user or a list aligned with ``users``) replaces a known user's stored history
+        in the prompt and the exclusion, and lets unknown users be *folded in*: their node embedding is the mean of
+        ``E_i`` over the history, without profile or prediction text. An unknown user without history raises
+        ``UnknownIdError``. Scores are non-increasing along each list; their meaning per decoding is documented in
+        ``glta_hf.decoding`` (``first_k``: the log-probability of the list up to that item). Every argument is
+        checked here, before any prompt is encoded (``ArgumentError`` naming it).
+        """
+        users = _as_user_list(users)
+        check_decoding(decoding)
+        batch_size = check_positive_int("batch_size", batch_size)
+        if not isinstance(exclude_seen, bool):
+            raise ArgumentError(f"exclude_seen must be a bool, got {exclude_seen!r}")
+        check_k(k, decoding, self.config.num_items, self.config.num_slots)
+        user_index, item_index = self._lookup("user"), self._lookup("item")
+        if isinstance(histories, Mapping):
+            histories = [histories.get(u, histories.get(str(u))) for u in users]
+        elif histories is not None:
+            if isinstance(histories, (str, bytes)):
+                raise ArgumentError("histories must be a dict by user or a list of item-id lists, got a string")
+            histories = list(histories)
+            if len(histories) != len(users):
+                raise ArgumentError(f"histories: {len(histories)} histories for {len(users)} users")
+        rows, hists, fold = [], [], []
+        for j, user in enumerate(users):
+            given = histories[j] if histories is not None else None
+            if given is not None:
+                if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+                    raise ArgumentError(f"histories: user {user!r}: expected a list of item ids, got {given!r}")
+                given = list(given)
+                missing = [i for i in given if str(i) not in item_index]
+                if missing:
+                    raise UnknownIdError(f"user {user!r}: unknown item ids in history: {missing[:5]}")
+                given = [item_index[str(i)] for i in given]
+            if str(user) in user_index:
+                rows.append(user_index[str(user)])
+                fold.append(False)
+            elif given:
+                rows.append(-1)
+                fold.append(True)
+            else:
+                raise UnknownIdError(f"unknown user {user!r} and no history to fold in from")
+            hists.append(given)
+        results: List[Dict[str, Any]] = []
+        for start in range(0, len(users), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = self.encode_users(rows[sl], hists[sl], fold[sl])
+            if exclude_seen:
+                seen = [h if h is not None else self.user_table["histories"][r] for r, h in zip(rows[sl], hists[sl])]
+            else:
+                seen = None
+            items, scores = self.rank(**batch, k=k, seen=seen, decoding=decoding)
+            for user, item_row, score in zip(users[sl], items.tolist(), scores.tolist()):
+                results.append(
+                    {"user": user, "items": [self.item_catalogue["item_ids"][i] for i in item_row], "scores": score}
+                )
+        return results
