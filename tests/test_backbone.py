@@ -28,6 +28,25 @@ def test_load_backbone_returns_frozen_base_decoder(tiny_dir):
     assert next(model16.parameters()).dtype == torch.bfloat16
 
 
+def test_load_generator_shares_the_loader_and_keeps_the_lm_head(tiny_dir):
+    from glta_hf.texts import load_generator
+
+    model, tokenizer, reference = load_generator(tiny_dir, dtype="bfloat16")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.lm_head.weight.dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    assert tokenizer.pad_token is not None
+    with pytest.raises(CheckpointError, match="llm_name_or_path"):  # the same error as the GLTA backbone's
+        load_generator(tiny_dir.parent / "nothing-here", local_files_only=True)
+
+
+def test_gptq_group_size_follows_the_layer_widths():
+    assert backbone.gptq_group_size(4096, 11008) == 128  # Llama-2-7B
+    assert backbone.gptq_group_size(576, 1536) == 64  # SmolLM2-135M
+    assert backbone.gptq_group_size(128, 256) == 128 and backbone.gptq_group_size(96) == 32
+    with pytest.raises(ValueError, match="group size"):
+        backbone.gptq_group_size(100)
+
+
 def test_missing_backbone_is_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="llm_name_or_path"):
         backbone.load_llm(tmp_path / "nothing-here", local_files_only=True)
@@ -88,13 +107,14 @@ def gptq_tiny(tmp_path_factory):
 
 @pytest.mark.gptq
 def test_gptq_quantize_and_backprop(gptq_tiny):
-    """Quantize a tiny LLaMA (hidden 128, group size 64) with gptqmodel on load; grads reach inputs_embeds."""
+    """Quantize a tiny LLaMA (hidden 128: group size 128, derived from the widths) with gptqmodel on load; grads
+    reach inputs_embeds."""
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
 
     _, reference, llm, _ = gptq_tiny
     qcfg = llm.config.quantization_config
     qcfg = qcfg if isinstance(qcfg, dict) else qcfg.to_dict()
-    assert qcfg["quant_method"] == "gptq" and qcfg["bits"] == 4 and qcfg["group_size"] == 64
+    assert qcfg["quant_method"] == "gptq" and qcfg["bits"] == 4 and qcfg["group_size"] == 128
     # every decoder-layer projection was replaced by a gptqmodel quant-linear (int4 packed weights, no fp weight)
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     quant = {n: m for n, m in llm.named_modules() if n.rsplit(".", 1)[-1] in names}
