@@ -15,6 +15,7 @@ safetensors and the sibling ``errors`` module (copied as remote code).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -34,7 +35,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Tensor names of checkpoints written before heads became modules -> today's names.
 LEGACY_TENSOR_NAMES = {"item_bias": "head.item_bias"}
 USER_TABLE_FIELDS = ("user_ids", "histories", "profiles", "predictions")
-_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+USER_TABLE_REQUIRED = ("user_ids", "histories")
+#: GLTA's tensors are all floating point (weights and the frozen node tables).
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+#: safetensors dtype -> bytes per element
+_SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+#: config fields a checkpoint cannot be rebuilt without
+_REQUIRED_CONFIG_INTS = ("llm_hidden_size", "node_dim", "num_users", "num_items", "num_slots", "user_token_id",
+                         "item_token_id", "slot_token_id")
 
 
 def refuse_pickled_weights(folder) -> None:
@@ -103,6 +112,12 @@ def safetensors_header(path: Path) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
                 f"{path}: tensor {name!r} ({dtype}, bytes {begin}-{stop}) does not fit the file's {data_len} data bytes "
                 "(truncated or corrupt)"
             )
+        needed = _SAFETENSORS_DTYPES[dtype] * math.prod(shape)
+        if stop - begin != needed:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ({dtype}, shape {list(shape)}) needs {needed} bytes, the header gives it "
+                f"{stop - begin} (corrupt header)"
+            )
         tensors[name], end = (dtype, shape), max(end, stop)
     if end != data_len:
         raise CheckpointError(f"{path}: {data_len} data bytes but the header describes {end} (truncated or corrupt)")
@@ -155,6 +170,8 @@ def check_user_table(path: Path, table: Any, num_users: int, num_items: int) -> 
     out: Dict[str, Optional[list]] = {}
     for name in USER_TABLE_FIELDS:
         values = table.get(name)
+        if values is None and name in USER_TABLE_REQUIRED:
+            raise CheckpointError(f"{path}: the '{name}' list is missing")
         if values is not None and (not isinstance(values, list) or len(values) != num_users):
             got = len(values) if isinstance(values, list) else type(values).__name__
             raise CheckpointError(f"{path}: '{name}' must be a list of {num_users} entries (one per user), got {got}")
@@ -167,6 +184,22 @@ def check_user_table(path: Path, table: Any, num_users: int, num_items: int) -> 
         ):
             raise CheckpointError(f"{path}: histories[{row}] must be a list of item rows in [0, {num_items})")
     return out
+
+
+def load_config(folder, config_class):
+    """``config_class.from_pretrained(folder)`` after checking that :data:`CONFIG_NAME` exists and parses, and that
+    the fields a GLTA model is rebuilt from are integers (a CheckpointError naming the file otherwise)."""
+    path = Path(folder) / CONFIG_NAME
+    read_json_file(path)
+    try:
+        config = config_class.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{path}: unusable config ({err!r})") from None
+    bad = [name for name in _REQUIRED_CONFIG_INTS
+           if isinstance(getattr(config, name, None), bool) or not isinstance(getattr(config, name, None), int)]
+    if bad:
+        raise CheckpointError(f"{path}: {bad} must be integers, got {[getattr(config, n, None) for n in bad]}")
+    return config
 
 
 @dataclass
@@ -192,6 +225,9 @@ def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}; not a GLTA checkpoint")
     header = safetensors_header(weights)
+    not_float = sorted(name for name, (dtype, _) in header.items() if dtype not in _FLOAT_DTYPES)
+    if not_float:
+        raise CheckpointError(f"{weights}: tensors {not_float[:3]} are not floating point; not GLTA weights")
     shapes = upgrade_tensor_names({name: shape for name, (_, shape) in header.items()})
     check_tensor_shapes(weights, shapes, expected_shapes)
     catalogue = check_catalogue(folder / CATALOGUE_NAME, read_json_file(folder / CATALOGUE_NAME), config.num_items)

@@ -13,7 +13,8 @@ What a score means (every decoder returns scores in rank order, best first, non-
   t-th item: ``sum_{s<=t} log p_s(i_s)``, the log-probability that slots 1..t emit the list so far (slots read as
   independent). A single slot's log-prob is not monotone along the list; this cumulative value is.
 * ``first_logit`` (FL): the k best items of slot 1; score ``log p_1(i)``.
-* ``all_slots``: score ``logsumexp_t log p_t(i)`` of every item, a full ranking for any k.
+* ``all_slots``: score ``logsumexp_t log p_t(i) = log sum_t p_t(i)`` of every item (at most log L: the log of the
+  item's expected number of slots), a full ranking for any k.
 * ``autoregressive`` (AR): slot t sees the item chosen at t-1 fed back; score ``sum_{s<=t} log p_s(i_s | i_<s)``,
   the log-probability of the generated list so far.
 

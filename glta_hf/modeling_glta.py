@@ -40,6 +40,7 @@ from .checkpoint import (
     RUN_INFO_NAME,
     USER_TABLE_NAME,
     WEIGHTS_NAME,
+    load_config,
     load_weights,
     read_checkpoint,
 )
@@ -653,17 +654,18 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
                 )
             )
         if not isinstance(config, GLTAConfig):
-            try:
-                config = GLTAConfig.from_pretrained(folder)
-            except (OSError, ValueError) as err:
-                raise CheckpointError(f"{folder / 'config.json'}: unusable config ({err})") from None
+            config = load_config(folder, GLTAConfig)
         if quantization is not None:
             config.quantization = quantization
         if llm_dtype is not None:
             config.llm_dtype = llm_dtype
         files = read_checkpoint(folder, config, cls.expected_tensor_shapes(config))
 
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except Exception as err:  # tokenizers raise many types for a damaged file (JSON, Rust panics, ...)
+            raise CheckpointError(f"{folder}: the tokenizer files (tokenizer.json, tokenizer_config.json) cannot be "
+                                  f"loaded ({type(err).__name__}: {err})") from None
         try:
             ids = placeholder_token_ids(tokenizer)
         except ValueError as err:

@@ -8,6 +8,7 @@ remote code).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -17,16 +18,21 @@ from .errors import UnknownIdError
 from .prompts import collate_prompts, encode_prompt, user_item_prompt
 
 
+def _is_id(value) -> bool:
+    return isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool)
+
+
 def _as_user_list(users) -> list:
-    """``users`` as a list of ids: one bare id (str, int) is ONE user, never iterated character by character."""
-    if isinstance(users, (str, bytes, int)) and not isinstance(users, bool):
+    """``users`` as a list of ids (str or int): one bare id is ONE user, never iterated character by character."""
+    if _is_id(users):
         return [users]
-    if isinstance(users, bool) or users is None or isinstance(users, Mapping):
+    if isinstance(users, (bytes, Mapping)) or not isinstance(users, Iterable):
         raise ArgumentError(f"users must be a user id or a sequence of user ids, got {users!r}")
-    try:
-        return list(users)
-    except TypeError:
-        raise ArgumentError(f"users must be a user id or a sequence of user ids, got {type(users).__name__}") from None
+    users = list(users)
+    bad = [u for u in users if not _is_id(u)]
+    if bad:
+        raise ArgumentError(f"users: every user id must be a str or an int, got {bad[0]!r}")
+    return users
 
 
 class GLTAServingMixin:

@@ -1,0 +1,145 @@
+"""The model's structure and contracts after the GLTAModel / GLTAForRecommendation split: a head registered from
+outside the library trains and decodes, scores come in rank order for every decoder, no deprecated transformers API
+is called from glta_hf, forward honours return_dict and rejects unknown arguments, push_to_hub=True on save."""
+import warnings
+
+import pytest
+import torch
+from conftest import build_tiny
+from test_hub import Recorder
+from torch import nn
+
+from glta_hf import GLTAConfig, GLTAForRecommendation
+from glta_hf.components import REGISTRY, GLTAHead, register_component
+from glta_hf.decoding import DECODINGS
+from glta_hf.modeling_glta import GLTAModel, GLTAModelOutput
+
+
+def _inputs(batch):
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@pytest.fixture
+def cosine_head():
+    """A head defined here, not in glta_hf: scaled cosine similarity between a slot query and the frozen E_i."""
+
+    @register_component("head", "test-cosine")
+    class CosineHead(GLTAHead):
+        def __init__(self, config):
+            super().__init__()
+            self.query = nn.Linear(config.llm_hidden_size, config.node_dim)
+            self.scale = nn.Parameter(torch.tensor(5.0))
+
+        def reset_parameters(self):
+            nn.init.normal_(self.query.weight, std=0.02)
+            nn.init.zeros_(self.query.bias)
+
+        def operands(self, slot_hidden, item_embeddings):
+            q = nn.functional.normalize(self.query(slot_hidden.float()), dim=-1) * self.scale
+            return q, nn.functional.normalize(item_embeddings.float(), dim=-1), None
+
+    yield CosineHead
+    del REGISTRY["head"]["test-cosine"]
+
+
+def test_a_head_registered_outside_the_library_trains_and_decodes(tmp_path, cosine_head):
+    tiny = build_tiny(tmp_path, head="test-cosine")
+    model = tiny.model
+    assert isinstance(model.head, cosine_head) and model.item_bias is None
+    trainable = model.set_trainable("user")
+    assert {"head.query.weight", "head.scale", "slot_embeddings"} <= set(trainable)
+    batch = tiny.batch()
+    before = model.head.query.weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.head.query.weight)
+    for decoding in DECODINGS:
+        items, scores = model.rank(**_inputs(batch), k=3, decoding=decoding)
+        assert items.shape == (2, 3) and all(len(set(r)) == 3 for r in items.tolist())
+    with torch.no_grad():  # the chunked paths serve the new head too
+        plain_loss = model(**batch).loss
+        plain = model.rank_from_logits(model(**_inputs(batch)).logits, k=3, decoding="all_slots")[0]
+        model.config.rank_chunk_size, model.config.ce_chunk_size = 5, 5
+        chunked, _ = model.rank(**_inputs(batch), k=3, decoding="all_slots")
+        assert chunked.tolist() == plain.tolist()
+        torch.testing.assert_close(model(**batch).loss, plain_loss, atol=1e-5, rtol=1e-5)
+    model.config.rank_chunk_size = model.config.ce_chunk_size = None
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = GLTAForRecommendation.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(loaded(**_inputs(batch)).logits, model(**_inputs(batch)).logits)
+
+
+def test_unknown_head_names_the_registered_ones():
+    with pytest.raises(ValueError, match=r"head must be one of \('linear', 'factorized'"):
+        GLTAConfig(head="nosuch")
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+@pytest.mark.parametrize("head", ["linear", "factorized"])
+def test_scores_are_in_rank_order_for_every_decoder(tmp_path, head, chunk):
+    tiny = build_tiny(tmp_path, head=head, rank_chunk_size=chunk)
+    with torch.no_grad():
+        for param in (tiny.model.head.bias, tiny.model.item_bias):
+            if param is not None:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    for decoding in DECODINGS:
+        for rec in tiny.model.recommend(["u0", "u1", "u2", "u5"], k=4, decoding=decoding):
+            assert rec["scores"] == sorted(rec["scores"], reverse=True), (decoding, rec)
+            if decoding != "all_slots":  # log-probabilities; all_slots is log sum_t p_t(i) <= log L
+                assert all(s <= 0 for s in rec["scores"])
+
+
+def test_first_k_score_is_the_cumulative_slot_log_prob(tiny):
+    batch = _inputs(tiny.batch())
+    items, scores = tiny.model.rank(**batch, k=4, decoding="first_k")
+    logprobs = torch.log_softmax(tiny.model(**batch).logits, dim=-1)
+    per_slot = logprobs.gather(2, items.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(scores, per_slot.cumsum(dim=1), atol=1e-5, rtol=0)
+
+
+def test_no_deprecated_transformers_api_from_glta_hf(tiny):
+    """FutureWarning / DeprecationWarning raised on behalf of a glta_hf caller become errors in forward, backward,
+    every decoder (the autoregressive one reuses the LLM's KV cache) and recommend."""
+    batch = tiny.batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("error", category=category, module=r"glta_hf\..*")
+            warnings.filterwarnings("error", category=category, module=r"torch\.nn\.modules\.module")
+        tiny.model.set_trainable("user")
+        tiny.model(**batch).loss.backward()
+        for decoding in DECODINGS:
+            tiny.model.rank(**_inputs(batch), k=3, decoding=decoding)
+        tiny.model.recommend("u0", k=2)
+
+
+def test_forward_honours_return_dict_and_rejects_unknown_arguments(tiny):
+    batch = tiny.batch()
+    as_dict = tiny.model(**batch)
+    as_tuple = tiny.model(**batch, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 3
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    with pytest.raises(TypeError, match="unexpected"):
+        tiny.model(**batch, output_attentions=True)
+    base = GLTAModel.forward(tiny.model, **_inputs(batch))
+    assert isinstance(base, GLTAModelOutput)
+    torch.testing.assert_close(base.slot_hidden_states, as_dict.slot_hidden_states)
+
+
+def test_no_split_modules_come_from_the_llm(tiny):
+    assert tiny.model._no_split_modules == type(tiny.model.llm)._no_split_modules == ["LlamaDecoderLayer"]
+
+
+def test_save_pretrained_push_to_hub(tmp_path, monkeypatch):
+    hub = Recorder(monkeypatch)
+    model = build_tiny(tmp_path).model
+    model.save_pretrained(tmp_path / "glta-local", push_to_hub=True, repo_id="org/glta-tiny", commit_message="up")
+    assert (tmp_path / "glta-local" / "model.safetensors").is_file()
+    assert hub.calls == [("create_repo", "org/glta-tiny", True), ("create_commit", "org/glta-tiny", "up")]
+    assert {"model.safetensors", "modeling_glta.py", "decoding.py", "components.py", "checkpoint.py"} <= set(hub.operations)
+    hub.calls.clear()
+    model.save_pretrained(tmp_path / "named-after-folder", push_to_hub=True)  # transformers: repo id = folder name
+    assert hub.calls[0] == ("create_repo", "named-after-folder", True)
