@@ -635,12 +635,16 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         Every GLTA file is checked before the LLM loads (``glta_hf.checkpoint.read_checkpoint``): pickle files,
         safetensors header and size, tensor names and shapes against the config, catalogue / user table JSON and
         ids; then the tokenizer's placeholders. Each failure is a ``CheckpointError`` naming the file; an LLM whose
-        hidden size differs from the projectors' is one too. Keyword arguments of ``PreTrainedModel.from_pretrained``
-        that a GLTA checkpoint does not use are ignored with a warning-free pass-through only when known (below).
+        hidden size differs from the projectors' is one too. ``dtype`` / ``torch_dtype`` (as transformers spells them) set
+        the LLM's dtype; ``token`` / ``cache_dir`` / ``force_download`` / ``proxies`` reach the Hub download; any other
+        argument is a TypeError (nothing is ignored silently).
         """
-        unused = set(kwargs) - _IGNORED_FROM_PRETRAINED_KWARGS
+        unused = set(kwargs) - _HUB_KWARGS - _DTYPE_KWARGS - _AUTO_INTERNAL_KWARGS
         if unused or model_args:
             raise TypeError(f"from_pretrained got unexpected arguments {sorted(unused) or list(model_args)}")
+        for name in _DTYPE_KWARGS & set(kwargs):  # AutoModel.from_pretrained(folder, dtype=...): the LLM's dtype
+            if llm_dtype is None and kwargs[name] not in (None, "auto"):
+                llm_dtype = str(kwargs[name]).replace("torch.", "")
         folder = Path(os.fspath(pretrained_model_name_or_path))
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -650,6 +654,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
                     str(pretrained_model_name_or_path),
                     revision=revision,
                     local_files_only=local_files_only,
+                    **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS},
                     ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES],
                 )
             )
@@ -701,11 +706,12 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         return model.eval()
 
 
-#: ``PreTrainedModel.from_pretrained`` arguments a GLTA folder has no use for (accepted so Auto/Trainer calls work).
-_IGNORED_FROM_PRETRAINED_KWARGS = {"dtype", "torch_dtype", "cache_dir", "force_download", "token", "use_safetensors",
-                                   "low_cpu_mem_usage", "subfolder", "code_revision", "_from_auto", "_commit_hash",
-                                   "adapter_kwargs", "proxies", "attn_implementation", "key_mapping", "weights_only",
-                                   "output_loading_info", "_from_pipeline"}
+#: ``from_pretrained`` arguments passed on to ``snapshot_download`` for a Hub repo id.
+_HUB_KWARGS = {"cache_dir", "force_download", "token", "proxies"}
+#: ``from_pretrained(..., dtype=...)`` as transformers spells it: the LLM's dtype (``llm_dtype``).
+_DTYPE_KWARGS = {"dtype", "torch_dtype"}
+#: Arguments the Auto classes add to every call (``AutoModel.from_pretrained`` with remote code); not settings.
+_AUTO_INTERNAL_KWARGS = {"_from_auto", "_commit_hash", "code_revision", "adapter_kwargs", "_from_pipeline"}
 
 
 def _wants_dict(config, return_dict: Optional[bool]) -> bool:

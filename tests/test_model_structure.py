@@ -143,3 +143,11 @@ def test_save_pretrained_push_to_hub(tmp_path, monkeypatch):
     hub.calls.clear()
     model.save_pretrained(tmp_path / "named-after-folder", push_to_hub=True)  # transformers: repo id = folder name
     assert hub.calls[0] == ("create_repo", "named-after-folder", True)
+
+
+def test_from_pretrained_maps_dtype_and_rejects_unknown_arguments(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path / "ckpt")
+    loaded = GLTAForRecommendation.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    assert loaded.config.llm_dtype == "bfloat16" and next(loaded.llm.parameters()).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="output_attentions"):
+        GLTAForRecommendation.from_pretrained(tmp_path / "ckpt", output_attentions=True)
