@@ -247,7 +247,8 @@ def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...
 
 
 def load_weights(folder) -> Dict[str, "torch.Tensor"]:  # noqa: F821
-    """The checked :data:`WEIGHTS_NAME` tensors on CPU (today's names); a read error is a CheckpointError naming it."""
+    """The :data:`WEIGHTS_NAME` tensors on CPU, as stored (``GLTAForRecommendation.load_state_dict`` reads older
+    names); a read error is a CheckpointError naming the file."""
     from safetensors.torch import load_file
 
     path = Path(folder) / WEIGHTS_NAME
@@ -255,4 +256,4 @@ def load_weights(folder) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         state = load_file(os.fspath(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types for corrupt data
         raise CheckpointError(f"{path}: cannot be read as safetensors ({err})") from None
-    return upgrade_tensor_names(state)
+    return state

@@ -43,6 +43,7 @@ from .checkpoint import (
     load_config,
     load_weights,
     read_checkpoint,
+    upgrade_tensor_names,
 )
 from .components import GLTAHead, build_component, init_linear
 from .configuration_glta import GLTAConfig
@@ -289,6 +290,11 @@ class GLTAModel(GLTAPreTrainedModel):
     def glta_state_dict(self) -> Dict[str, torch.Tensor]:
         """Everything GLTA adds (projectors, slots, head, frozen E_u/E_i); never an LLM weight."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that also reads older tensor names (``checkpoint.LEGACY_TENSOR_NAMES``), so
+        a Trainer resuming from a checkpoint written before heads became modules restores every tensor."""
+        return super().load_state_dict(upgrade_tensor_names(dict(state_dict)), strict=strict, assign=assign)
 
 
 class GLTAForRecommendation(GLTAServingMixin, GLTAModel):

@@ -30,3 +30,17 @@ def test_legacy_checkpoint_gives_identical_logits(variant):
     assert torch.equal(logits, expected[f"{variant}.logits"])
     items, _ = model.rank(**batch, k=3, decoding="all_slots")
     assert torch.equal(items, expected[f"{variant}.all_slots_items"])
+
+
+def test_legacy_tensor_names_load_through_load_state_dict():
+    """A Trainer resuming from an old checkpoint calls ``model.load_state_dict``: the factorized head's old top-level
+    ``item_bias`` must land in ``head.item_bias``."""
+    causal, _ = tiny_llama(seed=0)
+    model = GLTAForRecommendation.from_pretrained(FIXTURE / "factorized_mlp", llm=causal.model)
+    old = load_file(str(FIXTURE / "factorized_mlp" / "model.safetensors"))
+    assert "item_bias" in old and "head.item_bias" not in old
+    with torch.no_grad():
+        model.head.item_bias.zero_()
+    result = model.load_state_dict(old, strict=False)
+    assert not [k for k in result.missing_keys if not k.startswith("llm.")] and not result.unexpected_keys
+    assert torch.equal(model.item_bias, old["item_bias"])
