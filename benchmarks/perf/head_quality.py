@@ -105,7 +105,7 @@ def main():
     results = {"lightgcn_validation": lgcn, "feature_cache_s": round(feature_s, 1)}
     for head, m in models.items():
         m.set_trainable("none")
-        params = list(m.head.parameters()) + ([m.item_bias] if m.item_bias is not None else [])
+        params = list(m.head.parameters())  # the factorized head owns its item bias
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=args.lr)

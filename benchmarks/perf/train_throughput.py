@@ -184,8 +184,8 @@ def main():
     batch = collate_prompts(encoded[: args.batch], tokenizer.pad_token_id, cfg.num_slots)
     model.llm.set_attn_implementation("sdpa")
     with torch.no_grad():
-        h_all = model._run_llm(model.get_inputs_embeds(batch["input_ids"], batch["user_ids"], batch["item_ids"]),
-                               batch["attention_mask"]).last_hidden_state
+        h_all = model.run_llm(model.get_inputs_embeds(batch["input_ids"], batch["user_ids"], batch["item_ids"]),
+                              batch["attention_mask"]).last_hidden_state
     B, T, _ = h_all.shape
     slot_mask = batch["input_ids"] == model.config.slot_token_id
     vocab = model.llm.get_input_embeddings().weight  # tied LM head of SmolLM2 (49152 x 576)
