@@ -1,11 +1,22 @@
-"""``GLTATrainer``: a ``transformers.Trainer`` for the GLTA alignment stages (paired with :mod:`glta_config`).
+"""``GLTATrainer``: a ``transformers.Trainer`` that owns one GLTA alignment stage (paired with :mod:`training_args`).
 
-It overrides only what GLTA needs:
+As TRL's trainers do, it is given the model, the arguments and the stage, and prepares the rest itself:
+
+* the stage's freezing: ``model.set_trainable`` (``"item"``, ``"user"``, or ``"user+item"`` under w/o IA), so the
+  optimizer only sees the stage's parameters;
+* the stage's arguments: :meth:`GLTATrainingArguments.for_stage` (item-stage epochs / learning rate, no validation
+  ranking in the item stage, the DDP unused-parameter search);
+* its datasets and collator, from ``data`` (+ ``histories`` / ``texts``) when ``train_dataset`` is not given:
+  :class:`~glta_hf.alignment_data.ItemTextDataset` or :class:`~glta_hf.alignment_data.UserItemDataset`, and the
+  validation ranking on ``data``'s validation split when the user stage evaluates;
+* a progress bar labelled with the stage.
+
+Overridden Trainer parts:
 
 * :meth:`GLTATrainer.compute_loss` -- the model's own GLLM loss (paper eq. 3); a non-finite loss raises
   :class:`~glta_hf.errors.TrainingError` naming the global step instead of silently corrupting the weights.
 * :meth:`GLTATrainer.evaluate` -- ranking metrics on a validation split carved from TRAIN data, through the one
-  evaluator :func:`glta_hf.metrics.evaluate` (``eval_ndcg@10``, ...), so ``load_best_model_at_end``,
+  evaluator (:func:`glta_hf.metrics.evaluate_model`; ``eval_ndcg@10``, ...), so ``load_best_model_at_end``,
   ``metric_for_best_model="ndcg@10"`` and ``EarlyStoppingCallback`` work unchanged. Under DDP every rank ranks a
   shard of the users and the sums are all-reduced.
 * :meth:`GLTATrainer._get_train_sampler` -- an :class:`~glta_hf.alignment_data.EpochSampler`, so the per-epoch
@@ -14,118 +25,141 @@ It overrides only what GLTA needs:
   (megabatches of up to 50 batches sorted by prompt length, :func:`~glta_hf.alignment_data.length_grouped_indices`):
   21 % -> 8 % padding and 1.11x faster steps in BENCHMARKS.md 5.2.
 
-Checkpoints: the Trainer calls ``model.save_pretrained``, which writes only GLTA's weights (never the LLM's).
-Only the stage's parameters are trainable: call ``model.set_trainable(stage)`` before building the trainer
-(:func:`prepare_stage` does), the Trainer's optimizer then only sees those.
+Checkpoints: the Trainer calls ``model.save_pretrained``, which writes only GLTA's weights (never the LLM's); each
+``checkpoint-N`` also gets ``glta_stage.json`` (:data:`CHECKPOINT_STAGE_NAME`: the stage and its settings'
+fingerprint), which resuming checks.
 """
 from __future__ import annotations
 
 import logging
-import math
-from typing import Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
 import torch
-from transformers import Trainer
+from transformers import EarlyStoppingCallback, Trainer
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
-from .alignment_data import EpochSampler
+from .alignment_data import EpochSampler, GLTACollator, ItemTextDataset, UserItemDataset
 from .errors import TrainingError
-from .glta_config import sampling_strategy
-from .metrics import evaluate as evaluate_ranking_metrics
+from .io_utils import write_json
+from .metrics import evaluate_model, sample_eval_users, usable_ks  # noqa: F401  (old import path)
+from .training_args import ALIGNMENT_STAGES, sampling_strategy
 
 logger = logging.getLogger(__name__)
 
-
-def usable_ks(ks: Sequence[int], decoding: str, num_slots: int) -> tuple:
-    """``first_k`` / ``autoregressive`` emit at most L items, so cut-offs above L are dropped (with a warning)."""
-    ks = tuple(int(k) for k in ks)
-    if decoding in ("first_k", "autoregressive"):
-        kept = tuple(k for k in ks if k <= num_slots)
-        if kept != ks:
-            logger.warning("decoding=%s yields at most L=%d items: metrics @%s skipped", decoding, num_slots,
-                           [k for k in ks if k > num_slots])
-        if not kept:
-            raise ValueError(f"no cut-off <= num_slots={num_slots} among {ks} for decoding={decoding}")
-        return kept
-    return ks
+#: written into every Trainer checkpoint folder: ``{"stage", "fingerprint"}``
+CHECKPOINT_STAGE_NAME = "glta_stage.json"
 
 
-def _dist():
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+class StageProgressCallback(ProgressCallback):
+    """transformers' progress bar, labelled with the stage (``item stage`` / ``user stage``)."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.label)
 
 
-@torch.no_grad()
-def evaluate_model(model, *, train, truth, decoding: str = "first_k", ks=(5, 10, 20), users=None,
-                   batch_size: int = 16, progress: bool = False) -> Dict[str, float]:
-    """Full-ranking metrics of a GLTA model whose user context (histories, texts) is attached.
+class _StageCheckpointCallback(TrainerCallback):
+    """Writes :data:`CHECKPOINT_STAGE_NAME` into each checkpoint folder (main process), after the Trainer's files."""
 
-    ``train`` is the matrix of interactions to exclude (the evaluator also checks none is recommended), ``truth``
-    the held-out one. Under torch.distributed each rank takes every world_size-th user and the per-rank sums are
-    all-reduced, so the result equals a single-process run.
-    """
-    ks = usable_ks(ks, decoding, model.config.num_slots)
-    if users is None:
-        users = np.flatnonzero(truth.row_lengths() > 0)
-    users = np.asarray(users, dtype=np.int64)
-    if _dist():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        users = users[rank::world]
-    was_training = model.training
-    model.eval()
-    try:
-        ranker = model.ranker(decoding=decoding, batch_size=batch_size)
-        if len(users):
-            metrics = evaluate_ranking_metrics(train=train, test=truth, ranker=ranker, ks=ks, users=users,
-                                               batch_size=max(batch_size, 64), progress=progress)
-        else:
-            metrics = {name: 0.0 for k in ks for name in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}",
-                                                           f"hit_rate@{k}")}
-            metrics["num_users"] = 0
-    finally:
-        model.train(was_training)
-    if _dist():
-        names = [k for k in metrics if k != "num_users"]
-        n = float(metrics["num_users"])
-        sums = torch.tensor([metrics[k] * n for k in names] + [n], dtype=torch.float64)
-        backend = torch.distributed.get_backend()
-        if backend == "nccl":
-            sums = sums.cuda()
-        torch.distributed.all_reduce(sums)
-        sums = sums.cpu()
-        total = float(sums[-1])
-        metrics = {k: (float(sums[i]) / total if total else 0.0) for i, k in enumerate(names)}
-        metrics["num_users"] = int(total)
-    return metrics
+    def __init__(self, stage: str, fingerprint: Optional[str]):
+        self.record = {"stage": stage, "fingerprint": fingerprint}
 
-
-def sample_eval_users(truth, max_users: Optional[int], seed: int = 0) -> np.ndarray:
-    """Users with a held-out item; a seeded sample of ``max_users`` of them (validation during training)."""
-    users = np.flatnonzero(truth.row_lengths() > 0)
-    if max_users is not None and 0 < max_users < len(users):
-        users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
-    return users
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step)))
 
 
 class GLTATrainer(Trainer):
-    """Trainer of one GLTA alignment stage; see the module docstring for what it changes and why.
+    """Trainer of one GLTA alignment stage; see the module docstring for what it prepares and changes, and why.
 
-    Extra arguments: ``ranking_train`` / ``ranking_truth`` (``UserItemMatrix``: the interactions to exclude and the
-    validation interactions), used by :meth:`evaluate` instead of an ``eval_dataset``.
+    ``stage``: ``"item"`` or ``"user"`` (default: ``args.stage`` when that names one stage). The stage's dataset
+    comes from ``train_dataset`` or is built from ``data`` (a ``RecData`` with its validation carve),
+    ``histories`` (per user, the fit items oldest first; :func:`~glta_hf.alignment_data.user_histories`),
+    ``has_time``, ``texts`` (``{user: {"profile", "prediction"}}``), ``users`` (the user stage's training users) /
+    ``items`` (the item stage's items). The user stage ranks ``ranking_truth`` (default: ``data``'s validation split)
+    excluding ``ranking_train`` (default: ``data``'s fit split) when ``args.eval_strategy != "no"``.
+    ``early_stopping_patience``: evaluations without improvement before the user stage stops.
+    ``fingerprint``: the stage settings' hash, written into each checkpoint (see :data:`CHECKPOINT_STAGE_NAME`).
     """
 
-    def __init__(self, *args, ranking_train=None, ranking_truth=None, **kwargs):
+    def __init__(self, model=None, args=None, stage: Optional[str] = None, *, data=None, histories=None,
+                 has_time: bool = False, texts=None, users=None, items=None, ranking_train=None, ranking_truth=None,
+                 early_stopping_patience: Optional[int] = None, fingerprint: Optional[str] = None,
+                 train_dataset=None, data_collator=None, eval_dataset=None, callbacks: Optional[Sequence] = None,
+                 **kwargs):
+        if model is None or args is None:
+            raise TrainingError("GLTATrainer needs model= and args= (GLTATrainingArguments)")
+        stage = stage or (args.stage if args.stage in ALIGNMENT_STAGES else None)
+        if stage not in ALIGNMENT_STAGES:
+            raise TrainingError(f"GLTATrainer needs stage= one of {ALIGNMENT_STAGES} (args.stage={args.stage!r} "
+                                "names several)")
+        self.stage = stage
+        args = args.for_stage(stage)
+        trainable = model.set_trainable("item" if stage == "item" else args.trainable_stage)
+        logger.info("stage %s: training %s", stage, trainable)
+        tokenizer = model.tokenizer
+        if train_dataset is None:
+            if args.num_slots != model.config.num_slots:
+                raise TrainingError(f"the model has num_slots={model.config.num_slots}, the arguments say "
+                                    f"{args.num_slots}")
+            model.config.prompt.update(args.prompt_overrides())  # H, L, ablations and length cap of this stage
+            train_dataset = self._stage_dataset(stage, model, args, data, histories, has_time, texts, users, items)
+        if data_collator is None:
+            data_collator = GLTACollator(tokenizer.pad_token_id, model.config.num_slots)
+        callbacks = list(callbacks or [])
+        if stage == "user" and args.eval_strategy != "no" and ranking_truth is None and data is not None:
+            if "validation" not in data.splits:
+                raise ValueError(f"eval_strategy={args.eval_strategy!r} ranks a validation split, but dataset "
+                                 f"{data.name!r} has none: carve one (val_fraction > 0) or set eval_strategy='no'")
+            ranking_train, ranking_truth = data.matrix("train"), data.matrix("validation")
+        if early_stopping_patience:
+            if ranking_truth is None or args.eval_strategy == "no":
+                raise ValueError("early stopping needs validation: set eval_strategy (and load_best_model_at_end)")
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience))
+        callbacks.append(_StageCheckpointCallback(stage, fingerprint))
         eval_users = None
         if ranking_truth is not None:
-            training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-            eval_users = sample_eval_users(ranking_truth, training_args.eval_max_users, training_args.seed)
-            if kwargs.get("eval_dataset") is None:  # the Trainer insists on one when eval_strategy != "no"
-                kwargs["eval_dataset"] = torch.utils.data.TensorDataset(torch.from_numpy(eval_users))
-        super().__init__(*args, **kwargs)
+            eval_users = sample_eval_users(ranking_truth, args.eval_max_users, args.seed)
+            if eval_dataset is None:  # the Trainer insists on one when eval_strategy != "no"
+                eval_dataset = torch.utils.data.TensorDataset(torch.from_numpy(eval_users))
+        super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                         eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
+        if any(isinstance(c, ProgressCallback) for c in self.callback_handler.callbacks):
+            self.remove_callback(ProgressCallback)
+            self.add_callback(StageProgressCallback(f"{stage} stage"))
         # GLTA's loss is a per-batch mean; do not let the Trainer pass num_items_in_batch into forward(**kwargs)
         # and skip the gradient-accumulation scaling.
         self.model_accepts_loss_kwargs = False
         self.ranking_train, self.ranking_truth = ranking_train, ranking_truth
         self._eval_users = eval_users
+
+    @property
+    def glta_stage(self) -> str:
+        """The stage under its earlier name (``glta_hf.hub`` reads it)."""
+        return self.stage
+
+    @staticmethod
+    def _stage_dataset(stage, model, args, data, histories, has_time, texts, users, items):
+        """The stage's training samples: item-text groups (3.1) or user-item prompts with targets (3.2)."""
+        if data is None:
+            raise TrainingError("GLTATrainer needs train_dataset= or data= to build the stage's dataset")
+        if stage == "item":
+            return ItemTextDataset(data.item_texts, model.tokenizer, model.prompt_config,
+                                   items_per_sample=args.items_per_sample, seed=args.seed, items=items)
+        if histories is None:
+            raise TrainingError("the user stage needs histories= (alignment_data.user_histories(data, 'train'))")
+        return UserItemDataset(histories, model.tokenizer, model.prompt_config, texts=texts, users=users,
+                               mode="train", target_policy=args.target_policy, num_targets=args.num_targets,
+                               eval_history=args.eval_history, has_time=has_time, user_names=data.user_ids,
+                               seed=args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
@@ -173,7 +207,7 @@ class GLTATrainer(Trainer):
         hyperparameters and last validation metrics, instead of transformers' generic Trainer card."""
         if not self.is_world_process_zero():
             return
-        from .hub import trainer_run_info
+        from .hub import trainer_run_info  # hub imports huggingface_hub's upload machinery: only when asked
         from .model_card import write_model_card
 
         model = self.accelerator.unwrap_model(self.model)
@@ -188,12 +222,3 @@ class GLTATrainer(Trainer):
 
         return push_trainer_to_hub(self, commit_message=commit_message, blocking=blocking, token=token,
                                    revision=revision, private=private, **kwargs)
-
-
-def check_loss_fell(history: Sequence[Dict[str, float]]) -> bool:
-    """True when the mean logged loss of the last third is below the first third's (used by smoke tests)."""
-    losses = [h["loss"] for h in history if "loss" in h and math.isfinite(h["loss"])]
-    if len(losses) < 3:
-        return False
-    third = max(1, len(losses) // 3)
-    return float(np.mean(losses[-third:])) < float(np.mean(losses[:third]))

@@ -4,7 +4,9 @@
     python training/evaluate.py --model runs/ml-latest-small/user/final --split test --decoding first_k \\
         --output runs/ml-latest-small/test_metrics.json
 
-The dataset options are read from the model folder's ``glta_run.json`` (written by align.py; flags override).
+The dataset and split options are read from the model folder's ``glta_run.json`` (every writer -- align.py, the
+quickstart, the benchmark -- records them the same way, ``glta_hf.alignment_data.data_record``; flags override), so
+any checkpoint this package wrote evaluates with no extra flags.
 ``--split test`` excludes every training interaction (fit + validation) and shows the user's full training
 history; ``--split validation`` excludes the fit interactions only. ``--decoding all`` runs the four decoders.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
+from glta_hf.modeling_glta import DECODINGS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +48,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     import torch
 
-    from glta_hf.alignment_data import prepare_data, serving_histories, user_histories
-    from glta_hf.glta_trainer import evaluate_model, sample_eval_users
+    from glta_hf.alignment_data import data_from_record, serving_histories, user_histories
     from glta_hf.io_utils import read_json, write_json
+    from glta_hf.metrics import evaluate_model, sample_eval_users
     from glta_hf.modeling_glta import GLTAForRecommendation
 
     if args.threads:
@@ -58,9 +60,7 @@ def main(argv=None) -> int:
     dataset = args.dataset or run.get("dataset")
     if not dataset:
         raise SystemExit(f"{folder}: no glta_run.json; pass --dataset / --data-dir")
-    data, full = prepare_data(dataset, args.data_dir or run.get("data_dir"),
-                              split=args.split_policy or run.get("split"), test_fraction=run.get("test_fraction"), split_seed=run.get("split_seed"),
-                              val_fraction=run.get("val_fraction", 0.1), val_seed=run.get("val_seed", 0))
+    data, full = data_from_record(run, dataset=dataset, data_dir=args.data_dir, split=args.split_policy)
     model = GLTAForRecommendation.from_pretrained(folder, llm_name_or_path=args.llm)
     if list(map(str, model.item_catalogue["item_ids"])) != list(map(str, data.item_ids)):
         raise SystemExit(f"{folder}: the model's item catalogue differs from dataset {dataset!r}")
