@@ -130,8 +130,13 @@ class GLTATrainer(Trainer):
             eval_users = sample_eval_users(ranking_truth, args.eval_max_users, args.seed)
             if eval_dataset is None:  # the Trainer insists on one when eval_strategy != "no"
                 eval_dataset = torch.utils.data.TensorDataset(torch.from_numpy(eval_users))
+        had_use_cache = "use_cache" in vars(model.config)
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
                          eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
+        if not had_use_cache and "use_cache" in vars(model.config):
+            # the Trainer sets an LLM config's generation switch on every model; GLTAConfig has none, and a
+            # trained model's config.json must equal the one a reload writes
+            delattr(model.config, "use_cache")
         if any(isinstance(c, ProgressCallback) for c in self.callback_handler.callbacks):
             self.remove_callback(ProgressCallback)
             self.add_callback(StageProgressCallback(f"{stage} stage"))
