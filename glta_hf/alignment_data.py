@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .data.loaders import load_dataset
 from .errors import DatasetOptionError
 from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
 
@@ -52,8 +53,6 @@ def prepare_data(name: str, data_dir=None, *, split: Optional[str] = None, test_
     masks every training interaction of ``full`` (fit + validation), as training/pretrain_graph.py does.
     ``options``: further loader options (``min_user_interactions``, ...).
     """
-    from .data.loaders import load_dataset  # the loaders import their readers lazily, by dataset name
-
     given = (("split", split), ("test_fraction", test_fraction), ("seed", split_seed))
     opts = {k: v for k, v in given if v is not None}
     opts.update(options)

@@ -12,6 +12,9 @@ Steps (each resumable: a rerun with the same ``--output-dir`` reuses what is fin
 7. the final checkpoint with its model card (``README.md``) in ``<out>`` -- ``GLTAForRecommendation.from_pretrained``
    loads it, ``model.push_to_hub`` shares it.
 
+Heavy modules (torch, transformers, the pipeline) are imported inside the functions that run, so
+``glta quickstart --help`` and a bad flag answer at once.
+
 The budgets trade quality for time; the default (``small``) is sized to finish in about 15 minutes on a 2-core CPU
 (most of it is the 135M-parameter LLM's forward/backward passes). Explicit flags override a budget's values.
 """
@@ -24,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
+
+from .io_utils import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +294,6 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     from . import pipeline
     from .alignment_data import data_record, prepare_data
     from .graph import GraphTrainingArguments, seed_everything
-    from .io_utils import read_json, write_json
     from .texts import llm_reference
 
     start = time.perf_counter()

@@ -25,6 +25,7 @@ def _script(name: str):
 
     spec = importlib.util.spec_from_file_location(f"glta_training_{name}", ROOT / "training" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -21,7 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from glta_hf.modeling_glta import DECODINGS  # noqa: E402
+import torch  # noqa: E402
+
+from glta_hf.alignment_data import data_from_record, serving_histories, user_histories  # noqa: E402
+from glta_hf.io_utils import read_json, write_json  # noqa: E402
+from glta_hf.metrics import evaluate_model, sample_eval_users  # noqa: E402
+from glta_hf.modeling_glta import DECODINGS, GLTAForRecommendation  # noqa: E402
+from glta_hf.results import write_run_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,13 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    import torch
-
-    from glta_hf.alignment_data import data_from_record, serving_histories, user_histories
-    from glta_hf.io_utils import read_json, write_json
-    from glta_hf.metrics import evaluate_model, sample_eval_users
-    from glta_hf.modeling_glta import GLTAForRecommendation
-
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(args.model)
@@ -87,8 +86,6 @@ def main(argv=None) -> int:
     write_json(output, out)
     print(f"metrics written to {output}")
     if args.results_dir:
-        from glta_hf.results import write_run_result
-
         path = write_run_result(args.results_dir, args.results_name or dataset, args.run_name, model="GLTA",
                                 split=source.split_policy, metrics=out["metrics"], command=out["command"],
                                 wall_time_s=out["wall_time_s"], config={"run": run, "decoding": args.decoding})
