@@ -29,11 +29,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from .data.loaders import load_dataset
+from .errors import DatasetOptionError
 from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
 
 logger = logging.getLogger(__name__)
@@ -48,9 +51,8 @@ def prepare_data(name: str, data_dir=None, *, split: Optional[str] = None, test_
 
     Graph pretraining, text generation and alignment all fit on ``data.matrix("train")``; the test evaluation
     masks every training interaction of ``full`` (fit + validation), as training/pretrain_graph.py does.
+    ``options``: further loader options (``min_user_interactions``, ...).
     """
-    from .data.loaders import load_dataset
-
     given = (("split", split), ("test_fraction", test_fraction), ("seed", split_seed))
     opts = {k: v for k, v in given if v is not None}
     opts.update(options)
@@ -59,17 +61,67 @@ def prepare_data(name: str, data_dir=None, *, split: Optional[str] = None, test_
     return data, full
 
 
-def user_histories(data, split: str = "train") -> Tuple[List[np.ndarray], bool]:
+def data_record(full, *, dataset: str, data_dir=None, val_fraction: float = 0.1, val_seed: int = 0) -> Dict[str, Any]:
+    """The run-record keys that rebuild the same ``(data, full)`` with :func:`data_from_record`: the dataset, its
+    resolved split options (policy, test fraction, seed, filters -- ``full.split_options``) and the validation carve;
+    ``split_policy`` is the human-readable label. Every writer of ``glta_run.json`` records these."""
+    options = dict(full.split_options or {})
+    return {"dataset": dataset, "data_dir": None if data_dir is None else str(data_dir),
+            "split": options.get("split"), "test_fraction": options.get("test_fraction"),
+            "split_seed": options.get("seed"), "split_options": options, "split_policy": full.split_policy,
+            "val_fraction": val_fraction, "val_seed": val_seed}
+
+
+_LEGACY_RANDOM_LABEL = re.compile(r"random (?P<train>[\d.]+)/(?P<test>[\d.]+) per user, seed (?P<seed>\d+)")
+
+
+def data_from_record(run: Mapping[str, Any], *, dataset: Optional[str] = None, data_dir=None,
+                     split: Optional[str] = None):
+    """``(data, full)`` as the run recorded in ``run`` (a ``glta_run.json``) prepared them; arguments override.
+
+    Reads :func:`data_record`'s keys; records written before it (align.py's flat ``split`` / ``test_fraction`` /
+    ``split_seed``, the quickstart's split label such as ``"random 80/20 per user, seed 0"``) are read too.
+    """
+    dataset = dataset or run.get("dataset")
+    if not dataset:
+        raise DatasetOptionError("the run record names no dataset; pass the dataset explicitly")
+    options = dict(run.get("split_options") or {})
+    if not options:
+        recorded = run.get("split")
+        legacy = _LEGACY_RANDOM_LABEL.fullmatch(str(recorded)) if isinstance(recorded, str) else None
+        if legacy:  # the quickstart stored its split's label before split_options existed
+            options = {"split": "random", "test_fraction": float(legacy["test"]) / 100, "seed": int(legacy["seed"])}
+        else:
+            options = {"split": recorded, "test_fraction": run.get("test_fraction"), "seed": run.get("split_seed")}
+    if split is not None:
+        options["split"] = split
+    options = {k: v for k, v in options.items() if v is not None}
+    val_fraction = run.get("val_fraction", 0.1)
+    return prepare_data(dataset, data_dir if data_dir is not None else run.get("data_dir"),
+                        split=options.pop("split", None), test_fraction=options.pop("test_fraction", None),
+                        split_seed=options.pop("seed", None), val_fraction=val_fraction,
+                        val_seed=run.get("val_seed", 0), **options)
+
+
+def training_splits(data) -> Tuple[str, ...]:
+    """The splits a model is trained on: the fit split, plus the validation carved from train when there is one."""
+    return ("train", "validation") if "validation" in data.splits else ("train",)
+
+
+def user_histories(data, split: Union[str, Sequence[str]] = "train") -> Tuple[List[np.ndarray], bool]:
     """Per user, the split's items oldest first (by timestamp when the split has one, else by item index).
 
-    Returns ``(histories, has_time)``.
+    ``split``: a split name, or several (their interactions merged: ``training_splits(data)`` is each user's
+    complete training history, fit + validation). Returns ``(histories, has_time)``.
     """
-    has_time = "timestamp" in data.splits[split].column_names
-    table = data.columns(split, "user_idx", "item_idx", *(("timestamp",) if has_time else ()))
-    users = np.asarray(table["user_idx"], dtype=np.int64)
-    items = np.asarray(table["item_idx"], dtype=np.int64)
+    names = (split,) if isinstance(split, str) else tuple(split)
+    has_time = all("timestamp" in data.splits[name].column_names for name in names)
+    columns = ("user_idx", "item_idx", *(("timestamp",) if has_time else ()))
+    parts = [data.columns(name, *columns) for name in names]
+    table = {c: np.concatenate([np.asarray(part[c], dtype=np.int64) for part in parts]) for c in columns}
+    users, items = table["user_idx"], table["item_idx"]
     if has_time:
-        order = np.lexsort((items, np.asarray(table["timestamp"], dtype=np.int64), users))
+        order = np.lexsort((items, table["timestamp"], users))
     else:
         order = np.lexsort((items, users))
     users, items = users[order], items[order]

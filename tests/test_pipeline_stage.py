@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from _tiny_data import write_tiny_movielens
 
 from glta_hf import pipeline
+from glta_hf.alignment_data import user_histories
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def setup(tmp_path_factory):
 
 
 def _args(folder, **kw):
-    from glta_hf.glta_config import GLTATrainingArguments
+    from glta_hf.training_args import GLTATrainingArguments
 
     base = dict(output_dir=str(folder), per_device_train_batch_size=4, max_steps=2, save_strategy="no",
                 eval_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True, seed=0, num_slots=4,
@@ -87,3 +89,114 @@ def test_ddp_unused_parameter_search_only_where_a_trainable_part_can_miss_its_in
     assert pipeline.needs_unused_parameter_search("user", _args(tmp_path, no_item_alignment=True))
     assert pipeline.wants_resume("true") and pipeline.wants_resume("/x/checkpoint-3")
     assert not any(pipeline.wants_resume(v) for v in (None, "", "false", "no", "0"))
+
+
+def test_zero_step_budgets_are_refused_when_parsed(tmp_path):
+    with pytest.raises(ValueError, match="num_train_epochs must be > 0"):
+        _args(tmp_path, max_steps=-1, num_train_epochs=-1)
+    with pytest.raises(ValueError, match="item_stage_epochs must be > 0"):
+        _args(tmp_path, max_steps=-1, num_train_epochs=1, item_stage_epochs=0)
+    assert _args(tmp_path, max_steps=3, num_train_epochs=0).max_steps == 3  # max_steps decides
+
+
+def test_a_stage_record_with_zero_steps_is_not_finished(tmp_path):
+    final = tmp_path / "user" / "final"
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(b"")
+    for step, done in ((0, False), (5, True)):
+        (final / "glta_run.json").write_text(json.dumps({"stages": [{"name": "user", "global_step": step}]}))
+        assert pipeline.stage_done(final) is done and (pipeline.finished_stage(final, "user") is not None) is done
+    assert not pipeline.stage_done(final, "item")  # a folder of another stage
+    (final / "glta_run.json").write_text(json.dumps({"stages": ["item", "user"]}))  # old name lists still count
+    assert pipeline.stage_done(final)
+
+
+def test_trainer_owns_its_stage_and_labels_its_progress_bar(setup):
+    from glta_hf.trainer import GLTATrainer, StageProgressCallback
+
+    trainer = GLTATrainer(setup.model, _args(setup.tmp / "own", disable_tqdm=False, eval_strategy="steps",
+                                             eval_steps=1, item_stage_epochs=5.0),
+                          "item", data=setup.data, histories=setup.histories, has_time=setup.has_time)
+    assert trainer.stage == trainer.glta_stage == "item"
+    assert trainer.args.eval_strategy == "no" and trainer.args.num_train_epochs == 5.0  # the item stage's copy
+    assert trainer.ranking_truth is None and len(trainer.train_dataset) > 0
+    trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("item_projector") for n in trainable)
+    assert not any(n.startswith(("user_projector", "llm.")) for n in trainable)
+    [bar] = [c for c in trainer.callback_handler.callbacks if isinstance(c, StageProgressCallback)]
+    assert bar.label == "item stage"
+    user = GLTATrainer(setup.model, _args(setup.tmp / "own", eval_strategy="steps", eval_steps=1), data=setup.data,
+                       histories=setup.histories, has_time=setup.has_time)  # stage from args.stage ("user")
+    assert user.stage == "user" and user.ranking_truth is setup.data.matrix("validation")
+    assert any(n.startswith("user_projector") for n, p in setup.model.named_parameters() if p.requires_grad)
+
+
+def test_explicit_resume_path_is_used_or_refused_never_ignored(setup):
+    from glta_hf.errors import CheckpointError
+
+    kw = dict(data=setup.data, histories=setup.histories, has_time=setup.has_time)
+    elsewhere = setup.tmp / "elsewhere"
+    pipeline.run_stage(setup.model, "item", _args(elsewhere, save_strategy="steps", save_steps=2), **kw)
+    checkpoint = elsewhere / "checkpoint-2"
+    assert json.loads((checkpoint / "glta_stage.json").read_text())["stage"] == "item"
+
+    # a path outside the stage folder resumes: this run trains one step, from step 2 to 3
+    from transformers import TrainerCallback
+
+    class CountSteps(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            CountSteps.steps += 1
+
+    model, metrics = pipeline.run_stage(setup.model, "item", _args(setup.tmp / "resumed", max_steps=3), **kw,
+                                        resume=str(checkpoint), callbacks=[CountSteps()])
+    assert metrics["global_step"] == 3 and CountSteps.steps == 1
+
+    with pytest.raises(CheckpointError, match="not of 'user'"):
+        pipeline.run_stage(setup.model, "user", _args(setup.tmp / "wrong-stage"), **kw, resume=str(checkpoint))
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        pipeline.resolve_resume(str(setup.tmp / "no-such-checkpoint"), setup.tmp / "x")
+    torn = setup.tmp / "torn" / "checkpoint-1"
+    torn.mkdir(parents=True)
+    (torn / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="trainer_state.json"):
+        pipeline.resolve_resume(str(torn), setup.tmp / "x")
+    other = SimpleNamespace(glta_state_dict=lambda: {"head.weight": np.zeros((2, 2))})
+    with pytest.raises(CheckpointError, match="weights of another model"):
+        pipeline.check_resume_checkpoint(checkpoint, stage="item", model=other)
+
+
+def test_run_stages_reuses_only_what_finished_with_the_same_settings(setup):
+    root = setup.tmp / "loop"
+    built, messages, reports = [], [], []
+
+    def fresh(stage):
+        built.append(stage)
+        return setup.model
+
+    def loop(args, resume="last"):
+        messages.clear()
+        return pipeline.run_stages(args.stage_plan(), args, root=root, llm=setup.model.llm, data=setup.data,
+                                   first_model=fresh, model_options={"head": "linear"}, resume=resume,
+                                   on_stage=lambda stage, model, metrics: reports.append((stage, metrics)),
+                                   echo=messages.append)
+
+    model = loop(_args(root, stage="all"))
+    assert built == ["item"] and [s for s, _ in reports] == ["item", "user"]
+    table = model.user_table["histories"]
+    complete, _ = user_histories(setup.data, ("train", "validation"))
+    assert [sorted(h) for h in table] == [sorted(h.tolist()) for h in complete]  # fit + validation, saved
+
+    reports.clear()
+    loop(_args(root, stage="all"))
+    assert all(m.get("skipped") for _, m in reports) and len(messages) == 2
+
+    reports.clear()
+    loop(_args(root, stage="all", max_steps=3))  # a larger budget: both stages train again
+    assert not any(m.get("skipped") for _, m in reports) and reports[-1][1]["global_step"] == 3
+    assert any("max_steps 2 -> 3" in line for line in messages)
+
+    reports.clear()
+    loop(_args(root, stage="all", max_steps=3), resume=None)  # without resume, every planned stage trains
+    assert not any(m.get("skipped") for _, m in reports)

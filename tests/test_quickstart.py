@@ -1,5 +1,6 @@
 """``glta quickstart``: the pipeline function on a tiny generated MovieLens with the tiny LLaMA (fast), the CLI help,
 and (``slow``) the real command on the embedded ml-latest-small with SmolLM2-135M-Instruct."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,22 @@ import pytest
 from _tiny_data import save_tiny_llama, write_tiny_movielens
 
 from glta_hf.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+#: what a checkpoint consists of (besides the tokenizer and the remote code)
+_MODEL_FILES = ("config.json", "model.safetensors", "item_catalogue.json", "user_table.json", "glta_run.json",
+                "README.md")
+
+
+def _script(name: str):
+    """A training script of this checkout as a module (``main(argv)`` runs it in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"glta_training_{name}", ROOT / "training" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def _tiny_config(tmp_path, llm_dir):
@@ -28,6 +45,7 @@ def test_quickstart_pipeline_on_tiny_data(tmp_path):
     from huggingface_hub import ModelCard
 
     from glta_hf import GLTAForRecommendation
+    from glta_hf.alignment_data import prepare_data
     from glta_hf.quickstart import run_quickstart
     from glta_hf.testing import tiny_llama
 
@@ -71,7 +89,19 @@ def test_quickstart_pipeline_on_tiny_data(tmp_path):
     rec = model.recommend([result["recommendations"][0]["user"]], k=5)
     assert rec[0]["items"] == result["recommendations"][0]["items"]
 
-    # resumable: a rerun reuses every finished step and prints the same table
+    # the saved user table is each user's complete training history (fit + validation carve): no recommended item
+    # is a training item of its user
+    _, full = prepare_data("ml-latest-small", tmp_path / "data")
+    training = {full.user_ids[u]: {str(full.item_ids[i]) for i in full.matrix("train").items_of(u)}
+                for u in range(full.num_users)}
+    table = json.loads((out / "user_table.json").read_text())
+    for user, history in zip(table["user_ids"], table["histories"]):
+        assert {str(full.item_ids[i]) for i in history} == training[user], user
+    everyone = model.recommend(list(training), k=5)
+    assert all(not set(rec["items"]) & training[rec["user"]] for rec in everyone)
+    files = {name: (out / name).read_bytes() for name in _MODEL_FILES}
+
+    # resumable: a rerun reuses every finished step, prints the same table and leaves identical model files
     lines2 = []
     t1 = time.perf_counter()
     again = run_quickstart(_tiny_config(tmp_path, llm_dir), llm=causal, tokenizer=tokenizer, echo=lines2.append)
@@ -80,6 +110,23 @@ def test_quickstart_pipeline_on_tiny_data(tmp_path):
     assert "reused the cached test metrics" in text2
     assert again["table"] == result["table"]
     assert time.perf_counter() - t1 < 30
+    assert {name: (out / name).read_bytes() for name in _MODEL_FILES} == files
+
+    # training/evaluate.py reads the quickstart's split from glta_run.json: no extra flags
+    evaluate = _script("evaluate")
+    assert evaluate.main(["--model", str(out), "--ks", "5", "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert metrics["num_users"] == full.matrix("test").users_with_items().size
+
+    # a changed budget invalidates the finished user stage (fingerprint): it trains again, with a message
+    lines3 = []
+    changed = dataclasses.replace(_tiny_config(tmp_path, llm_dir), epochs=2.0)
+    run_quickstart(changed, llm=causal, tokenizer=tokenizer, echo=lines3.append)
+    text3 = "\n".join(lines3)
+    assert text3.count("reused the finished stage") == 1  # the item stage
+    assert "trained with other settings (num_train_epochs 1.0 -> 2.0)" in text3
+    run = json.loads((out / "glta_run.json").read_text())
+    assert run["stages"][1]["settings"]["num_train_epochs"] == 2.0
 
 
 def test_quickstart_help_lists_budget_dataset_backbone_flags(capsys):
@@ -104,6 +151,25 @@ def test_budget_flags_override_the_preset():
     assert cfg.epochs == 3.0 and cfg.train_users is None  # explicit flags win; 0 = all users
     assert cfg.text_users == BUDGETS["medium"]["text_users"]
     assert config_from_args(parser.parse_args([])) == QuickstartConfig()
+
+
+@pytest.mark.parametrize("flags", [["--decoding", "nosuch"], ["--seed", "-1"], ["--epochs", "-1"],
+                                   ["--epochs", "0"], ["--item-epochs", "nan"], ["--head", "huge"],
+                                   ["--batch-size", "0"]])
+def test_bad_flags_fail_at_parse_time(flags, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["quickstart", "--output-dir", str(tmp_path / "qs"), *flags])
+    assert exit_info.value.code == 2
+    assert f"argument {flags[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()  # nothing ran
+
+
+def test_library_budget_that_cannot_train_is_refused_before_any_work(tmp_path):
+    from glta_hf.quickstart import QuickstartConfig, run_quickstart
+
+    with pytest.raises(ValueError, match="num_train_epochs must be > 0"):
+        run_quickstart(QuickstartConfig(output_dir=str(tmp_path / "qs"), epochs=-1.0))
+    assert not (tmp_path / "qs" / "work").exists()
 
 
 @pytest.mark.slow

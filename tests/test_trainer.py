@@ -9,8 +9,8 @@ import torch
 from glta_hf.alignment_data import GLTACollator, UserItemDataset
 from glta_hf.data.schema import UserItemMatrix
 from glta_hf.errors import TrainingError
-from glta_hf.glta_config import GLTATrainingArguments
-from glta_hf.glta_trainer import GLTATrainer
+from glta_hf.trainer import GLTATrainer
+from glta_hf.training_args import GLTATrainingArguments
 from glta_hf.io_utils import load_safetensors
 
 HISTORIES = [np.array(h) for h in ([0, 1, 3], [2, 3, 4, 11], [5, 1], [6, 7, 8], [8, 9], [9, 10, 0])]
@@ -93,3 +93,12 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     assert t2.state.global_step == 6
     for k, v in resumed.model.glta_state_dict().items():
         assert torch.equal(v, reference[k]), k
+
+
+def test_old_module_names_still_import():
+    from glta_hf import glta_config, glta_trainer, metrics, trainer, training_args
+
+    assert glta_config.GLTATrainingArguments is training_args.GLTATrainingArguments
+    assert glta_trainer.GLTATrainer is trainer.GLTATrainer
+    assert glta_trainer.evaluate_model is metrics.evaluate_model
+    assert glta_trainer.sample_eval_users is metrics.sample_eval_users

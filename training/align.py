@@ -5,21 +5,25 @@
     accelerate launch training/align.py --config training/configs/ml-latest-small.yaml --stage user
     accelerate launch training/align.py --config training/configs/ml-latest-small.yaml --stage all   # both
 
-Arguments are ``ScriptArguments`` (data, graph, texts, backbone, model shape) + ``GLTATrainingArguments`` (every
-``TrainingArguments`` field + the GLTA ones), parsed by ``HfArgumentParser``: the YAML file is read into a dict
-that becomes the parser's defaults, so any command-line flag overrides it. ``python training/align.py ...`` works
-too (one process).
+Arguments are ``ScriptArguments`` (data, graph, texts, backbone) + ``GLTAModelArguments`` (head, projector, LoRA,
+chunk sizes, prompt options) + ``GLTATrainingArguments`` (every ``TrainingArguments`` field + the GLTA ones), parsed
+by ``HfArgumentParser``: the YAML file is read into a dict that becomes the parser's defaults, so any command-line
+flag overrides it; an invalid value is an argparse error (exit code 2) before anything loads.
+``python training/align.py ...`` works too (one process).
 
 Pipeline: dataset + validation carve (from train) -> LightGCN node embeddings (``graph_dir``, written by
 training/pretrain_graph.py on the same split) -> profile/prediction texts (``texts``; generated with the same
 frozen LLM when missing, on the main process) -> frozen backbone -> model (fresh, or the item-stage model for
 stage ``user``) -> train -> ``<output_dir>/<stage>/final`` (GLTA weights only + ``glta_run.json``).
 Trainer checkpoints go to ``<output_dir>/<stage>/checkpoint-*``; ``--resume_from_checkpoint true`` (or a path)
-continues an interrupted stage from the last complete one and reuses a stage whose ``final`` folder is complete
-(without it, every planned stage trains from scratch).
+continues an interrupted stage from the last complete checkpoint written under the same settings and reuses a
+stage whose ``final`` folder finished (> 0 steps) with the same settings (fingerprint); a changed setting retrains
+it, with a message. An explicit checkpoint path resumes the first stage that trains from it (validated: a complete
+checkpoint of that stage and of a model of the same shape) or fails. Without the flag, every planned stage trains
+from scratch.
 
-Each stage is :func:`glta_hf.pipeline.run_stage` (the one implementation ``glta quickstart`` and
-``glta benchmark`` use too); this script only parses the arguments, prepares data / texts / graph / backbone and
+The stages are :func:`glta_hf.pipeline.run_stages` (the one loop ``glta quickstart`` and ``glta benchmark`` use
+too); this script only parses the arguments, prepares data / texts / graph / backbone and
 prints one JSON report per stage and process (``stage``, ``wall_time_s``, ``process_index``, ``world_size``,
 ``global_step`` and the train / validation metrics). ``glta_run.json`` lists the finished stages as records
 (``name``, ``global_step``, ``output_dir``, ``wall_time_s``, ``world_size``, ``hyperparameters``,
@@ -27,7 +31,7 @@ prints one JSON report per stage and process (``stage``, ``wall_time_s``, ``proc
 """
 from __future__ import annotations
 
-import copy
+import argparse
 import json
 import logging
 import shlex
@@ -39,7 +43,19 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from transformers import HfArgumentParser, set_seed  # noqa: E402
+
+from glta_hf import pipeline  # noqa: E402
+from glta_hf.alignment_data import data_record, prepare_data  # noqa: E402
+from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference  # noqa: E402
+from glta_hf.graph import load_node_embeddings  # noqa: E402
 from glta_hf.pipeline import last_complete_checkpoint, resolve_resume  # noqa: E402,F401  (re-exported for callers)
+from glta_hf.prompts import PromptConfig  # noqa: E402
+from glta_hf.texts import TextGenerationConfig, load_generator, load_texts  # noqa: E402
+from glta_hf.training_args import GLTAModelArguments, GLTATrainingArguments  # noqa: E402
 
 logger = logging.getLogger("glta.align")
 
@@ -71,8 +87,6 @@ class ScriptArguments:
     backbone_revision: Optional[str] = field(default=None, metadata={"help": "hub revision of the LLM"})
     quantization: str = field(default="none", metadata={"help": "none | bnb-4bit | gptq"})
     llm_dtype: Optional[str] = field(default=None, metadata={"help": "LLM dtype (float32, bfloat16, ...)"})
-    head: str = field(default="linear", metadata={"help": "GLLM head: linear (paper) | factorized"})
-    projector: str = field(default="linear", metadata={"help": "node projector: linear (paper) | mlp"})
     init_from: Optional[str] = field(default=None, metadata={"help": "GLTA model folder to continue from (stage user "
                                                                       "default: <output_dir>/item/final)"})
     early_stopping_patience: Optional[int] = field(default=None, metadata={"help": "evaluations without improvement"})
@@ -80,45 +94,43 @@ class ScriptArguments:
 
 
 def parse_args(argv=None):
-    """YAML (``--config``) -> parser defaults -> command-line overrides -> (script_args, training_args)."""
-    import argparse
+    """YAML (``--config``) -> parser defaults -> command-line overrides -> (script, model, training arguments).
 
-    import yaml
-    from transformers import HfArgumentParser
-
-    from glta_hf.glta_config import GLTATrainingArguments
-
-    argv = list(sys.argv[1:] if argv is None else argv)
+    Unknown YAML keys and invalid values (``--num_train_epochs -1`` without ``--max_steps``, an unknown decoding,
+    an explicit checkpoint that is incomplete) are argparse errors: a usage message and exit code 2.
+    """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser((ScriptArguments, GLTATrainingArguments))
+    parser = HfArgumentParser((ScriptArguments, GLTAModelArguments, GLTATrainingArguments))
     if known.config:
-        with open(known.config, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+        try:
+            with open(known.config, encoding="utf-8") as handle:
+                values = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as err:
+            parser.error(f"--config {known.config}: {err}")
         if not isinstance(values, dict):
-            raise SystemExit(f"{known.config}: expected a mapping of argument names to values")
+            parser.error(f"--config {known.config}: expected a mapping of argument names to values")
         dests = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - dests)
         if unknown:
-            raise SystemExit(f"{known.config}: unknown arguments {unknown}")
+            parser.error(f"--config {known.config}: unknown arguments {unknown}")
         parser.set_defaults(**values)
-    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return script_args, training_args
+    try:
+        script, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a dataclass's __post_init__ refused a value
+        parser.error(str(err))
+    resume = training_args.resume_from_checkpoint
+    if pipeline.wants_resume(resume) and not pipeline.names_last_checkpoint(resume):
+        problem = pipeline.checkpoint_problem(resume)
+        if problem:
+            parser.error(f"--resume_from_checkpoint {resume}: not a complete checkpoint ({problem})")
+    return script, model_args, training_args
 
 
-def stage_plan(args) -> list:
-    if args.stage == "all":
-        return ["user"] if args.no_item_alignment else ["item", "user"]
-    return [args.stage]
-
-
-def first_model(stage, script, args, *, llm, tokenizer, nodes, data, backbone, backbone_gguf, root):
-    """The model the first stage of this launch starts from: ``--init_from`` (stage ``user``: the item stage's
-    final model by default) or a fresh one over the node embeddings."""
-    from glta_hf import pipeline
-    from glta_hf.prompts import PromptConfig
-
+def first_model(stage, script, model_args, args, *, llm, tokenizer, nodes, data, backbone, backbone_gguf, root):
+    """The model the first trained stage of this launch starts from: ``--init_from`` (stage ``user``: the item
+    stage's final model by default) or a fresh one over the node embeddings with the model arguments."""
     init = script.init_from
     if stage == "user" and not args.no_item_alignment and init is None:
         init = str(root / "item" / "final")
@@ -127,11 +139,11 @@ def first_model(stage, script, args, *, llm, tokenizer, nodes, data, backbone, b
                              "--stage item first, pass --init_from, or use --no_item_alignment (w/o IA)")
     if init:
         return checked_slots(pipeline.load_stage(init, llm), init, args)
+    prompt = PromptConfig(**model_args.prompt_fields(), **args.prompt_overrides())
     return pipeline.build_model(llm, tokenizer, nodes, data, llm_name_or_path=backbone,
                                 llm_revision=script.backbone_revision, llm_gguf_file=backbone_gguf,
-                                quantization=script.quantization, llm_dtype=script.llm_dtype,
-                                prompt=PromptConfig(**args.prompt_overrides()), num_slots=args.num_slots,
-                                head=script.head, projector=script.projector)
+                                quantization=script.quantization, llm_dtype=script.llm_dtype, prompt=prompt,
+                                num_slots=args.num_slots, **model_args.config_kwargs())
 
 
 def checked_slots(model, folder, args):
@@ -142,31 +154,20 @@ def checked_slots(model, folder, args):
 
 def main(argv=None) -> int:
     start = time.perf_counter()
-    script, args = parse_args(argv)
+    script, model_args, args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-    from accelerate import PartialState
-
-    from glta_hf import pipeline
-    from glta_hf.alignment_data import prepare_data, user_histories
-    from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference
-    from glta_hf.graph import load_node_embeddings
-    from glta_hf.texts import TextGenerationConfig, load_generator, load_texts
-
     if script.threads:
         torch.set_num_threads(script.threads)
-    from transformers import set_seed
-
     set_seed(args.seed)  # the fresh projectors / head / slots are initialized from the global RNG
     state = PartialState()
-    plan = stage_plan(args)
+    plan = args.stage_plan()
     if "user" in plan and args.eval_strategy != "no" and not script.val_fraction:
         raise SystemExit(f"--eval_strategy {args.eval_strategy} ranks a validation split carved from train: set "
                          "--val_fraction > 0 or --eval_strategy no")
-    data, _full = prepare_data(script.dataset, script.data_dir, split=script.split,
-                               test_fraction=script.test_fraction, split_seed=script.split_seed,
-                               val_fraction=script.val_fraction, val_seed=script.val_seed)
+    data, full = prepare_data(script.dataset, script.data_dir, split=script.split,
+                              test_fraction=script.test_fraction, split_seed=script.split_seed,
+                              val_fraction=script.val_fraction, val_seed=script.val_seed)
     logger.info("%r", data)
     backbone, backbone_gguf = portable_llm_reference(script.backbone or SMOLLM2_REFERENCE, script.backbone_gguf_file)
 
@@ -200,42 +201,27 @@ def main(argv=None) -> int:
 
     llm, tokenizer = load_backbone(backbone, revision=script.backbone_revision, gguf_file=backbone_gguf,
                                    quantization=script.quantization, dtype=script.llm_dtype)
-    histories, has_time = user_histories(data, "train")
     root = Path(args.output_dir)
-    run_info = {"dataset": script.dataset, "data_dir": script.data_dir, "split": script.split,
-                "test_fraction": script.test_fraction, "split_seed": script.split_seed,
-                "val_fraction": script.val_fraction, "val_seed": script.val_seed, "graph_dir": script.graph_dir,
-                "texts": script.texts, "backbone": backbone,
+    run_info = {**data_record(full, dataset=script.dataset, data_dir=script.data_dir,
+                              val_fraction=script.val_fraction, val_seed=script.val_seed),
+                "graph_dir": script.graph_dir, "texts": script.texts, "backbone": backbone,
                 "command": " ".join(shlex.quote(a) for a in sys.argv)}
-    resuming = pipeline.wants_resume(args.resume_from_checkpoint)
+    model_options = dict(model_args.config_kwargs(), prompt=model_args.prompt_fields(), init_from=script.init_from)
 
-    model = None
-    for stage in plan:
-        stage_dir = root / stage
-        final_dir = stage_dir / "final"
-        t0 = time.perf_counter()
-        if resuming and pipeline.stage_done(final_dir):  # a finished stage is not trained again
-            logger.info("stage %s: already finished in %s, reusing it", stage, final_dir)
-            model = checked_slots(pipeline.load_stage(final_dir, llm), final_dir, args)
-            record = next((s for s in pipeline.stage_records(model.run_info) if s.get("name") == stage), {})
-            metrics = {"global_step": record.get("global_step"), "skipped": True}
-        else:
-            if model is None:
-                model = first_model(stage, script, args, llm=llm, tokenizer=tokenizer, nodes=nodes, data=data,
-                                    backbone=backbone, backbone_gguf=backbone_gguf, root=root)
-            model.config.prompt.update(args.prompt_overrides())  # the serving history length follows --max_history
-            recent = pipeline.attach_user_context(model, data, histories, has_time=has_time, texts=texts,
-                                                  eval_history=args.eval_history, seed=args.seed)
-            stage_args = copy.copy(args)
-            stage_args.output_dir = str(stage_dir)
-            model, metrics = pipeline.run_stage(
-                model, stage, stage_args, data=data, histories=histories, has_time=has_time, texts=texts,
-                early_stopping_patience=script.early_stopping_patience if stage == "user" else None,
-                resume=args.resume_from_checkpoint, final_dir=final_dir,
-                run_info=dict(run_info, eval_history_recent=recent))
-        print(json.dumps({"stage": stage, "wall_time_s": round(time.perf_counter() - t0, 2),
+    def report(stage, model, metrics):
+        print(json.dumps({"stage": stage, "wall_time_s": round(time.perf_counter() - stage_start[stage], 2),
                           "process_index": args.process_index, "world_size": args.world_size,
                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}), flush=True)
+
+    stage_start = {}
+    pipeline.run_stages(
+        plan, args, root=root, llm=llm, data=data, texts=texts, model_options=model_options,
+        first_model=lambda stage: first_model(stage, script, model_args, args, llm=llm, tokenizer=tokenizer,
+                                              nodes=nodes, data=data, backbone=backbone,
+                                              backbone_gguf=backbone_gguf, root=root),
+        resume=args.resume_from_checkpoint, early_stopping_patience=script.early_stopping_patience,
+        run_info=run_info, before_stage=lambda stage: stage_start.__setitem__(stage, time.perf_counter()),
+        on_stage=report)
     logger.info("total %.1fs", time.perf_counter() - start)
     return 0
 

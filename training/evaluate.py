@@ -4,7 +4,9 @@
     python training/evaluate.py --model runs/ml-latest-small/user/final --split test --decoding first_k \\
         --output runs/ml-latest-small/test_metrics.json
 
-The dataset options are read from the model folder's ``glta_run.json`` (written by align.py; flags override).
+The dataset and split options are read from the model folder's ``glta_run.json`` (every writer -- align.py, the
+quickstart, the benchmark -- records them the same way, ``glta_hf.alignment_data.data_record``; flags override), so
+any checkpoint this package wrote evaluates with no extra flags.
 ``--split test`` excludes every training interaction (fit + validation) and shows the user's full training
 history; ``--split validation`` excludes the fit interactions only. ``--decoding all`` runs the four decoders.
 """
@@ -19,7 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
+import torch  # noqa: E402
+
+from glta_hf.alignment_data import data_from_record, serving_histories, user_histories  # noqa: E402
+from glta_hf.io_utils import read_json, write_json  # noqa: E402
+from glta_hf.metrics import evaluate_model, sample_eval_users  # noqa: E402
+from glta_hf.modeling_glta import DECODINGS, GLTAForRecommendation  # noqa: E402
+from glta_hf.results import write_run_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    import torch
-
-    from glta_hf.alignment_data import prepare_data, serving_histories, user_histories
-    from glta_hf.glta_trainer import evaluate_model, sample_eval_users
-    from glta_hf.io_utils import read_json, write_json
-    from glta_hf.modeling_glta import GLTAForRecommendation
-
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(args.model)
@@ -58,9 +59,7 @@ def main(argv=None) -> int:
     dataset = args.dataset or run.get("dataset")
     if not dataset:
         raise SystemExit(f"{folder}: no glta_run.json; pass --dataset / --data-dir")
-    data, full = prepare_data(dataset, args.data_dir or run.get("data_dir"),
-                              split=args.split_policy or run.get("split"), test_fraction=run.get("test_fraction"), split_seed=run.get("split_seed"),
-                              val_fraction=run.get("val_fraction", 0.1), val_seed=run.get("val_seed", 0))
+    data, full = data_from_record(run, dataset=dataset, data_dir=args.data_dir, split=args.split_policy)
     model = GLTAForRecommendation.from_pretrained(folder, llm_name_or_path=args.llm)
     if list(map(str, model.item_catalogue["item_ids"])) != list(map(str, data.item_ids)):
         raise SystemExit(f"{folder}: the model's item catalogue differs from dataset {dataset!r}")
@@ -87,8 +86,6 @@ def main(argv=None) -> int:
     write_json(output, out)
     print(f"metrics written to {output}")
     if args.results_dir:
-        from glta_hf.results import write_run_result
-
         path = write_run_result(args.results_dir, args.results_name or dataset, args.run_name, model="GLTA",
                                 split=source.split_policy, metrics=out["metrics"], command=out["command"],
                                 wall_time_s=out["wall_time_s"], config={"run": run, "decoding": args.decoding})

@@ -23,10 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, DatasetOptionError
 from . import split as splitting
-from .schema import TEST, TRAIN, RecData
-from .split import DatasetOptionError
+from .schema import TEST, TRAIN, RecData, arrow_dataset
 
 logger = logging.getLogger("glta_hf.data")
 
@@ -132,14 +131,6 @@ def _policy_label(opts: Dict[str, Any], fixed_label: str, time_kind: str) -> str
     return {"timestamp": "leave-one-out (latest timestamp)", "sequence": "leave-one-out (last in sequence)"}.get(
         time_kind, f"leave-one-out (random, seed {opts['seed']})"
     )
-
-
-def _dataset(table) -> "datasets.Dataset":
-    """An in-memory Dataset with a random fingerprint: hashing an 800k-row table costs more than building it."""
-    import datasets
-    from datasets.fingerprint import generate_random_fingerprint
-
-    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
 
 
 def build_recdata(name: str, rows: Interactions, catalogue: Catalogue, options: Dict[str, Any], *,
@@ -277,12 +268,12 @@ def build_recdata(name: str, rows: Interactions, catalogue: Catalogue, options: 
             columns["timestamp"] = pa.array(ts[sel], pa.int64())
         if ratings is not None:
             columns["rating"] = pa.array(ratings[idx][sel], pa.float32())
-        return _dataset(pa.table(columns))
+        return arrow_dataset(pa.table(columns))
 
     splits = datasets.DatasetDict({TRAIN: table(~test_mask), TEST: table(test_mask)})
     titles = [catalogue.entries[i][0] if i in catalogue.entries else f"item {i}" for i in item_list]
     texts = [catalogue.entries[i][1] if i in catalogue.entries else f"item {i}" for i in item_list]
-    items_ds = _dataset(pa.table({
+    items_ds = arrow_dataset(pa.table({
         "item_idx": pa.array(np.arange(len(item_list)), pa.int64()),
         "item_id": pa.array(item_list, pa.string()),
         "title": pa.array(titles, pa.string()),
@@ -292,6 +283,7 @@ def build_recdata(name: str, rows: Interactions, catalogue: Catalogue, options: 
     source.update({k: str(v) for k, v in opts.items()})
     source.update({k: str(v) for k, v in stats.items()})
     data = RecData(name=name, splits=splits, items=items_ds, user_ids=[user_strings[c] for c in user_sorted],
-                   split_policy=_policy_label(opts, fixed_label, time_kind), source=source)
+                   split_policy=_policy_label(opts, fixed_label, time_kind), source=source,
+                   split_options=dict(opts))
     logger.info("%s", data)
     return data

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import DataFormatError
 from .schema import RecData
-from .split import DatasetOptionError
+from ..errors import DatasetOptionError
 
 #: dataset name -> (module, loader function)
 _LOADERS = {

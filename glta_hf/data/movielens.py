@@ -18,7 +18,7 @@ from ..errors import DataFormatError
 from ._build import Catalogue, Interactions, build_recdata
 from ._readers import (column_positions, iter_csv_rows, iter_lines, load_json, parse_float, parse_int,
                        parse_timestamp, split_fields)
-from .split import DatasetOptionError
+from ..errors import DatasetOptionError
 
 logger = logging.getLogger("glta_hf.data")
 NO_GENRE = {"", "unknown", "(no genres listed)"}

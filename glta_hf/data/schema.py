@@ -16,13 +16,15 @@ Indices are dense: users ``0..num_users-1``, items ``0..num_items-1``.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+import logging
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from ..errors import UnknownIdError
-from ..io_utils import read_json, write_json
+from ..errors import DatasetOptionError, UnknownIdError
+from .split import check_fraction, random_split
+
+logger = logging.getLogger("glta_hf.data")
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -87,6 +89,9 @@ class RecData:
     user_ids: List[str]
     split_policy: str  # e.g. "fixed (CoLaKG)", "random 80/20 per user, seed 0", "leave-one-out (time-ordered)"
     source: Dict[str, str] = dataclasses.field(default_factory=dict)  # what was read (paths) / options
+    #: the resolved loader options that made the split (``split``, ``test_fraction``, ``seed``, filters): passed
+    #: back to ``load_dataset`` they rebuild the same split (run records store them)
+    split_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_users(self) -> int:
@@ -139,23 +144,42 @@ class RecData:
             raise UnknownIdError(f"dataset {self.name!r} has no item with id {external_id!r}") from None
 
     def with_validation(self, fraction: float = 0.1, seed: int = 0) -> "RecData":
-        """Carve a per-user random validation split out of train (never out of test). Implemented in split.py."""
-        from .split import carve_validation
+        """A copy whose train is split per user into train and ``"validation"`` (never out of test), with
+        :func:`~glta_hf.data.split.random_split`'s per-user rule, so no user's train is emptied."""
+        import datasets  # heavy; imported when a split is built
+        import pyarrow as pa
 
-        return carve_validation(self, fraction=fraction, seed=seed)
-
-    # id maps ---------------------------------------------------------------------------------------------
-    def save_id_maps(self, folder) -> None:
-        """Write ``user_map.json`` / ``item_map.json`` (index -> external id, as JSON lists) atomically."""
-        folder = Path(folder)
-        write_json(folder / "user_map.json", self.user_ids)
-        write_json(folder / "item_map.json", self.item_ids)
-
-    @staticmethod
-    def load_id_maps(folder):
-        folder = Path(folder)
-        return read_json(folder / "user_map.json"), read_json(folder / "item_map.json")
+        fraction = check_fraction(fraction, "validation fraction")
+        if VALIDATION in self.splits:
+            raise DatasetOptionError(f"dataset {self.name!r} already has a validation split")
+        table = self.splits[TRAIN].with_format("arrow")[:]
+        users = table.column("user_idx").to_numpy()
+        items = table.column("item_idx").to_numpy()
+        is_val = random_split(users, items, fraction, seed)
+        if not is_val.any():
+            raise DatasetOptionError(
+                f"dataset {self.name!r}: no user has 2+ train interactions, so no validation split can be carved"
+            )
+        splits = datasets.DatasetDict({
+            TRAIN: arrow_dataset(table.filter(pa.array(~is_val))),
+            VALIDATION: arrow_dataset(table.filter(pa.array(is_val))),
+            TEST: self.splits[TEST],
+        })
+        logger.info("%s: carved %d validation interactions from %d train (fraction %s, seed %s)",
+                    self.name, int(is_val.sum()), len(is_val), fraction, seed)
+        source = dict(self.source, validation=f"random {fraction:g} of train per user, seed {seed}")
+        return dataclasses.replace(
+            self, splits=splits, source=source,
+            split_policy=f"{self.split_policy}; validation {fraction:g} of train per user, seed {seed}")
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
         return f"RecData({self.name!r}, users={self.num_users}, items={self.num_items}, {sizes}, split={self.split_policy!r})"
+
+
+def arrow_dataset(table) -> "datasets.Dataset":  # noqa: F821
+    """An in-memory Dataset with a random fingerprint: hashing an 800k-row table costs more than building it."""
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())

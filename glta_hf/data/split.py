@@ -111,37 +111,6 @@ def threshold_mask(ratings, threshold: Optional[float]) -> np.ndarray:
 
 
 def carve_validation(data, fraction: float = 0.1, seed: int = 0):
-    """A copy of ``data`` whose train is split per user into train and ``"validation"`` (test is untouched)."""
-    import dataclasses
-
-    import datasets
-    import pyarrow as pa
-
-    from ._build import _dataset
-    from .schema import TEST, TRAIN, VALIDATION
-
-    fraction = check_fraction(fraction, "validation fraction")
-    if VALIDATION in data.splits:
-        raise DatasetOptionError(f"dataset {data.name!r} already has a validation split")
-    table = data.splits[TRAIN].with_format("arrow")[:]
-    users = table.column("user_idx").to_numpy()
-    items = table.column("item_idx").to_numpy()
-    is_val = random_split(users, items, fraction, seed)
-    if not is_val.any():
-        raise DatasetOptionError(
-            f"dataset {data.name!r}: no user has 2+ train interactions, so no validation split can be carved"
-        )
-    splits = datasets.DatasetDict(
-        {
-            TRAIN: _dataset(table.filter(pa.array(~is_val))),
-            VALIDATION: _dataset(table.filter(pa.array(is_val))),
-            TEST: data.splits[TEST],
-        }
-    )
-    logger.info("%s: carved %d validation interactions from %d train (fraction %s, seed %s)",
-                data.name, int(is_val.sum()), len(is_val), fraction, seed)
-    source = dict(data.source, validation=f"random {fraction:g} of train per user, seed {seed}")
-    return dataclasses.replace(
-        data, splits=splits, split_policy=f"{data.split_policy}; validation {fraction:g} of train per user, seed {seed}",
-        source=source,
-    )
+    """A copy of ``data`` whose train is split per user into train and ``"validation"`` (test is untouched);
+    the per-user rule is :func:`random_split`'s. Same as ``data.with_validation(fraction, seed)``."""
+    return data.with_validation(fraction=fraction, seed=seed)

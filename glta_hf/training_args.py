@@ -1,0 +1,260 @@
+"""``GLTATrainingArguments`` (``transformers.TrainingArguments`` plus what the GLTA alignment stages need) and
+``GLTAModelArguments`` (the model options of a fresh model: head, projector, LoRA, chunk sizes, prompt options).
+
+Paired with :mod:`glta_hf.trainer` (the TRL layout: ``sft_config.py`` / ``sft_trainer.py``; ``GLTAModelArguments``
+plays TRL's ``ModelConfig``). Stages and ablations
+(paper 4.3-4.5) are plain fields, so a YAML config or the command line of ``training/align.py`` sets them:
+
+==========================  ===============================================================================
+``stage``                   ``item`` (item-text alignment, 3.1), ``user`` (user-item alignment, 3.2; continues
+                            from the item-stage checkpoint) or ``all`` (item then user in one launch)
+``no_item_alignment``       "w/o IA": skip the item stage, train both projectors in the user stage
+``user_as_text``            "w/o UA": the user id as text instead of the aligned ``<user>`` token
+``no_profile``              "w/o PF": leave the profile text out of the user-item prompt
+``no_prediction``           "w/o PD": leave the prediction text out (both flags: "w/o both")
+``eval_decoding``           ``first_k`` (GLTA), ``first_logit`` (FL), ``autoregressive`` (AR), ``all_slots``
+==========================  ===============================================================================
+
+Defaults changed from ``TrainingArguments`` (and why): ``remove_unused_columns=False`` (samples are encoded
+prompts, not dataset columns), ``report_to="none"`` (offline machines), ``metric_for_best_model="ndcg@10"`` and
+``greater_is_better=True`` (ranking quality, so ``load_best_model_at_end`` / early stopping work),
+``logging_steps=10``, ``save_total_limit=2``, ``train_sampling_strategy="group_by_length"`` (prompts vary in length
+through the profile / prediction texts, item descriptions and history sizes: length-grouped batches cut padding
+from 21 % to 8 % and train 1.11x faster, BENCHMARKS.md 5.2; ``random`` restores plain shuffling; transformers
+versions that still have ``group_by_length`` get ``group_by_length=True`` instead).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from transformers import TrainingArguments
+
+from .configuration_glta import HEADS, PROJECTORS
+from .modeling_glta import DECODINGS
+
+#: the two alignment stages, in training order (paper 3.1, 3.2)
+ALIGNMENT_STAGES = ("item", "user")
+#: values of ``--stage``: one alignment stage, or ``all`` (both, in order; the user stage only under w/o IA)
+STAGE_PLANS = ALIGNMENT_STAGES + ("all",)
+SAMPLING_STRATEGIES = ("group_by_length", "random", "sequential")
+_BASE_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def sampling_strategy(args) -> str:
+    """How the training stages order samples: ``group_by_length`` | ``random`` | ``sequential``.
+
+    ``args.train_sampling_strategy`` (transformers >= 5.x), else the older boolean ``args.group_by_length``.
+    """
+    strategy = getattr(args, "train_sampling_strategy", None)
+    if strategy is None:
+        return "group_by_length" if getattr(args, "group_by_length", False) else "random"
+    return str(strategy)
+
+
+@dataclass
+class GLTATrainingArguments(TrainingArguments):
+    """Training arguments of the GLTA alignment stages (see the module docstring for the ablation flags)."""
+
+    stage: str = field(default="user", metadata={"help": "item | user | all", "choices": list(STAGE_PLANS)})
+    no_item_alignment: bool = field(default=False, metadata={"help": "w/o IA: no item stage; the user stage trains "
+                                                                       "both projectors"})
+    user_as_text: bool = field(default=False, metadata={"help": "w/o UA: user id as text, no <user> token"})
+    no_profile: bool = field(default=False, metadata={"help": "w/o PF: no profile text in the prompt"})
+    no_prediction: bool = field(default=False, metadata={"help": "w/o PD: no prediction text in the prompt"})
+    max_history: int = field(default=20, metadata={"help": "H: training items shown as <item> tokens"})
+    num_slots: int = field(default=10, metadata={"help": "L: output slots (>= the largest k evaluated)"})
+    num_targets: Optional[int] = field(default=None, metadata={"help": "k target items per user sample (default L)"})
+    items_per_sample: int = field(default=5, metadata={"help": "m: items per item-text alignment sample"})
+    target_policy: str = field(default="disjoint", metadata={
+        "help": "disjoint: targets are training items NOT shown in the prompt (denoising, default); "
+                "all: targets from all training items (paper-literal)"})
+    eval_history: str = field(default="auto", metadata={"help": "auto | recent | sample: history at evaluation"})
+    eval_decoding: str = field(default="first_k", metadata={"help": "decoding of the validation ranking",
+                                                             "choices": list(DECODINGS)})
+    eval_max_users: Optional[int] = field(default=512, metadata={
+        "help": "validate on a seeded sample of this many users (None = all)"})
+    eval_ks: str = field(default="5,10,20", metadata={"help": "cut-offs of the ranking metrics"})
+    item_stage_epochs: Optional[float] = field(default=None, metadata={
+        "help": "stage=all: epochs of the item stage (default num_train_epochs)"})
+    item_stage_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "stage=all: learning rate of the item stage (default learning_rate)"})
+    max_length: int = field(default=1024, metadata={"help": "prompt length cap in tokens (free text is shortened)"})
+
+    # TrainingArguments defaults that do not fit GLTA
+    remove_unused_columns: bool = field(default=False, metadata={"help": "samples are encoded prompts"})
+    report_to: Optional[str] = field(default="none", metadata={"help": "integrations to report to"})
+    metric_for_best_model: Optional[str] = field(default="ndcg@10", metadata={"help": "validation ranking metric"})
+    greater_is_better: Optional[bool] = field(default=True, metadata={"help": "higher ndcg is better"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "checkpoints kept"})
+    if "train_sampling_strategy" in _BASE_FIELDS:
+        train_sampling_strategy: str = field(default="group_by_length", metadata={
+            "help": "group_by_length (default: batches of similar prompt length) | random | sequential",
+            "choices": list(SAMPLING_STRATEGIES)})
+    else:  # transformers releases before train_sampling_strategy
+        group_by_length: bool = field(default=True, metadata={"help": "batches of similar prompt length"})
+
+    def __post_init__(self):
+        if self.stage not in STAGE_PLANS:
+            raise ValueError(f"stage must be one of {STAGE_PLANS}, got {self.stage!r}")
+        if self.eval_decoding not in DECODINGS:
+            raise ValueError(f"eval_decoding must be one of {DECODINGS}, got {self.eval_decoding!r}")
+        if self.target_policy not in ("disjoint", "all"):
+            raise ValueError(f"target_policy must be 'disjoint' or 'all', got {self.target_policy!r}")
+        if self.no_item_alignment and self.stage == "item":
+            raise ValueError("no_item_alignment (w/o IA) skips the item stage; use stage=user")
+        if sampling_strategy(self) not in SAMPLING_STRATEGIES:
+            raise ValueError(f"train_sampling_strategy must be one of {SAMPLING_STRATEGIES} for the GLTA stages, "
+                             f"got {sampling_strategy(self)!r}")
+        if not 1 <= self.items_per_sample <= self.num_slots:
+            raise ValueError(f"items_per_sample must be in [1, num_slots={self.num_slots}]")
+        # a stage that would train zero steps is refused here, before any data or model is loaded
+        if self.max_steps is None or self.max_steps <= 0:
+            if not self.num_train_epochs > 0:
+                raise ValueError(f"num_train_epochs must be > 0 (got {self.num_train_epochs}) unless max_steps > 0")
+            if self.item_stage_epochs is not None and not self.item_stage_epochs > 0:
+                raise ValueError(f"item_stage_epochs must be > 0 (got {self.item_stage_epochs}) unless "
+                                 "max_steps > 0")
+        super().__post_init__()
+
+    def stage_plan(self) -> List[str]:
+        """The alignment stages ``stage`` asks for, in order (``all`` under w/o IA: the user stage only)."""
+        if self.stage == "all":
+            return ["user"] if self.no_item_alignment else list(ALIGNMENT_STAGES)
+        return [self.stage]
+
+    def for_stage(self, stage: str) -> "GLTATrainingArguments":
+        """A copy with the per-stage overrides, so they never leak into the caller's arguments.
+
+        Item stage: no validation ranking (it means nothing before the user stage), ``item_stage_epochs`` /
+        ``item_stage_learning_rate`` when set. Both: ``ddp_find_unused_parameters`` from
+        :meth:`needs_unused_parameter_search` unless the caller chose it.
+        """
+        if stage not in ALIGNMENT_STAGES:
+            raise ValueError(f"stage must be one of {ALIGNMENT_STAGES}, got {stage!r}")
+        args = copy.copy(self)
+        if stage == "item":
+            args.eval_strategy = "no"
+            args.load_best_model_at_end = False
+            if args.item_stage_epochs is not None:
+                args.num_train_epochs = args.item_stage_epochs
+            if args.item_stage_learning_rate is not None:
+                args.learning_rate = args.item_stage_learning_rate
+        if args.ddp_find_unused_parameters is None:
+            args.ddp_find_unused_parameters = args.needs_unused_parameter_search(stage)
+        return args
+
+    def needs_unused_parameter_search(self, stage: str) -> bool:
+        """Whether DDP must look for trainable parameters that got no gradient in a step (``find_unused_parameters``).
+
+        Only the stage's parameters train (``set_trainable``); the frozen LLM and the other projector are not
+        DDP's concern. A trainable part can still get no input: the user projector under w/o UA (the user is text,
+        no ``<user>`` token) and, in the w/o IA user stage (both projectors train), the item projector in a batch
+        whose users show no history item. Everything else gets a gradient every step, so the per-step graph search
+        is skipped.
+        """
+        if stage == "item":
+            return False
+        return bool(self.user_as_text) or self.trainable_stage == "user+item"
+
+    def stage_settings(self, stage: str) -> Dict[str, Any]:
+        """What a stage's result depends on (budget, optimisation, prompt, ablations), as :meth:`for_stage` sets
+        it; paths, logging and checkpoint cadence are left out. Stored in the stage record and compared before a
+        finished stage is reused."""
+        args = self.for_stage(stage)
+        keys = ["num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "weight_decay", "warmup_steps", "warmup_ratio", "lr_scheduler_type",
+                "max_grad_norm", "optim", "seed", "data_seed", "max_history", "num_slots", "max_length",
+                "no_item_alignment", "user_as_text", "no_profile", "no_prediction"]
+        if stage == "item":
+            keys += ["items_per_sample"]
+        else:
+            keys += ["num_targets", "target_policy", "eval_history"]
+        settings = {k: getattr(args, k, None) for k in keys}
+        settings["train_sampling_strategy"] = sampling_strategy(args)
+        settings["world_size"] = int(args.world_size)
+        return json.loads(json.dumps(settings, default=str))
+
+    def stage_fingerprint(self, stage: str, **extra: Any) -> str:
+        """A short hash of :meth:`stage_settings` plus ``extra`` (model options, trained users / items)."""
+        key = dict(self.stage_settings(stage), stage=stage, **extra)
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def ks(self):
+        return tuple(int(k) for k in str(self.eval_ks).split(",") if k.strip())
+
+    @property
+    def trainable_stage(self) -> str:
+        """The ``model.set_trainable`` stage of the user-item stage ("user+item" for w/o IA)."""
+        return "user+item" if self.no_item_alignment else "user"
+
+    def prompt_overrides(self) -> dict:
+        """``PromptConfig`` fields these arguments fix (H, L, ablations, length cap)."""
+        return {"max_history": self.max_history, "num_slots": self.num_slots, "max_length": self.max_length,
+                "include_profile": not self.no_profile, "include_prediction": not self.no_prediction,
+                "user_as_text": self.user_as_text}
+
+
+@dataclass
+class GLTAModelArguments:
+    """The options of a fresh GLTA model (TRL's ``ModelConfig`` role): head, projector, LoRA, chunk sizes and the
+    prompt options that are not stage arguments. ``None`` keeps ``GLTAConfig`` / ``PromptConfig``'s default.
+    ``H``, ``L``, ``max_length`` and the ablation switches are :class:`GLTATrainingArguments` fields."""
+
+    head: str = field(default="linear", metadata={"help": "GLLM head: linear (paper) | factorized",
+                                                   "choices": list(HEADS)})
+    projector: str = field(default="linear", metadata={"help": "node projector: linear (paper) | mlp",
+                                                        "choices": list(PROJECTORS)})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA, the LLM stays frozen)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated LLM module names for LoRA (default: peft's choice for the architecture)"})
+    ce_chunk_size: Optional[int] = field(default=None, metadata={
+        "help": "items per chunk of the training cross-entropy (None: materialized logits)"})
+    rank_chunk_size: Optional[int] = field(default=None, metadata={
+        "help": "items per chunk when decoding / ranking (None: materialized logits)"})
+    use_chat_template: Optional[bool] = field(default=None, metadata={"help": "wrap prompts in the chat template"})
+    system_prompt: Optional[str] = field(default=None, metadata={"help": "system message of every prompt"})
+    max_profile_tokens: Optional[int] = field(default=None, metadata={"help": "profile text cap in tokens"})
+    max_prediction_tokens: Optional[int] = field(default=None, metadata={"help": "prediction text cap in tokens"})
+    max_description_tokens: Optional[int] = field(default=None, metadata={"help": "item description cap in tokens"})
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
+        for name in ("ce_chunk_size", "rank_chunk_size", "max_profile_tokens", "max_prediction_tokens",
+                     "max_description_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+
+    def lora(self) -> Optional[Dict[str, Any]]:
+        """``GLTAConfig.lora``: ``peft.LoraConfig`` arguments, or None without LoRA."""
+        if not self.lora_r:
+            return None
+        lora: Dict[str, Any] = {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout}
+        if self.lora_target_modules:
+            lora["target_modules"] = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        return lora
+
+    def config_kwargs(self) -> Dict[str, Any]:
+        """The ``GLTAConfig`` keyword arguments (``from_components(**config_kwargs)``)."""
+        return {"head": self.head, "projector": self.projector, "lora": self.lora(),
+                "ce_chunk_size": self.ce_chunk_size, "rank_chunk_size": self.rank_chunk_size}
+
+    def prompt_fields(self) -> Dict[str, Any]:
+        """The ``PromptConfig`` fields set here (unset ones keep ``PromptConfig``'s defaults)."""
+        names = ("use_chat_template", "system_prompt", "max_profile_tokens", "max_prediction_tokens",
+                 "max_description_tokens")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
