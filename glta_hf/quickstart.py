@@ -129,9 +129,9 @@ def _decodings() -> Sequence[str]:
 
 
 def _heads() -> Sequence[str]:
-    from .configuration_glta import HEADS
+    from .components import component_names
 
-    return HEADS
+    return component_names("head")
 
 
 _POSITIVE_FLOAT = _checked(float, 0.0, "a number > 0", strict=True)

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional
 
 from transformers import TrainingArguments
 
-from .configuration_glta import HEADS, PROJECTORS
+from .components import component_names
 from .modeling_glta import DECODINGS
 
 #: the two alignment stages, in training order (paper 3.1, 3.2)
@@ -207,10 +207,10 @@ class GLTAModelArguments:
     prompt options that are not stage arguments. ``None`` keeps ``GLTAConfig`` / ``PromptConfig``'s default.
     ``H``, ``L``, ``max_length`` and the ablation switches are :class:`GLTATrainingArguments` fields."""
 
-    head: str = field(default="linear", metadata={"help": "GLLM head: linear (paper) | factorized",
-                                                   "choices": list(HEADS)})
-    projector: str = field(default="linear", metadata={"help": "node projector: linear (paper) | mlp",
-                                                        "choices": list(PROJECTORS)})
+    head: str = field(default="linear", metadata={
+        "help": "GLLM head, a name registered in glta_hf.components: linear (paper) | factorized"})
+    projector: str = field(default="linear", metadata={
+        "help": "node projector, a name registered in glta_hf.components: linear (paper) | mlp"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA, the LLM stays frozen)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -227,10 +227,9 @@ class GLTAModelArguments:
     max_description_tokens: Optional[int] = field(default=None, metadata={"help": "item description cap in tokens"})
 
     def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.projector not in PROJECTORS:
-            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
+        for kind in ("head", "projector"):  # checked against the registry now, so a registered component works
+            if getattr(self, kind) not in component_names(kind):
+                raise ValueError(f"{kind} must be one of {component_names(kind)}, got {getattr(self, kind)!r}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
         for name in ("ce_chunk_size", "rank_chunk_size", "max_profile_tokens", "max_prediction_tokens",

@@ -67,7 +67,7 @@ def test_model_options_from_yaml_reach_the_model(align, tmp_path):
     (["--num_train_epochs", "-1"], "num_train_epochs must be > 0"),
     (["--num_train_epochs", "0", "--max_steps", "-1"], "num_train_epochs must be > 0"),
     (["--eval_decoding", "nosuch"], "invalid choice"),
-    (["--head", "huge"], "invalid choice"),
+    (["--head", "huge"], "head must be one of"),
     (["--lora_r", "-2"], "lora_r must be >= 0"),
     (["--resume_from_checkpoint", "/nowhere/checkpoint-3"], "not a complete checkpoint"),
 ])
