@@ -239,32 +239,22 @@ def test_llm_fingerprint_tells_truncated_or_other_weights_apart():
     assert len(keys) == 3 and llm_fingerprint(a.model, "ref") == llm_fingerprint(tiny_llama(seed=0)[0].model, "ref")
 
 
-@pytest.mark.slow
-def test_bnb_4bit_cached_equals_uncached(tmp_path):
-    if importlib.util.find_spec("bitsandbytes") is None:
-        pytest.skip("bitsandbytes is not installed")
-    from glta_hf.backbone import load_backbone
-
-    causal, tokenizer = tiny_llama(hidden_size=64)
-    causal.save_pretrained(tmp_path / "llm")
-    tokenizer.save_pretrained(tmp_path / "llm")
-    llm, tokenizer = load_backbone(tmp_path / "llm", quantization="bnb-4bit")
-    assert type(llm.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+def _assert_quantized_cached_equals_full(llm, hidden):
+    """No-grad states and with-grad states + suffix gradients of the cached forward equal the full forward's."""
     check_cacheable(llm)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 380, (2, 14), generator=gen)
     mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    embeds = llm.get_input_embeddings()(ids)
-    with torch.no_grad():  # bnb takes another kernel when inputs require grad; compare like with like
+    mask[1, :4] = 0  # row 1: shorter prefix, left-padded
+    embeds = llm.get_input_embeddings()(ids).detach()
+    with torch.no_grad():  # quantized kernels differ with and without grad; compare like with like
         full = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask)).last_hidden_state
         kv = prefix_key_values(llm, ids[:, :9], mask[:, :9])
         cached = forward_with_prefix(llm, kv, embeds[:, 9:], mask[:, 9:])
     torch.testing.assert_close(cached, full[:, 9:], atol=1e-4, rtol=1e-4)
-    # with gradients: the suffix's inputs require grad in both forwards (same bnb kernels)
-    suffix = embeds[:, 9:].detach().clone().requires_grad_(True)
-    weights = torch.randn(suffix.shape[:2] + (64,), generator=gen)
-    full = llm(inputs_embeds=torch.cat([embeds[:, :9].detach(), suffix], 1), attention_mask=mask,
+    suffix = embeds[:, 9:].clone().requires_grad_(True)
+    weights = torch.randn(suffix.shape[:2] + (hidden,), generator=gen)
+    full = llm(inputs_embeds=torch.cat([embeds[:, :9], suffix], 1), attention_mask=mask,
                position_ids=positions_from_mask(mask)).last_hidden_state[:, 9:]
     (full * weights).sum().backward()
     reference, suffix.grad = suffix.grad.clone(), None
@@ -273,3 +263,31 @@ def test_bnb_4bit_cached_equals_uncached(tmp_path):
     (cached * weights).sum().backward()
     assert reference.abs().sum() > 0
     torch.testing.assert_close(suffix.grad, reference, atol=1e-4, rtol=1e-4)
+
+
+def _saved_tiny(folder, hidden):
+    causal, tokenizer = tiny_llama(hidden_size=hidden)
+    causal.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_bnb_4bit_cached_equals_uncached(tmp_path):
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    from glta_hf.backbone import load_backbone
+
+    llm, _ = load_backbone(_saved_tiny(tmp_path / "llm", 64), quantization="bnb-4bit")
+    assert type(llm.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    _assert_quantized_cached_equals_full(llm, 64)
+
+
+@pytest.mark.gptq
+def test_gptq_cached_equals_uncached(tmp_path):
+    from glta_hf.backbone import gptq_available, load_backbone
+
+    if not gptq_available():
+        pytest.skip("needs the gptq extra: optimum + gptqmodel (torch >= 2.14.1)")
+    llm, _ = load_backbone(_saved_tiny(tmp_path / "llm", 128), quantization="gptq")
+    _assert_quantized_cached_equals_full(llm, 128)
