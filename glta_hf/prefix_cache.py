@@ -528,3 +528,37 @@ def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: 
 
     entries = store.get_or_compute(keys, compute)
     return PrefixKV.concat(entries, device=llm.get_input_embeddings().weight.device)
+
+
+def cached_slot_hidden_states(
+    model: nn.Module,
+    store: PrefixStore,
+    users: Sequence[Union[int, str]],
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    user_ids: Optional[torch.LongTensor] = None,
+    item_ids: Optional[torch.LongTensor] = None,
+    user_node_embeddings: Optional[torch.Tensor] = None,
+    *,
+    llm_key: str,
+    layout: str,
+) -> torch.Tensor:
+    """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` -- equal to
+    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding, gradients included.
+
+    ``model`` needs what ``GLTAForRecommendation`` has: ``llm``, ``config`` (placeholder ids, ``num_slots``) and
+    ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)``. ``users`` names each row's user
+    (part of the prefix key), ``llm_key`` is :func:`llm_fingerprint`, ``layout`` the prompt layout.
+    """
+    config = model.config
+    pad = getattr(model.llm.config, "pad_token_id", None)
+    split = split_prompt_batch(
+        input_ids, attention_mask, (config.user_token_id, config.item_token_id, config.slot_token_id),
+        0 if pad is None else int(pad),
+    )
+    suffix_embeds = model.get_inputs_embeds(split.suffix_ids, user_ids, item_ids, user_node_embeddings)
+    dtype = str(suffix_embeds.dtype)
+    keys = [PrefixKey(user, text_hash, llm_key, dtype, layout) for user, text_hash in zip(users, split.prefix_hashes)]
+    prefix = cached_prefix(model.llm, store, split, keys)
+    hidden = forward_with_prefix(model.llm, prefix, suffix_embeds, split.suffix_mask)
+    return hidden[split.suffix_ids == config.slot_token_id].view(input_ids.shape[0], config.num_slots, -1)

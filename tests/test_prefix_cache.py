@@ -12,7 +12,7 @@ from glta_hf.prefix_cache import (
     PrefixKey,
     PrefixKV,
     PrefixStore,
-    cached_prefix,
+    cached_slot_hidden_states,
     check_cacheable,
     forward_with_prefix,
     llm_fingerprint,
@@ -97,16 +97,17 @@ def _model_grads(model):
 
 @pytest.mark.parametrize("head", ["linear", "factorized"])
 @pytest.mark.parametrize("layout", ["paper", "text_first"])
-def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout):
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout, padding_side):
     tiny = build_tiny(tmp_path, head=head, prompt={"layout": layout})
     model = tiny.model
     model.set_trainable("user+item")
-    # right padding and per-row profiles: mixed prefix lengths under text_first (profiles are in the prefix)
+    # per-row profiles: mixed prefix lengths under text_first (profiles are in the prefix)
     cfg = model.prompt_config
     profiles = ["Likes animation and long comedies.", None, "Crime."]
     encoded = [encode_prompt(tiny.tokenizer, user_item_prompt(u, h, cfg, profile=p, targets=t), cfg)
                for u, h, p, t in zip((0, 1, 2), ((1, 2, 3), (4,), (5, 6)), profiles, ((5, 6), (7,), (8, 9, 10)))]
-    batch = collate_prompts(encoded, tiny.tokenizer.pad_token_id, cfg.num_slots, padding_side="right")
+    batch = collate_prompts(encoded, tiny.tokenizer.pad_token_id, cfg.num_slots, padding_side=padding_side)
     lengths = [e.prefix_length for e in encoded]
     assert len(set(lengths)) == (3 if layout == "text_first" else 1)
 
@@ -121,12 +122,11 @@ def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout):
     assert split.prefix_lengths == lengths and split.prefix_hashes == [e.prefix_hash for e in encoded]
     store = PrefixStore(max_bytes=1 << 20)
     llm_key = llm_fingerprint(model.llm, str(tiny.llm_dir))
-    keys = [PrefixKey(u, h, llm_key, "torch.float32", layout) for u, h in zip((0, 1, 2), split.prefix_hashes)]
     for step in range(2):
-        prefix = cached_prefix(model.llm, store, split, keys)
-        suffix_embeds = model.get_inputs_embeds(split.suffix_ids, batch["user_ids"], batch["item_ids"])
-        hidden = forward_with_prefix(model.llm, prefix, suffix_embeds, split.suffix_mask)
-        slot_hidden = hidden[split.suffix_ids == ids["<slot>"]].view(3, cfg.num_slots, -1)
+        slot_hidden = cached_slot_hidden_states(
+            model, store, [0, 1, 2], batch["input_ids"], batch["attention_mask"], batch["user_ids"], batch["item_ids"],
+            llm_key=llm_key, layout=layout,
+        )
         logits = model.score_slots(slot_hidden)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=-100)
         torch.testing.assert_close(logits, out.logits, **TOL)
