@@ -79,11 +79,13 @@ def check_cacheable(llm: nn.Module) -> None:
             f"prefix caching is refused: the LLM is in training mode with attention_dropout="
             f"{config.attention_dropout}, so its prefix states are random; call llm.eval()."
         )
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types) or getattr(config, "sliding_window", None):
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:  # older configs: a sliding window is in use unless switched off (Qwen2's flag)
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        layer_types = ["sliding_attention" if window else "full_attention"]
+    if any(kind != "full_attention" for kind in layer_types):
         raise PrefixCacheError(
-            f"prefix caching supports full-attention layers only; this LLM has layer types {sorted(set(layer_types))} "
-            f"(sliding_window={getattr(config, 'sliding_window', None)})"
+            f"prefix caching supports full-attention layers only; this LLM has layer types {sorted(set(layer_types))}"
         )
 
 
@@ -518,6 +520,7 @@ class PrefixStore:
 def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey]) -> PrefixKV:
     """The batch's prefix states (left-padded, on the LLM's device): from ``store``, computing only missing rows
     (one batched no-grad forward)."""
+    check_cacheable(llm)  # also when every prefix is served: the LLM may have changed since they were computed
     if len(keys) != len(split.prefix_lengths):
         raise PrefixCacheError(f"{len(keys)} prefix keys for a batch of {len(split.prefix_lengths)} rows")
 

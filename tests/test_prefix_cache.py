@@ -231,6 +231,23 @@ def test_check_cacheable_refuses_lora_and_trainable_llm(llm):
         check_cacheable(plain.model)
 
 
+def test_bad_inputs_are_clear_errors(llm):
+    with pytest.raises(PrefixCacheError, match="row 1 has no placeholder"):
+        split_prompt_batch(torch.tensor([[5, 9, 400], [5, 6, 7]]), torch.ones(2, 3), [400, 401, 402])
+    kv = prefix_key_values(llm, torch.tensor([[3, 4]]), torch.ones(1, 2, dtype=torch.long))
+    with pytest.raises(PrefixCacheError, match="1 cached prefixes for a suffix batch of 2"):
+        forward_with_prefix(llm, kv, torch.zeros(2, 3, 32), torch.ones(2, 3))
+    with pytest.raises(PrefixCacheError, match="mask"):
+        PrefixKV(kv.keys, kv.values, kv.mask[:, :1])
+    with pytest.raises(PrefixCacheError, match="max_bytes"):
+        PrefixStore(max_bytes=-1)
+    sliding, _ = tiny_llama(seed=0)
+    sliding.requires_grad_(False)
+    sliding.model.config.layer_types = ["sliding_attention", "full_attention"]
+    with pytest.raises(PrefixCacheError, match="full-attention"):
+        check_cacheable(sliding.model)
+
+
 def test_llm_fingerprint_tells_truncated_or_other_weights_apart():
     a, _ = tiny_llama(seed=0)
     b, _ = tiny_llama(seed=1)
