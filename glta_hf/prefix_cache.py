@@ -428,6 +428,8 @@ class PrefixStore:
             raise PrefixCacheError(f"PrefixStore keys must be PrefixKey(user, text_hash, llm, dtype, layout), got {key!r}")
         if any(part is None or part == "" for part in key):
             raise PrefixCacheError(f"PrefixStore key has an empty part: {key!r}")
+        if not isinstance(key.user, (int, str)) and hasattr(key.user, "item"):  # numpy / torch scalars -> int
+            key = key._replace(user=key.user.item())
         return key
 
     def _remember(self, key: PrefixKey, entry: PrefixKV) -> PrefixKV:
@@ -536,7 +538,6 @@ def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: 
 def cached_slot_hidden_states(
     model: nn.Module,
     store: PrefixStore,
-    users: Sequence[Union[int, str]],
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor,
     user_ids: Optional[torch.LongTensor] = None,
@@ -545,15 +546,23 @@ def cached_slot_hidden_states(
     *,
     llm_key: str,
     layout: str,
+    users: Optional[Sequence[Union[int, str]]] = None,
 ) -> torch.Tensor:
     """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` -- equal to
     ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding, gradients included.
 
     ``model`` needs what ``GLTAForRecommendation`` has: ``llm``, ``config`` (placeholder ids, ``num_slots``) and
-    ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)``. ``users`` names each row's user
-    (part of the prefix key), ``llm_key`` is :func:`llm_fingerprint`, ``layout`` the prompt layout.
+    ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)``. ``llm_key`` is
+    :func:`llm_fingerprint`, ``layout`` the prompt layout. ``users`` names each row's user in the prefix key; by
+    default the row's ``user_ids`` entry when every row has one ``<user>`` token (user-item prompts), else
+    ``"*"``: the prefix is then keyed by its tokens alone (item-text prompts, "w/o UA", fold-in users), which is
+    still exact because the hash covers every prefix token.
     """
     config = model.config
+    if users is None:
+        per_row = (input_ids == config.user_token_id).sum(dim=1)
+        one_each = user_ids is not None and user_node_embeddings is None and bool((per_row == 1).all())
+        users = [int(u) for u in user_ids.reshape(-1).tolist()] if one_each else ["*"] * input_ids.shape[0]
     pad = getattr(model.llm.config, "pad_token_id", None)
     split = split_prompt_batch(
         input_ids, attention_mask, (config.user_token_id, config.item_token_id, config.slot_token_id),

@@ -20,7 +20,7 @@ from glta_hf.prefix_cache import (
     prefix_key_values,
     split_prompt_batch,
 )
-from glta_hf.prompts import collate_prompts, encode_prompt, placeholder_token_ids, user_item_prompt
+from glta_hf.prompts import collate_prompts, encode_prompt, item_text_prompt, placeholder_token_ids, user_item_prompt
 from glta_hf.testing import tiny_llama
 
 from conftest import build_tiny
@@ -101,7 +101,8 @@ def _model_grads(model):
 def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout, padding_side):
     tiny = build_tiny(tmp_path, head=head, prompt={"layout": layout})
     model = tiny.model
-    model.set_trainable("user+item")
+    assert {"user_projector.weight", "item_projector.weight", "slot_embeddings", "head.weight"} <= set(
+        model.set_trainable("user+item"))
     # per-row profiles: mixed prefix lengths under text_first (profiles are in the prefix)
     cfg = model.prompt_config
     profiles = ["Likes animation and long comedies.", None, "Crime."]
@@ -111,20 +112,26 @@ def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout, p
     lengths = [e.prefix_length for e in encoded]
     assert len(set(lengths)) == (3 if layout == "text_first" else 1)
 
+    split = split_prompt_batch(batch["input_ids"], batch["attention_mask"], placeholder_token_ids(tiny.tokenizer).values(),
+                               tiny.tokenizer.pad_token_id)
+    assert split.prefix_lengths == lengths and split.prefix_hashes == [e.prefix_hash for e in encoded]
+    store = _assert_cached_equals_uncached(model, batch, layout, str(tiny.llm_dir))
+    assert {k.user for k in store._memory} == {0, 1, 2}  # keyed by each row's user (from user_ids)
+
+
+def _assert_cached_equals_uncached(model, batch, layout, reference_name):
+    """Logits, loss and every trainable gradient of the cached path equal the uncached forward's, twice (the
+    second step is served from the store)."""
     out = model(**batch)
     out.loss.backward()
     reference = _model_grads(model)
-    assert {"user_projector.weight", "item_projector.weight", "slot_embeddings", "head.weight"} <= set(reference)
+    assert set(reference) == {n for n, p in model.named_parameters() if p.requires_grad}  # every trainable part
     model.zero_grad()
-
-    ids = placeholder_token_ids(tiny.tokenizer)
-    split = split_prompt_batch(batch["input_ids"], batch["attention_mask"], ids.values(), tiny.tokenizer.pad_token_id)
-    assert split.prefix_lengths == lengths and split.prefix_hashes == [e.prefix_hash for e in encoded]
     store = PrefixStore(max_bytes=1 << 20)
-    llm_key = llm_fingerprint(model.llm, str(tiny.llm_dir))
+    llm_key = llm_fingerprint(model.llm, reference_name)
     for step in range(2):
         slot_hidden = cached_slot_hidden_states(
-            model, store, [0, 1, 2], batch["input_ids"], batch["attention_mask"], batch["user_ids"], batch["item_ids"],
+            model, store, batch["input_ids"], batch["attention_mask"], batch.get("user_ids"), batch.get("item_ids"),
             llm_key=llm_key, layout=layout,
         )
         logits = model.score_slots(slot_hidden)
@@ -137,7 +144,24 @@ def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout, p
         for name in reference:
             torch.testing.assert_close(got[name], reference[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
         model.zero_grad()
-    assert store.stats["computed"] == 3 and store.stats["hits_memory"] == 3  # second step: served, not recomputed
+    rows = batch["input_ids"].shape[0]
+    assert store.stats["computed"] == rows and store.stats["hits_memory"] == rows  # step 2: served, not recomputed
+    return store
+
+
+@pytest.mark.parametrize("layout", ["paper", "text_first"])
+def test_item_text_prompts_cached_equal_uncached(tmp_path, layout):
+    tiny = build_tiny(tmp_path, prompt={"layout": layout})
+    model = tiny.model
+    trainable = model.set_trainable("item")
+    assert "item_projector.weight" in trainable
+    cfg = model.prompt_config
+    encoded = [encode_prompt(tiny.tokenizer, item_text_prompt(items, descriptions, cfg, token_order=order), cfg)
+               for items, descriptions, order in (([1, 2, 3], ["A long drama.", "Comedy.", "Heat."], [2, 0, 1]),
+                                                  ([4, 5], ["Toy Story, animated.", "Crime."], [1, 0]))]
+    batch = collate_prompts(encoded, tiny.tokenizer.pad_token_id, cfg.num_slots)
+    store = _assert_cached_equals_uncached(model, batch, layout, str(tiny.llm_dir))
+    assert {k.user for k in store._memory} == {"*"}  # no <user> token: keyed by the prefix tokens alone
 
 
 def _kv(length, value=1.0, layers=2, heads=2, dim=4):

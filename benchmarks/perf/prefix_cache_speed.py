@@ -163,8 +163,8 @@ def main():
 
     def slot_hidden(batch, batch_users, cached):
         if cached:
-            return cached_slot_hidden_states(model, store, batch_users, batch["input_ids"], batch["attention_mask"],
-                                             batch["user_ids"], batch["item_ids"], llm_key=llm_key, layout=args.layout)
+            return cached_slot_hidden_states(model, store, batch["input_ids"], batch["attention_mask"], batch["user_ids"],
+                                             batch["item_ids"], llm_key=llm_key, layout=args.layout, users=batch_users)
         return model.slot_hidden_states(batch["input_ids"], batch["attention_mask"], batch["user_ids"], batch["item_ids"])
 
     def train_step(batch, batch_users, cached):
