@@ -20,8 +20,8 @@ Templates (the paper's Fig. 1c/1d and Fig. 2a/2b; the figures are images, so the
 
 Layouts (``PromptConfig.layout``)
     ``"paper"`` (default): placeholders early, as in the paper's figures. ``"text_first"``: all fixed and free
-    text first, then the ``<user>`` / ``<item>`` placeholders, then the slots, so the longest possible prefix
-    contains no trainable input and can be computed once per user (exact prefix caching).
+    text first, then the ``<user>`` / ``<item>`` placeholders back to back (no separators), then the slots, so the
+    longest possible prefix contains no trainable input and is computed once per user (exact prefix caching).
 
 Rendering
     With ``use_chat_template`` and a tokenizer that has a chat template, the system + user messages are rendered
@@ -209,16 +209,15 @@ def item_text_prompt(
         raise ValueError(f"token_order must be a permutation of range({m}), got {token_order}")
     texts = {f"desc_{j}": _neutralize(d) for j, d in enumerate(descriptions)}
     listing = "\n".join(f"{j + 1}. {{desc_{j}}}" for j in range(m))
-    tokens = ", ".join([ITEM_TOKEN] * m)
-    if config.layout == "text_first":
+    if config.layout == "text_first":  # every word first, the tokens back to back at the end (see user_item_prompt)
         user = (
             f"Here are the descriptions of {m} items:\n{listing}\n"
-            f"Here are the tokens of these items, in a different order: {tokens}.\n"
-            "Output the item tokens in the order of the descriptions."
+            "Output the item tokens below in the order of the descriptions. "
+            f"The tokens of these items, in a different order: {ITEM_TOKEN * m}"
         )
     else:
         user = (
-            f"Here are {m} item tokens: {tokens}.\n"
+            f"Here are {m} item tokens: {', '.join([ITEM_TOKEN] * m)}.\n"
             f"Here are the descriptions of these items, in a different order:\n{listing}\n"
             "Output the item tokens in the order of the descriptions."
         )
@@ -245,7 +244,8 @@ def user_item_prompt(
     """User-item alignment (Fig. 2b): ``<user>``, the last H history items as ``<item>``, profile, prediction.
 
     ``config.layout == "text_first"`` puts the instruction, profile and prediction before the ``<user>`` /
-    ``<item>`` line (the cacheable prefix is then everything up to ``<user>``).
+    ``<item>`` line, whose placeholders stand back to back at its end (the cacheable prefix is then everything up
+    to ``<user>``; the rest is ~H + L + 7 tokens).
 
     ``user_id`` is the row in ``E_u``; with ``config.user_as_text`` ("w/o UA") no ``<user>`` token is used and the
     user is named by ``user_text`` (default: ``str(user_id)``). Profile / prediction are left out when None/empty
@@ -260,7 +260,17 @@ def user_item_prompt(
     else:
         who = f"User {USER_TOKEN}"
         user_ids = [int(user_id)]
-    placeholders = f"{who} has interacted with these items: {', '.join([ITEM_TOKEN] * len(history)) or '(none)'}."
+    if config.layout == "text_first":
+        # Every fixed word before the first placeholder and the placeholders back to back (no ", " between them,
+        # 2 tokens per item): what runs with gradients is only <user>, the <item>s, the chat template's closing
+        # tokens and the slots.
+        tokens = ITEM_TOKEN * len(history) or "(none)"
+        if config.user_as_text:
+            placeholders = f"{who}. The tokens of the items this user has interacted with: {tokens}"
+        else:
+            placeholders = f"The user's token, then the tokens of the items this user has interacted with: {USER_TOKEN}{tokens}"
+    else:
+        placeholders = f"{who} has interacted with these items: {', '.join([ITEM_TOKEN] * len(history)) or '(none)'}."
     instruction = "Recommend the items this user will interact with next, as item tokens."
     texts: Dict[str, str] = {}
     caps: Dict[str, int] = {}

@@ -154,10 +154,18 @@ def test_text_first_same_content_other_order(tok):
     pa = user_item_prompt(0, [1], paper, profile="P1", prediction="Q1")
     pb = user_item_prompt(0, [1], first, profile="P1", prediction="Q1")
     lines = lambda p: p.messages[1]["content"].format(**p.texts).splitlines()  # noqa: E731
-    assert sorted(lines(pa)) == sorted(lines(pb)) and lines(pa) != lines(pb)
+    assert lines(pa)[1:3] == lines(pb)[1:3] == ["Profile: P1", "Prediction: Q1"]
+    assert lines(pa)[3] == lines(pb)[0]  # the instruction: last in the paper's order, first in text_first
+    assert lines(pb)[-1].endswith(USER_TOKEN + ITEM_TOKEN)  # placeholders back to back, after every word
     a, b = render_prompt(tok, pa, paper), render_prompt(tok, pb, first)
     assert b.index("Profile: P1") < b.index(USER_TOKEN) and a.index(USER_TOKEN) < a.index("Profile: P1")
     assert b.endswith(SLOT_TOKEN * 2)
+    enc = encode_prompt(tok, user_item_prompt(0, [1, 2, 3], first, profile="P1"), first)
+    # uncached part: <user>, 3 <item>, the chat template's closing tokens, the slots -- no words
+    assert tok.decode(enc.input_ids[enc.prefix_length:]) == USER_TOKEN + ITEM_TOKEN * 3 + "<|im_end|>\n<|im_start|>assistant\n" + SLOT_TOKEN * 2
+    as_text = PromptConfig(num_slots=2, layout="text_first", user_as_text=True)
+    enc = encode_prompt(tok, user_item_prompt(0, [1], as_text, user_text="alice"), as_text)
+    assert "User alice" in tok.decode(enc.input_ids[: enc.prefix_length])  # the user's name is cacheable text
 
 
 def test_prefix_hash_identifies_the_prefix_tokens(tok):
