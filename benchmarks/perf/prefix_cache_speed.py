@@ -17,7 +17,8 @@ path's logits are checked against the uncached ones on the first batch before an
 
 Users: ``--dataset`` (ml-1m) users with real profile / prediction texts from ``--texts`` when that text cache
 exists, else synthetic texts of realistic length (movie titles and genres, cut to the prompt's caps: 96 + 64
-tokens), so prefixes are ~150-200 tokens and suffixes ~25 + H. Node embeddings are random (timing only).
+tokens), so prefixes are ~150-230 tokens; with text_first the suffix is ~H + L + 7 tokens (37 at H=20, L=10).
+Node embeddings are random (timing only).
 
     python benchmarks/perf/prefix_cache_speed.py                    # full 30-layer SmolLM2, batch 16
     python benchmarks/perf/prefix_cache_speed.py --layers 2 --batch 2 --users 4 --repeats 1 --recommend-requests 2
