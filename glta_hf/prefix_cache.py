@@ -21,6 +21,16 @@ Pieces (the model calls them in this order)
     * :func:`forward_with_prefix` -- the suffix through the LLM (with grad), attending to the prefix through a
       fresh ``DynamicCache`` -> the suffix's last hidden states.
 
+Example (one store per run, shared by training, evaluation and ``recommend()``)::
+
+    check_cacheable(model.llm)                       # once, when caching is switched on
+    store = PrefixStore(max_bytes=8 << 30)           # + folder=... to keep the prefixes for later runs / serving
+    llm_key = llm_fingerprint(model.llm, model.config.llm_name_or_path)
+    slot_hidden = cached_slot_hidden_states(model, store, batch["input_ids"], batch["attention_mask"],
+                                            batch["user_ids"], batch["item_ids"], llm_key=llm_key,
+                                            layout=model.prompt_config.layout)
+    logits = model.score_slots(slot_hidden)          # == model(**batch).logits, gradients included
+
 A :class:`PrefixKV` never leaves this module inside a cache object: every forward builds a new ``DynamicCache``
 from the stored tensors (``DynamicCache`` grows by concatenation, so the stored tensors are never modified).
 """
