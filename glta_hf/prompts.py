@@ -18,6 +18,11 @@ Templates (the paper's Fig. 1c/1d and Fig. 2a/2b; the figures are images, so the
       ("what this user likes") and prediction ("what this user will want next") texts, built from the texts of
       the user's TRAINING items. Render them with :func:`render_generation_prompt`.
 
+Layouts (``PromptConfig.layout``)
+    ``"paper"`` (default): placeholders early, as in the paper's figures. ``"text_first"``: all fixed and free
+    text first, then the ``<user>`` / ``<item>`` placeholders back to back (no separators), then the slots, so the
+    longest possible prefix contains no trainable input and is computed once per user (exact prefix caching).
+
 Rendering
     With ``use_chat_template`` and a tokenizer that has a chat template, the system + user messages are rendered
     with ``apply_chat_template(add_generation_prompt=True)`` and the L ``<slot>`` tokens are appended right after
@@ -26,7 +31,9 @@ Rendering
 
 Encoding
     ``encode_prompt(tokenizer, prompt, config) -> EncodedPrompt`` (``input_ids``, ``user_ids``, ``item_ids``,
-    ``targets``, ``num_user_tokens`` / ``num_item_tokens`` / ``num_slot_tokens``). Free text is first cut to its
+    ``targets``, ``num_user_tokens`` / ``num_item_tokens`` / ``num_slot_tokens``, ``prefix_length`` /
+    ``prefix_hash``: the leading placeholder-free tokens a frozen LLM's cache may hold, see
+    ``glta_hf.prefix_cache``). Free text is first cut to its
     per-field cap (``max_description_tokens``, ``max_profile_tokens``, ``max_prediction_tokens``); if the prompt is
     still longer than ``max_length``, the longest free-text field is shortened until it fits. Placeholders are
     never dropped: if the template and placeholders alone exceed ``max_length`` a ``ValueError`` is raised.
@@ -46,14 +53,16 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 USER_TOKEN = "<user>"
 ITEM_TOKEN = "<item>"
 SLOT_TOKEN = "<slot>"
 PLACEHOLDER_TOKENS = (USER_TOKEN, ITEM_TOKEN, SLOT_TOKEN)
+PROMPT_LAYOUTS = ("paper", "text_first")
 _NEUTRALIZED = {USER_TOKEN: "(user)", ITEM_TOKEN: "(item)", SLOT_TOKEN: "(slot)"}
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -78,6 +87,14 @@ class PromptConfig:
     include_prediction: bool = True
     user_as_text: bool = False  # "w/o UA" ablation: the user id as text instead of the <user> token
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # "paper": placeholders early (the paper's Fig. 2); "text_first": every fixed text (system prompt, instruction,
+    # profile, prediction / descriptions) before the first placeholder, so a frozen LLM's states over that text
+    # can be cached (glta_hf.prefix_cache) -- same information, another order.
+    layout: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"PromptConfig.layout must be one of {PROMPT_LAYOUTS}, got {self.layout!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +132,10 @@ class EncodedPrompt:
     num_user_tokens: int
     num_item_tokens: int
     num_slot_tokens: int
+    # Leading tokens before the first placeholder: no trainable input reaches them, so a frozen LLM's key/value
+    # states over them are a function of these ids alone (cacheable); prefix_hash identifies those ids.
+    prefix_length: int = 0
+    prefix_hash: str = ""
 
     @property
     def num_placeholders(self) -> Dict[str, int]:
@@ -188,11 +209,18 @@ def item_text_prompt(
         raise ValueError(f"token_order must be a permutation of range({m}), got {token_order}")
     texts = {f"desc_{j}": _neutralize(d) for j, d in enumerate(descriptions)}
     listing = "\n".join(f"{j + 1}. {{desc_{j}}}" for j in range(m))
-    user = (
-        f"Here are {m} item tokens: {', '.join([ITEM_TOKEN] * m)}.\n"
-        f"Here are the descriptions of these items, in a different order:\n{listing}\n"
-        "Output the item tokens in the order of the descriptions."
-    )
+    if config.layout == "text_first":  # every word first, the tokens back to back at the end (see user_item_prompt)
+        user = (
+            f"Here are the descriptions of {m} items:\n{listing}\n"
+            "Output the item tokens below in the order of the descriptions. "
+            f"The tokens of these items, in a different order: {ITEM_TOKEN * m}"
+        )
+    else:
+        user = (
+            f"Here are {m} item tokens: {', '.join([ITEM_TOKEN] * m)}.\n"
+            f"Here are the descriptions of these items, in a different order:\n{listing}\n"
+            "Output the item tokens in the order of the descriptions."
+        )
     return Prompt(
         kind="item_text",
         messages=[{"role": "system", "content": _esc(config.system_prompt)}, {"role": "user", "content": user}],
@@ -215,6 +243,10 @@ def user_item_prompt(
 ) -> Prompt:
     """User-item alignment (Fig. 2b): ``<user>``, the last H history items as ``<item>``, profile, prediction.
 
+    ``config.layout == "text_first"`` puts the instruction, profile and prediction before the ``<user>`` /
+    ``<item>`` line, whose placeholders stand back to back at its end (the cacheable prefix is then everything up
+    to ``<user>``; the rest is ~H + L + 7 tokens).
+
     ``user_id`` is the row in ``E_u``; with ``config.user_as_text`` ("w/o UA") no ``<user>`` token is used and the
     user is named by ``user_text`` (default: ``str(user_id)``). Profile / prediction are left out when None/empty
     or when switched off in the config. ``targets`` (<= L item rows) become the slot labels.
@@ -228,16 +260,31 @@ def user_item_prompt(
     else:
         who = f"User {USER_TOKEN}"
         user_ids = [int(user_id)]
-    lines = [f"{who} has interacted with these items: {', '.join([ITEM_TOKEN] * len(history)) or '(none)'}."]
+    if config.layout == "text_first":
+        # Every fixed word before the first placeholder and the placeholders back to back (no ", " between them,
+        # 2 tokens per item): what runs with gradients is only <user>, the <item>s, the chat template's closing
+        # tokens and the slots.
+        tokens = ITEM_TOKEN * len(history) or "(none)"
+        if config.user_as_text:
+            placeholders = f"{who}. The tokens of the items this user has interacted with: {tokens}"
+        else:
+            placeholders = f"The user's token, then the tokens of the items this user has interacted with: {USER_TOKEN}{tokens}"
+    else:
+        placeholders = f"{who} has interacted with these items: {', '.join([ITEM_TOKEN] * len(history)) or '(none)'}."
+    instruction = "Recommend the items this user will interact with next, as item tokens."
     texts: Dict[str, str] = {}
     caps: Dict[str, int] = {}
+    text_lines = []
     if config.include_profile and profile:
         texts["profile"], caps["profile"] = _neutralize(profile), config.max_profile_tokens
-        lines.append("Profile: {profile}")
+        text_lines.append("Profile: {profile}")
     if config.include_prediction and prediction:
         texts["prediction"], caps["prediction"] = _neutralize(prediction), config.max_prediction_tokens
-        lines.append("Prediction: {prediction}")
-    lines.append("Recommend the items this user will interact with next, as item tokens.")
+        text_lines.append("Prediction: {prediction}")
+    if config.layout == "text_first":
+        lines = [instruction, *text_lines, placeholders]
+    else:
+        lines = [placeholders, *text_lines, instruction]
     return Prompt(
         kind="user_item",
         messages=[{"role": "system", "content": _esc(config.system_prompt)}, {"role": "user", "content": "\n".join(lines)}],
@@ -341,6 +388,7 @@ def encode_prompt(tokenizer, prompt: Prompt, config: PromptConfig, max_length: O
                 f"max_length={max_length}: lower max_history / num_slots or raise max_length"
             )
         texts[longest] = _cut(tokenizer, texts[longest], lengths[longest] - overflow)
+    prefix_length = cacheable_prefix_length(input_ids, ids_of.values())
     counts = {t: input_ids.count(i) for t, i in ids_of.items()}
     expected = {USER_TOKEN: len(prompt.user_ids), ITEM_TOKEN: len(prompt.item_ids), SLOT_TOKEN: config.num_slots}
     if counts != expected:
@@ -353,7 +401,21 @@ def encode_prompt(tokenizer, prompt: Prompt, config: PromptConfig, max_length: O
         num_user_tokens=counts[USER_TOKEN],
         num_item_tokens=counts[ITEM_TOKEN],
         num_slot_tokens=counts[SLOT_TOKEN],
+        prefix_length=prefix_length,
+        prefix_hash=prefix_hash(input_ids[:prefix_length]),
     )
+
+
+def cacheable_prefix_length(input_ids: Sequence[int], placeholder_ids: Iterable[int]) -> int:
+    """How many leading tokens come before the first placeholder (all of them when there is none)."""
+    placeholder_ids = set(int(i) for i in placeholder_ids)
+    return next((pos for pos, token in enumerate(input_ids) if int(token) in placeholder_ids), len(input_ids))
+
+
+def prefix_hash(prefix_ids: Sequence[int]) -> str:
+    """A stable identifier of a prefix: SHA-256 of its token ids (the exact input the LLM sees, not the text,
+    which may not round-trip through the tokenizer)."""
+    return hashlib.sha256(",".join(str(int(i)) for i in prefix_ids).encode("ascii")).hexdigest()[:32]
 
 
 def collate_prompts(

@@ -127,3 +127,58 @@ def test_generation_messages(tok):
     pred = prediction_messages(["Toy Story (1995)"], profile="Likes animation.")
     assert "Likes animation." in pred[1]["content"]
     assert render_generation_prompt(tok, msgs).endswith("<|im_start|>assistant\n")
+
+
+def _first_placeholder(tok, ids):
+    return min(ids.index(i) for i in placeholder_token_ids(tok).values() if i in ids)
+
+
+@pytest.mark.parametrize("layout", ["paper", "text_first"])
+def test_prefix_length_ends_at_the_first_placeholder(tok, layout):
+    cfg = PromptConfig(num_slots=3, layout=layout)
+    enc = encode_prompt(tok, user_item_prompt(3, [1, 2], cfg, profile="Likes comedies.", prediction="Dramas."), cfg)
+    assert enc.prefix_length == _first_placeholder(tok, enc.input_ids) > 0
+    assert enc.input_ids[enc.prefix_length] == placeholder_token_ids(tok)[USER_TOKEN]
+    prefix_text = tok.decode(enc.input_ids[: enc.prefix_length])
+    # text_first: the whole free text (profile, prediction) and the instruction are in the cacheable prefix
+    assert ("Likes comedies." in prefix_text and "Recommend the items" in prefix_text) == (layout == "text_first")
+    suffix_text = tok.decode(enc.input_ids[enc.prefix_length:])
+    assert ("Profile:" in suffix_text) == (layout == "paper")
+    items = encode_prompt(tok, item_text_prompt([1, 2], ["first", "second"], cfg, token_order=[1, 0]), cfg)
+    assert items.input_ids[items.prefix_length] == placeholder_token_ids(tok)[ITEM_TOKEN]
+    assert ("second" in tok.decode(items.input_ids[: items.prefix_length])) == (layout == "text_first")
+
+
+def test_text_first_same_content_other_order(tok):
+    paper, first = PromptConfig(num_slots=2), PromptConfig(num_slots=2, layout="text_first")
+    pa = user_item_prompt(0, [1], paper, profile="P1", prediction="Q1")
+    pb = user_item_prompt(0, [1], first, profile="P1", prediction="Q1")
+    lines = lambda p: p.messages[1]["content"].format(**p.texts).splitlines()  # noqa: E731
+    assert lines(pa)[1:3] == lines(pb)[1:3] == ["Profile: P1", "Prediction: Q1"]
+    assert lines(pa)[3] == lines(pb)[0]  # the instruction: last in the paper's order, first in text_first
+    assert lines(pb)[-1].endswith(USER_TOKEN + ITEM_TOKEN)  # placeholders back to back, after every word
+    a, b = render_prompt(tok, pa, paper), render_prompt(tok, pb, first)
+    assert b.index("Profile: P1") < b.index(USER_TOKEN) and a.index(USER_TOKEN) < a.index("Profile: P1")
+    assert b.endswith(SLOT_TOKEN * 2)
+    enc = encode_prompt(tok, user_item_prompt(0, [1, 2, 3], first, profile="P1"), first)
+    # uncached part: <user>, 3 <item>, the chat template's closing tokens, the slots -- no words
+    assert tok.decode(enc.input_ids[enc.prefix_length:]) == USER_TOKEN + ITEM_TOKEN * 3 + "<|im_end|>\n<|im_start|>assistant\n" + SLOT_TOKEN * 2
+    as_text = PromptConfig(num_slots=2, layout="text_first", user_as_text=True)
+    enc = encode_prompt(tok, user_item_prompt(0, [1], as_text, user_text="alice"), as_text)
+    assert "User alice" in tok.decode(enc.input_ids[: enc.prefix_length])  # the user's name is cacheable text
+
+
+def test_prefix_hash_identifies_the_prefix_tokens(tok):
+    cfg = PromptConfig(num_slots=2, layout="text_first")
+    enc = lambda user, hist, profile: encode_prompt(tok, user_item_prompt(user, hist, cfg, profile=profile), cfg)  # noqa: E731
+    base = enc(0, [1, 2], "Likes comedies.")
+    assert base.prefix_hash == enc(4, [3], "Likes comedies.").prefix_hash  # placeholders are not in the prefix
+    assert base.prefix_hash != enc(0, [1, 2], "Likes dramas.").prefix_hash
+    assert len(base.prefix_hash) == 32
+
+
+def test_layout_is_validated_and_round_trips():
+    with pytest.raises(ValueError, match="layout"):
+        PromptConfig(layout="sideways")
+    assert PromptConfig.from_dict(PromptConfig(layout="text_first").to_dict()).layout == "text_first"
+    assert PromptConfig.from_dict({"num_slots": 3}).layout == "paper"  # configs written before the option

@@ -1,0 +1,586 @@
+"""Exact cached text prefixes: a frozen LLM's key/value states over the placeholder-free start of a prompt.
+
+Why this is exact
+    The LLM is frozen and every token before a prompt's first placeholder (``<user>`` / ``<item>`` / ``<slot>``) is
+    plain text, so that prefix's key/value states depend on no trainable weight and no trainable input. Position
+    ids come from the attention mask (cumsum, as in the model's forward), so a prefix's states do not depend on
+    how much left padding it had when it was computed. Running the prefix once under ``torch.no_grad`` and only
+    the suffix (placeholders, slots, the text between them) with gradients therefore gives the same suffix hidden
+    states and the same gradients as the full forward, with any mix of prefix and suffix lengths in a batch.
+    It is wrong when the prefix passes through trainable weights (LoRA, unfrozen layers): :func:`check_cacheable`
+    refuses those with :class:`PrefixCacheError`.
+
+Pieces (the model calls them in this order)
+    * :func:`split_prompt_batch` -- a collated batch (any padding side) -> left-padded prefix ids / mask and
+      left-padded suffix ids / mask (the L slots end every suffix row), plus per-row prefix lengths and hashes.
+    * :func:`prefix_key_values` -- run prefixes through the frozen LLM (no grad) -> :class:`PrefixKV`.
+    * :class:`PrefixStore` -- per-prefix :class:`PrefixKV` entries keyed by :class:`PrefixKey` (user, prefix
+      hash, LLM, dtype, layout): an LRU in memory under a byte budget, spilled to memory-mapped safetensors
+      shards on disk; :meth:`PrefixStore.get_or_compute` computes only the missing prefixes, in one batched call.
+    * :func:`cached_prefix` -- the two above together: the batch's prefixes from the store, left-padded.
+    * :func:`forward_with_prefix` -- the suffix through the LLM (with grad), attending to the prefix through a
+      fresh ``DynamicCache`` -> the suffix's last hidden states.
+
+Example (one store per run, shared by training, evaluation and ``recommend()``)::
+
+    check_cacheable(model.llm)                       # once, when caching is switched on
+    store = PrefixStore(max_bytes=8 << 30)           # + folder=... to keep the prefixes for later runs / serving
+    llm_key = llm_fingerprint(model.llm, model.config.llm_name_or_path)
+    slot_hidden = cached_slot_hidden_states(model, store, batch["input_ids"], batch["attention_mask"],
+                                            batch["user_ids"], batch["item_ids"], llm_key=llm_key,
+                                            layout=model.prompt_config.layout)
+    logits = model.score_slots(slot_hidden)          # == model(**batch).logits, gradients included
+
+A :class:`PrefixKV` never leaves this module inside a cache object: every forward builds a new ``DynamicCache``
+from the stored tensors (``DynamicCache`` grows by concatenation, so the stored tensors are never modified).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import GLTAError
+from .io_utils import read_json, save_safetensors, write_json
+from .prompts import prefix_hash
+
+INDEX_NAME = "prefix_index.json"
+SHARD_PATTERN = "prefix-{:05d}.safetensors"
+
+
+class PrefixCacheError(GLTAError, ValueError):
+    """Prefix caching would not be exact for this LLM (trainable or adapted weights, sliding-window attention), or
+    its inputs are inconsistent (shapes, masks, store files)."""
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def check_cacheable(llm: nn.Module) -> None:
+    """Raise :class:`PrefixCacheError` (saying why) unless caching ``llm``'s prefix states is exact.
+
+    Refused: a PEFT / LoRA adapter (the prefix would pass through trainable adapter weights), any LLM parameter
+    that requires grad, attention dropout while training, and layers other than full attention (a sliding
+    window counts cache slots, not positions, so left padding would shift it).
+    """
+    if hasattr(llm, "peft_config") or any("lora_" in name for name, _ in llm.named_parameters()):
+        raise PrefixCacheError(
+            "prefix caching is refused: the LLM carries a PEFT/LoRA adapter, so the prefix's key/value states depend "
+            "on trainable adapter weights and a cached prefix would go stale after every optimizer step. "
+            "Train without LoRA or run the uncached forward."
+        )
+    trainable = [name for name, param in llm.named_parameters() if param.requires_grad]
+    if trainable:
+        raise PrefixCacheError(
+            f"prefix caching is refused: {len(trainable)} LLM parameters require grad (e.g. {trainable[:3]}), so "
+            "the prefix's states are not fixed; freeze the LLM (glta_hf.backbone.freeze) or run the uncached forward."
+        )
+    config = getattr(llm, "config", None)
+    if llm.training and float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
+        raise PrefixCacheError(
+            f"prefix caching is refused: the LLM is in training mode with attention_dropout="
+            f"{config.attention_dropout}, so its prefix states are random; call llm.eval()."
+        )
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:  # older configs: a sliding window is in use unless switched off (Qwen2's flag)
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        layer_types = ["sliding_attention" if window else "full_attention"]
+    if any(kind != "full_attention" for kind in layer_types):
+        raise PrefixCacheError(
+            f"prefix caching supports full-attention layers only; this LLM has layer types {sorted(set(layer_types))}"
+        )
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Position ids from a 2-D attention mask (0 at the first real token; padding gets 0): the model's rule."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+# ----------------------------------------------------------------------------------------------- key/value states
+
+
+@dataclass(frozen=True)
+class PrefixKV:
+    """Key/value states of a batch of prefixes, left-padded.
+
+    ``keys`` / ``values``: (layers, batch, kv_heads, prefix_len, head_dim) after rotary embedding, as the LLM's
+    cache holds them; ``mask``: (batch, prefix_len), 1 = real token. Rows are padded on the left, so a row's real
+    tokens are its last ``lengths[row]`` columns.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.keys.shape != self.values.shape or self.keys.dim() != 5:
+            raise PrefixCacheError(
+                f"PrefixKV needs keys and values of one shape (layers, batch, heads, length, head_dim), got "
+                f"{tuple(self.keys.shape)} and {tuple(self.values.shape)}"
+            )
+        if tuple(self.mask.shape) != (self.keys.shape[1], self.keys.shape[3]):
+            raise PrefixCacheError(
+                f"PrefixKV mask has shape {tuple(self.mask.shape)}, expected (batch, length)="
+                f"{(self.keys.shape[1], self.keys.shape[3])}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def lengths(self) -> List[int]:
+        return self.mask.long().sum(dim=1).tolist()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.mask))
+
+    def rows(self) -> List["PrefixKV"]:
+        """One unpadded single-row :class:`PrefixKV` per sample (what the store keeps); copies, not views."""
+        out = []
+        for row, length in enumerate(self.lengths):
+            cols = slice(self.keys.shape[3] - length, None)
+            out.append(PrefixKV(
+                self.keys[:, row : row + 1, :, cols].clone(),
+                self.values[:, row : row + 1, :, cols].clone(),
+                self.mask[row : row + 1, cols].clone(),
+            ))
+        return out
+
+    @classmethod
+    def concat(cls, entries: Sequence["PrefixKV"], device=None) -> "PrefixKV":
+        """Stack single- or multi-row entries into one left-padded batch (padding states are zeros, masked out)."""
+        if not entries:
+            raise PrefixCacheError("PrefixKV.concat needs at least one entry")
+        device = device if device is not None else entries[0].keys.device
+        layers, _, heads, _, head_dim = entries[0].keys.shape
+        width = max(e.keys.shape[3] for e in entries)
+        batch = sum(e.batch_size for e in entries)
+        ref = entries[0].keys
+        keys = torch.zeros(layers, batch, heads, width, head_dim, dtype=ref.dtype, device=device)
+        values = torch.zeros_like(keys)
+        mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+        row = 0
+        for e in entries:
+            if e.keys.shape[0] != layers or e.keys.shape[2] != heads or e.keys.shape[4] != head_dim or e.keys.dtype != ref.dtype:
+                raise PrefixCacheError(
+                    f"PrefixKV.concat: entry of shape {tuple(e.keys.shape)} / {e.keys.dtype} does not match "
+                    f"{tuple(ref.shape)} / {ref.dtype} (prefixes of another LLM or dtype)"
+                )
+            n, length = e.batch_size, e.keys.shape[3]
+            keys[:, row : row + n, :, width - length :] = e.keys.to(device)
+            values[:, row : row + n, :, width - length :] = e.values.to(device)
+            mask[row : row + n, width - length :] = e.mask.to(device)
+            row += n
+        return cls(keys, values, mask)
+
+    def to(self, device) -> "PrefixKV":
+        return PrefixKV(self.keys.to(device), self.values.to(device), self.mask.to(device))
+
+    def to_cache(self, config=None):
+        """A NEW ``DynamicCache`` holding these states (the LLM appends the suffix's states to it, not to us)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(
+            ddp_cache_data=[(self.keys[layer], self.values[layer]) for layer in range(self.keys.shape[0])], config=config
+        )
+
+
+def _embed(llm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The LLM's token embeddings; padding columns look up a valid id (their states are masked out)."""
+    safe_id = getattr(llm.config, "pad_token_id", None)
+    safe_id = 0 if safe_id is None else int(safe_id)
+    return llm.get_input_embeddings()(input_ids.masked_fill(attention_mask == 0, safe_id))
+
+
+@torch.no_grad()
+def prefix_key_values(llm: nn.Module, prefix_ids: torch.LongTensor, prefix_mask: torch.Tensor) -> PrefixKV:
+    """Run left-padded placeholder-free prefixes through the frozen LLM once; return their key/value states."""
+    from transformers import DynamicCache
+
+    check_cacheable(llm)
+    if prefix_ids.shape != prefix_mask.shape or prefix_ids.dim() != 2:
+        raise PrefixCacheError(f"prefix ids {tuple(prefix_ids.shape)} and mask {tuple(prefix_mask.shape)} must be one (batch, length) shape")
+    device = llm.get_input_embeddings().weight.device
+    prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device).long()
+    cache = DynamicCache(config=llm.config)
+    llm(
+        inputs_embeds=_embed(llm, prefix_ids, prefix_mask),
+        attention_mask=prefix_mask,
+        position_ids=positions_from_mask(prefix_mask),
+        cache=cache,
+        use_cache=True,
+    )
+    keys = torch.stack([layer.keys for layer in cache.layers])
+    values = torch.stack([layer.values for layer in cache.layers])
+    return PrefixKV(keys, values, prefix_mask)
+
+
+def forward_with_prefix(llm: nn.Module, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, S, hidden) of the suffix, which attends to the cached prefix (same rows).
+
+    Runs with gradients w.r.t. ``suffix_embeds`` (placeholder / slot vectors); positions continue each row's
+    prefix (cumsum of the combined mask), and padding in either part is masked.
+    """
+    if suffix_embeds.dim() != 3 or tuple(suffix_mask.shape) != tuple(suffix_embeds.shape[:2]):
+        raise PrefixCacheError(
+            f"suffix_embeds {tuple(suffix_embeds.shape)} must be (batch, length, hidden) with a (batch, length) mask, "
+            f"got mask {tuple(suffix_mask.shape)}"
+        )
+    if prefix.batch_size != suffix_embeds.shape[0]:
+        raise PrefixCacheError(f"{prefix.batch_size} cached prefixes for a suffix batch of {suffix_embeds.shape[0]}")
+    device = suffix_embeds.device
+    prefix = prefix.to(device)
+    if prefix.keys.dtype != suffix_embeds.dtype:
+        raise PrefixCacheError(f"cached prefix dtype {prefix.keys.dtype} differs from the suffix's {suffix_embeds.dtype}")
+    attention_mask = torch.cat([prefix.mask.long(), suffix_mask.to(device).long()], dim=1)
+    positions = positions_from_mask(attention_mask)[:, prefix.mask.shape[1] :]
+    out = llm(
+        inputs_embeds=suffix_embeds,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=prefix.to_cache(llm.config),
+        use_cache=True,
+    )
+    return out.last_hidden_state
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class PromptSplit:
+    """A prompt batch cut at each row's first placeholder; both parts left-padded (slots end every suffix row)."""
+
+    prefix_ids: torch.LongTensor
+    prefix_mask: torch.LongTensor
+    suffix_ids: torch.LongTensor
+    suffix_mask: torch.LongTensor
+    prefix_lengths: List[int]
+    prefix_hashes: List[str]
+
+
+def _left_pad(rows: Sequence[torch.Tensor], pad_id: int, device) -> Tuple[torch.LongTensor, torch.LongTensor]:
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r) :] = r
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def split_prompt_batch(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, placeholder_ids: Iterable[int], pad_token_id: int = 0
+) -> PromptSplit:
+    """Cut every row of a collated batch (left or right padded) before its first placeholder token.
+
+    The prefix is the rule of ``glta_hf.prompts.cacheable_prefix_length``; every row must hold a placeholder (the
+    slots), else there is nothing to compute with gradients and the row is refused.
+    """
+    placeholder = torch.tensor(sorted(int(i) for i in placeholder_ids), device=input_ids.device)
+    prefixes, suffixes = [], []
+    for row in range(input_ids.shape[0]):
+        tokens = input_ids[row][attention_mask[row].bool()]
+        hits = torch.isin(tokens, placeholder).nonzero()
+        if hits.numel() == 0:
+            raise PrefixCacheError(f"batch row {row} has no placeholder token: no suffix to run (slots missing?)")
+        cut = int(hits[0])
+        prefixes.append(tokens[:cut])
+        suffixes.append(tokens[cut:])
+    prefix_ids, prefix_mask = _left_pad(prefixes, pad_token_id, input_ids.device)
+    suffix_ids, suffix_mask = _left_pad(suffixes, pad_token_id, input_ids.device)
+    return PromptSplit(
+        prefix_ids, prefix_mask, suffix_ids, suffix_mask,
+        prefix_lengths=[len(p) for p in prefixes],
+        prefix_hashes=[prefix_hash(p.tolist()) for p in prefixes],
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the store
+
+
+class PrefixKey(NamedTuple):
+    """What a cached prefix depends on; a change in any part is another entry (a stale prefix is never served)."""
+
+    user: Union[int, str]  # the user (row or external id); None-like values are not allowed
+    text_hash: str  # glta_hf.prompts.prefix_hash of the prefix token ids
+    llm: str  # see llm_fingerprint
+    dtype: str  # the LLM's compute dtype, e.g. "torch.float32"
+    layout: str  # PromptConfig.layout
+
+    def name(self) -> str:
+        """A file-safe digest of the whole key (tensor names in the shards)."""
+        return hashlib.sha256(json.dumps(list(self)).encode("utf-8")).hexdigest()[:40]
+
+
+def llm_fingerprint(llm: nn.Module, reference: str) -> str:
+    """``reference`` plus the LLM's shape and a checksum of its embeddings and first/last layers' weights: a
+    truncated, re-quantized or other checkpoint behind the same reference gets another key."""
+    config = llm.config
+    layers = getattr(llm, "layers", None)
+    if layers is None and hasattr(llm, "get_decoder"):
+        layers = getattr(llm.get_decoder(), "layers", None)
+    parts = [llm.get_input_embeddings()] + ([layers[0], layers[-1]] if layers is not None and len(layers) else [])
+    digest = hashlib.sha256()
+    for module in parts:
+        for name, tensor in sorted(module.state_dict().items()):
+            if torch.is_tensor(tensor) and tensor.numel():
+                flat = tensor.detach().reshape(-1)
+                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
+                digest.update(repr(float(flat.float().sum())).encode() + repr(float(flat[:: max(1, flat.numel() // 4096)].float().abs().sum())).encode())
+    n_layers = len(layers) if layers is not None else getattr(config, "num_hidden_layers", "?")
+    return f"{reference}|{type(llm).__name__}|{n_layers}x{config.hidden_size}|{digest.hexdigest()[:16]}"
+
+
+class PrefixStore:
+    """Prefix key/value states for one run (training, evaluation and ``recommend()`` share it).
+
+    * Memory: an LRU of :class:`PrefixKV` rows under ``max_bytes``, kept on ``device`` (default: where they were
+      computed, i.e. on the LLM's GPU when it has one).
+    * Disk: entries evicted from memory are written to safetensors shards (memory-mapped when read back) in
+      ``folder`` (a temporary folder, deleted by :meth:`close`, when none is given), so a prefix is computed once
+      per run even when a dataset's prefixes exceed memory. With a ``folder``, every computed entry is also written
+      at once and indexed in ``prefix_index.json``, so a later run (or a server) reuses them.
+
+    Keys are complete (:class:`PrefixKey`): a changed user, text, LLM, dtype or layout misses and is recomputed.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30, folder=None, device=None):
+        if max_bytes < 0:
+            raise PrefixCacheError(f"PrefixStore max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.device = None if device is None else torch.device(device)
+        self.persistent = folder is not None
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self.folder: Optional[Path] = Path(folder) if folder is not None else None
+        self._memory: "OrderedDict[PrefixKey, PrefixKV]" = OrderedDict()
+        self._memory_bytes = 0
+        self._disk: Dict[PrefixKey, Tuple[str, str]] = {}  # key -> (shard file name, tensor name)
+        self._shards: Dict[str, object] = {}  # open safe_open handles (memory-mapped)
+        self.stats = {"hits_memory": 0, "hits_disk": 0, "computed": 0, "evicted": 0, "spilled": 0}
+        if self.folder is not None and (self.folder / INDEX_NAME).exists():
+            self._load_index()
+
+    # -- public
+
+    def __len__(self) -> int:
+        return len(set(self._memory) | set(self._disk))
+
+    def __contains__(self, key: PrefixKey) -> bool:
+        return key in self._memory or key in self._disk
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._memory_bytes
+
+    def get_or_compute(self, keys: Sequence[PrefixKey], compute_fn: Callable[[List[int]], PrefixKV]) -> List[PrefixKV]:
+        """The entry of every key, in order; ``compute_fn(positions)`` is called at most once, with the positions
+        (into ``keys``, first occurrence of each missing key) to compute, and must return their rows in that order."""
+        keys = [self._checked(k) for k in keys]
+        found: Dict[PrefixKey, PrefixKV] = {}
+        missing: List[int] = []
+        pending = set()
+        for pos, key in enumerate(keys):
+            if key in found or key in pending:
+                continue
+            entry = self._lookup(key)
+            if entry is None:
+                missing.append(pos)
+                pending.add(key)
+            else:
+                found[key] = entry
+        if missing:
+            batch = compute_fn(list(missing))
+            if not isinstance(batch, PrefixKV) or batch.batch_size != len(missing):
+                raise PrefixCacheError(
+                    f"compute_fn must return a PrefixKV with {len(missing)} rows, got "
+                    f"{batch.batch_size if isinstance(batch, PrefixKV) else type(batch).__name__}"
+                )
+            new = {keys[pos]: row for pos, row in zip(missing, batch.rows())}
+            self.stats["computed"] += len(new)
+            if self.persistent:
+                self._write_shard(new)
+            for key, row in new.items():
+                found[key] = self._remember(key, row)
+        self._evict()
+        return [found[k] for k in keys]
+
+    def close(self) -> None:
+        """Release shard handles and delete the temporary spill folder (a given ``folder`` is kept)."""
+        self._shards.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp, self.folder = None, None
+            self._disk.clear()
+
+    def __enter__(self) -> "PrefixStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- memory
+
+    @staticmethod
+    def _checked(key) -> PrefixKey:
+        if not isinstance(key, PrefixKey):
+            raise PrefixCacheError(f"PrefixStore keys must be PrefixKey(user, text_hash, llm, dtype, layout), got {key!r}")
+        if any(part is None or part == "" for part in key):
+            raise PrefixCacheError(f"PrefixStore key has an empty part: {key!r}")
+        if not isinstance(key.user, (int, str)) and hasattr(key.user, "item"):  # numpy / torch scalars -> int
+            key = key._replace(user=key.user.item())
+        return key
+
+    def _remember(self, key: PrefixKey, entry: PrefixKV) -> PrefixKV:
+        if self.device is None:
+            self.device = entry.keys.device
+        entry = entry.to(self.device)
+        self._memory[key] = entry
+        self._memory.move_to_end(key)
+        self._memory_bytes += entry.nbytes
+        return entry
+
+    def _lookup(self, key: PrefixKey) -> Optional[PrefixKV]:
+        entry = self._memory.get(key)
+        if entry is not None:
+            self._memory.move_to_end(key)
+            self.stats["hits_memory"] += 1
+            return entry
+        if key in self._disk:
+            self.stats["hits_disk"] += 1
+            return self._remember(key, self._read(key))
+        return None
+
+    def _evict(self) -> None:
+        """Drop least recently used entries until the budget holds; write those not yet on disk to a new shard.
+        Entries of the current batch stay valid for the caller (they are returned before eviction matters)."""
+        spill: Dict[PrefixKey, PrefixKV] = {}
+        while self._memory_bytes > self.max_bytes and self._memory:
+            key, entry = self._memory.popitem(last=False)
+            self._memory_bytes -= entry.nbytes
+            self.stats["evicted"] += 1
+            if key not in self._disk:
+                spill[key] = entry
+        if spill:
+            self.stats["spilled"] += len(spill)
+            self._write_shard(spill)
+
+    # -- disk
+
+    def _spill_folder(self) -> Path:
+        if self.folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="glta-prefix-")
+            self.folder = Path(self._tmp.name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder
+
+    def _write_shard(self, entries: Dict[PrefixKey, PrefixKV]) -> None:
+        folder = self._spill_folder()
+        number = 0
+        while (folder / SHARD_PATTERN.format(number)).exists():
+            number += 1
+        shard = SHARD_PATTERN.format(number)
+        tensors = {}
+        for key, entry in entries.items():
+            name = key.name()
+            tensors[f"{name}.keys"], tensors[f"{name}.values"] = entry.keys, entry.values
+            tensors[f"{name}.mask"] = entry.mask
+        save_safetensors(tensors, folder / shard, metadata={"format": "glta-prefix-kv-1"})
+        for key in entries:
+            self._disk[key] = (shard, key.name())
+        if self.persistent:
+            write_json(folder / INDEX_NAME, {
+                "format": "glta-prefix-index-1",
+                "entries": [{"key": list(k), "shard": s, "name": n} for k, (s, n) in self._disk.items()],
+            })
+
+    def _read(self, key: PrefixKey) -> PrefixKV:
+        from safetensors import safe_open
+
+        shard, name = self._disk[key]
+        handle = self._shards.get(shard)
+        if handle is None:
+            handle = self._shards[shard] = safe_open(os.fspath(self.folder / shard), framework="pt", device="cpu")
+        try:
+            return PrefixKV(handle.get_tensor(f"{name}.keys"), handle.get_tensor(f"{name}.values"), handle.get_tensor(f"{name}.mask"))
+        except Exception as err:  # a truncated or foreign shard: say which file
+            raise PrefixCacheError(f"{self.folder / shard}: cannot read cached prefix {name} ({err})") from err
+
+    def _load_index(self) -> None:
+        path = self.folder / INDEX_NAME
+        index = read_json(path)
+        if not isinstance(index, dict) or index.get("format") != "glta-prefix-index-1":
+            raise PrefixCacheError(f"{path}: not a glta prefix index (format {index.get('format') if isinstance(index, dict) else None!r})")
+        for record in index["entries"]:
+            key = PrefixKey(*record["key"])
+            if key.name() != record["name"] or not (self.folder / record["shard"]).exists():
+                raise PrefixCacheError(f"{path}: entry {record['name']} does not match its key or its shard is missing")
+            self._disk[key] = (record["shard"], record["name"])
+
+
+def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey]) -> PrefixKV:
+    """The batch's prefix states (left-padded, on the LLM's device): from ``store``, computing only missing rows
+    (one batched no-grad forward)."""
+    check_cacheable(llm)  # also when every prefix is served: the LLM may have changed since they were computed
+    if len(keys) != len(split.prefix_lengths):
+        raise PrefixCacheError(f"{len(keys)} prefix keys for a batch of {len(split.prefix_lengths)} rows")
+
+    def compute(positions: List[int]) -> PrefixKV:
+        rows = [split.prefix_ids[p][split.prefix_mask[p].bool()] for p in positions]
+        ids, mask = _left_pad(rows, 0, split.prefix_ids.device)
+        return prefix_key_values(llm, ids, mask)
+
+    entries = store.get_or_compute(keys, compute)
+    return PrefixKV.concat(entries, device=llm.get_input_embeddings().weight.device)
+
+
+def cached_slot_hidden_states(
+    model: nn.Module,
+    store: PrefixStore,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    user_ids: Optional[torch.LongTensor] = None,
+    item_ids: Optional[torch.LongTensor] = None,
+    user_node_embeddings: Optional[torch.Tensor] = None,
+    *,
+    llm_key: str,
+    layout: str,
+    users: Optional[Sequence[Union[int, str]]] = None,
+) -> torch.Tensor:
+    """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` -- equal to
+    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding, gradients included.
+
+    ``model`` needs what ``GLTAForRecommendation`` has: ``llm``, ``config`` (placeholder ids, ``num_slots``) and
+    ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)``. ``llm_key`` is
+    :func:`llm_fingerprint`, ``layout`` the prompt layout. ``users`` names each row's user in the prefix key; by
+    default the row's ``user_ids`` entry when every row has one ``<user>`` token (user-item prompts), else
+    ``"*"``: the prefix is then keyed by its tokens alone (item-text prompts, "w/o UA", fold-in users), which is
+    still exact because the hash covers every prefix token.
+    """
+    config = model.config
+    if users is None:
+        per_row = (input_ids == config.user_token_id).sum(dim=1)
+        one_each = user_ids is not None and user_node_embeddings is None and bool((per_row == 1).all())
+        users = [int(u) for u in user_ids.reshape(-1).tolist()] if one_each else ["*"] * input_ids.shape[0]
+    pad = getattr(model.llm.config, "pad_token_id", None)
+    split = split_prompt_batch(
+        input_ids, attention_mask, (config.user_token_id, config.item_token_id, config.slot_token_id),
+        0 if pad is None else int(pad),
+    )
+    suffix_embeds = model.get_inputs_embeds(split.suffix_ids, user_ids, item_ids, user_node_embeddings)
+    dtype = str(suffix_embeds.dtype)
+    keys = [PrefixKey(user, text_hash, llm_key, dtype, layout) for user, text_hash in zip(users, split.prefix_hashes)]
+    prefix = cached_prefix(model.llm, store, split, keys)
+    hidden = forward_with_prefix(model.llm, prefix, suffix_embeds, split.suffix_mask)
+    return hidden[split.suffix_ids == config.slot_token_id].view(input_ids.shape[0], config.num_slots, -1)
