@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -152,6 +151,7 @@ def main(argv=None) -> int:
     from glta_hf.alignment_data import prepare_data, user_histories
     from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference
     from glta_hf.graph import load_node_embeddings
+    from glta_hf.run_record import sanitized_command
     from glta_hf.texts import TextGenerationConfig, load_generator, load_texts
 
     if script.threads:
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
                 "test_fraction": script.test_fraction, "split_seed": script.split_seed,
                 "val_fraction": script.val_fraction, "val_seed": script.val_seed, "graph_dir": script.graph_dir,
                 "texts": script.texts, "backbone": backbone,
-                "command": " ".join(shlex.quote(a) for a in sys.argv)}
+                "command": sanitized_command(sys.argv)}  # no secret (--hub_token) or absolute path in the record
     resuming = pipeline.wants_resume(args.resume_from_checkpoint)
 
     model = None
