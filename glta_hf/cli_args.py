@@ -132,9 +132,19 @@ class GLTAArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(normalized, namespace)
 
     def _get_value(self, action, arg_string):
+        type_func = self._registry_get("type", action.type, action.type)
         try:
             return super()._get_value(action, arg_string)
-        except GLTAError as err:
+        except argparse.ArgumentError as err:
+            # argparse reports a ValueError from a type as "invalid <name> value"; a GLTAError says more: use it
+            try:
+                type_func(arg_string)
+            except GLTAError as cause:
+                raise argparse.ArgumentError(action, str(cause)) from None
+            except Exception:  # noqa: BLE001  (argparse's own message stands)
+                pass
+            raise err
+        except GLTAError as err:  # a GLTAError that is not a ValueError (argparse lets those through)
             raise argparse.ArgumentError(action, str(err)) from None
 
 

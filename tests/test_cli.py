@@ -133,3 +133,21 @@ def test_cli_decodings_match_the_model():
     from glta_hf.modeling_glta import DECODINGS as MODEL_DECODINGS
 
     assert DECODINGS == tuple(MODEL_DECODINGS)
+
+
+def test_a_glta_error_from_a_value_type_is_the_usage_message(capsys):
+    from glta_hf.cli_args import GLTAArgumentParser
+    from glta_hf.errors import InvalidArgumentError
+
+    def budget(text):
+        if text != "small":
+            raise InvalidArgumentError(f"unknown budget {text!r}; choose small")
+        return text
+
+    parser = GLTAArgumentParser(prog="probe")
+    parser.add_argument("--budget", type=budget)
+    assert parser.parse_args(["--budget", "small"]).budget == "small"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--budget", "huge"])
+    assert exit_info.value.code == 2
+    assert "probe: error: argument --budget: unknown budget 'huge'; choose small" in capsys.readouterr().err
