@@ -56,7 +56,10 @@ CHECKPOINT_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", RUN_INFO
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
                    "chat_template.json")
-ADAPTER_FILES = (f"{ADAPTER_DIR}/adapter_config.json", f"{ADAPTER_DIR}/adapter_model.safetensors")
+ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"
+ADAPTER_FILES = (ADAPTER_CONFIG, f"{ADAPTER_DIR}/adapter_model.safetensors")
+#: the text files written from this machine's state (config, records, card, tables): scanned for local paths
+RECORD_FILES = ("config.json", "item_catalogue.json", RUN_INFO_NAME, CARD_NAME, USER_TABLE_NAME, ADAPTER_CONFIG)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf") + _PICKLE_SUFFIXES
 
@@ -127,7 +130,7 @@ def hub_files(folder, include_user_table: bool = False) -> List[str]:
                     "" if include_user_table else "; include_user_table=True uploads the user table", left)
     markers = _local_path_markers(folder)
     for name in chosen:
-        if name.endswith(".safetensors"):
+        if name not in RECORD_FILES:  # the remote code is our source; a vocabulary may hold tokens like "/root"
             continue
         text = (folder / name).read_text(encoding="utf-8", errors="replace")
         found = [m for m in markers if m in text]
@@ -163,6 +166,7 @@ def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str,
         model.save_pretrained(folder)
         if not include_user_table:
             (folder / USER_TABLE_NAME).unlink(missing_ok=True)
+        _portable_adapter_config(folder / ADAPTER_CONFIG)
         record = sanitized_run_info(run_info if run_info is not None else (getattr(model, "run_info", None) or {}))
         record["hub_model_id"] = repo_id
         write_json(folder / RUN_INFO_NAME, record)
@@ -170,6 +174,19 @@ def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str,
     finally:
         config.llm_name_or_path = saved_ref
     return hub_files(folder, include_user_table=include_user_table)
+
+
+def _portable_adapter_config(path: Path) -> None:
+    """PEFT records the LLM it wrapped as ``base_model_name_or_path``; a local absolute path is reduced to its name."""
+    from .io_utils import read_json, write_json
+
+    if not path.is_file():
+        return
+    adapter = read_json(path)
+    base = adapter.get("base_model_name_or_path")
+    if isinstance(base, str) and base != portable_path(base):
+        adapter["base_model_name_or_path"] = portable_path(base)
+        write_json(path, adapter)
 
 
 def push_to_hub(

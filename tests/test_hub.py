@@ -361,3 +361,14 @@ def test_hub_files_upload_only_the_allow_list(tmp_path):
     (folder / "glta_run.json").write_text(json.dumps({"data_dir": str(folder)}))
     with pytest.raises(CheckpointError, match="local path"):
         hub_files(folder)
+
+
+def test_lora_push_uploads_the_adapter_without_the_local_llm_path(tmp_path, monkeypatch):
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    tiny.model.push_to_hub("org/glta-lora")
+    assert {"llm_adapter/adapter_config.json", "llm_adapter/adapter_model.safetensors"} <= set(hub.operations)
+    adapter = json.loads(hub.operations["llm_adapter/adapter_config.json"])
+    assert not str(adapter.get("base_model_name_or_path") or "").startswith("/")
+    for name, data in hub.operations.items():
+        assert str(tmp_path).encode() not in data, name
