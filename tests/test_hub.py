@@ -214,6 +214,8 @@ def test_from_pretrained_resolves_a_repo_id_from_the_offline_hf_cache(tmp_path):
                           "llm": model.config.llm_name_or_path}))
     """)
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
+    # the glta_hf under test (this checkout), not whichever one the virtualenv has installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     env.pop("HF_HUB_CACHE", None)
     res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
