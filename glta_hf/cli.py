@@ -1,16 +1,22 @@
 """The ``glta`` console script.
 
-Each subcommand lives in its own module, which defines ``configure_parser(parser)`` and ``run(args) -> int``;
-modules are imported only when their subcommand runs, so ``glta --help`` stays fast.
+Each subcommand lives in its own module, which defines ``configure_parser(parser)`` and ``run(args) -> int``
+(and optionally ``check_args(parser, args)``: cross-flag checks that call ``parser.error`` before ``run``);
+modules are imported only when their subcommand runs, and ``import glta_hf`` itself loads neither torch nor
+transformers, so ``glta --help``, ``glta --version`` and flag errors answer at once.
+
+Exit codes: 0 success; 2 a usage error (no command, an unknown command, an invalid flag value -- argparse's own
+``usage: ... error: ...``, or a :class:`~glta_hf.errors.GLTAError` about an option, ``cli_args.USAGE_ERRORS``); 1
+any other ``GLTAError``
+(a malformed data file, an inconsistent checkpoint), printed as one ``glta COMMAND: error: ...`` line.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from typing import List, Optional
 
-from .errors import GLTAError
+from .cli_args import GLTAArgumentParser, run_reporting_errors
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
@@ -20,8 +26,11 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glta", description="Graph-Language Token Alignment recommenders.")
+def build_parser() -> GLTAArgumentParser:
+    from . import __version__
+
+    parser = GLTAArgumentParser(prog="glta", description="Graph-Language Token Alignment recommenders.")
+    parser.add_argument("--version", action="version", version=f"glta-hf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
@@ -31,20 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        build_parser().parse_args(argv or ["--help"])  # prints help / the usage error and exits
+    if not argv:  # no command: the help, as a usage error
+        build_parser().print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # prints help / the version / the usage error and exits (0 or 2)
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"glta {name}", description=help_text)
+    parser = GLTAArgumentParser(prog=f"glta {name}", description=help_text)
     module.configure_parser(parser)
-    args = parser.parse_args(rest)
-    try:
-        return int(module.run(args) or 0)
-    except GLTAError as err:
-        print(f"glta {name}: error: {err}", file=sys.stderr)
-        return 1
+    args = parser.parse_args(rest)  # invalid flags: argparse's usage error, exit code 2
+    if hasattr(module, "check_args"):
+        module.check_args(parser, args)
+    return run_reporting_errors(f"glta {name}", lambda: module.run(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

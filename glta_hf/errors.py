@@ -33,6 +33,10 @@ class DatasetOptionError(GLTAError, ValueError):
     """An option of a loader / split function is invalid (bad split name, fraction outside (0, 1), ...)."""
 
 
+class InvalidArgumentError(GLTAError, ValueError):
+    """A function argument or command-line flag has a value outside its domain (``k=0``, ``--batch-size 0``)."""
+
+
 class UnknownIdError(GLTAError, ValueError):
     """A user or item id is not in the model's / dataset's id map."""
 

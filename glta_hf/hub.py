@@ -1,18 +1,26 @@
-"""Sharing GLTA checkpoints on the Hugging Face Hub: what is uploaded, and the one upload path.
+"""Sharing GLTA checkpoints on the Hugging Face Hub: what is uploaded is chosen, never the whole folder.
 
 ``model.push_to_hub(repo_id)`` and ``GLTATrainer.push_to_hub()`` both end in :func:`push_to_hub`, which
 
 1. creates the repository (``HfApi.create_repo(exist_ok=True)``),
 2. writes the checkpoint with ``model.save_pretrained`` into a fresh temporary folder -- config (+ ``auto_map``),
    ``model.safetensors`` (GLTA's own weights: projectors, slot vectors, GLLM head, frozen ``E_u`` / ``E_i``), the
-   tokenizer with the ``<user>`` / ``<item>`` / ``<slot>`` placeholders, ``item_catalogue.json``,
-   ``user_table.json``, the run record ``glta_run.json``, the remote-code files (``configuration_glta.py``,
-   ``modeling_glta.py`` and the sibling modules they import) and ``llm_adapter/`` when LoRA is on,
-3. renders the model card (``README.md``: ``base_model``, dataset, stages, ``eval_results`` model-index) for that
-   repository id,
-4. checks the folder (:func:`hub_files`): no pickle file, no weight file but GLTA's own, and no ``llm.*`` tensor in
-   ``model.safetensors`` -- the LLM is referenced by ``config.llm_name_or_path``, never uploaded,
-5. uploads exactly those files in one commit (``HfApi.create_commit``, the call ``PreTrainedModel.push_to_hub``
+   tokenizer with the ``<user>`` / ``<item>`` / ``<slot>`` placeholders, ``item_catalogue.json``, the remote-code
+   files (``configuration_glta.py``, ``modeling_glta.py`` and the sibling modules they import) and ``llm_adapter/``
+   when LoRA is on,
+3. removes ``user_table.json`` (external user ids, complete training histories, LLM-written profiles: personal
+   data) unless ``include_user_table=True``; a model loaded without it serves users through their histories
+   (fold-in) and the catalogue,
+4. writes the run record ``glta_run.json`` through :func:`glta_hf.run_record.sanitized_run_info` (secrets such as
+   ``--hub_token`` redacted, absolute paths made relative or reduced to names) and reduces a local absolute LLM
+   reference in ``config.json`` to its name (pass ``llm_name_or_path=<hub id>`` to make it loadable elsewhere),
+5. renders the model card (``README.md``: ``base_model``, dataset, stages, ``eval_results`` model-index, and what
+   this upload holds) for that repository id,
+6. picks the files to upload from an allow-list (:func:`hub_files`: :data:`CHECKPOINT_FILES`, the tokenizer's
+   :data:`TOKENIZER_FILES`, the remote code, the LoRA adapter, the user table only when asked) after checking the
+   folder: no pickle file, no weight file but GLTA's own, no ``llm.*`` tensor in ``model.safetensors`` (the LLM is
+   referenced by ``config.llm_name_or_path``, never uploaded), and no local absolute path in any text file,
+7. uploads exactly those files in one commit (``HfApi.create_commit``, the call ``PreTrainedModel.push_to_hub``
    makes too).
 
 transformers' own ``PreTrainedModel.push_to_hub`` is not used: it loads the remote card with ``ModelCard.load`` and
@@ -23,12 +31,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import CheckpointError
-from .model_card import CARD_NAME, RUN_INFO_NAME, hub_base_model, stage_record, stage_records, write_model_card
+from .model_card import (CARD_NAME, RUN_INFO_NAME, USER_TABLE_NAME, hub_base_model, stage_record, stage_records,
+                         write_model_card)
+from .run_record import portable_path, sanitized_run_info
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +48,18 @@ ADAPTER_DIR = "llm_adapter"
 #: the only weight files a GLTA repository may hold
 ALLOWED_WEIGHTS = (WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors")
 #: files every uploaded GLTA checkpoint has (the tokenizer adds its own files, LoRA adds llm_adapter/)
-REQUIRED_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", "user_table.json", "configuration_glta.py",
-                  "modeling_glta.py", "tokenizer_config.json", CARD_NAME)
+REQUIRED_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", "configuration_glta.py", "modeling_glta.py",
+                  "tokenizer_config.json", CARD_NAME)
+#: the allow-list: GLTA's own checkpoint files that may be uploaded (+ the remote code, the tokenizer's files, the
+#: LoRA adapter and, when asked for, the user table)
+CHECKPOINT_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", RUN_INFO_NAME, CARD_NAME)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
+                   "chat_template.json")
+ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"
+ADAPTER_FILES = (ADAPTER_CONFIG, f"{ADAPTER_DIR}/adapter_model.safetensors")
+#: the text files written from this machine's state (config, records, card, tables): scanned for local paths
+RECORD_FILES = ("config.json", "item_catalogue.json", RUN_INFO_NAME, CARD_NAME, USER_TABLE_NAME, ADAPTER_CONFIG)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf") + _PICKLE_SUFFIXES
 
@@ -51,11 +72,37 @@ def _api():
     return HfApi(library_name="glta-hf", library_version=__version__)
 
 
-def hub_files(folder) -> List[str]:
+def remote_code_files() -> Tuple[str, ...]:
+    """The remote-code files ``save_pretrained`` writes: ``configuration_glta.py``, ``modeling_glta.py`` and the
+    sibling modules they import (what transformers' ``custom_object_save`` copies)."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from . import configuration_glta, modeling_glta
+
+    files = {Path(f).name for module in (configuration_glta, modeling_glta)
+             for f in [module.__file__, *get_relative_import_files(module.__file__)]}
+    return tuple(sorted(files))
+
+
+def allowed_files(include_user_table: bool = False) -> Tuple[str, ...]:
+    """Every path (relative, POSIX) that may go to the Hub; anything else in a checkpoint folder stays local."""
+    extra = (USER_TABLE_NAME,) if include_user_table else ()
+    return CHECKPOINT_FILES + TOKENIZER_FILES + ADAPTER_FILES + remote_code_files() + extra
+
+
+def _local_path_markers(folder: Path) -> List[str]:
+    """Absolute paths of this machine that must not appear in an uploaded text file."""
+    markers = {str(folder.resolve()), str(folder), os.getcwd(), sys.prefix, str(Path.home())}
+    return sorted(m for m in markers if m and m != os.sep and len(m) > 4)
+
+
+def hub_files(folder, include_user_table: bool = False) -> List[str]:
     """The files of a saved GLTA checkpoint that go to the Hub (relative POSIX paths, sorted), after checking them.
 
-    Raises :class:`~glta_hf.errors.CheckpointError` for a missing required file, a pickle file, a weight file other
-    than :data:`ALLOWED_WEIGHTS` (an LLM copy, a GGUF file) or ``llm.*`` tensors in ``model.safetensors``.
+    Only allow-listed files (:func:`allowed_files`) are returned; ``user_table.json`` only with
+    ``include_user_table=True``. Raises :class:`~glta_hf.errors.CheckpointError` for a missing required file, a
+    pickle file, a weight file other than :data:`ALLOWED_WEIGHTS` (an LLM copy, a GGUF file), ``llm.*`` tensors in
+    ``model.safetensors``, or a text file to upload that holds an absolute path of this machine.
     """
     from safetensors import safe_open
 
@@ -75,15 +122,31 @@ def hub_files(folder) -> List[str]:
         leaked = [k for k in handle.keys() if k.startswith("llm.")]
     if leaked:
         raise CheckpointError(f"{folder}/{WEIGHTS_NAME} holds LLM weights ({leaked[:3]}...); they are never uploaded")
-    return files
+    allowed = set(allowed_files(include_user_table))
+    chosen = [f for f in files if f in allowed]
+    left = [f for f in files if f not in allowed]
+    if left:
+        logger.info("not uploaded (not on the allow-list%s): %s",
+                    "" if include_user_table else "; include_user_table=True uploads the user table", left)
+    markers = _local_path_markers(folder)
+    for name in chosen:
+        if name not in RECORD_FILES:  # the remote code is our source; a vocabulary may hold tokens like "/root"
+            continue
+        text = (folder / name).read_text(encoding="utf-8", errors="replace")
+        found = [m for m in markers if m in text]
+        if found:
+            raise CheckpointError(f"{folder}/{name} holds the local path {found[0]!r}; refusing to upload it")
+    return chosen
 
 
 def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str, Any]] = None,
-                 llm_name_or_path: Optional[str] = None) -> List[str]:
-    """``model.save_pretrained(folder)`` + ``glta_run.json`` + the card for ``repo_id``; returns :func:`hub_files`.
+                 llm_name_or_path: Optional[str] = None, include_user_table: bool = False) -> List[str]:
+    """Write what :func:`push_to_hub` uploads for ``repo_id`` into ``folder``; returns :func:`hub_files`.
 
-    ``llm_name_or_path`` replaces the LLM reference in the uploaded config (e.g. a Hub id for a model trained from
-    a local copy); a reference that only exists on this machine is uploaded with a warning.
+    ``model.save_pretrained(folder)``, then without ``include_user_table`` the user table is removed, the run record
+    is rewritten sanitized (:func:`~glta_hf.run_record.sanitized_run_info`) with ``hub_model_id``, and the card is
+    rendered for ``repo_id``. ``llm_name_or_path`` replaces the LLM reference in the uploaded config (e.g. a Hub id
+    for a model trained from a local copy); a local absolute reference is reduced to its name, with a warning.
     """
     from .io_utils import write_json
 
@@ -95,18 +158,35 @@ def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str,
     try:
         ref = str(config.llm_name_or_path)
         if hub_base_model(config) != ref and (os.path.isabs(ref) or os.path.exists(ref)):
+            config.llm_name_or_path = portable_path(ref)
             logger.warning(
-                "the checkpoint references the LLM by the local path %r, which other machines cannot resolve; "
-                "pass llm_name_or_path=<hub id> to push_to_hub (loaders can also override it with "
-                "from_pretrained(..., llm_name_or_path=...))", ref)
+                "the checkpoint references the LLM by the local path %r; it is uploaded as %r, which other machines "
+                "cannot resolve: pass llm_name_or_path=<hub id> to push_to_hub (loaders can also override it with "
+                "from_pretrained(..., llm_name_or_path=...))", ref, config.llm_name_or_path)
         model.save_pretrained(folder)
-        record = dict(run_info if run_info is not None else (getattr(model, "run_info", None) or {}))
+        if not include_user_table:
+            (folder / USER_TABLE_NAME).unlink(missing_ok=True)
+        _portable_adapter_config(folder / ADAPTER_CONFIG)
+        record = sanitized_run_info(run_info if run_info is not None else (getattr(model, "run_info", None) or {}))
         record["hub_model_id"] = repo_id
         write_json(folder / RUN_INFO_NAME, record)
-        write_model_card(model, folder, repo_id=repo_id, run_info=record)
+        write_model_card(model, folder, repo_id=repo_id, run_info=record, user_table=include_user_table)
     finally:
         config.llm_name_or_path = saved_ref
-    return hub_files(folder)
+    return hub_files(folder, include_user_table=include_user_table)
+
+
+def _portable_adapter_config(path: Path) -> None:
+    """PEFT records the LLM it wrapped as ``base_model_name_or_path``; a local absolute path is reduced to its name."""
+    from .io_utils import read_json, write_json
+
+    if not path.is_file():
+        return
+    adapter = read_json(path)
+    base = adapter.get("base_model_name_or_path")
+    if isinstance(base, str) and base != portable_path(base):
+        adapter["base_model_name_or_path"] = portable_path(base)
+        write_json(path, adapter)
 
 
 def push_to_hub(
@@ -121,6 +201,7 @@ def push_to_hub(
     create_pr: bool = False,
     run_info: Optional[Mapping[str, Any]] = None,
     llm_name_or_path: Optional[str] = None,
+    include_user_table: bool = False,
     run_as_future: bool = False,
     **ignored: Any,
 ):
@@ -128,7 +209,8 @@ def push_to_hub(
 
     Returns the ``CommitInfo`` of ``HfApi.create_commit`` (a ``Future`` of it with ``run_as_future=True``).
     ``run_info`` replaces ``model.run_info`` as the record behind the card; ``llm_name_or_path`` replaces the LLM
-    reference in the uploaded config. Arguments of ``PreTrainedModel.push_to_hub`` that do not apply to GLTA
+    reference in the uploaded config. ``include_user_table=True`` also uploads ``user_table.json`` (user ids,
+    training histories, profile / prediction texts); without it, users are served through their histories. Arguments of ``PreTrainedModel.push_to_hub`` that do not apply to GLTA
     (``max_shard_size``, ``safe_serialization``, ``tags``) are accepted and ignored.
     """
     from huggingface_hub import CommitOperationAdd
@@ -138,7 +220,8 @@ def push_to_hub(
     api = _api()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory(prefix="glta-push-") as tmp:
-        files = save_for_hub(model, tmp, repo_id=repo_id, run_info=run_info, llm_name_or_path=llm_name_or_path)
+        files = save_for_hub(model, tmp, repo_id=repo_id, run_info=run_info, llm_name_or_path=llm_name_or_path,
+                             include_user_table=include_user_table)
         # bytes, not paths: the temporary folder is gone before a run_as_future commit reads them
         operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=(Path(tmp) / f).read_bytes()) for f in files]
     if revision is not None and not revision.startswith("refs/pr"):

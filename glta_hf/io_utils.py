@@ -19,14 +19,31 @@ from .errors import CheckpointError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
+def _current_umask() -> int:
+    """The process umask: from ``/proc/self/status`` on Linux (no side effect), else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[str]:
-    """Yield a temporary sibling path of ``path``; on success fsync it and rename it onto ``path``, else delete it."""
+    """Yield a temporary sibling path of ``path``; on success fsync it and rename it onto ``path``, else delete it.
+
+    ``mkstemp`` creates the file with mode 0600; it is widened to what ``open(path, "w")`` would give
+    (``0666 & ~umask``), so a saved model is as readable by other users / containers as any other saved file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())  # after writing: some writers (safetensors) recreate the file
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -19,17 +19,48 @@ left out, never invented.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "resources" / "model_card" / "glta_model_card.md"
 RUN_INFO_NAME = "glta_run.json"
 CARD_NAME = "README.md"
+USER_TABLE_NAME = "user_table.json"
 
 #: local LLM files whose Hub repository is known (the card's ``base_model`` must be a Hub id, never a local path)
 KNOWN_BASE_MODELS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 #: metric key -> display name in the model-index
 _METRIC_NAMES = {"precision": "Precision", "recall": "Recall", "ndcg": "NDCG", "hit_rate": "HitRate"}
+#: decimals of the metrics on the card (table and model-index)
+METRIC_DECIMALS = 4
+#: folder names that say nothing about the model (the card then names it after the dataset)
+_GENERIC_FOLDERS = ("final", "", ".", "..", "output", "outputs", "model", "checkpoint")
+
+
+def _round_metric(value: Any) -> float:
+    return round(float(value), METRIC_DECIMALS)
+
+
+def _tidy(value: Any) -> Any:
+    """A hyperparameter as the card prints it: floats to 6 significant digits (0.15000000000000002 -> 0.15)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
+
+
+def model_name_for(*, repo_id: Optional[str] = None, folder=None, dataset_name: Optional[str] = None) -> str:
+    """The name the card gives the model: the repository's name; else ``glta-<dataset>`` (stable when the
+    checkpoint is copied or re-saved elsewhere); else the output folder's name (unless generic, like align.py's
+    ``final`` or a temporary folder); else ``glta-recommender``."""
+    if repo_id:
+        return str(repo_id).rstrip("/").split("/")[-1]
+    if dataset_name and dataset_name != "unknown":
+        return f"glta-{dataset_name}"
+    if folder is not None:
+        name = Path(folder).name
+        if name.lower() not in _GENERIC_FOLDERS and not name.startswith(("checkpoint-", "tmp", "glta-push-")):
+            return name
+    return "glta-recommender"
 
 
 def _eval_results(metrics: Mapping[str, float], dataset_name: str, split: str, model_name: str):
@@ -49,7 +80,7 @@ def _eval_results(metrics: Mapping[str, float], dataset_name: str, split: str, m
                 dataset_split=split,
                 metric_type=key,
                 metric_name=f"{_METRIC_NAMES[base]}@{k}",
-                metric_value=float(value),
+                metric_value=_round_metric(value),
             )
         )
     return results or None
@@ -58,25 +89,35 @@ def _eval_results(metrics: Mapping[str, float], dataset_name: str, split: str, m
 def build_model_card(
     config: Any,
     *,
-    repo_id: str = "your-name/glta-model",
+    repo_id: Optional[str] = None,
+    model_name: Optional[str] = None,
     dataset_name: Optional[str] = None,
-    split: str = "test",
+    split: Optional[str] = None,
+    eval_split: str = "test",
+    eval_users: Optional[int] = None,
     metrics: Optional[Mapping[str, float]] = None,
     decoding: str = "first_k",
     stages: Iterable[Mapping[str, Any]] = (),
     example_user: Optional[str] = None,
+    example_items: Sequence[str] = (),
+    user_table: bool = True,
     license: Optional[str] = None,
 ):
     """Render the card for a model with ``config`` (a ``GLTAConfig``).
 
-    ``stages`` is a list of ``{"name": ..., "hyperparameters": {...}}``; ``metrics`` uses the evaluator's keys
-    (``precision@10``, ``ndcg@10``, ...). Values missing from a training run are left out, never invented.
+    ``split`` is the dataset's train/test split (its policy or label, e.g. ``random 80/20 per user, seed 0``);
+    ``eval_split`` the split the ``metrics`` were measured on (``test`` / ``validation``), over ``eval_users`` of the
+    model's users. ``stages`` is a list of ``{"name": ..., "hyperparameters": {...}}``; ``metrics`` uses the
+    evaluator's keys (``precision@10``, ``ndcg@10``, ...), rounded to :data:`METRIC_DECIMALS`. ``user_table`` says
+    whether the repository holds the user table (else the usage example folds a user in from ``example_items``).
+    Values missing from a training run are left out, never invented.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     dataset_name = dataset_name or getattr(config, "dataset_name", None) or "unknown"
-    model_name = repo_id.split("/")[-1]
-    metrics = {k: float(v) for k, v in (metrics or {}).items() if "@" in k}
+    model_name = model_name or model_name_for(repo_id=repo_id, dataset_name=dataset_name)
+    repo_id = repo_id or f"your-name/{model_name}"
+    metrics = {k: _round_metric(v) for k, v in (metrics or {}).items() if "@" in k}
     card_data = ModelCardData(
         model_name=model_name,
         base_model=hub_base_model(config),
@@ -85,10 +126,11 @@ def build_model_card(
         license=license,
         tags=["recommendation", "glta", "graph-language-token-alignment", "lightgcn", "llm"],
         metrics=sorted({k.split("@")[0] for k in metrics}) or None,
-        eval_results=_eval_results(metrics, dataset_name, split, model_name),
+        eval_results=_eval_results(metrics, dataset_name, eval_split, model_name),
     )
     stage_list: List[Dict[str, Any]] = [
-        {"name": s["name"], "hyperparameters": dict(s.get("hyperparameters", {}))} for s in stages
+        {"name": s["name"], "hyperparameters": {k: _tidy(v) for k, v in dict(s.get("hyperparameters", {})).items()}}
+        for s in stages
     ]
     return ModelCard.from_template(
         card_data,
@@ -105,10 +147,14 @@ def build_model_card(
         lora=getattr(config, "lora", None),
         dataset_name=dataset_name,
         split=split,
+        eval_split=eval_split,
+        eval_users=eval_users,
         metrics=metrics,
         decoding=decoding,
         stages=stage_list,
         example_user=example_user or "1",
+        example_items=[str(i) for i in example_items] or ["1", "2", "3"],
+        user_table=user_table,
     )
 
 
@@ -148,42 +194,57 @@ def card_kwargs(run_info: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     kwargs: Dict[str, Any] = {"stages": _stages(run_info)}
     if run_info.get("dataset"):
         kwargs["dataset_name"] = str(run_info["dataset"])
+    if run_info.get("split"):
+        kwargs["split"] = str(run_info["split"])
     metrics = evaluation.get("metrics")
     if metrics:
         kwargs["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "@" in k}
-        kwargs["split"] = str(evaluation.get("split") or "test")
+        kwargs["eval_split"] = str(evaluation.get("split") or "test")
         kwargs["decoding"] = str(evaluation.get("decoding") or "first_k")
-    elif run_info.get("split"):
-        kwargs["split"] = str(run_info["split"])
+        users = evaluation.get("num_users", metrics.get("num_users"))
+        if isinstance(users, (int, float)) and not isinstance(users, bool):
+            kwargs["eval_users"] = int(users)
     return kwargs
 
 
 def model_card_for(model: Any, *, repo_id: Optional[str] = None, run_info: Optional[Mapping[str, Any]] = None,
-                   license: Optional[str] = None):
-    """The card of ``model`` (a ``GLTAForRecommendation``) from its config and run record (``model.run_info``)."""
+                   license: Optional[str] = None, folder=None, user_table: bool = True):
+    """The card of ``model`` (a ``GLTAForRecommendation``) from its config and run record (``model.run_info``).
+
+    ``folder`` (where the card goes) names the model when there is no ``repo_id``; ``user_table`` says whether the
+    user table ships with it."""
     run_info = run_info if run_info is not None else (getattr(model, "run_info", None) or {})
     users = (getattr(model, "user_table", None) or {}).get("user_ids") or []
+    items = (getattr(model, "item_catalogue", None) or {}).get("item_ids") or []
+    kwargs = card_kwargs(run_info)
+    repo_id = repo_id or run_info.get("hub_model_id")
     return build_model_card(
         model.config,
-        repo_id=repo_id or run_info.get("hub_model_id") or "your-name/glta-model",
-        example_user=str(users[0]) if users else None,
+        repo_id=repo_id,
+        model_name=model_name_for(repo_id=repo_id, folder=folder, dataset_name=kwargs.get("dataset_name")),
+        example_user=str(users[0]) if users and user_table else None,
+        example_items=[str(i) for i in items[:3]],
+        user_table=user_table,
         license=license,
-        **card_kwargs(run_info),
+        **kwargs,
     )
 
 
 def write_model_card(model: Any, folder, *, repo_id: Optional[str] = None,
-                     run_info: Optional[Mapping[str, Any]] = None) -> Path:
+                     run_info: Optional[Mapping[str, Any]] = None, user_table: Optional[bool] = None) -> Path:
     """Render the card of ``model`` into ``folder/README.md`` (atomically) and return its path.
 
-    ``run_info`` defaults to ``model.run_info``, then to ``folder/glta_run.json`` when the model carries none.
+    ``run_info`` defaults to ``model.run_info``, then to ``folder/glta_run.json`` when the model carries none;
+    ``user_table`` (does the repository hold ``user_table.json``?) defaults to whether ``folder`` has it.
     """
     from .io_utils import atomic_write, read_json
 
     folder = Path(folder)
     if run_info is None and not getattr(model, "run_info", None) and (folder / RUN_INFO_NAME).is_file():
         run_info = read_json(folder / RUN_INFO_NAME)
-    card = model_card_for(model, repo_id=repo_id, run_info=run_info)
+    if user_table is None:
+        user_table = (folder / USER_TABLE_NAME).is_file()
+    card = model_card_for(model, repo_id=repo_id, run_info=run_info, folder=folder, user_table=user_table)
     path = folder / CARD_NAME
     with atomic_write(path) as handle:
         handle.write(str(card))

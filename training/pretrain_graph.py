@@ -3,43 +3,49 @@
 
 A thin script over ``glta_hf.graph``. The validation split is carved from train (``--val-fraction``); the model
 is fit on the rest, early-stopped on validation ndcg@10, then evaluated once on test with every training
-interaction (train + validation) masked. Example::
+interaction (train + validation) masked. Examples (ml-latest-small ships with the package; other datasets need
+``--data-dir``, see README.md "Data formats")::
 
-    python training/pretrain_graph.py --dataset ml-1m --data-dir ../shared/data/ml-1m --model lightgcn \\
+    python training/pretrain_graph.py --dataset ml-latest-small --output-dir runs/ml-latest-small/graph
+    python training/pretrain_graph.py --dataset ml-1m --data-dir path/to/ml-1m --model lightgcn \\
         --output-dir runs/ml-1m-lightgcn --results-dir benchmarks/results
+
+Flags are kebab-case; the underscore spelling (``--data_dir``) works too. Invalid values stop at parse time.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-DEFAULTS = dict(epochs=300, lr=1e-3, reg=1e-4, dim=64, layers=3, batch_size=2048, patience=10, seed=0)
+from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
+                               dataset_options, non_negative_float, non_negative_int, positive_float, positive_int,
+                               require_data_dir, run_reporting_errors)
+
+#: flag -> (default, value type)
+DEFAULTS = dict(epochs=(300, positive_int), lr=(1e-3, positive_float), reg=(1e-4, non_negative_float),
+                dim=(64, positive_int), layers=(3, non_negative_int), batch_size=(2048, positive_int),
+                patience=(10, positive_int), seed=(0, non_negative_int))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="loader name, e.g. ml-1m, amazon-json")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--split", default=None, help="split policy passed to load_dataset (random, loo, ...)")
-    p.add_argument("--test-fraction", type=float, default=None)
-    p.add_argument("--split-seed", type=int, default=None, help="seed of the train/test split")
+    p = GLTAArgumentParser(description=__doc__.split("\n")[0])
+    add_dataset_arguments(p)
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir (default --dataset)")
     p.add_argument("--model", choices=["pop", "mf", "lightgcn", "lightgcn+"], default="lightgcn")
     p.add_argument("--output-dir", default=None, help="where node embeddings are saved (mf / lightgcn)")
-    for name, value in DEFAULTS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--num-negatives", type=int, default=1)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--val-seed", type=int, default=0)
-    p.add_argument("--text-weight", type=float, default=0.1, help="LightGCN+: InfoNCE weight")
-    p.add_argument("--temperature", type=float, default=0.2, help="LightGCN+: InfoNCE temperature")
+    for name, (value, kind) in DEFAULTS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+    p.add_argument("--eval-every", type=positive_int, default=1)
+    p.add_argument("--num-negatives", type=positive_int, default=1)
+    p.add_argument("--val-fraction", type=carve_fraction, default=0.1)
+    p.add_argument("--val-seed", type=non_negative_int, default=0)
+    p.add_argument("--text-weight", type=non_negative_float, default=0.1, help="LightGCN+: InfoNCE weight")
+    p.add_argument("--temperature", type=positive_float, default=0.2, help="LightGCN+: InfoNCE temperature")
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-test", action="store_true", help="tuning runs: report validation only, never touch test")
     p.add_argument("--from-embeddings", default=None,
@@ -51,16 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and cross-check the flags (usage errors exit with code 2 before anything is loaded)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_data_dir(parser, args.dataset, args.data_dir)
+    if args.from_embeddings is not None and not Path(args.from_embeddings).is_dir():
+        parser.error(f"argument --from-embeddings: {args.from_embeddings}: no such folder")
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from glta_hf.data.loaders import load_dataset
     from glta_hf.graph import (BPRTrainer, GraphTrainingArguments, build_model, encode_item_texts,
                                export_node_embeddings, load_node_embeddings)
 
     start = time.perf_counter()
-    options = {k: v for k, v in (("split", args.split), ("test_fraction", args.test_fraction),
-                                 ("seed", args.split_seed)) if v is not None}
-    full = load_dataset(args.dataset, args.data_dir, **options)
+    full = load_dataset(args.dataset, args.data_dir, **dataset_options(args))
     data = full.with_validation(fraction=args.val_fraction, seed=args.val_seed)
     fit, validation = data.matrix("train"), data.matrix("validation")
     targs = GraphTrainingArguments(dim=args.dim, layers=args.layers, lr=args.lr, reg=args.reg,
@@ -81,8 +95,11 @@ def main(argv=None) -> int:
     model = build_model(args.model, fit, targs, **extra)
     trainer = BPRTrainer(model, targs, fit, validation)
     result = trainer.train()
-    config = {k: v for k, v in vars(args).items() if k not in ("no_progress", "tuning_log", "results_dir")}
-    config["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    from glta_hf.run_record import sanitized_run_info
+
+    config = sanitized_run_info({k: v for k, v in vars(args).items()  # a record: portable paths
+                                 if k not in ("no_progress", "tuning_log", "results_dir")})
+    config["command"] = _command(argv)
     config.update(best_epoch=result.best_epoch, epochs_run=len(result.history),
                   train_wall_time_s=round(result.wall_time_s, 1),
                   validation={k: round(v, 5) for k, v in result.best_validation.items()})
@@ -110,13 +127,19 @@ def _test_and_record(args, argv, full, data, scorer, config, start) -> int:
         wall += float(config.get("train_wall_time_s", 0.0))
     print(json.dumps(metrics, indent=2))
     if args.results_dir:
-        command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv if argv is not None else sys.argv[1:]))
         path = write_run_result(args.results_dir, args.results_name or full.name, args.run_name or args.model,
-                                model=args.model, split=data.split_policy, metrics=metrics, command=command,
+                                model=args.model, split=data.split_policy, metrics=metrics, command=_command(argv),
                                 wall_time_s=wall, config=config)
         print(f"result written to {path}")
     return 0
 
 
+def _command(argv) -> str:
+    """This run's command line for the records (secrets redacted, absolute paths made portable)."""
+    from glta_hf.run_record import sanitized_command
+
+    return "python " + sanitized_command([sys.argv[0]] + list(argv if argv is not None else sys.argv[1:]))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(Path(sys.argv[0]).name, main))

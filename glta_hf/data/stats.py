@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Sequence
 
-from .loaders import DATASETS, load_dataset
+from .loaders import load_dataset
 from .schema import TEST, TRAIN, VALIDATION
 
 #: (key, column header) of the statistics, in table order
@@ -55,23 +55,28 @@ def format_text(stats: Dict[str, object]) -> str:
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset folder (default: the embedded copy, for ml-latest-small)")
-    parser.add_argument("--split", choices=("fixed", "random", "loo"), default=None,
-                        help="default: fixed for ml-1m, random elsewhere")
-    parser.add_argument("--test-fraction", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--min-user-interactions", type=int, default=None)
-    parser.add_argument("--min-item-interactions", type=int, default=None)
-    parser.add_argument("--rating-threshold", type=float, default=None)
+    from ..cli_args import add_dataset_arguments, non_negative_float, non_negative_int
+
+    add_dataset_arguments(parser, seed_flag="--seed")
+    parser.add_argument("--min-user-interactions", type=non_negative_int, default=None)
+    parser.add_argument("--min-item-interactions", type=non_negative_int, default=None)
+    parser.add_argument("--rating-threshold", type=non_negative_float, default=None)
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
 
 
+def check_args(parser, args) -> None:
+    """Cross-flag checks at parse time (``glta`` calls it before :func:`run`): a folder for non-embedded data."""
+    from ..cli_args import require_data_dir
+
+    require_data_dir(parser, args.dataset, args.data_dir)
+
+
 def run(args) -> int:
-    options = {key: getattr(args, key) for key in ("split", "test_fraction", "seed", "min_user_interactions",
-                                                   "min_item_interactions", "rating_threshold")}
-    options = {k: v for k, v in options.items() if v is not None}
+    from ..cli_args import dataset_options
+
+    options = dataset_options(args, seed_attr="seed")
+    options.update({key: getattr(args, key) for key in ("min_user_interactions", "min_item_interactions",
+                                                         "rating_threshold") if getattr(args, key) is not None})
     stats = dataset_stats(load_dataset(args.dataset, args.data_dir, **options))
     if args.format == "json":
         print(json.dumps(stats, indent=2))
@@ -82,4 +87,4 @@ def run(args) -> int:
     return 0
 
 
-__all__: List[str] = ["dataset_stats", "format_markdown", "format_text", "configure_parser", "run", "COLUMNS"]
+__all__: List[str] = ["dataset_stats", "format_markdown", "format_text", "configure_parser", "check_args", "run", "COLUMNS"]
