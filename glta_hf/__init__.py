@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 _LAZY_ATTRIBUTES = {
     "GLTAConfig": "configuration_glta",
     "GLTAForRecommendation": "modeling_glta",
+    "GLTAModel": "modeling_glta",
     "GLTAOutput": "modeling_glta",
     "GLTAPreTrainedModel": "modeling_glta",
 }

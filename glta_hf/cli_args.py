@@ -22,8 +22,7 @@ from .errors import DatasetOptionError, GLTAError, InvalidArgumentError
 #: GLTAErrors that mean "a flag / option was wrong": exit code 2, like argparse's own usage errors
 USAGE_ERRORS = (InvalidArgumentError, DatasetOptionError)
 
-#: the decoders of ``GLTAForRecommendation.rank`` (a light copy for parse time; a test keeps it equal to the model's)
-DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
+from .vocabulary import DECODINGS  # noqa: E402,F401  (light: parse-time choices)
 
 
 def _number(kind: Callable, text: str, what: str):

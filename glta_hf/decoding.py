@@ -31,10 +31,7 @@ import torch.nn.functional as F
 
 from .errors import GLTAError
 
-#: The decodings :meth:`GLTAForRecommendation.rank` accepts (the one definition of this vocabulary).
-DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
-#: Decodings that yield at most one item per slot (k <= num_slots).
-SLOT_LIMITED_DECODINGS = ("first_k", "autoregressive")
+from .vocabulary import DECODINGS, SLOT_LIMITED_DECODINGS  # noqa: F401  (re-exported: the decoders' names)
 
 LogitChunks = Callable[[slice], Iterable[Tuple[int, torch.Tensor]]]
 

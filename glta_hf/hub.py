@@ -43,8 +43,7 @@ from .run_record import portable_path, sanitized_run_info
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-ADAPTER_DIR = "llm_adapter"
+from .checkpoint import ADAPTER_DIR, PICKLE_SUFFIXES, WEIGHTS_NAME  # noqa: E402
 #: the only weight files a GLTA repository may hold
 ALLOWED_WEIGHTS = (WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors")
 #: files every uploaded GLTA checkpoint has (the tokenizer adds its own files, LoRA adds llm_adapter/)
@@ -60,8 +59,7 @@ ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"
 ADAPTER_FILES = (ADAPTER_CONFIG, f"{ADAPTER_DIR}/adapter_model.safetensors")
 #: the text files written from this machine's state (config, records, card, tables): scanned for local paths
 RECORD_FILES = ("config.json", "item_catalogue.json", RUN_INFO_NAME, CARD_NAME, USER_TABLE_NAME, ADAPTER_CONFIG)
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_WEIGHT_SUFFIXES = (".safetensors", ".gguf") + _PICKLE_SUFFIXES
+_WEIGHT_SUFFIXES = (".safetensors", ".gguf") + PICKLE_SUFFIXES
 
 
 def _api():
@@ -112,7 +110,7 @@ def hub_files(folder, include_user_table: bool = False) -> List[str]:
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise CheckpointError(f"{folder}: not a complete GLTA checkpoint, missing {missing}")
-    bad = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+    bad = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if bad:
         raise CheckpointError(f"{folder}: refusing to upload pickle files {bad}")
     extra_weights = [f for f in files if f.endswith(_WEIGHT_SUFFIXES) and f not in ALLOWED_WEIGHTS]

@@ -13,10 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
+from .checkpoint import PICKLE_SUFFIXES, refuse_pickled_weights  # noqa: F401  (re-exported; checkpoint owns them)
 from .errors import CheckpointError
-
-#: File names that may hold pickled Python objects; never loaded for weights.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def _current_umask() -> int:
@@ -87,16 +85,3 @@ def load_safetensors(path) -> Dict[str, "torch.Tensor"]:  # noqa: F821
     from safetensors.torch import load_file
 
     return load_file(os.fspath(path), device="cpu")
-
-
-def refuse_pickled_weights(folder) -> None:
-    """Raise if ``folder`` holds pickle-format weight files; this package only reads safetensors."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
-    if found:
-        raise CheckpointError(
-            f"{folder}: refusing to load a checkpoint that contains pickle files {found}; "
-            "glta-hf reads weights from safetensors only. Remove them or re-save the model with save_pretrained()."
-        )

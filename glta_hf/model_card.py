@@ -21,10 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .checkpoint import RUN_INFO_NAME, USER_TABLE_NAME  # noqa: F401  (re-exported for hub)
+
 TEMPLATE_PATH = Path(__file__).resolve().parent / "resources" / "model_card" / "glta_model_card.md"
-RUN_INFO_NAME = "glta_run.json"
 CARD_NAME = "README.md"
-USER_TABLE_NAME = "user_table.json"
 
 #: local LLM files whose Hub repository is known (the card's ``base_model`` must be a Hub id, never a local path)
 KNOWN_BASE_MODELS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}

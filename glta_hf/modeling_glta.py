@@ -599,7 +599,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
         write_json(folder / CATALOGUE_NAME, self.item_catalogue)
-        write_json(folder / USER_TABLE_NAME, self.user_table)
+        if self.has_user_table:  # a model loaded without its user table saves none (no placeholder table)
+            write_json(folder / USER_TABLE_NAME, self.user_table)
         if _is_peft(self.llm):
             self.llm.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
         if self.run_info:

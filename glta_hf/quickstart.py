@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from .checkpoint import WEIGHTS_NAME
 from .io_utils import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -367,7 +368,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
     users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else pipeline.test_users(full))
     ks = tuple(k for k in (5, 10, 20) if cfg.decoding in ("all_slots", "first_logit") or k <= cfg.num_slots)
-    final_weights = work / "user" / "final" / "model.safetensors"
+    final_weights = work / "user" / "final" / WEIGHTS_NAME
     key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks), "model_mtime": final_weights.stat().st_mtime,
            "stages": [s.get("fingerprint") for s in pipeline.stage_records(model.run_info)]}
     cache = work / "test_metrics.json"

@@ -47,6 +47,9 @@ class GLTAServingMixin:
             "profiles": [None] * n_users,
             "predictions": [None] * n_users,
         }
+        #: False until a user table is attached (a checkpoint published without ``user_table.json`` stays so): then
+        #: no user id is known, every request folds its user in from a given history, and none is saved.
+        self.has_user_table = False
         self._item_index = self._user_index = None
 
     def set_catalogue(self, item_ids: Iterable, titles: Optional[Sequence[Optional[str]]] = None) -> None:
@@ -87,13 +90,17 @@ class GLTAServingMixin:
                 if bad:
                     raise UnknownIdError(f"history item rows out of range [0, {self.config.num_items}): {bad[:5]}")
             self.user_table[name] = values
+            self.has_user_table = True
         self._user_index = None
 
     def _lookup(self, name: str) -> Dict[str, int]:
         """External id (as str) -> row, for ``"item"`` or ``"user"``; rebuilt after the catalogue / table changes."""
         cache = getattr(self, f"_{name}_index", None)
         if cache is None:
-            ids = self.item_catalogue["item_ids"] if name == "item" else self.user_table["user_ids"]
+            if name == "item":
+                ids = self.item_catalogue["item_ids"]
+            else:  # without a user table no external user id is known (not even the row numbers)
+                ids = self.user_table["user_ids"] if self.has_user_table else []
             cache = {str(x): row for row, x in enumerate(ids)}
             setattr(self, f"_{name}_index", cache)
         return cache

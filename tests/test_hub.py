@@ -348,6 +348,10 @@ def test_a_model_pushed_without_its_user_table_serves_fold_in_requests(tmp_path,
     assert got[0]["items"] == want[0]["items"] and not set(got[0]["items"]) & set(history)
     with pytest.raises(UnknownIdError):  # a stored user's id means nothing without the table
         loaded.recommend(["u1"], k=3)
+    with pytest.raises(UnknownIdError):  # nor does an internal row number (it once served row 1 silently)
+        loaded.recommend(["1"], k=3)
+    loaded.save_pretrained(tmp_path / "resaved")  # and no placeholder table is written on a re-save
+    assert not (tmp_path / "resaved" / "user_table.json").exists()
 
 
 def test_hub_files_upload_only_the_allow_list(tmp_path):

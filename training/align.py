@@ -49,6 +49,7 @@ from transformers import HfArgumentParser, set_seed  # noqa: E402
 
 from glta_hf import pipeline  # noqa: E402
 from glta_hf.alignment_data import data_record, prepare_data  # noqa: E402
+from glta_hf.checkpoint import WEIGHTS_NAME  # noqa: E402
 from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference  # noqa: E402
 from glta_hf.graph import load_node_embeddings  # noqa: E402
 from glta_hf.pipeline import last_complete_checkpoint, resolve_resume  # noqa: E402,F401  (re-exported for callers)
@@ -134,7 +135,7 @@ def first_model(stage, script, model_args, args, *, llm, tokenizer, nodes, data,
     init = script.init_from
     if stage == "user" and not args.no_item_alignment and init is None:
         init = str(root / "item" / "final")
-        if not (Path(init) / "model.safetensors").is_file():
+        if not (Path(init) / WEIGHTS_NAME).is_file():
             raise SystemExit(f"stage user continues from the item stage, but {init} does not exist: run "
                              "--stage item first, pass --init_from, or use --no_item_alignment (w/o IA)")
     if init:

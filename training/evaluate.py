@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from glta_hf.checkpoint import RUN_INFO_NAME
     from glta_hf.alignment_data import data_from_record, serving_histories, user_histories
     from glta_hf.io_utils import read_json, write_json
     from glta_hf.metrics import evaluate_model, sample_eval_users
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(args.model)
-    run = read_json(folder / "glta_run.json") if (folder / "glta_run.json").is_file() else {}
+    run = read_json(folder / RUN_INFO_NAME) if (folder / RUN_INFO_NAME).is_file() else {}
     dataset = args.dataset or run.get("dataset")
     if not dataset:
         raise SystemExit(f"{folder}: no glta_run.json; pass --dataset / --data-dir")
