@@ -260,8 +260,12 @@ class LightGCNCE(LightGCN):
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
         users, pos = batch[0], batch[1]
         user_emb, item_emb = self.embeddings()
-        logits = user_emb[users] @ item_emb.T / self.temperature  # [B, num_items]
-        loss = F.cross_entropy(logits, pos)
+        # the log-partition depends on the user only: one softmax row per distinct user of the batch (exact, and
+        # ~3x cheaper than one row per pair on ml-latest-small, where a 2048-pair batch has <= 610 users)
+        distinct, row_of_pair = torch.unique(users, return_inverse=True)
+        log_partition = torch.logsumexp(user_emb[distinct] @ item_emb.T / self.temperature, dim=1)  # [U_batch]
+        positive = (user_emb[users] * item_emb[pos]).sum(-1) / self.temperature
+        loss = (log_partition[row_of_pair] - positive).mean()
         if self.reg:
             ego_u, ego_i = self.ego_embeddings()
             loss = loss + self.reg * 0.5 * (ego_u[users].pow(2).sum() + ego_i[pos].pow(2).sum()) / users.shape[0]
