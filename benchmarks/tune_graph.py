@@ -204,6 +204,45 @@ class Harness:
                 print(f"chosen LightGCN node embeddings exported to {target}")
 
 
+def setting_label(model: str, setting: Dict[str, Any]) -> str:
+    if not setting:
+        return "–"
+    parts = [f"lr {setting['lr']:g}", f"reg {setting['reg']:g}", f"batch {setting['batch_size']}"]
+    if "temperature" in setting:
+        parts.append(f"τ {setting['temperature']:g}")
+    if "text_weight" in setting:
+        parts.append(f"text weight {setting['text_weight']:g}")
+    return ", ".join(parts) + f", max {setting['epochs']} epochs"
+
+
+def report(dataset: str, log: Path, results_dir: Path) -> str:
+    """Markdown: the tuning table (every trial) and the test table (the chosen trial per model)."""
+    rows = read_log(log)
+    lines = [f"Tuning ({dataset}; chosen trial in bold):", "",
+             "| model | setting | best epoch / run | val N@10 | wall time | load average |", "|---|---|---|---|---|---|"]
+    for model in MODELS:
+        mine = [r for r in rows if r["model"] == model]
+        best = max(mine, key=lambda r: r["val_ndcg@10"])["key"] if mine else None
+        for r in mine:
+            bold = "**" if r["key"] == best else ""
+            lines.append(f"| {model} | {setting_label(model, r['setting'])} | {r['best_epoch']} / {r['epochs_run']} | "
+                         f"{bold}{r['val_ndcg@10']:.4f}{bold} | {r['wall_time_s']:.0f} s | {r['load_average_after']} |")
+    lines += ["", f"Test ({dataset}, each chosen configuration evaluated once):", "",
+              "| model | P@5 | P@10 | N@5 | N@10 | R@20 | val N@10 | chosen setting |", "|---|---|---|---|---|---|---|---|"]
+    for model in MODELS:
+        path = results_dir / dataset / f"{model}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        m, c = record["metrics"], record["config"]
+        if "trial" not in c:  # a result this script did not write (e.g. an older run): not part of this table
+            continue
+        lines.append(f"| {model} | {m['precision@5']:.4f} | {m['precision@10']:.4f} | {m['ndcg@5']:.4f} | "
+                     f"{m['ndcg@10']:.4f} | {m['recall@20']:.4f} | {c['val_ndcg@10']:.4f} | "
+                     f"{setting_label(model, c['setting'])}, best epoch {c['best_epoch']} |")
+    return "\n".join(lines)
+
+
 def _threads() -> int:
     import torch
 
@@ -214,11 +253,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="ml-latest-small (bundled) or ml-100k, ...")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the bundled copy)")
-    p.add_argument("--phase", choices=["tune", "test", "all"], default="all")
+    p.add_argument("--phase", choices=["tune", "test", "all", "report"], default="all",
+                   help="report: print the markdown tuning / test tables from the log and result files")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--log", default=None, help="tuning log (default benchmarks/results/<dataset>/tuning/graph.jsonl)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks/results"))
     args = p.parse_args(argv)
+    if args.phase == "report":
+        log = Path(args.log or ROOT / "benchmarks/results" / args.dataset / "tuning/graph.jsonl")
+        print(report(args.dataset, log, Path(args.results_dir)))
+        return 0
     import torch
 
     torch.set_num_threads(1)

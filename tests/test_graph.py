@@ -231,3 +231,34 @@ def test_trainer_draws_no_negatives_for_the_softmax_model():
     assert set(GRAPH_MODELS) == {"pop", "mf", "lightgcn", "lightgcn+", "lightgcn_ce"}
     with pytest.raises(ValueError, match="lightgcn_ce"):
         build_model("lightgcn_bpr", train, args)
+
+
+def _tune_graph_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_graph.py"
+    spec = importlib.util.spec_from_file_location("tune_graph", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuning_grid_keys_and_log(tmp_path):
+    tune = _tune_graph_module()
+    settings = tune.grid("lightgcn", {})
+    keys = {tune.trial_key("ml-100k", "lightgcn", s) for s in settings}
+    assert len(keys) == len(settings)  # one key per setting, stable across calls (the resume relies on it)
+    assert keys == {tune.trial_key("ml-100k", "lightgcn", s) for s in tune.grid("lightgcn", {})}
+    assert tune.trial_key("ml-100k", "mf", settings[0]) != tune.trial_key("ml-latest-small", "mf", settings[0])
+    chosen = dict(settings[1])
+    plus = tune.grid("lightgcn_plus", chosen)
+    assert plus and all(s["lr"] == chosen["lr"] and s["reg"] == chosen["reg"] for s in plus)
+    log = tmp_path / "graph.jsonl"
+    log.write_text(json.dumps({"key": "a", "model": "mf", "val_ndcg@10": 0.1}) + "\n"
+                   + json.dumps({"key": "b", "model": "mf", "val_ndcg@10": 0.3}) + "\n")
+    assert tune.best_trial(tune.read_log(log), "mf")["key"] == "b"
+    with open(log, "a") as handle:
+        handle.write("{truncated\n")
+    with pytest.raises(SystemExit, match="graph.jsonl:3"):
+        tune.read_log(log)
