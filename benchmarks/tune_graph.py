@@ -8,7 +8,8 @@ generate_texts.py use, so GLTA rows share it. Every model is scored by :func:`gl
 ``--phase tune`` runs the grid below; each finished trial is appended to the JSON-lines tuning log (setting,
 epochs run, best epoch, validation metrics, wall time, load average) and its best-epoch node tables are saved
 under ``runs/tuning/<dataset>/<model>/<trial>/`` (ignored). Trials already in the log are skipped, so the job
-resumes where it stopped. LightGCN+ is tuned around the chosen LightGCN (its lr / reg), so it runs after it.
+resumes where it stopped; jobs on disjoint ``--models`` may share one log. LightGCN+ is tuned around the chosen
+LightGCN (its lr / reg), so it runs after it.
 
 ``--phase test`` picks, per model, the trial with the best validation NDCG@10, evaluates it ONCE on test (every
 training interaction, fit + validation, masked) and writes ``<results-dir>/<dataset>/<model>.json``; a result that
@@ -135,20 +136,17 @@ class Harness:
         return row
 
     def tune(self) -> None:
-        rows = read_log(self.log)
-        done = {r["key"] for r in rows}
         for model in self.args.models:
+            rows = read_log(self.log)
             chosen = best_trial(rows, "lightgcn")["setting"] if model == "lightgcn_plus" else {}
             for setting in grid(model, chosen):
                 key = trial_key(self.args.dataset, model, setting)
-                if key in done:
+                if key in {r["key"] for r in read_log(self.log)}:  # re-read: another job may share the log
                     continue
                 row = self.run_trial(model, setting)
                 self.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.log, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(row) + "\n")
-                rows.append(row)
-                done.add(key)
                 print(f"{model} {setting} -> val ndcg@10 {row['val_ndcg@10']} (best epoch {row['best_epoch']}/"
                       f"{row['epochs_run']}, {row['wall_time_s']} s, load {row['load_average_after']})", flush=True)
 
