@@ -42,7 +42,10 @@ BASE = dict(dim=64, layers=3, batch_size=2048, eval_every=2, patience=20, seed=0
 BPR_GRID = ((1e-3, 1e-4, 300), (5e-3, 1e-4, 200), (5e-3, 1e-3, 200))  # (lr, reg, max epochs)
 
 
-def grid(model: str, chosen_lightgcn: Dict[str, Any]) -> List[Dict[str, Any]]:
+PLUS_TEXT_WEIGHTS = (0.1, 0.5)
+
+
+def grid(model: str, chosen_lightgcn: Dict[str, Any], text_weights=PLUS_TEXT_WEIGHTS) -> List[Dict[str, Any]]:
     """The settings tried per model (epochs by early stopping on validation NDCG@10)."""
     if model == "pop":
         return [{}]
@@ -52,7 +55,7 @@ def grid(model: str, chosen_lightgcn: Dict[str, Any]) -> List[Dict[str, Any]]:
         return [dict(BASE, batch_size=8192, lr=5e-3, reg=1e-4, temperature=t, epochs=150) for t in (1.0, 0.2)]
     if model == "lightgcn_plus":  # LightGCN's chosen lr / reg / epochs; the text term's weight tuned
         base = {k: chosen_lightgcn[k] for k in ("lr", "reg", "epochs")}
-        return [dict(BASE, **base, text_weight=w, temperature=0.2) for w in (0.1, 0.5)]
+        return [dict(BASE, **base, text_weight=w, temperature=0.2) for w in text_weights]
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
 
@@ -139,7 +142,7 @@ class Harness:
         for model in self.args.models:
             rows = read_log(self.log)
             chosen = best_trial(rows, "lightgcn")["setting"] if model == "lightgcn_plus" else {}
-            for setting in grid(model, chosen):
+            for setting in grid(model, chosen, self.args.plus_text_weights):
                 key = trial_key(self.args.dataset, model, setting)
                 if key in {r["key"] for r in read_log(self.log)}:  # re-read: another job may share the log
                     continue
@@ -254,6 +257,8 @@ def main(argv=None) -> int:
     p.add_argument("--phase", choices=["tune", "test", "all", "report"], default="all",
                    help="report: print the markdown tuning / test tables from the log and result files")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--plus-text-weights", nargs="+", type=float, default=list(PLUS_TEXT_WEIGHTS),
+                   help="LightGCN+ InfoNCE weights to try (a subset lets two jobs split its grid)")
     p.add_argument("--log", default=None, help="tuning log (default benchmarks/results/<dataset>/tuning/graph.jsonl)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks/results"))
     args = p.parse_args(argv)
