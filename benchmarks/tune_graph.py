@@ -177,8 +177,11 @@ class Harness:
         for model in self.args.models:
             trial = best_trial(rows, model)
             out = results_dir / self.args.dataset / f"{model}.json"
+            export = ROOT / "runs/graph" / self.args.dataset / "lightgcn" if model == "lightgcn" else None
             if out.is_file() and json.loads(out.read_text()).get("config", {}).get("trial") == trial["key"]:
                 print(f"{out}: already holds the test of trial {trial['key']}; not re-evaluated")
+                if export is not None and not export.is_dir():  # a fresh checkout: rebuild the GLTA input
+                    self.export_lightgcn(self.scorer(model, trial)[1], export)
                 continue
             score, folder = self.scorer(model, trial)
             start = time.perf_counter()
@@ -197,12 +200,16 @@ class Harness:
                                     metrics=metrics, command=command,
                                     wall_time_s=trial["wall_time_s"] + time.perf_counter() - start, config=config)
             print(f"{model}: test ndcg@10 {metrics['ndcg@10']:.4f} p@10 {metrics['precision@10']:.4f} -> {path}")
-            if model == "lightgcn" and folder is not None:
-                target = ROOT / "runs/graph" / self.args.dataset / "lightgcn"
-                if target.exists():
-                    shutil.rmtree(target)
-                shutil.copytree(folder, target)
-                print(f"chosen LightGCN node embeddings exported to {target}")
+            if export is not None:
+                self.export_lightgcn(folder, export)
+
+    @staticmethod
+    def export_lightgcn(folder: Path, target: Path) -> None:
+        """The chosen LightGCN's node tables where the GLTA runs read them (``runs/graph/<dataset>/lightgcn``)."""
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(folder, target)
+        print(f"chosen LightGCN node embeddings exported to {target}")
 
 
 def setting_label(model: str, setting: Dict[str, Any]) -> str:
