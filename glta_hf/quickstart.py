@@ -194,7 +194,7 @@ def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, 
         per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
         items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
         save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
-        use_cpu=True, dataloader_num_workers=0, report_to="none", **flags)
+        dataloader_num_workers=0, report_to="none", **flags)  # the Trainer picks cuda when available
     stages = ("user",) if flags.get("no_item_alignment") else ("item", "user")
     model = None
     for number, stage in zip(numbers or [""] * len(stages), stages):
