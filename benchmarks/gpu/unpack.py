@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Bring a GPU kit run home: unpack its ``kit_results.tar.gz`` into the repository, ready to commit.
 
-Only files under ``benchmarks/results/``, ``benchmarks/texts/`` and ``benchmarks/figures/`` are written (``run/``
+Only files under ``benchmarks/results/``, ``benchmarks/texts/``, ``benchmarks/figures/`` and ``benchmarks/gpu/nodes/``
+(LightGCN tables the kit had to train) are written (``run/``
 members, the per-dataset ``tables.md``, are printed). No ``.git`` travels to the device, so result JSONs whose
 ``commit`` reads ``unknown`` get the commit the run was made from (``--commit``, default: the ``COMMIT`` file
 ``carry.py prepare`` wrote for the last call). A returned text cache must hold every user of the local one (the
@@ -19,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-ALLOWED = ("benchmarks/results/", "benchmarks/texts/", "benchmarks/figures/")
+ALLOWED = ("benchmarks/results/", "benchmarks/texts/", "benchmarks/figures/", "benchmarks/gpu/nodes/")
 
 
 class UnpackError(Exception):
