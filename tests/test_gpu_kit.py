@@ -42,6 +42,9 @@ def test_dry_run_end_to_end(tmp_path):
         assert status[f"lightgcn check {name}"] == "done"
         assert status[f"rows {name} glta,glta_fl,glta_ar,glta_wo_pf,glta_wo_ia"] == "done", status
         assert status[f"tables {name}"] == "done"
+    assert status["graph tiny-b (train the lightgcn row's tables)"] == "done"  # tiny-b had no committed tables
+    assert status["graph tiny-b (re-score the lightgcn row)"] == "done"
+    assert not any(step.startswith("graph tiny-a") for step in status)  # tiny-a's were "committed"
     assert status["perf"] == "done"
     assert sorted(os.listdir(out)) == ["kit.log", "kit_report.json", "kit_results.tar.gz"]  # <= 8 files back
 
@@ -65,7 +68,8 @@ def test_dry_run_end_to_end(tmp_path):
         names = set(tar.getnames())
     assert {"benchmarks/results/performance/gpu.json", "benchmarks/results/tiny-b/glta_ar.json",
             "benchmarks/texts/tiny-a/texts.jsonl", "benchmarks/texts/tiny-a/texts.jsonl.meta.json",
-            "benchmarks/figures/fig4_tiny-a.png", "run/tiny-b/tables.md"} <= names
+            "benchmarks/figures/fig4_tiny-a.png", "run/tiny-b/tables.md", "benchmarks/results/tiny-b/lightgcn.json",
+            "benchmarks/gpu/nodes/tiny-b-lightgcn/node_embeddings.safetensors"} <= names
     home = tmp_path / "home"
     written = unpack.unpack(out / "kit_results.tar.gz", home, commit="c0ffee")
     assert "benchmarks/results/tiny-a/glta_wo_ia.json" in written

@@ -138,10 +138,17 @@ def text_settings(cfg, batch_size: int):
     return tcfg
 
 
+_LOADED: Dict[str, Any] = {}
+
+
 def load_data(dataset):
+    """``(data, full)`` as the rows build them (validation 0.1 of train, seed 0); loaded once per process."""
     from glta_hf.alignment_data import prepare_data
 
-    return prepare_data(dataset["loader"], dataset["data_dir"], **dataset["options"], val_fraction=0.1, val_seed=0)
+    if dataset["name"] not in _LOADED:
+        _LOADED[dataset["name"]] = prepare_data(dataset["loader"], dataset["data_dir"], **dataset["options"],
+                                                val_fraction=0.1, val_seed=0)
+    return _LOADED[dataset["name"]]
 
 
 def bench_argv(cfg, dataset, rows: List[str]) -> List[str]:
