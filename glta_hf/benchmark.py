@@ -65,6 +65,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=None, help="GLTA user-stage epochs")
     parser.add_argument("--max-users", type=int, default=None, help="GLTA training users (0 = all)")
     parser.add_argument("--eval-users", type=int, default=None, help="test users, same for every row (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=None, help="GLTA alignment batch size (overrides --budget)")
+    parser.add_argument("--eval-batch-size", type=int, default=None,
+                        help="users per GLTA ranking forward in the test evaluation (default max(batch size, 8))")
+    parser.add_argument("--texts", default=None,
+                        help="profile / prediction cache of the GLTA rows (default <output-dir>/work/texts.jsonl); "
+                             "a committed cache such as benchmarks/texts/<dataset>/texts.jsonl is reused / resumed")
+    parser.add_argument("--node-embeddings", default=None,
+                        help="node-embedding folder the GLTA rows align (training/pretrain_graph.py --output-dir, "
+                             "e.g. the committed lightgcn row's tables); default: train the graph stage in "
+                             "<output-dir>/work/graph")
+    parser.add_argument("--llm-dtype", default=None, help="dtype of the GLTA rows' LLM (bfloat16 on GPUs; default "
+                                                         "the checkpoint's, float32 for a GGUF file)")
+    parser.add_argument("--device", default="auto", help="device of the GLTA rows' LLM: auto (cuda when available), "
+                                                         "cpu, cuda, cuda:1, ...")
     parser.add_argument("--output-dir", default="runs/benchmark", help="work files, results.json, tables.md")
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--figures-dir", default="benchmarks/figures")
@@ -80,8 +94,9 @@ def _config(args) -> Dict[str, Any]:
     values = dict(BUDGETS[args.budget])
     for field, flag in (("graph_epochs", "graph_epochs"), ("graph_lr", "graph_lr"),
                         ("graph_batch_size", "graph_batch_size"), ("graph_patience", "graph_patience"),
-                        ("epochs", "epochs"), ("train_users", "max_users"), ("eval_users", "eval_users")):
-        value = getattr(args, flag)
+                        ("epochs", "epochs"), ("train_users", "max_users"), ("eval_users", "eval_users"),
+                        ("batch_size", "batch_size")):
+        value = getattr(args, flag, None)
         if value is not None:
             values[field] = None if (value == 0 and field in ("train_users", "eval_users")) else value
     values.update(getattr(args, "overrides", None) or {})  # library callers / tests: any QuickstartConfig field
@@ -99,7 +114,27 @@ def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
         key.update(text_weight=args.text_weight, temperature=args.temperature)
     if row.startswith("glta"):
         key.update(backbone=args.backbone)
+        dtype = getattr(args, "llm_dtype", None)
+        if dtype is not None:  # absent = the float32 rows of earlier runs keep their fingerprints
+            key.update(llm_dtype=str(dtype))
+        nodes = getattr(args, "node_embeddings", None)
+        if nodes is not None:  # which LightGCN tables the row aligns: their content, not their path
+            key.update(node_embeddings=_file_sha256(Path(nodes) / "node_embeddings.safetensors"))
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    if not path.is_file():
+        from .errors import GLTAError
+
+        raise GLTAError(f"--node-embeddings: {path} does not exist (training/pretrain_graph.py --output-dir writes it)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _device(value: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if value in (None, "auto") else value
 
 
 class Benchmark:
@@ -166,7 +201,9 @@ class Benchmark:
             from .texts import load_generator
 
             folder, gguf = portable_llm_reference(self.cfg["backbone"] or SMOLLM2_REFERENCE, None)
-            self.llm, self.tokenizer, self.ref = load_generator(folder, gguf_file=gguf)
+            self.llm, self.tokenizer, self.ref = load_generator(folder, gguf_file=gguf,
+                                                                dtype=getattr(self.args, "llm_dtype", None))
+            self.llm.to(_device(getattr(self.args, "device", "auto")))
             self.folder, self.gguf = folder, gguf
         elif not hasattr(self, "ref"):
             from .texts import llm_reference
@@ -187,11 +224,18 @@ class Benchmark:
 
         c = self.cfg
         work = self.out / "work"
-        self.nodes, _ = pipeline.train_graph(self.data, work / "graph", self.graph_args())
+        if getattr(self.args, "node_embeddings", None):
+            from .graph import load_node_embeddings
+
+            self.nodes = load_node_embeddings(self.args.node_embeddings)
+            pipeline.check_node_ids(self.nodes, self.data, where=f"--node-embeddings {self.args.node_embeddings}")
+        else:
+            self.nodes, _ = pipeline.train_graph(self.data, work / "graph", self.graph_args())
         llm, tokenizer = self._backbone()
         seed_everything(c["seed"])
         tcfg = text_config(QuickstartConfig(**c))
-        self.texts = pipeline.generate_texts(llm, tokenizer, self.data, work / "texts.jsonl", config=tcfg,
+        texts = Path(self.args.texts) if getattr(self.args, "texts", None) else work / "texts.jsonl"
+        self.texts = pipeline.generate_texts(llm, tokenizer, self.data, texts, config=tcfg,
                                              llm_ref=self.ref, users=self.first(c["text_users"]),
                                              progress=c["progress"])
 
@@ -225,7 +269,8 @@ class Benchmark:
         users = self.users if self.users is not None else pipeline.test_users(self.full)
         ks = tuple(k for k in DEFAULT_KS if decoding in ("all_slots", "first_logit") or k <= c["num_slots"])
         metrics = pipeline.evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
-                                         batch_size=max(c["batch_size"], 8), progress=c["progress"], seed=c["seed"])
+                                         batch_size=getattr(self.args, "eval_batch_size", None) or max(c["batch_size"], 8),
+                                         progress=c["progress"], seed=c["seed"])
         return metrics, {"variant": variant, "flags": flags, "decoding": decoding,
                          "stages": (model.run_info or {}).get("stages")}
 
@@ -234,7 +279,10 @@ class Benchmark:
         from .io_utils import read_json, write_json
         from .results import hardware_info, write_run_result
 
-        command = "glta benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "glta benchmark"
+        given = sys.argv[1:]
+        if given[:1] == ["benchmark"]:  # `glta benchmark ...` / `python -m glta_hf.cli benchmark ...`
+            given = given[1:]
+        command = "glta benchmark " + " ".join(shlex.quote(a) for a in given)
         results: Dict[str, Any] = {}
         for row in rows:
             fp = fingerprint(row, self.args, self.cfg)

@@ -240,7 +240,7 @@ def training_arguments(cfg: "QuickstartConfig", work: Path, flags: Optional[Dict
         per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
         items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
         save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
-        use_cpu=True, dataloader_num_workers=0, report_to="none", **dict(flags or {}))
+        dataloader_num_workers=0, report_to="none", **dict(flags or {}))  # the Trainer picks cuda when available
 
 
 def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, nodes, data, texts, llm_name_or_path,
