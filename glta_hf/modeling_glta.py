@@ -177,7 +177,7 @@ class GLTAModel(GLTAPreTrainedModel):
         """
         check_cacheable(self.llm)
         if store is None:
-            store = PrefixStore(max_bytes=max_bytes, folder=folder, device=self.llm.get_input_embeddings().weight.device)
+            store = PrefixStore(max_bytes=max_bytes, folder=folder)  # entries stay where computed: the LLM's device
         self._prefix_llm_key = llm_fingerprint(self.llm, self.config.llm_name_or_path or type(self.llm).__name__)
         self.prefix_store = store
         return store

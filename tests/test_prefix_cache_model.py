@@ -71,6 +71,8 @@ def test_store_is_runtime_state_never_saved(tmp_path):
     store = model.enable_prefix_cache()
     model.recommend("u0", k=2)
     assert len(store) == 1 and set(model.state_dict()) == keys and model.config.to_dict() == config
+    device = model.llm.get_input_embeddings().weight.device  # entries live where the LLM runs (a GPU when it has one)
+    assert store.device == device and all(e.keys.device == device for e in store._memory.values())
     model.save_pretrained(tmp_path / "saved")
     text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "saved").iterdir() if p.suffix == ".json")
     assert "prefix_store" not in text and "prefix_cache" not in text
@@ -95,6 +97,18 @@ def test_lora_or_a_trainable_llm_parameter_is_refused(tmp_path):
     assert store.stats["computed"] == 0
     with pytest.raises(PrefixCacheError, match="require grad"):
         model.enable_prefix_cache()
+
+
+def test_trainer_refuses_prefix_cache_with_lora(tmp_path):
+    from glta_hf.trainer import GLTATrainer
+    from glta_hf.training_args import GLTATrainingArguments
+
+    lora = build_tiny(tmp_path, lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}).model
+    args = GLTATrainingArguments(output_dir=str(tmp_path / "run"), num_slots=4, items_per_sample=3, use_cpu=True,
+                                 report_to="none", prefix_cache=True)
+    with pytest.raises(PrefixCacheError, match="LoRA"):
+        GLTATrainer(lora, args, "user")
+    assert lora.prefix_store is None
 
 
 # ----------------------------------------------------------------------------------------------- training
