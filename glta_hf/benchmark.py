@@ -43,7 +43,7 @@ TABLE3 = [("P@5", "precision@5"), ("N@5", "ndcg@5")]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from .quickstart import BUDGETS
+    from .quickstart import BUDGETS, _choice_of, _layouts
 
     parser.add_argument("--dataset", default="ml-latest-small", help="loader name (ml-1m, amazon-json, ...)")
     parser.add_argument("--data-dir", default=None)
@@ -79,6 +79,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                                                          "the checkpoint's, float32 for a GGUF file)")
     parser.add_argument("--device", default="auto", help="device of the GLTA rows' LLM: auto (cuda when available), "
                                                          "cpu, cuda, cuda:1, ...")
+    parser.add_argument("--layout", default=None, type=_choice_of(_layouts, "layout"),
+                        help="GLTA prompt order (config key layout; default paper)")
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="GLTA rows: exact cached text prefixes in the user stage and evaluation (config key "
+                             "prefix_cache; does not change a row's numbers, so not in its fingerprint)")
     parser.add_argument("--output-dir", default="runs/benchmark", help="work files, results.json, tables.md")
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--figures-dir", default="benchmarks/figures")
@@ -99,6 +104,10 @@ def _config(args) -> Dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             values[field] = None if (value == 0 and field in ("train_users", "eval_users")) else value
+    if getattr(args, "layout", None) is not None:
+        values["layout"] = args.layout
+    if getattr(args, "prefix_cache", False):
+        values["prefix_cache"] = True
     values.update(getattr(args, "overrides", None) or {})  # library callers / tests: any QuickstartConfig field
     cfg = QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
                            backbone=args.backbone, progress=not args.no_progress, **values)
@@ -107,7 +116,9 @@ def _config(args) -> Dict[str, Any]:
 
 def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
     """What a row's numbers depend on: data, split, budget (and LightGCN+'s text weight); not paths / progress."""
-    keep = {k: v for k, v in cfg.items() if k not in ("output_dir", "progress", "show_users")}
+    keep = {k: v for k, v in cfg.items() if k not in ("output_dir", "progress", "show_users", "prefix_cache")}
+    if keep.get("layout") == "paper":  # rows from before the layout option keep their fingerprints
+        keep.pop("layout")
     key = dict(row=row, split=args.split, test_fraction=args.test_fraction, split_seed=args.split_seed,
                graph_reg=args.graph_reg, eval_every=args.eval_every, cfg=keep)
     if row == "lightgcn_plus":

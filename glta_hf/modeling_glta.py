@@ -9,7 +9,9 @@ Laid out like transformers' ``models/llava/modeling_llava.py``:
   slot t's own trainable vector ``s_t`` at the t-th ``<slot>``. ``user_ids`` / ``item_ids`` are flattened over the
   batch in placeholder order (row-major), like LLaVA's image features; counts are checked.
   :meth:`GLTAModel.run_llm` is the single place the LLM runs (position ids from the attention mask, so left and
-  right padding agree; an optional KV cache) -- the hook for a cached-prefix forward.
+  right padding agree; an optional KV cache). :meth:`GLTAModel.enable_prefix_cache` switches
+  :meth:`~GLTAModel.slot_hidden_states` (training loss, ranking, ``recommend``) to the exact cached-prefix forward
+  of ``glta_hf.prefix_cache`` (runtime state: never saved).
 * :class:`GLTAForRecommendation`: ``GLTAModel`` + GLLM head + loss -> :class:`GLTAOutput`, plus decoding
   (:meth:`~GLTAForRecommendation.rank`, ``glta_hf.decoding``), serving (``recommend``, ``glta_hf.serving``) and
   checkpoints (``save_pretrained`` / ``from_pretrained``, files and checks in ``glta_hf.checkpoint``).
@@ -52,6 +54,7 @@ from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: 
 from .errors import CheckpointError
 from .io_utils import save_safetensors, write_json
 from .loss import chunked_linear_cross_entropy, slot_loss  # noqa: F401  (chunked_linear_cross_entropy: old path)
+from .prefix_cache import PrefixStore, cached_slot_hidden_states, check_cacheable, llm_fingerprint, positions_from_mask
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .serving import GLTAServingMixin
 
@@ -109,6 +112,9 @@ class GLTAModel(GLTAPreTrainedModel):
         self._build_head()
         self.post_init()
         self._llm_cache_kwarg = "cache"
+        # runtime state, not a module / buffer: never in state_dict, config or save_pretrained's files
+        self.prefix_store: Optional[PrefixStore] = None
+        self._prefix_llm_key: Optional[str] = None
         if llm is None:
             if not config.llm_name_or_path:
                 raise ValueError("GLTAConfig.llm_name_or_path is not set: pass llm= or use from_components()")
@@ -133,6 +139,9 @@ class GLTAModel(GLTAPreTrainedModel):
         if self.config.lora and not _is_peft(llm):
             llm = _apply_lora(llm, self.config.lora)
         self.llm = llm
+        store = self.disable_prefix_cache() if getattr(self, "prefix_store", None) is not None else None
+        if store is not None:  # another LLM: its prefixes get other keys (or caching is refused for it)
+            self.enable_prefix_cache(store)
         base = llm.get_base_model() if _is_peft(llm) else llm
         self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
         params = inspect.signature(base.forward).parameters
@@ -152,6 +161,32 @@ class GLTAModel(GLTAPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
+
+    # ------------------------------------------------------------------------------------------- cached prefixes
+
+    def enable_prefix_cache(self, store: Optional[PrefixStore] = None, *, max_bytes: int = 2 << 30,
+                            folder=None) -> PrefixStore:
+        """Serve every prompt's placeholder-free prefix from ``store`` (exact: the LLM is frozen), so
+        :meth:`slot_hidden_states` -- the training loss, ``rank`` / ``ranker`` / ``scorer`` and ``recommend`` -- runs
+        only the suffix (placeholders, slots) through the LLM. Autoregressive decoding stays uncached.
+
+        ``store``: one shared by a whole run (training, evaluation, serving); by default a new
+        :class:`~glta_hf.prefix_cache.PrefixStore` under ``max_bytes`` (spilling to ``folder`` / a temporary folder)
+        on the LLM's device. Raises :class:`~glta_hf.prefix_cache.PrefixCacheError` for a LoRA adapter or any
+        trainable LLM parameter (the prefix would not be fixed). Runtime state only: never saved. Returns the store.
+        """
+        check_cacheable(self.llm)
+        if store is None:
+            store = PrefixStore(max_bytes=max_bytes, folder=folder)  # entries stay where computed: the LLM's device
+        self._prefix_llm_key = llm_fingerprint(self.llm, self.config.llm_name_or_path or type(self.llm).__name__)
+        self.prefix_store = store
+        return store
+
+    def disable_prefix_cache(self) -> Optional[PrefixStore]:
+        """Back to the uncached forward; returns the store that was in use (still open: the caller may reuse or
+        ``close()`` it)."""
+        store, self.prefix_store, self._prefix_llm_key = self.prefix_store, None, None
+        return store
 
     @property
     def prompt_config(self) -> PromptConfig:
@@ -225,7 +260,7 @@ class GLTAModel(GLTAPreTrainedModel):
         ``cache`` when ``use_cache``). Position ids default to the attention mask's running count, so padding side
         never changes a result; ``cache`` continues from earlier steps (autoregressive decoding, cached prefixes)."""
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+            position_ids = positions_from_mask(attention_mask)
         return self.llm(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -237,9 +272,14 @@ class GLTAModel(GLTAPreTrainedModel):
     def slot_hidden_states(
         self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None
     ) -> torch.Tensor:
-        """(B, L, hidden): the frozen LLM's last hidden state at the L ``<slot>`` positions (the head's input)."""
+        """(B, L, hidden): the frozen LLM's last hidden state at the L ``<slot>`` positions (the head's input);
+        with :meth:`enable_prefix_cache` the prompts' prefixes come from the store (same result, gradients too)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if self.prefix_store is not None:
+            return cached_slot_hidden_states(self, self.prefix_store, input_ids, attention_mask, user_ids, item_ids,
+                                             user_node_embeddings, llm_key=self._prefix_llm_key,
+                                             layout=self.prompt_config.layout)
         inputs_embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
         hidden = self.run_llm(inputs_embeds, attention_mask).last_hidden_state
         slot_mask = input_ids == self.config.slot_token_id
@@ -525,6 +565,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         plus the projected item token just chosen, the way an LM feeds back its generated token -- and slot t's
         hidden state picks i_t among items neither seen nor chosen. Training never shows fed-back items, the
         train/inference mismatch the paper blames for AR's weak results. Scores: the cumulative log-probability.
+        Always uncached (``enable_prefix_cache`` does not apply): the steps extend the LLM's own KV cache.
 
         Each step scores one slot row per user through ``decoding.slot_candidates``, chunked over the items when
         ``config.rank_chunk_size`` < |I| (B x chunk logits per step; the LLM steps themselves are not chunked).
@@ -532,7 +573,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
         B = input_ids.shape[0]
         embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        positions = positions_from_mask(attention_mask)
         prefix = input_ids.shape[1] - self.config.num_slots + 1  # everything through slot 1
         out = self.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
         blocked, rows = seen_mask.clone(), torch.arange(B, device=input_ids.device)

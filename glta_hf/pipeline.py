@@ -283,7 +283,7 @@ def stage_fingerprint(stage: str, args, *, model_options: Optional[Mapping[str, 
 def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts=None, users=None, items=None,
               callbacks: Sequence = (), early_stopping_patience: Optional[int] = None, resume="last",
               final_dir=None, run_info: Optional[Mapping[str, Any]] = None, fingerprint: Optional[str] = None,
-              settings: Optional[Mapping[str, Any]] = None):
+              settings: Optional[Mapping[str, Any]] = None, prefix_store=None):
     """Train one alignment stage of ``model`` with :class:`GLTATrainer` and save it to ``final_dir``.
 
     ``stage``: ``"item"`` or ``"user"`` (``args.trainable_stage`` decides whether the item projector trains too,
@@ -299,6 +299,7 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     earlier record of the same name -- and its train / validation metrics in ``stage_metrics[stage]``; test metrics
     of an earlier model (``eval``) are dropped, they do not describe this one. A run that trained zero steps
     raises :class:`TrainingError`. Returns ``(model, metrics)``; ``metrics["global_step"]`` is the final step.
+    ``prefix_store``: the user stage's cached prefixes (see :class:`~glta_hf.trainer.GLTATrainer`).
     """
     if stage not in ALIGNMENT_STAGES:
         raise ValueError(f"stage must be one of {ALIGNMENT_STAGES}, got {stage!r}")
@@ -306,7 +307,8 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     fingerprint = fingerprint or stage_fingerprint(stage, args, users=users, items=items)
     trainer = GLTATrainer(model, args, stage, data=data, histories=histories, has_time=has_time, texts=texts,
                           users=users, items=items, callbacks=callbacks,
-                          early_stopping_patience=early_stopping_patience, fingerprint=fingerprint)
+                          early_stopping_patience=early_stopping_patience, fingerprint=fingerprint,
+                          prefix_store=prefix_store)
     args = trainer.args  # the stage's copy (item-stage epochs / learning rate, DDP flags)
     checkpoint = resolve_resume(resume, args.output_dir, stage=stage, model=model, fingerprint=fingerprint)
     if checkpoint:
@@ -380,8 +382,14 @@ def run_stages(plan: Sequence[str], args, *, root, llm, data, texts=None, first_
     config options (part of the fingerprint). ``before_stage(stage)`` / ``on_stage(stage, model, metrics)`` run
     before / after each stage; ``metrics`` has ``global_step`` and, for a reused stage, ``skipped=True``. ``echo``
     receives the reuse / retrain decisions.
+
+    With ``args.prefix_cache`` ONE :class:`~glta_hf.prefix_cache.PrefixStore` (``args.prefix_store()``) serves the
+    whole run: the user stage's training, its validation ranking, and the returned model (cache left enabled), so a
+    user's epoch-invariant prefix is computed once per run. The item stage runs uncached (its prompts are redrawn
+    every epoch).
     """
     root = Path(root)
+    prefix_store = args.prefix_store() if args.prefix_cache else None
     histories, has_time = user_histories(data, "train")
     explicit = resume if wants_resume(resume) and not names_last_checkpoint(resume) else None
     model, upstream = None, None
@@ -419,8 +427,10 @@ def run_stages(plan: Sequence[str], args, *, root, llm, data, texts=None, first_
                 early_stopping_patience=early_stopping_patience if stage == "user" else None,
                 resume=explicit if explicit is not None else ("last" if wants_resume(resume) else None),
                 final_dir=final, run_info=dict(run_info or {}, eval_history_recent=recent), fingerprint=fingerprint,
-                settings=settings)
+                settings=settings, prefix_store=prefix_store if stage == "user" else None)
             explicit = None  # an explicit checkpoint belongs to the first stage that trains
+        if stage == "user" and prefix_store is not None and model.prefix_store is not prefix_store:
+            model.enable_prefix_cache(prefix_store)  # a reused user stage: evaluation / serving still cached
         if on_stage is not None:
             on_stage(stage, model, metrics)
     return model

@@ -70,6 +70,8 @@ class QuickstartConfig:
     max_length: int = 256
     max_description_tokens: int = 24  # per item description in the item-text stage
     head: str = "factorized"
+    layout: str = "paper"  # prompt order: paper | text_first (fixed text first: what prefix_cache caches)
+    prefix_cache: bool = False  # user stage + evaluation: exact cached text prefixes (glta_hf.prefix_cache)
     # evaluation
     eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
     decoding: str = "first_k"
@@ -129,6 +131,12 @@ def _decodings() -> Sequence[str]:
     return DECODINGS
 
 
+def _layouts() -> Sequence[str]:
+    from .prompts import PROMPT_LAYOUTS
+
+    return PROMPT_LAYOUTS
+
+
 def _heads() -> Sequence[str]:
     from .components import component_names
 
@@ -155,6 +163,8 @@ _FLAGS = {  # flag -> (field, type, help)
                "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
     "--decoding": ("decoding", _choice_of(_decodings, "decoding"),
                    "first_k (paper) | first_logit | autoregressive | all_slots"),
+    "--layout": ("layout", _choice_of(_layouts, "layout"),
+                 "prompt order: paper (default) | text_first (the fixed text before the placeholders)"),
 }
 _ZERO_IS_ALL = ("train_users", "text_users", "item_items", "eval_users")
 
@@ -190,6 +200,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="seed of splits, sampling and training (default 0)")
     for flag, (_, kind, help_text) in _FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_text + " (overrides --budget)")
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="user stage and evaluation: compute each user's frozen text prefix once (exact; best "
+                             "with --layout text_first)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -201,7 +214,8 @@ def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
         if value is not None:
             values[field] = None if (field in _ZERO_IS_ALL and value == 0) else value
     return QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
-                            backbone=args.backbone, seed=args.seed, progress=not args.no_progress, **values)
+                            backbone=args.backbone, seed=args.seed, progress=not args.no_progress,
+                            prefix_cache=bool(getattr(args, "prefix_cache", False)), **values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,7 +254,8 @@ def training_arguments(cfg: "QuickstartConfig", work: Path, flags: Optional[Dict
         per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
         items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
         save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
-        dataloader_num_workers=0, report_to="none", **dict(flags or {}))  # the Trainer picks cuda when available
+        dataloader_num_workers=0, report_to="none", prefix_cache=cfg.prefix_cache,
+        **dict(flags or {}))  # the Trainer picks cuda when available
 
 
 def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, nodes, data, texts, llm_name_or_path,
@@ -258,9 +273,11 @@ def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, 
     labels = dict(zip(plan, numbers or [""] * len(plan)))
     model_options = {"head": cfg.head, "num_slots": cfg.num_slots, "max_description_tokens":
                      cfg.max_description_tokens, "text_max_new_tokens": cfg.text_max_new_tokens}
+    if cfg.layout != "paper":  # earlier runs (paper order, no key) keep their fingerprints
+        model_options["layout"] = cfg.layout
 
     def fresh_model(stage: str):
-        prompt = PromptConfig(**args.prompt_overrides(), max_description_tokens=cfg.max_description_tokens,
+        prompt = PromptConfig(**args.prompt_overrides(), layout=cfg.layout, max_description_tokens=cfg.max_description_tokens,
                               max_profile_tokens=cfg.text_max_new_tokens, max_prediction_tokens=cfg.text_max_new_tokens)
         model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=llm_name_or_path,
                                      llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots, head=cfg.head)

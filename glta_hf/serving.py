@@ -114,7 +114,9 @@ class GLTAServingMixin:
         """Encode user-item prompts for internal user rows from the attached user context (the evaluation prompt).
 
         The prompt shows the last H items of the stored (or given) history; ``fold_in[j]`` means user j has no
-        ``E_u`` row and gets ``mean(E_i[history])`` as node embedding (returned as ``user_node_embeddings``).
+        ``E_u`` row and gets ``mean(E_i[history])`` as node embedding (returned as ``user_node_embeddings``, with
+        the known users' ``E_u`` rows, when the batch folds in a user or shows users as text; otherwise the batch's
+        ``user_ids`` select the ``E_u`` rows, the training path).
         """
         if self.tokenizer is None:
             raise ValueError("the model has no tokenizer attached (build it with from_components or from_pretrained)")
@@ -143,7 +145,9 @@ class GLTAServingMixin:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch = collate_prompts(encoded, pad, self.config.num_slots)
         batch.pop("labels", None)
-        batch["user_node_embeddings"] = torch.stack(folded) if folded else torch.zeros(0, self.config.node_dim)
+        if cfg.user_as_text or (fold_in is not None and any(fold_in)):
+            batch["user_node_embeddings"] = torch.stack(folded) if folded else torch.zeros(0, self.config.node_dim)
+        # else known users only: E_u rows through user_ids, as in training, so cached prefixes are keyed alike
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def ranker(self, decoding: str = "first_k", batch_size: int = 32) -> Callable[[torch.LongTensor, int], torch.LongTensor]:

@@ -88,13 +88,16 @@ class GLTATrainer(Trainer):
     excluding ``ranking_train`` (default: ``data``'s fit split) when ``args.eval_strategy != "no"``.
     ``early_stopping_patience``: evaluations without improvement before the user stage stops.
     ``fingerprint``: the stage settings' hash, written into each checkpoint (see :data:`CHECKPOINT_STAGE_NAME`).
+    ``prefix_store`` (or ``args.prefix_cache``): the user stage -- training and its validation ranking -- runs with
+    ``model.enable_prefix_cache`` on that store (default: the model's current one, else ``args.prefix_store()``);
+    the cache stays enabled on the model afterwards (test evaluation, ``recommend``).
     """
 
     def __init__(self, model=None, args=None, stage: Optional[str] = None, *, data=None, histories=None,
                  has_time: bool = False, texts=None, users=None, items=None, ranking_train=None, ranking_truth=None,
                  early_stopping_patience: Optional[int] = None, fingerprint: Optional[str] = None,
                  train_dataset=None, data_collator=None, eval_dataset=None, callbacks: Optional[Sequence] = None,
-                 **kwargs):
+                 prefix_store=None, **kwargs):
         if model is None or args is None:
             raise TrainingError("GLTATrainer needs model= and args= (GLTATrainingArguments)")
         stage = stage or (args.stage if args.stage in ALIGNMENT_STAGES else None)
@@ -105,6 +108,12 @@ class GLTATrainer(Trainer):
         args = args.for_stage(stage)
         trainable = model.set_trainable("item" if stage == "item" else args.trainable_stage)
         logger.info("stage %s: training %s", stage, trainable)
+        if stage == "user" and (args.prefix_cache or prefix_store is not None):
+            # one store for the stage (or the caller's run): each user's prefix is computed once, not per epoch
+            store = prefix_store if prefix_store is not None else model.prefix_store
+            model.enable_prefix_cache(store if store is not None else args.prefix_store())
+        elif stage == "item" and args.prefix_cache:
+            logger.info("stage item: prefix cache not used (item-text prompts are redrawn every epoch)")
         tokenizer = model.tokenizer
         if train_dataset is None:
             if args.num_slots != model.config.num_slots:

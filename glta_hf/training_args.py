@@ -36,6 +36,7 @@ from transformers import TrainingArguments
 
 from .components import component_names
 from .modeling_glta import DECODINGS
+from .prompts import PROMPT_LAYOUTS
 
 #: the two alignment stages, in training order (paper 3.1, 3.2)
 ALIGNMENT_STAGES = ("item", "user")
@@ -84,6 +85,12 @@ class GLTATrainingArguments(TrainingArguments):
     item_stage_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "stage=all: learning rate of the item stage (default learning_rate)"})
     max_length: int = field(default=1024, metadata={"help": "prompt length cap in tokens (free text is shortened)"})
+    prefix_cache: bool = field(default=False, metadata={
+        "help": "user stage: serve the prompts' frozen text prefixes from one store per run (exact; refused with "
+                "LoRA). Pays off with --layout text_first, where profile and prediction are in the prefix"})
+    prefix_cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "folder for prefixes beyond the memory budget (kept for later runs; default: a temporary folder)"})
+    prefix_cache_max_gb: float = field(default=2.0, metadata={"help": "memory budget of the prefix store in GiB"})
 
     # TrainingArguments defaults that do not fit GLTA
     remove_unused_columns: bool = field(default=False, metadata={"help": "samples are encoded prompts"})
@@ -111,6 +118,8 @@ class GLTATrainingArguments(TrainingArguments):
         if sampling_strategy(self) not in SAMPLING_STRATEGIES:
             raise ValueError(f"train_sampling_strategy must be one of {SAMPLING_STRATEGIES} for the GLTA stages, "
                              f"got {sampling_strategy(self)!r}")
+        if self.prefix_cache_max_gb < 0:
+            raise ValueError(f"prefix_cache_max_gb must be >= 0, got {self.prefix_cache_max_gb}")
         if not 1 <= self.items_per_sample <= self.num_slots:
             raise ValueError(f"items_per_sample must be in [1, num_slots={self.num_slots}]")
         # a stage that would train zero steps is refused here, before any data or model is loaded
@@ -194,6 +203,13 @@ class GLTATrainingArguments(TrainingArguments):
         """The ``model.set_trainable`` stage of the user-item stage ("user+item" for w/o IA)."""
         return "user+item" if self.no_item_alignment else "user"
 
+    def prefix_store(self):
+        """A new :class:`~glta_hf.prefix_cache.PrefixStore` under ``prefix_cache_max_gb`` spilling to
+        ``prefix_cache_dir``; its entries stay on the device they are computed on (the LLM's)."""
+        from .prefix_cache import PrefixStore
+
+        return PrefixStore(max_bytes=int(self.prefix_cache_max_gb * (1 << 30)), folder=self.prefix_cache_dir)
+
     def prompt_overrides(self) -> dict:
         """``PromptConfig`` fields these arguments fix (H, L, ablations, length cap)."""
         return {"max_history": self.max_history, "num_slots": self.num_slots, "max_length": self.max_length,
@@ -222,6 +238,9 @@ class GLTAModelArguments:
         "help": "items per chunk when decoding / ranking (None: materialized logits)"})
     use_chat_template: Optional[bool] = field(default=None, metadata={"help": "wrap prompts in the chat template"})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "system message of every prompt"})
+    layout: Optional[str] = field(default=None, metadata={
+        "help": "prompt order: paper (<user>/<item>s first, the paper's) | text_first (the fixed text first, the "
+                "placeholders and slots after it: what --prefix_cache caches)", "choices": list(PROMPT_LAYOUTS)})
     max_profile_tokens: Optional[int] = field(default=None, metadata={"help": "profile text cap in tokens"})
     max_prediction_tokens: Optional[int] = field(default=None, metadata={"help": "prediction text cap in tokens"})
     max_description_tokens: Optional[int] = field(default=None, metadata={"help": "item description cap in tokens"})
@@ -230,6 +249,8 @@ class GLTAModelArguments:
         for kind in ("head", "projector"):  # checked against the registry now, so a registered component works
             if getattr(self, kind) not in component_names(kind):
                 raise ValueError(f"{kind} must be one of {component_names(kind)}, got {getattr(self, kind)!r}")
+        if self.layout is not None and self.layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"layout must be one of {PROMPT_LAYOUTS}, got {self.layout!r}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
         for name in ("ce_chunk_size", "rank_chunk_size", "max_profile_tokens", "max_prediction_tokens",
@@ -254,6 +275,6 @@ class GLTAModelArguments:
 
     def prompt_fields(self) -> Dict[str, Any]:
         """The ``PromptConfig`` fields set here (unset ones keep ``PromptConfig``'s defaults)."""
-        names = ("use_chat_template", "system_prompt", "max_profile_tokens", "max_prediction_tokens",
+        names = ("use_chat_template", "system_prompt", "layout", "max_profile_tokens", "max_prediction_tokens",
                  "max_description_tokens")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}

@@ -63,12 +63,26 @@ def test_model_options_from_yaml_reach_the_model(align, tmp_path):
     assert _built(align, tmp_path, ["--config", str(tmp_path / "run.yaml"), "--lora_r", "0"]).config.lora is None
 
 
+def test_layout_and_prefix_cache_from_the_command_line_and_yaml(align, tmp_path):
+    (tmp_path / "cache.yaml").write_text("layout: text_first\nprefix_cache: true\nprefix_cache_max_gb: 0.5\n")
+    for argv in (["--layout", "text_first", "--prefix_cache", "true", "--prefix_cache_max_gb", "0.5"],
+                 ["--config", str(tmp_path / "cache.yaml")]):
+        _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run"), *argv])
+        assert model_args.prompt_fields()["layout"] == "text_first"
+        assert args.prefix_cache is True and args.prefix_store().max_bytes == 1 << 29
+    _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run")])
+    assert "layout" not in model_args.prompt_fields() and args.prefix_cache is False  # defaults: paper, uncached
+    assert _built(align, tmp_path, ["--layout", "text_first"]).prompt_config.layout == "text_first"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num_train_epochs", "-1"], "num_train_epochs must be > 0"),
     (["--num_train_epochs", "0", "--max_steps", "-1"], "num_train_epochs must be > 0"),
     (["--eval_decoding", "nosuch"], "invalid choice"),
     (["--head", "huge"], "head must be one of"),
     (["--lora_r", "-2"], "lora_r must be >= 0"),
+    (["--layout", "sideways"], "invalid choice"),
+    (["--prefix_cache_max_gb", "-1"], "prefix_cache_max_gb must be >= 0"),
     (["--resume_from_checkpoint", "/nowhere/checkpoint-3"], "not a complete checkpoint"),
 ])
 def test_invalid_arguments_are_argparse_errors(align, tmp_path, capsys, argv, message):

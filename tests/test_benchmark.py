@@ -90,3 +90,20 @@ def test_benchmark_cli_help_and_unknown_row(capsys):
         main(["benchmark", "--help"])
     assert "--rows" in capsys.readouterr().out
     assert main(["benchmark", "--rows", "nope"]) == 1
+
+
+def test_benchmark_layout_and_prefix_cache_config_keys():
+    import argparse
+
+    from glta_hf.benchmark import _config, configure_parser, fingerprint
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    plain = parser.parse_args([])
+    cached = parser.parse_args(["--prefix-cache"])
+    text_first = parser.parse_args(["--layout", "text_first"])
+    assert _config(cached)["prefix_cache"] is True and _config(plain)["layout"] == "paper"
+    assert _config(text_first)["layout"] == "text_first"
+    # the cache is exact: it does not change a row's numbers, so not its fingerprint; the layout does
+    assert fingerprint("glta", cached, _config(cached)) == fingerprint("glta", plain, _config(plain))
+    assert fingerprint("glta", text_first, _config(text_first)) != fingerprint("glta", plain, _config(plain))

@@ -155,9 +155,23 @@ def test_budget_flags_override_the_preset():
     assert config_from_args(parser.parse_args([])) == QuickstartConfig()
 
 
+def test_layout_and_prefix_cache_flags_reach_the_training_arguments(tmp_path):
+    import argparse
+
+    from glta_hf.quickstart import config_from_args, configure_parser, training_arguments
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    cfg = config_from_args(parser.parse_args(["--layout", "text_first", "--prefix-cache"]))
+    assert cfg.layout == "text_first" and cfg.prefix_cache is True
+    assert training_arguments(cfg, tmp_path).prefix_cache is True
+    plain = config_from_args(parser.parse_args([]))
+    assert plain.layout == "paper" and not training_arguments(plain, tmp_path).prefix_cache
+
+
 @pytest.mark.parametrize("flags", [["--decoding", "nosuch"], ["--seed", "-1"], ["--epochs", "-1"],
                                    ["--epochs", "0"], ["--item-epochs", "nan"], ["--head", "huge"],
-                                   ["--batch-size", "0"]])
+                                   ["--batch-size", "0"], ["--layout", "sideways"]])
 def test_bad_flags_fail_at_parse_time(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["quickstart", "--output-dir", str(tmp_path / "qs"), *flags])
