@@ -35,7 +35,7 @@ from .metrics import evaluate
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (users, positive items, negative items [B, n_neg])
 
 
-GRAPH_MODELS = ("pop", "mf", "lightgcn", "lightgcn+", "lightgcn_ce")  # the names build_model accepts (CLI choices)
+from .vocabulary import GRAPH_MODELS  # noqa: E402,F401  (the names build_model accepts; light, for CLI choices)
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -9,3 +9,5 @@ from __future__ import annotations
 DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
 #: Decodings that yield at most one item per slot (k <= num_slots).
 SLOT_LIMITED_DECODINGS = ("first_k", "autoregressive")
+#: The graph models :func:`glta_hf.graph.build_model` accepts (the baselines and the node-embedding pretraining).
+GRAPH_MODELS = ("pop", "mf", "lightgcn", "lightgcn+", "lightgcn_ce")

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
                                dataset_options, non_negative_float, non_negative_int, positive_float, positive_int,
                                require_data_dir, run_reporting_errors)
+from glta_hf.vocabulary import GRAPH_MODELS  # noqa: E402  (light)
 
 #: flag -> (default, value type)
 DEFAULTS = dict(epochs=(300, positive_int), lr=(1e-3, positive_float), reg=(1e-4, non_negative_float),
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = GLTAArgumentParser(description=__doc__.split("\n")[0])
     add_dataset_arguments(p)
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir (default --dataset)")
-    p.add_argument("--model", choices=["pop", "mf", "lightgcn", "lightgcn+"], default="lightgcn")
+    p.add_argument("--model", choices=GRAPH_MODELS, default="lightgcn")
     p.add_argument("--output-dir", default=None, help="where node embeddings are saved (mf / lightgcn)")
     for name, (value, kind) in DEFAULTS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=carve_fraction, default=0.1)
     p.add_argument("--val-seed", type=non_negative_int, default=0)
     p.add_argument("--text-weight", type=non_negative_float, default=0.1, help="LightGCN+: InfoNCE weight")
-    p.add_argument("--temperature", type=positive_float, default=0.2, help="LightGCN+: InfoNCE temperature")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="LightGCN+: InfoNCE temperature (default 0.2); lightgcn_ce: softmax temperature (default 1.0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-test", action="store_true", help="tuning runs: report validation only, never touch test")
     p.add_argument("--from-embeddings", default=None,
@@ -88,10 +90,9 @@ def main(argv=None) -> int:
         config = dict(saved.config, from_embeddings=args.from_embeddings)
         user_emb, item_emb = saved.user, saved.item
         return _test_and_record(args, argv, full, data, lambda u: user_emb[u] @ item_emb.T, config, start)
-    extra = {}
+    extra = {} if args.temperature is None else {"temperature": args.temperature}  # else the model's default
     if args.model == "lightgcn+":
-        extra = dict(text_embeddings=encode_item_texts(data.item_texts), text_weight=args.text_weight,
-                     temperature=args.temperature)
+        extra.update(text_embeddings=encode_item_texts(data.item_texts), text_weight=args.text_weight)
     model = build_model(args.model, fit, targs, **extra)
     trainer = BPRTrainer(model, targs, fit, validation)
     result = trainer.train()
