@@ -294,7 +294,7 @@ class GLTAModel(GLTAPreTrainedModel):
         user_node_embeddings: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[GLTAModelOutput, Tuple[torch.Tensor]]:
-        """Slot hidden states (B, L, hidden); a tuple when ``return_dict`` is False (default: ``config.use_return_dict``)."""
+        """Slot hidden states (B, L, hidden); a tuple when ``return_dict`` is False (default: ``config.return_dict``)."""
         out = GLTAModelOutput(
             slot_hidden_states=self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
         )
@@ -763,7 +763,7 @@ _AUTO_INTERNAL_KWARGS = {"_from_auto", "_commit_hash", "code_revision", "adapter
 
 
 def _wants_dict(config, return_dict: Optional[bool]) -> bool:
-    return config.use_return_dict if return_dict is None else bool(return_dict)
+    return config.return_dict if return_dict is None else bool(return_dict)  # use_return_dict is deprecated
 
 
 def _llm_cache(output):

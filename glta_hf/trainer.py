@@ -175,6 +175,13 @@ class GLTATrainer(Trainer):
                                eval_history=args.eval_history, has_time=has_time, user_names=data.user_ids,
                                seed=args.seed)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A Trainer checkpoint holds only what GLTA adds, never the frozen LLM: its keys are missing by design, so
+        only the other missing keys are worth a warning (transformers would list every LLM tensor)."""
+        own_missing = [k for k in load_result.missing_keys if not k.startswith("llm.")]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=own_missing)
+                                           if hasattr(load_result, "_replace") else load_result)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         loss = outputs.loss
