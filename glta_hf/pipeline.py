@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from safetensors import safe_open
 
 from .alignment_data import serving_histories, training_splits, user_histories
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, IdMapMismatchError, TrainingError
 from .graph import (BPRTrainer, GraphTrainingArguments, build_model as build_graph_model, export_node_embeddings,
                     load_node_embeddings)
 from .io_utils import read_json
@@ -75,9 +75,10 @@ def train_graph(data, folder, args=None, *, model: str = "lightgcn"):
 
 
 def check_node_ids(nodes, data, where="node embeddings") -> None:
+    """Refuse node embeddings whose id maps are not ``data``'s (``IdMapMismatchError``, a ``ValueError``)."""
     if list(nodes.user_ids) != [str(u) for u in data.user_ids] or list(nodes.item_ids) != [str(i) for i in data.item_ids]:
-        raise ValueError(f"{where}: id maps differ from dataset {data.name!r}; rerun the graph stage on the same "
-                         "dataset and split options")
+        raise IdMapMismatchError(f"{where}: id maps differ from dataset {data.name!r}; rerun the graph stage on the "
+                                 "same dataset and split options")
 
 
 # ----------------------------------------------------------------------------------------------- texts

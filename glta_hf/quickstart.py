@@ -74,9 +74,14 @@ class QuickstartConfig:
     prefix_cache: bool = False  # user stage + evaluation: exact cached text prefixes (glta_hf.prefix_cache)
     # evaluation
     eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
+    eval_batch_size: Optional[int] = None  # users per ranking forward (None = max(batch_size, 8); raise it on a GPU)
     decoding: str = "first_k"
     show_users: int = 3
     progress: bool = True
+
+    def evaluation_batch_size(self) -> int:
+        """Users per ranking forward in validation and test evaluation (does not change the metrics)."""
+        return self.eval_batch_size or max(self.batch_size, 8)
 
 
 #: presets of ``--budget`` (fields of :class:`QuickstartConfig`)
@@ -158,6 +163,8 @@ _FLAGS = {  # flag -> (field, type, help)
     "--eval-users": ("eval_users", _COUNT, "test users evaluated, same for both models (0 = all)"),
     "--max-history": ("max_history", _COUNT, "H: history items shown as <item> tokens"),
     "--batch-size": ("batch_size", _POSITIVE_INT, "alignment batch size"),
+    "--eval-batch-size": ("eval_batch_size", _POSITIVE_INT,
+                          "users per ranking forward in evaluation (default max(batch size, 8); larger on a GPU)"),
     "--learning-rate": ("learning_rate", _POSITIVE_FLOAT, "alignment learning rate"),
     "--head": ("head", _choice_of(_heads, "head"),
                "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
@@ -251,7 +258,7 @@ def training_arguments(cfg: "QuickstartConfig", work: Path, flags: Optional[Dict
     return GLTATrainingArguments(
         output_dir=str(work), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(cfg.batch_size, 8), max_history=cfg.max_history, num_slots=cfg.num_slots,
+        per_device_eval_batch_size=cfg.evaluation_batch_size(), max_history=cfg.max_history, num_slots=cfg.num_slots,
         items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
         save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
         dataloader_num_workers=0, report_to="none", prefix_cache=cfg.prefix_cache,
@@ -346,7 +353,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         from .texts import load_generator
 
         folder, gguf = portable_llm_reference(cfg.backbone or SMOLLM2_REFERENCE, cfg.backbone_gguf_file)
-        llm, tokenizer, ref = load_generator(folder, gguf_file=gguf)
+        llm, tokenizer, ref = load_generator(folder, gguf_file=gguf, device="auto")  # the Trainer uses cuda too
     else:
         folder, gguf = cfg.backbone, cfg.backbone_gguf_file
         if tokenizer.pad_token is None:
@@ -395,7 +402,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         echo("      reused the cached test metrics")
     else:
         glta = pipeline.evaluate_glta(model, full, users=users, decoding=cfg.decoding, ks=ks,
-                                      batch_size=max(cfg.batch_size, 8), progress=cfg.progress, seed=cfg.seed)
+                                      batch_size=cfg.evaluation_batch_size(), progress=cfg.progress, seed=cfg.seed)
         graph = pipeline.evaluate_graph(nodes, full, users=users, ks=ks)
         write_json(cache, {"key": key, "glta": glta, "lightgcn": graph})
     step("evaluate")

@@ -153,7 +153,8 @@ class GLTAServingMixin:
     def ranker(self, decoding: str = "first_k", batch_size: int = 32) -> Callable[[torch.LongTensor, int], torch.LongTensor]:
         """A ``ranker(users, k) -> LongTensor[B, k]`` for ``glta_hf.metrics.evaluate`` over internal user rows.
 
-        Prompts come from the attached user context; each user's stored (training) history is excluded.
+        Prompts come from the attached user context; each user's stored (training) history is excluded. The lists
+        stay on the model's device (the evaluator works there), so no batch waits on a device-to-host copy.
         """
         check_decoding(decoding)
         batch_size = check_positive_int("batch_size", batch_size)
@@ -165,13 +166,14 @@ class GLTAServingMixin:
                 batch = self.encode_users(chunk)
                 seen = [self.user_table["histories"][u] for u in chunk]
                 items, _ = self.rank(**batch, k=k, seen=seen, decoding=decoding)
-                out.append(items.cpu())
-            return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+                out.append(items)
+            return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long, device=self.device)
 
         return rank_users
 
     def scorer(self, batch_size: int = 32) -> Callable[[torch.LongTensor], torch.FloatTensor]:
-        """A ``scorer(users) -> FloatTensor[B, |I|]`` for ``evaluate``: the ``all_slots`` score of every item."""
+        """A ``scorer(users) -> FloatTensor[B, |I|]`` for ``evaluate``: the ``all_slots`` score of every item, on
+        the model's device (like :meth:`ranker`)."""
         batch_size = check_positive_int("batch_size", batch_size)
 
         @torch.no_grad()
@@ -179,8 +181,8 @@ class GLTAServingMixin:
             out = []
             for start in range(0, len(users), batch_size):
                 batch = self.encode_users([int(u) for u in users[start : start + batch_size]])
-                out.append(self.all_slot_scores(**batch).cpu())
-            return torch.cat(out) if out else torch.zeros(0, self.config.num_items)
+                out.append(self.all_slot_scores(**batch))
+            return torch.cat(out) if out else torch.zeros(0, self.config.num_items, device=self.device)
 
         return score_users
 

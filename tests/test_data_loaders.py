@@ -52,6 +52,18 @@ def test_every_format_gives_the_same_dataset(tmp_path, fmt, gz):
         assert split.features["user_idx"].dtype == "int64" and split.features["item_idx"].dtype == "int64"
 
 
+def test_external_ids_map_to_indices_or_name_the_missing_id(tmp_path):
+    from glta_hf.errors import UnknownIdError
+
+    data = load("ml-latest-small", example(tmp_path, "ml-latest-small"))
+    assert [data.user_index(u) for u in data.user_ids] == list(range(data.num_users))
+    assert data.item_index(int(data.item_ids[-1])) == data.num_items - 1  # an int id finds its string
+    with pytest.raises(UnknownIdError, match="has no user with id 'nobody'"):
+        data.user_index("nobody")
+    with pytest.raises(UnknownIdError, match="has no item with id -5"):
+        data.item_index(-5)
+
+
 @pytest.mark.parametrize("fmt", MOVIE_FORMATS)
 def test_movie_text_is_title_year_and_genres(tmp_path, fmt):
     data = load(fmt, example(tmp_path, fmt))

@@ -47,6 +47,16 @@ def _args(folder, **kw):
     return GLTATrainingArguments(**base)
 
 
+def test_node_embeddings_of_another_dataset_are_a_glta_error(setup):
+    from glta_hf.errors import GLTAError, IdMapMismatchError
+
+    other = SimpleNamespace(user_ids=[str(u) for u in setup.data.user_ids][::-1],
+                            item_ids=[str(i) for i in setup.data.item_ids])
+    with pytest.raises(IdMapMismatchError, match="graph-folder: id maps differ") as info:
+        pipeline.check_node_ids(other, setup.data, where="graph-folder")
+    assert isinstance(info.value, GLTAError) and isinstance(info.value, ValueError)  # old callers catch ValueError
+
+
 def test_stages_are_recorded_as_records_and_old_name_lists_are_read(setup):
     model, root = setup.model, setup.tmp / "run"
     model.run_info = {"dataset": "tiny", "stages": ["item", "user"], "log_history": [], "world_size": 1}  # old form

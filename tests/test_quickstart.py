@@ -169,9 +169,23 @@ def test_layout_and_prefix_cache_flags_reach_the_training_arguments(tmp_path):
     assert plain.layout == "paper" and not training_arguments(plain, tmp_path).prefix_cache
 
 
+def test_eval_batch_size_flag_reaches_the_evaluation(tmp_path):
+    """The evaluation batch is its own setting (a GPU ranks far more users per forward than the training batch)."""
+    import argparse
+
+    from glta_hf.quickstart import config_from_args, configure_parser, training_arguments
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    plain = config_from_args(parser.parse_args(["--batch-size", "4"]))
+    assert plain.evaluation_batch_size() == 8 and training_arguments(plain, tmp_path).per_device_eval_batch_size == 8
+    big = config_from_args(parser.parse_args(["--eval-batch-size", "256"]))
+    assert big.evaluation_batch_size() == 256 and training_arguments(big, tmp_path).per_device_eval_batch_size == 256
+
+
 @pytest.mark.parametrize("flags", [["--decoding", "nosuch"], ["--seed", "-1"], ["--epochs", "-1"],
                                    ["--epochs", "0"], ["--item-epochs", "nan"], ["--head", "huge"],
-                                   ["--batch-size", "0"], ["--layout", "sideways"]])
+                                   ["--batch-size", "0"], ["--layout", "sideways"], ["--eval-batch-size", "0"]])
 def test_bad_flags_fail_at_parse_time(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["quickstart", "--output-dir", str(tmp_path / "qs"), *flags])

@@ -113,3 +113,47 @@ def test_item_sample_is_seeded_per_user():
     assert a == sample_user_items(items, 10, seed=0, user=5) and len(a) == 10
     assert a != sample_user_items(items, 10, seed=0, user=6)
     assert sample_user_items(items[:3], 10, seed=0, user=5) == [0, 1, 2]
+
+
+def test_a_cache_is_extended_only_in_the_llm_dtype_it_was_written_with(tmp_path, data, llm):
+    """A bfloat16 run must not extend a float32 cache; a header from before the dtype was recorded is float32."""
+    from glta_hf.io_utils import read_json, write_json
+
+    model, tok, ref = llm
+    assert ref["dtype"] == "float32"
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, users=range(2), progress=False)
+    assert read_json(meta_path(path))["llm"]["dtype"] == "float32"
+    bf16 = dict(ref, dtype="bfloat16")
+    with pytest.raises(TextCacheError, match="generated with the LLM in float32; extending it in bfloat16"):
+        generate_user_texts(model, tok, data, path, config=CFG, llm=bf16, progress=False)
+    assert len(read_cache(path)) == 2  # nothing was appended
+    # reading what is there is fine in any dtype (the GPU kit trains in bfloat16 on float32 texts)
+    assert generate_user_texts(model, tok, data, path, config=CFG, llm=bf16, users=range(2),
+                               progress=False)["users_cached_before"] == 2
+    old = read_json(meta_path(path))
+    del old["llm"]["dtype"]  # the header key set of caches written before the dtype was recorded
+    write_json(meta_path(path), old)
+    more = generate_user_texts(model, tok, data, path, config=CFG, llm=ref, users=range(4), progress=False)
+    assert more["users_cached_before"] == 2 and len(read_cache(path)) == 4
+    with pytest.raises(TextCacheError, match="in float32; extending it in bfloat16"):  # an old header is float32
+        generate_user_texts(model, tok, data, path, config=CFG, llm=bf16, progress=False)
+    assert "dtype" not in read_json(meta_path(path))["llm"]  # the old header is kept as it was
+
+
+def test_load_texts_checks_the_llm_but_not_its_dtype(tmp_path, data, llm):
+    from glta_hf.io_utils import read_json, write_json
+    from glta_hf.texts import build_header
+
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False)
+    old = read_json(meta_path(path))
+    del old["llm"]["dtype"]
+    write_json(meta_path(path), old)
+    for dtype in ("float32", "bfloat16"):
+        expected = build_header(tokenizer=tok, data=data, llm=dict(ref, dtype=dtype), config=CFG)
+        assert len(load_texts(path, expected_header=expected, num_users=data.num_users)) == data.num_users
+    with pytest.raises(TextCacheError, match="another LLM"):
+        load_texts(path, expected_header=build_header(tokenizer=tok, data=data, llm=dict(ref, hidden_size=1),
+                                                      config=CFG), num_users=data.num_users)

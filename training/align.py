@@ -51,6 +51,7 @@ from glta_hf import pipeline  # noqa: E402
 from glta_hf.alignment_data import data_record, prepare_data  # noqa: E402
 from glta_hf.checkpoint import WEIGHTS_NAME  # noqa: E402
 from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference  # noqa: E402
+from glta_hf.errors import IdMapMismatchError  # noqa: E402
 from glta_hf.graph import load_node_embeddings  # noqa: E402
 from glta_hf.pipeline import last_complete_checkpoint, resolve_resume  # noqa: E402,F401  (re-exported for callers)
 from glta_hf.prompts import PromptConfig  # noqa: E402
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
             if state.is_main_process and script.generate_missing_texts:
                 gen_model, gen_tok, ref = load_generator(backbone, revision=script.backbone_revision,
                                                          gguf_file=backbone_gguf,
-                                                         quantization=script.quantization, dtype=script.llm_dtype)
+                                                         quantization=script.quantization, dtype=script.llm_dtype,
+                                                         device=str(args.device))  # the training device
                 cfg = TextGenerationConfig(max_items=script.text_max_items, max_new_tokens=script.text_max_new_tokens,
                                            batch_size=script.text_batch_size, seed=script.text_seed)
                 texts = pipeline.generate_texts(gen_model, gen_tok, data, script.texts, config=cfg, llm_ref=ref,
@@ -197,7 +199,7 @@ def main(argv=None) -> int:
     nodes = load_node_embeddings(script.graph_dir)
     try:
         pipeline.check_node_ids(nodes, data, where=script.graph_dir)
-    except ValueError as err:
+    except IdMapMismatchError as err:
         raise SystemExit(f"{err} (run pretrain_graph.py with the same dataset and split options)") from None
 
     llm, tokenizer = load_backbone(backbone, revision=script.backbone_revision, gguf_file=backbone_gguf,

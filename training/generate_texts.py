@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
-                               non_negative_int, positive_float, positive_int, require_data_dir,
+                               device_name, non_negative_int, positive_float, positive_int, require_data_dir,
                                run_reporting_errors, unit_interval)
 
 
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", default=None)
     p.add_argument("--revision", default=None)
     p.add_argument("--quantization", default="none", choices=["none", "bnb-4bit", "gptq"])
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default=None, help="LLM dtype (recorded in the cache header: a cache is extended only "
+                                                 "with the same dtype)")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
     p.add_argument("--output", required=True, help="texts.jsonl path (its header goes to <output>.meta.json)")
     p.add_argument("--max-items", type=positive_int, default=d.max_items)
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens)
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
 
     llm = args.llm or SMOLLM2_REFERENCE
     model, tokenizer, ref = load_generator(llm, revision=args.revision, gguf_file=args.gguf_file,
-                                           quantization=args.quantization, dtype=args.dtype)
+                                           quantization=args.quantization, dtype=args.dtype, device=args.device)
     config = TextGenerationConfig(max_items=args.max_items, max_new_tokens=args.max_new_tokens,
                                   batch_size=args.batch_size, do_sample=args.do_sample, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, with_prediction=not args.no_prediction)

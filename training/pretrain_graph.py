@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
-                               dataset_options, non_negative_float, non_negative_int, positive_float, positive_int,
-                               require_data_dir, run_reporting_errors)
+                               dataset_options, device_name, non_negative_float, non_negative_int, positive_float,
+                               positive_int, require_data_dir, run_reporting_errors)
 from glta_hf.vocabulary import GRAPH_MODELS  # noqa: E402  (light)
 
 #: flag -> (default, value type)
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-weight", type=non_negative_float, default=0.1, help="LightGCN+: InfoNCE weight")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="LightGCN+: InfoNCE temperature (default 0.2); lightgcn_ce: softmax temperature (default 1.0)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="cpu (default) | auto (cuda when available) | cuda | cuda:N: training, evaluation and "
+                        "LightGCN+'s text encoding")
     p.add_argument("--skip-test", action="store_true", help="tuning runs: report validation only, never touch test")
     p.add_argument("--from-embeddings", default=None,
                    help="skip training: score with a saved node-embedding folder (the run picked on validation)")
@@ -71,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from glta_hf.backbone import resolve_device
     from glta_hf.data.loaders import load_dataset
     from glta_hf.graph import (BPRTrainer, GraphTrainingArguments, build_model, encode_item_texts,
                                export_node_embeddings, load_node_embeddings)
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
     targs = GraphTrainingArguments(dim=args.dim, layers=args.layers, lr=args.lr, reg=args.reg,
                                    batch_size=args.batch_size, epochs=args.epochs, eval_every=args.eval_every,
                                    patience=args.patience, seed=args.seed, num_negatives=args.num_negatives,
-                                   device=args.device, progress=not args.no_progress)
+                                   device=resolve_device(args.device), progress=not args.no_progress)
     if args.from_embeddings:  # evaluate a run chosen on validation without retraining it
         saved = load_node_embeddings(args.from_embeddings)
         if saved.item_ids != data.item_ids or saved.user_ids != data.user_ids:
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
         return _test_and_record(args, argv, full, data, lambda u: user_emb[u] @ item_emb.T, config, start)
     extra = {} if args.temperature is None else {"temperature": args.temperature}  # else the model's default
     if args.model == "lightgcn+":
-        extra.update(text_embeddings=encode_item_texts(data.item_texts), text_weight=args.text_weight)
+        extra.update(text_embeddings=encode_item_texts(data.item_texts, device=targs.device),
+                     text_weight=args.text_weight)
     model = build_model(args.model, fit, targs, **extra)
     trainer = BPRTrainer(model, targs, fit, validation)
     result = trainer.train()

@@ -197,13 +197,10 @@ def users_without_texts(cfg, dataset, data=None) -> int:
 
 
 def _generator(cfg, dtype):
-    import torch
-
     from glta_hf.backbone import SMOLLM2_REFERENCE
     from glta_hf.texts import load_generator
 
-    model, tokenizer, ref = load_generator(cfg["backbone"] or SMOLLM2_REFERENCE, dtype=dtype)
-    return model.to(torch.device(cfg["device"])), tokenizer, ref
+    return load_generator(cfg["backbone"] or SMOLLM2_REFERENCE, dtype=dtype, device=cfg["device"])
 
 
 def child_texts(cfg) -> None:

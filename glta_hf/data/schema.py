@@ -130,18 +130,20 @@ class RecData:
         return {name: table.column(name).to_numpy() for name in names}
 
     def user_index(self, external_id) -> int:
-        lookup = self.__dict__.setdefault("_user_lookup", {u: i for i, u in enumerate(self.user_ids)})
-        try:
-            return lookup[str(external_id)]
-        except KeyError:
-            raise UnknownIdError(f"dataset {self.name!r} has no user with id {external_id!r}") from None
+        return self._index("user", self.user_ids, external_id)
 
     def item_index(self, external_id) -> int:
-        lookup = self.__dict__.setdefault("_item_lookup", {it: i for i, it in enumerate(self.item_ids)})
+        return self._index("item", self.item_ids, external_id)
+
+    def _index(self, kind: str, ids, external_id) -> int:
+        """Internal index of an external id; the lookup table is built once per dataset and kind."""
+        lookup = self.__dict__.get(f"_{kind}_lookup")
+        if lookup is None:
+            lookup = self.__dict__[f"_{kind}_lookup"] = {x: i for i, x in enumerate(ids)}
         try:
             return lookup[str(external_id)]
         except KeyError:
-            raise UnknownIdError(f"dataset {self.name!r} has no item with id {external_id!r}") from None
+            raise UnknownIdError(f"dataset {self.name!r} has no {kind} with id {external_id!r}") from None
 
     def with_validation(self, fraction: float = 0.1, seed: int = 0) -> "RecData":
         """A copy whose train is split per user into train and ``"validation"`` (never out of test), with
