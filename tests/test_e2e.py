@@ -84,6 +84,10 @@ def test_pipeline_texts_item_user_evaluate(workdir, tmp_path):
         "--output", w / "metrics.json", "--ks", "5,10")
     metrics = json.loads((w / "metrics.json").read_text())["metrics"]
     assert metrics["num_users"] == 24 and 0.0 <= metrics["ndcg@10"] <= 1.0
+    run(ROOT / "training" / "evaluate.py", "--model", final, "--split", "test", "--decoding", "first_k",
+        "--output", w / "metrics_cached.json", "--ks", "5,10", "--prefix-cache")  # exact: the same ranking metrics
+    cached = json.loads((w / "metrics_cached.json").read_text())["metrics"]
+    assert {k: v for k, v in cached.items() if k != "seconds"} == {k: v for k, v in metrics.items() if k != "seconds"}
     # ~2 min on an idle 2-core CPU; GLTA_E2E_BUDGET_S loosens the bound on a machine shared with other jobs
     assert time.perf_counter() - start < float(os.environ.get("GLTA_E2E_BUDGET_S", "180"))
 

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir")
     p.add_argument("--run-name", default="glta")
     p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="exact cached text prefixes (same metrics; faster with the text_first layout, refused with LoRA)")
     return p
 
 
@@ -89,6 +91,8 @@ def main(argv=None) -> int:
     histories, _ = user_histories(source, "train")
     recent = run.get("eval_history_recent", True)
     model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent))
+    if args.prefix_cache:
+        model.enable_prefix_cache()
     users = sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks
     results = {}
