@@ -23,7 +23,6 @@ with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where glta_hf
 """
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,8 @@ from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: 
 from .errors import CheckpointError
 from .io_utils import save_safetensors, write_json
 from .loss import chunked_linear_cross_entropy, slot_loss  # noqa: F401  (chunked_linear_cross_entropy: old path)
-from .prefix_cache import PrefixStore, cached_slot_hidden_states, check_cacheable, llm_fingerprint, positions_from_mask
+from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, check_cacheable, llm_fingerprint,
+                           positions_from_mask)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .serving import GLTAServingMixin
 
@@ -144,8 +144,7 @@ class GLTAModel(GLTAPreTrainedModel):
             self.enable_prefix_cache(store)
         base = llm.get_base_model() if _is_peft(llm) else llm
         self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
-        params = inspect.signature(base.forward).parameters
-        self._llm_cache_kwarg = "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+        self._llm_cache_kwarg = cache_kwarg(base)
         self._place_own_modules()
 
     def _place_own_modules(self) -> None:

@@ -37,6 +37,7 @@ from the stored tensors (``DynamicCache`` grows by concatenation, so the stored 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -97,6 +98,13 @@ def check_cacheable(llm: nn.Module) -> None:
         raise PrefixCacheError(
             f"prefix caching supports full-attention layers only; this LLM has layer types {sorted(set(layer_types))}"
         )
+
+
+def cache_kwarg(llm: nn.Module) -> str:
+    """The name of the key/value-cache argument of ``llm.forward``: ``cache`` in recent transformers 5.x,
+    ``past_key_values`` before (passing the other name is silently swallowed by ``**kwargs``: no cache at all)."""
+    params = inspect.signature(llm.forward).parameters
+    return "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
@@ -217,8 +225,8 @@ def prefix_key_values(llm: nn.Module, prefix_ids: torch.LongTensor, prefix_mask:
         inputs_embeds=_embed(llm, prefix_ids, prefix_mask),
         attention_mask=prefix_mask,
         position_ids=positions_from_mask(prefix_mask),
-        cache=cache,
         use_cache=True,
+        **{cache_kwarg(llm): cache},
     )
     keys = torch.stack([layer.keys for layer in cache.layers])
     values = torch.stack([layer.values for layer in cache.layers])
@@ -248,8 +256,8 @@ def forward_with_prefix(llm: nn.Module, prefix: PrefixKV, suffix_embeds: torch.T
         inputs_embeds=suffix_embeds,
         attention_mask=attention_mask,
         position_ids=positions,
-        cache=prefix.to_cache(llm.config),
         use_cache=True,
+        **{cache_kwarg(llm): prefix.to_cache(llm.config)},
     )
     return out.last_hidden_state
 

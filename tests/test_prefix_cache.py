@@ -332,3 +332,22 @@ def test_gptq_cached_equals_uncached(tmp_path):
         pytest.skip("needs the gptq extra: optimum + gptqmodel (torch >= 2.14.1)")
     llm, _ = load_backbone(_saved_tiny(tmp_path / "llm", 128), quantization="gptq")
     _assert_quantized_cached_equals_full(llm, 128)
+
+
+def test_cache_kwarg_follows_the_llm_signature():
+    """transformers < 5.24 names the KV-cache argument ``past_key_values``; ``cache=`` would be swallowed by
+    ``**kwargs`` and no prefix cached (the GPTQ step's pinned transformers 5.23 showed it)."""
+    from torch import nn
+
+    from glta_hf.prefix_cache import cache_kwarg
+
+    class Old(nn.Module):
+        def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None, **kwargs):
+            return inputs_embeds
+
+    class New(nn.Module):
+        def forward(self, inputs_embeds=None, cache=None, use_cache=None, **kwargs):
+            return inputs_embeds
+
+    assert cache_kwarg(Old()) == "past_key_values" and cache_kwarg(New()) == "cache"
+    assert cache_kwarg(tiny_llama()[0]) in ("cache", "past_key_values")
