@@ -145,3 +145,41 @@ class FactorizedHead(GLTAHead):
     def operands(self, slot_hidden, item_embeddings):
         x = self.query(slot_hidden)
         return x, item_embeddings.to(x.dtype), self.item_bias
+
+
+# ----------------------------------------------------------------------------------------------- graph residual
+
+
+class GraphResidual(nn.Module):
+    """The graph-score residual (an option, not the paper's method): logits ``+= scale * (e_u . E_i)``, the frozen
+    LightGCN score of the prompt's user against every item, with one learned scalar ``scale``.
+
+    It answers whether the LLM adds anything over the graph: the GLLM logits start near zero (N(0, 0.02) head), so
+    a residual model starts at LightGCN's ranking and the head learns what the prompt adds. ``scale`` starts at 1:
+    LightGCN dot products on ml-latest-small have std ~2.3, and a softmax at scale 1-2 fits them best.
+
+    It joins any head through the operands (:meth:`extend`): ``x' = [x, scale * e_u]`` and ``W' = [W, E_i]``, so
+    ``F.linear(x', W', b) = x W^T + b + scale * e_u E_i^T`` and the chunked loss / decoders slice ``W'`` by item rows
+    as before. Cost: ``W'`` is a fresh (|I|, width + d) tensor per call.
+    """
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.scale)
+
+    def extend(
+        self,
+        operands: Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
+        user_nodes: torch.Tensor,
+        item_embeddings: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """A head's ``(x, weight, bias)`` (x: (B, ..., width)) plus the graph term of ``user_nodes`` (B, d)."""
+        x, weight, bias = operands
+        if user_nodes.shape[0] != x.shape[0]:
+            raise ValueError(f"graph residual: {user_nodes.shape[0]} user vectors for a batch of {x.shape[0]}")
+        graph = (self.scale * user_nodes.to(x.dtype)).reshape(x.shape[0], *([1] * (x.dim() - 2)), -1)
+        graph = graph.expand(*x.shape[:-1], user_nodes.shape[-1])
+        return torch.cat([x, graph], dim=-1), torch.cat([weight, item_embeddings.to(weight.dtype)], dim=1), bias

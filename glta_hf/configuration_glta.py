@@ -35,6 +35,9 @@ class GLTAConfig(PretrainedConfig):
         head: a name in ``glta_hf.components.REGISTRY["head"]``: ``"linear"`` (paper: ``Z = h W_g + b_g`` over |I|) or ``"factorized"`` (``Z = (h W_q + b_q) E_i^T + b_i``
             with the frozen LightGCN item table ``E_i`` and a per-item bias: |I|-free parameters, starts from
             the graph's item geometry; converged about 2x faster in DESIGN.md's quick experiment).
+        graph_residual: False (default, the paper) or True: the logits gain ``scale * (e_u . E_i)``, the frozen
+            LightGCN score of the prompt's user, with one learned scale (``components.GraphResidual``). Prompts need
+            their ``<user>`` token for it (not with ``prompt["user_as_text"]``).
         user_token_id / item_token_id / slot_token_id: tokenizer ids of ``<user>``, ``<item>``, ``<slot>``.
         prompt: prompt settings (``glta_hf.prompts.PromptConfig`` fields), stored so serving uses the training prompt.
         lora: None (default, the paper: LLM fully frozen) or a ``peft.LoraConfig`` kwargs dict, e.g. ``{"r": 8}``.
@@ -75,6 +78,7 @@ class GLTAConfig(PretrainedConfig):
         lora=None,
         ce_chunk_size=None,
         rank_chunk_size=None,
+        graph_residual=False,
         **kwargs,
     ):
         if quantization not in QUANTIZATIONS:
@@ -110,6 +114,9 @@ class GLTAConfig(PretrainedConfig):
         merged.update(prompt or {})
         merged["num_slots"] = self.num_slots  # one source of truth for L
         self.prompt = merged
+        if graph_residual and merged.get("user_as_text"):
+            raise ValueError("graph_residual needs the <user> token of every prompt; prompt user_as_text=True has none")
+        self.graph_residual = bool(graph_residual)
         self.lora = lora
         self.ce_chunk_size = None if ce_chunk_size is None else int(ce_chunk_size)
         self.rank_chunk_size = None if rank_chunk_size is None else int(rank_chunk_size)

@@ -24,11 +24,13 @@ with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where glta_hf
 from __future__ import annotations
 
 import os
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -46,7 +48,7 @@ from .checkpoint import (
     read_checkpoint,
     upgrade_tensor_names,
 )
-from .components import GLTAHead, build_component, init_linear
+from .components import GLTAHead, GraphResidual, build_component, init_linear
 from .configuration_glta import GLTAConfig
 from .decoding import DECODINGS, check_k, cumulative_log_prob, decode, full_logit_chunks, head_logit_chunks, slot_candidates
 from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: F401  (old import path of tests)
@@ -89,7 +91,7 @@ class GLTAPreTrainedModel(PreTrainedModel):
         """Only GLTA's own modules are ever initialized here (the LLM is attached after ``post_init``)."""
         if isinstance(module, nn.Linear):
             init_linear(module)
-        elif isinstance(module, GLTAHead):
+        elif isinstance(module, (GLTAHead, GraphResidual)):
             module.reset_parameters()
         elif isinstance(module, GLTAModel):
             nn.init.normal_(module.slot_embeddings, std=0.02)
@@ -302,8 +304,8 @@ class GLTAModel(GLTAPreTrainedModel):
     def set_trainable(self, stage: str) -> List[str]:
         """Make only ``stage``'s parameters trainable; returns their names. The LLM never trains (LoRA may).
 
-        ``"item"``: item projector + slots + head (item-text alignment). ``"user"``: user projector + slots + head,
-        item projector frozen (user-item alignment). ``"user+item"``: both projectors + slots + head ("w/o IA").
+        ``"item"``: item projector + slots + head (item-text alignment). ``"user"``: user projector + slots + head
+        (+ the graph residual's scale), item projector frozen (user-item alignment). ``"user+item"``: both projectors + slots + head ("w/o IA").
         ``"none"``: everything frozen. LoRA adapters, when configured, train in every stage but ``"none"``.
         """
         if stage not in STAGES:
@@ -317,6 +319,8 @@ class GLTAModel(GLTAPreTrainedModel):
             modules.append(self.item_projector)
         if stage in ("user", "user+item"):
             modules.append(self.user_projector)
+            if getattr(self, "graph_residual", None) is not None:  # item-stage prompts have no user: no graph term
+                modules.append(self.graph_residual)
         for module in modules:
             for param in module.parameters():
                 param.requires_grad_(True)
@@ -353,6 +357,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
 
     def _build_head(self) -> None:
         self.head = build_component("head", self.config.head, self.config)
+        self.graph_residual = GraphResidual(self.config) if self.config.graph_residual else None
 
     @property
     def item_bias(self) -> Optional[nn.Parameter]:
@@ -439,14 +444,44 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
 
     # ------------------------------------------------------------------------------------------- head + loss
 
-    def head_operands(self, slot_hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """``(x, weight, bias)`` with ``score_slots(slot_hidden) == F.linear(x, weight, bias)`` (``GLTAHead.operands``);
-        rows ``weight[a:b]`` / ``bias[a:b]`` score the catalogue slice ``a:b`` (chunked loss and ranking)."""
-        return self.head.operands(slot_hidden, self.item_embeddings)
+    def head_operands(
+        self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(x, weight, bias)`` with ``score_slots(slot_hidden, graph_users) == F.linear(x, weight, bias)``
+        (``GLTAHead.operands``); rows ``weight[a:b]`` / ``bias[a:b]`` score the catalogue slice ``a:b`` (chunked loss
+        and ranking). ``graph_users`` (B, d): the prompts' users' ``E_u`` rows for ``config.graph_residual``
+        (:meth:`graph_user_vectors`); None leaves the graph term out (prompts without a user: the item stage)."""
+        operands = self.head.operands(slot_hidden, self.item_embeddings)
+        if graph_users is None or self.graph_residual is None:
+            return operands
+        return self.graph_residual.extend(operands, graph_users, self.item_embeddings)
 
-    def score_slots(self, slot_hidden: torch.Tensor) -> torch.Tensor:
-        """GLLM head: (..., hidden) -> (..., |I|) item logits."""
-        return self.head(slot_hidden, self.item_embeddings)
+    def score_slots(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """GLLM head: (..., hidden) -> (..., |I|) item logits (+ the graph term of ``graph_users``, see
+        :meth:`head_operands`)."""
+        if graph_users is None or self.graph_residual is None:
+            return self.head(slot_hidden, self.item_embeddings)
+        return F.linear(*self.head_operands(slot_hidden, graph_users))
+
+    def graph_user_vectors(
+        self,
+        input_ids: torch.LongTensor,
+        user_ids: Optional[torch.LongTensor] = None,
+        user_node_embeddings: Optional[torch.Tensor] = None,
+    ) -> Optional[torch.Tensor]:
+        """(B, d): each prompt's user's LightGCN vector (``E_u`` row, or its fold-in vector), the graph residual's
+        input; None without ``config.graph_residual`` or when no prompt of the batch has a ``<user>`` (item-stage
+        prompts). A batch mixing prompts with and without one user is a ValueError."""
+        if self.graph_residual is None:
+            return None
+        per_row = (input_ids == self.config.user_token_id).sum(dim=1)
+        if not bool(per_row.any()):
+            return None
+        if not bool((per_row == 1).all()):
+            raise ValueError(f"graph_residual needs exactly one <user> token per prompt, got {per_row.tolist()}")
+        if user_node_embeddings is not None:
+            return user_node_embeddings.to(self.user_embeddings)
+        return self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
 
     def forward(
         self,
@@ -464,10 +499,12 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         ``logits`` is None (``glta_hf.loss``). A tuple (the non-None fields) when ``return_dict`` is False.
         """
         slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
+        graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
         if labels is not None:
-            loss, logits = slot_loss(slot_hidden, labels, self.head_operands, self.config.ce_chunk_size)
+            operands = partial(self.head_operands, graph_users=graph_users)
+            loss, logits = slot_loss(slot_hidden, labels, operands, self.config.ce_chunk_size)
         else:
-            loss, logits = None, self.score_slots(slot_hidden)
+            loss, logits = None, self.score_slots(slot_hidden, graph_users)
         out = GLTAOutput(loss=loss, logits=logits, slot_hidden_states=slot_hidden)
         return out if _wants_dict(self.config, return_dict) else out.to_tuple()
 
@@ -492,9 +529,15 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         chunk = self.config.rank_chunk_size
         return chunk if chunk and self.config.num_items > chunk else None
 
-    def head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int):
+    def head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int, graph_users: Optional[torch.Tensor] = None):
         """The head's logits of ``slot_hidden`` streamed ``chunk_size`` items at a time (``decoding.LogitChunks``)."""
-        return head_logit_chunks(self.head_operands, slot_hidden, chunk_size)
+        return head_logit_chunks(partial(self.head_operands, graph_users=graph_users), slot_hidden, chunk_size)
+
+    def _logit_chunks(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor], chunk: Optional[int]):
+        """Chunked head logits when ``chunk`` is set, else the full logits as one chunk."""
+        if chunk:
+            return self.head_chunks(slot_hidden, chunk, graph_users)
+        return full_logit_chunks(self.score_slots(slot_hidden, graph_users))
 
     @torch.no_grad()
     def rank(
@@ -524,7 +567,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         if decoding == "autoregressive":
             return self._decode_autoregressive(input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings)
         slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
-        return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding)
+        graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
+        return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding, graph_users=graph_users)
 
     @staticmethod
     def rank_from_logits(logits: torch.Tensor, k: int, seen_mask: Optional[torch.Tensor] = None, decoding: str = "first_k"):
@@ -540,14 +584,18 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         seen_mask: Optional[torch.Tensor] = None,
         decoding: str = "first_k",
         chunk_size: Optional[int] = None,
+        graph_users: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.LongTensor, torch.FloatTensor]:
         """``first_k`` / ``first_logit`` / ``all_slots`` from slot hidden states (B, L, hidden), streaming the head
         over ``chunk_size`` items at a time (default: ``config.rank_chunk_size`` when smaller than |I|, else the
-        head's full logits). Memory: B x L x chunk logits plus the (B, |I|) bool ``seen_mask``."""
+        head's full logits). Memory: B x L x chunk logits plus the (B, |I|) bool ``seen_mask``. A
+        ``config.graph_residual`` model needs ``graph_users`` (:meth:`graph_user_vectors`)."""
+        if self.graph_residual is not None and graph_users is None:
+            raise ValueError("this model has a graph residual: pass graph_users=model.graph_user_vectors(input_ids, "
+                             "user_ids) (the prompts' users' E_u rows)")
         if seen_mask is None:
             seen_mask = torch.zeros(slot_hidden.shape[0], self.config.num_items, dtype=torch.bool, device=slot_hidden.device)
-        chunk = chunk_size or self._rank_chunk()
-        chunks = self.head_chunks(slot_hidden, chunk) if chunk else full_logit_chunks(self.score_slots(slot_hidden))
+        chunks = self._logit_chunks(slot_hidden, graph_users, chunk_size or self._rank_chunk())
         return decode(chunks, k, seen_mask, decoding)
 
     @torch.no_grad()
@@ -555,8 +603,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         """(B, |I|) ``all_slots`` scores of every item for an encoded batch (the evaluator's ``scorer``); chunked over
         the items (never the (B, L, |I|) logits) when ``config.rank_chunk_size`` < |I|."""
         slot_hidden = self.slot_hidden_states(**batch)
-        chunk = self._rank_chunk()
-        chunks = self.head_chunks(slot_hidden, chunk) if chunk else full_logit_chunks(self.score_slots(slot_hidden))
+        graph_users = self.graph_user_vectors(batch["input_ids"], batch.get("user_ids"), batch.get("user_node_embeddings"))
+        chunks = self._logit_chunks(slot_hidden, graph_users, self._rank_chunk())
         return torch.cat([scores for _, scores in all_slot_score_chunks(chunks)], dim=1)
 
     def _decode_autoregressive(self, input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings):
@@ -581,10 +629,11 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         out = self.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
         blocked, rows = seen_mask.clone(), torch.arange(B, device=input_ids.device)
         chunk = self._rank_chunk()
+        graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
         items, scores = [], []
         for t in range(k):
             hidden = out.last_hidden_state[:, -1:]
-            chunks = self.head_chunks(hidden, chunk) if chunk else full_logit_chunks(self.score_slots(hidden))
+            chunks = self._logit_chunks(hidden, graph_users, chunk)
             score, item = slot_candidates(chunks, slice(0, 1), 1, blocked)
             score, item = score[:, 0, 0], item[:, 0, 0]
             blocked[rows, item] = True
@@ -619,6 +668,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
                                        ("head", "head", config.head)):
                 module = build_component(kind, name, config)
                 shapes.update({f"{prefix}.{k}": tuple(v.shape) for k, v in module.state_dict().items()})
+            if config.graph_residual:
+                shapes.update({f"graph_residual.{k}": tuple(v.shape) for k, v in GraphResidual(config).state_dict().items()})
         return shapes
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:

@@ -227,6 +227,9 @@ class GLTAModelArguments:
         "help": "GLLM head, a name registered in glta_hf.components: linear (paper) | factorized"})
     projector: str = field(default="linear", metadata={
         "help": "node projector, a name registered in glta_hf.components: linear (paper) | mlp"})
+    graph_residual: bool = field(default=False, metadata={
+        "help": "add the frozen LightGCN score scale * (e_u . E_i) to the GLLM logits, one learned scale (not the "
+                "paper's method: its own benchmark row)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA, the LLM stays frozen)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -270,7 +273,7 @@ class GLTAModelArguments:
 
     def config_kwargs(self) -> Dict[str, Any]:
         """The ``GLTAConfig`` keyword arguments (``from_components(**config_kwargs)``)."""
-        return {"head": self.head, "projector": self.projector, "lora": self.lora(),
+        return {"head": self.head, "projector": self.projector, "lora": self.lora(), "graph_residual": self.graph_residual,
                 "ce_chunk_size": self.ce_chunk_size, "rank_chunk_size": self.rank_chunk_size}
 
     def prompt_fields(self) -> Dict[str, Any]:

@@ -1,0 +1,87 @@
+"""Append a finished GLTA run's per-epoch validation metrics to a tuning log (one JSON line per epoch).
+
+The rows carry the run's own settings (from the saved ``config.json`` and ``glta_run.json``), so the tuning table in
+BENCHMARKS.md is rebuilt from the log alone. Rows already in the log (same run name and epoch) are not written twice,
+so rerunning after a resumed run is safe.
+
+    python benchmarks/quality/collect_tuning.py runs/ml-latest-small/glta_paper_s0 --run glta_paper_s0 \
+        --log benchmarks/results/ml-latest-small/tuning/glta.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+METRICS = ("precision@5", "recall@5", "ndcg@5", "hit_rate@5", "precision@10", "recall@10", "ndcg@10",
+           "hit_rate@10", "num_users")
+
+
+def epoch_rows(run_dir: Path, run: str) -> list[dict]:
+    final = run_dir / "user" / "final"
+    config = json.loads((final / "config.json").read_text(encoding="utf-8"))
+    record = json.loads((final / "glta_run.json").read_text(encoding="utf-8"))
+    stages = {stage["name"]: stage for stage in record["stages"]}
+    user, item = stages["user"], stages.get("item")
+    settings = user["settings"]
+    base = {
+        "dataset": record["dataset"],
+        "split": f"{record['split_policy']}; validation {record['val_fraction']} of train per user, "
+                 f"seed {record['val_seed']}",
+        "graph": record["graph_dir"],
+        "texts": None if settings.get("no_profile") and settings.get("no_prediction") else record["texts"],
+        "run": run,
+        "head": config["head"],
+        "projector": config["projector"],
+        "residual": config.get("graph_residual", False),
+        "layout": config["prompt"]["layout"],
+        "profile": config["prompt"]["include_profile"],
+        "prediction": config["prompt"]["include_prediction"],
+        "item_stage_epochs": item["settings"]["num_train_epochs"] if item else 0,
+        "item_stage_lr": item["settings"]["learning_rate"] if item else None,
+        "lr": settings["learning_rate"],
+        "batch": settings["per_device_train_batch_size"],
+        "H": settings["max_history"],
+        "L": settings["num_slots"],
+        "target_policy": settings["target_policy"],
+        "seed": settings["seed"],
+        "user_stage_s": user["wall_time_s"],
+        "command": record["command"],
+        "eval": "validation, all users, first_k",
+    }
+    rows, epochs = [], set()
+    for entry in user["log_history"]:  # the best-model re-evaluation at the end repeats an epoch: kept once
+        if "eval_ndcg@10" not in entry or entry["epoch"] in epochs:
+            continue
+        epochs.add(entry["epoch"])
+        row = dict(base, epoch=entry["epoch"])
+        row.update({name: round(entry[f"eval_{name}"], 5) if name != "num_users" else entry[f"eval_{name}"]
+                    for name in METRICS if f"eval_{name}" in entry})
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--run", required=True, help="run name written into every row")
+    parser.add_argument("--log", type=Path, required=True)
+    args = parser.parse_args()
+    seen = set()
+    if args.log.exists():
+        for line in args.log.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                seen.add((row["run"], row["epoch"]))
+    new = [row for row in epoch_rows(args.run_dir, args.run) if (row["run"], row["epoch"]) not in seen]
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    with args.log.open("a", encoding="utf-8") as handle:
+        for row in new:
+            handle.write(json.dumps(row) + "\n")
+    for row in new:
+        print(f"{row['run']} epoch {row['epoch']:g}: val N@10 {row['ndcg@10']:.4f}  P@10 {row['precision@10']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One GLTA lever run on ml-latest-small, VALIDATION ONLY (issue 15 item 5, issue 16 lever grid): the base settings of
+# BENCHMARKS.md "GLTA on ml-latest-small with every user's texts" plus the lever's own align.py flags, which override.
+# Every epoch is validated on all 610 users; `collect_tuning.py` appends those rows to the tuning log.
+# Resumable: rerun after a kill. Test is never touched here (glta_ml_latest_small.sh does that, once per chosen config).
+# Usage: bash benchmarks/quality/glta_val_run.sh RUN_NAME [align.py flags ...]
+#   e.g. bash benchmarks/quality/glta_val_run.sh glta_paper_s1 --layout paper --prefix_cache false --seed 1
+set -eo pipefail
+RUN=${1:?RUN_NAME}; shift
+OUT=runs/ml-latest-small/$RUN
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+python training/align.py --config training/configs/ml-latest-small.yaml --stage all \
+  --graph_dir runs/graph/ml-latest-small/lightgcn --texts benchmarks/texts/ml-latest-small/texts.jsonl \
+  --generate_missing_texts false --layout text_first --prefix_cache true \
+  --item_stage_epochs 0.1 --num_train_epochs 4 --eval_max_users 0 \
+  --output_dir "$OUT" --disable_tqdm true --resume_from_checkpoint true "$@"
+python benchmarks/quality/collect_tuning.py "$OUT" --run "$RUN" --log benchmarks/results/ml-latest-small/tuning/glta.jsonl
