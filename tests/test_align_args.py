@@ -12,7 +12,8 @@ from _tiny_data import write_tiny_movielens
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_FLAGS = ["--lora_r", "8", "--ce_chunk_size", "1024", "--rank_chunk_size", "512", "--head", "factorized",
-               "--projector", "mlp", "--max_description_tokens", "7", "--use_chat_template", "false"]
+               "--projector", "mlp", "--max_description_tokens", "7", "--use_chat_template", "false",
+               "--graph_residual", "true"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def _check(config):
     assert config.lora["r"] == 8 and config.ce_chunk_size == 1024 and config.rank_chunk_size == 512
     assert config.head == "factorized" and config.projector == "mlp" and config.num_slots == 4
     assert config.prompt["max_description_tokens"] == 7 and config.prompt["use_chat_template"] is False
+    assert config.graph_residual is True
 
 
 def test_model_options_from_the_command_line_reach_the_model(align, tmp_path):

@@ -6,6 +6,7 @@ so rerunning after a resumed run is safe.
 
     python benchmarks/quality/collect_tuning.py runs/ml-latest-small/glta_paper_s0 --run glta_paper_s0 \
         --log benchmarks/results/ml-latest-small/tuning/glta.jsonl
+    python benchmarks/quality/collect_tuning.py --table --log benchmarks/results/ml-latest-small/tuning/glta.jsonl
 """
 
 from __future__ import annotations
@@ -62,18 +63,49 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
     return rows
 
 
+def setting(row: dict) -> str:
+    """The row's levers in words (what differs from the base settings of glta_val_run.sh)."""
+    parts = [f"{row['head']} head", row["layout"]]
+    if row.get("residual"):
+        parts.append("+ graph residual")
+    if not row.get("profile", True) and not row.get("prediction", True):
+        parts.append("no texts")
+    parts.append(f"lr {row['lr']:g}")
+    if row.get("item_stage_epochs") not in (None, 0.1):
+        parts.append(f"item stage {row['item_stage_epochs']:g} ep")
+    parts.append(f"seed {row.get('seed', 0)}")
+    return ", ".join(parts)
+
+
+def markdown_table(rows: list) -> str:
+    """The tuning table of BENCHMARKS.md: one line per run and epoch, validation metrics, user-stage wall time."""
+    lines = ["| run | setting | epoch | val N@10 | val P@10 | user stage (s, all epochs) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['run']} | {setting(row)} | {row['epoch']:g} | {row['ndcg@10']:.4f} | "
+                     f"{row['precision@10']:.4f} | {row.get('user_stage_s') or ''} |")
+    return "\n".join(lines)
+
+
+def read_log(path: Path) -> list:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--run", required=True, help="run name written into every row")
+    parser.add_argument("run_dir", type=Path, nargs="?")
+    parser.add_argument("--run", help="run name written into every row")
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--table", action="store_true", help="print the log as the BENCHMARKS.md tuning table")
     args = parser.parse_args()
-    seen = set()
-    if args.log.exists():
-        for line in args.log.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                seen.add((row["run"], row["epoch"]))
+    if args.table:
+        print(markdown_table(read_log(args.log)))
+        return
+    if args.run_dir is None or not args.run:
+        parser.error("run_dir and --run are required unless --table")
+    seen = {(row["run"], row["epoch"]) for row in read_log(args.log)}
     new = [row for row in epoch_rows(args.run_dir, args.run) if (row["run"], row["epoch"]) not in seen]
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with args.log.open("a", encoding="utf-8") as handle:
