@@ -38,6 +38,21 @@ DEFAULT_MODEL = ROOT / "runs" / "ml-latest-small" / "glta_text_first_s0" / "user
 VARIANTS = ("uncached", "text", "slots")
 
 
+def time_llm_forwards(model, lengths, repeats: int = 8):
+    """p50 seconds of one plain forward of the LLM over T random input vectors, per T (interleaved)."""
+    import torch
+
+    times = {t: [] for t in lengths}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for t in lengths:
+                embeds = torch.randn(1, t, model.config.llm_hidden_size, device=model.device)
+                start = time.perf_counter()
+                model.llm(inputs_embeds=embeds, attention_mask=torch.ones(1, t, dtype=torch.long, device=model.device))
+                times[t].append(time.perf_counter() - start)
+    return {str(t): round(pct(v, 0.5), 4) for t, v in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a GLTA checkpoint folder with a user table")
@@ -125,6 +140,7 @@ def main():
     if store.stats["computed"] != computed:
         raise SystemExit("a timed request computed a prefix: the store was not warm")
     use("slots")
+    llm_forward = time_llm_forwards(model, [1, model.config.num_slots, round(float(prompt_tokens.mean()))])
 
     def summary(values):
         return {"p50": round(pct(values, 0.5), 4), "p95": round(pct(values, 0.95), 4), "requests": len(values)}
@@ -138,6 +154,9 @@ def main():
         },
         "load_avg_1min": {v: {"median": round(statistics.median(load[v]), 2), "min": round(min(load[v]), 2),
                               "max": round(max(load[v]), 2)} for v in VARIANTS},
+        # the ceiling: a plain LLM forward of T tokens (no head, no cache); slots-only serving cannot beat
+        # forward(prompt) / forward(L slots), however short the suffix
+        "llm_forward_s_p50_by_tokens": llm_forward,
         "fill_s_per_user": {v: round(statistics.mean(fill[v]), 4) for v in VARIANTS},
         "store_mb_after_fill": round(store.memory_bytes / 2**20, 1),
         "store_entries": {"text": len(store) - slot_entries, "slots": slot_entries},
