@@ -55,8 +55,8 @@ from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: 
 from .errors import CheckpointError
 from .io_utils import save_safetensors, write_json
 from .loss import chunked_linear_cross_entropy, slot_loss  # noqa: F401  (chunked_linear_cross_entropy: old path)
-from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, check_cacheable, llm_fingerprint,
-                           positions_from_mask)
+from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, check_cacheable, check_prefix_span,
+                           llm_fingerprint, positions_from_mask)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .serving import GLTAServingMixin
 
@@ -168,8 +168,10 @@ class GLTAModel(GLTAPreTrainedModel):
     def enable_prefix_cache(self, store: Optional[PrefixStore] = None, *, max_bytes: int = 2 << 30,
                             folder=None) -> PrefixStore:
         """Serve every prompt's placeholder-free prefix from ``store`` (exact: the LLM is frozen), so
-        :meth:`slot_hidden_states` -- the training loss, ``rank`` / ``ranker`` / ``scorer`` and ``recommend`` -- runs
-        only the suffix (placeholders, slots) through the LLM. Autoregressive decoding stays uncached.
+        :meth:`slot_hidden_states` -- the training loss, ``rank`` / ``ranker`` / ``scorer`` -- runs only the suffix
+        (placeholders, slots) through the LLM; ``recommend`` goes further and caches everything before the slots,
+        placeholder vectors included, under a content key (``prefix_span="slots"``), so only the slots run per
+        request. Autoregressive decoding stays uncached.
 
         ``store``: one shared by a whole run (training, evaluation, serving); by default a new
         :class:`~glta_hf.prefix_cache.PrefixStore` under ``max_bytes`` (spilling to ``folder`` / a temporary folder)
@@ -271,16 +273,22 @@ class GLTAModel(GLTAPreTrainedModel):
         )
 
     def slot_hidden_states(
-        self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None
+        self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None, *,
+        prefix_span: str = "text",
     ) -> torch.Tensor:
         """(B, L, hidden): the frozen LLM's last hidden state at the L ``<slot>`` positions (the head's input);
-        with :meth:`enable_prefix_cache` the prompts' prefixes come from the store (same result, gradients too)."""
+        with :meth:`enable_prefix_cache` the prompts' prefixes come from the store (same result, gradients too).
+
+        ``prefix_span`` (used only with the cache): ``"text"`` caches the text before the first placeholder
+        (training, evaluation); ``"slots"`` caches everything before the first slot, placeholder vectors included,
+        under a content key -- serving only (no grad), what ``recommend()`` asks for (``glta_hf.prefix_cache``)."""
+        check_prefix_span(prefix_span)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if self.prefix_store is not None:
             return cached_slot_hidden_states(self, self.prefix_store, input_ids, attention_mask, user_ids, item_ids,
                                              user_node_embeddings, llm_key=self._prefix_llm_key,
-                                             layout=self.prompt_config.layout)
+                                             layout=self.prompt_config.layout, span=prefix_span)
         inputs_embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
         hidden = self.run_llm(inputs_embeds, attention_mask).last_hidden_state
         slot_mask = input_ids == self.config.slot_token_id
@@ -551,10 +559,13 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         seen=None,
         decoding: str = "first_k",
         user_node_embeddings: Optional[torch.Tensor] = None,
+        prefix_span: str = "text",
     ) -> Tuple[torch.LongTensor, torch.FloatTensor]:
         """Top-k item rows (B, k), best first, and their scores (non-increasing), for an encoded batch.
 
         ``seen``: per sample an iterable of item rows, or a bool mask (B, |I|); those items are never returned.
+        ``prefix_span``: what the prefix cache serves, see :meth:`slot_hidden_states` (``recommend()`` passes
+        ``"slots"``; the evaluator's ``ranker`` keeps ``"text"``).
         Decodings (paper sec. 4.5) and what their scores mean: ``glta_hf.decoding``. Ties go to the lower item row.
         With ``config.rank_chunk_size`` < |I| the (B, L, |I|) logits are never built (same decoder code, fed chunk
         by chunk).
@@ -566,7 +577,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
             attention_mask = torch.ones_like(input_ids)
         if decoding == "autoregressive":
             return self._decode_autoregressive(input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings)
-        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings)
+        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings,
+                                              prefix_span=prefix_span)
         graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
         return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding, graph_users=graph_users)
 

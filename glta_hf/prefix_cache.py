@@ -13,7 +13,8 @@ Why this is exact
 Pieces (the model calls them in this order)
     * :func:`split_prompt_batch` -- a collated batch (any padding side) -> left-padded prefix ids / mask and
       left-padded suffix ids / mask (the L slots end every suffix row), plus per-row prefix lengths and hashes.
-    * :func:`prefix_key_values` -- run prefixes through the frozen LLM (no grad) -> :class:`PrefixKV`.
+    * :func:`prefix_key_values` / :func:`prefix_key_values_from_embeds` -- run prefixes (token ids / input
+      vectors) through the frozen LLM (no grad) -> :class:`PrefixKV`.
     * :class:`PrefixStore` -- per-prefix :class:`PrefixKV` entries keyed by :class:`PrefixKey` (user, prefix
       hash, LLM, dtype, layout): an LRU in memory under a byte budget, spilled to memory-mapped safetensors
       shards on disk; :meth:`PrefixStore.get_or_compute` computes only the missing prefixes, in one batched call.
@@ -31,6 +32,13 @@ Example (one store per run, shared by training, evaluation and ``recommend()``):
                                             layout=model.prompt_config.layout)
     logits = model.score_slots(slot_hidden)          # == model(**batch).logits, gradients included
 
+Serving span (``cached_slot_hidden_states(..., span="slots")``, what ``recommend()`` uses)
+    At serving time the projectors and node tables are fixed too, so everything before the first ``<slot>`` (text,
+    ``<user>``, history ``<item>`` s) is frozen: its states are cached under a content key (token ids + the bytes
+    of the placeholder vectors, :func:`slot_span_hash`) and only the L slots run per request. No gradient can
+    pass through a cached placeholder, so this span is refused with gradients enabled; training and evaluation
+    keep the text span (their projectors change every step, the entries would only fill the store).
+
 A :class:`PrefixKV` never leaves this module inside a cache object: every forward builds a new ``DynamicCache``
 from the stored tensors (``DynamicCache`` grows by concatenation, so the stored tensors are never modified).
 """
@@ -41,6 +49,7 @@ import inspect
 import json
 import os
 import tempfile
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,19 +80,16 @@ def check_cacheable(llm: nn.Module) -> None:
     Refused: a PEFT / LoRA adapter (the prefix would pass through trainable adapter weights), any LLM parameter
     that requires grad, attention dropout while training, and layers other than full attention (a sliding
     window counts cache slots, not positions, so left padding would shift it).
+
+    Runs on every cached batch (the LLM may have changed since caching was switched on), so the parameter scan --
+    a walk over every module, ~1-3 ms for a 30-layer LLM -- is remembered per LLM: it is redone when a module or
+    parameter was registered on one of the LLM's modules since (torch's global registration hooks report it: a
+    LoRA adapter injected, a layer replaced) or a remembered parameter left its module; otherwise only the
+    remembered parameters' ``requires_grad`` flags are read again (~30 us). Deleting a parameter cannot make a
+    frozen LLM trainable, so it needs no hook.
     """
-    if hasattr(llm, "peft_config") or any("lora_" in name for name, _ in llm.named_parameters()):
-        raise PrefixCacheError(
-            "prefix caching is refused: the LLM carries a PEFT/LoRA adapter, so the prefix's key/value states depend "
-            "on trainable adapter weights and a cached prefix would go stale after every optimizer step. "
-            "Train without LoRA or run the uncached forward."
-        )
-    trainable = [name for name, param in llm.named_parameters() if param.requires_grad]
-    if trainable:
-        raise PrefixCacheError(
-            f"prefix caching is refused: {len(trainable)} LLM parameters require grad (e.g. {trainable[:3]}), so "
-            "the prefix's states are not fixed; freeze the LLM (glta_hf.backbone.freeze) or run the uncached forward."
-        )
+    if hasattr(llm, "peft_config"):
+        raise _lora_refused()
     config = getattr(llm, "config", None)
     if llm.training and float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
         raise PrefixCacheError(
@@ -98,6 +104,77 @@ def check_cacheable(llm: nn.Module) -> None:
         raise PrefixCacheError(
             f"prefix caching supports full-attention layers only; this LLM has layer types {sorted(set(layer_types))}"
         )
+    _FROZEN_SCANS.check(llm)
+
+
+def _lora_refused() -> PrefixCacheError:
+    return PrefixCacheError(
+        "prefix caching is refused: the LLM carries a PEFT/LoRA adapter, so the prefix's key/value states depend "
+        "on trainable adapter weights and a cached prefix would go stale after every optimizer step. "
+        "Train without LoRA or run the uncached forward."
+    )
+
+
+class _FrozenScan:
+    """One LLM's passed parameter scan: its parameters (with the dicts that own them) and its modules' ids."""
+
+    def __init__(self, owned: list, module_ids: frozenset):
+        self.owned, self.module_ids, self.stale = owned, module_ids, False
+
+    def still_frozen(self) -> bool:
+        return not self.stale and all(owner.get(name) is param and not param.requires_grad
+                                      for owner, name, param in self.owned)
+
+
+class _FrozenParameterScans:
+    """Remembers, per LLM, the parameters a full scan found frozen (see :func:`check_cacheable`).
+
+    A scan goes stale when torch's global registration hooks report a module or parameter registered ON one of
+    the LLM's modules (an adapter injected, a layer replaced). Registrations elsewhere do not count: transformers
+    slices ``self.layers`` into a new ``ModuleList`` on every forward, which registers the layers again."""
+
+    def __init__(self):
+        self._hooked = False
+        self._scans: "weakref.WeakKeyDictionary[nn.Module, _FrozenScan]" = weakref.WeakKeyDictionary()
+
+    def _registered(self, module: nn.Module, *_args) -> None:
+        for scan in self._scans.values():
+            if id(module) in scan.module_ids:
+                scan.stale = True
+
+    def check(self, llm: nn.Module) -> None:
+        if not self._hooked:
+            from torch.nn.modules.module import (register_module_module_registration_hook,
+                                                 register_module_parameter_registration_hook)
+
+            register_module_module_registration_hook(self._registered)
+            register_module_parameter_registration_hook(self._registered)
+            self._hooked = True
+        scan = self._scans.get(llm)
+        if scan is not None and scan.still_frozen():
+            return
+        self._scans.pop(llm, None)
+        owned, names, trainable, module_ids = [], [], [], set()
+        for prefix, module in llm.named_modules():
+            module_ids.add(id(module))
+            for name, param in module._parameters.items():
+                if param is None:
+                    continue
+                owned.append((module._parameters, name, param))
+                names.append(f"{prefix}.{name}" if prefix else name)
+                if param.requires_grad:
+                    trainable.append(names[-1])
+        if any("lora_" in name for name in names):
+            raise _lora_refused()
+        if trainable:
+            raise PrefixCacheError(
+                f"prefix caching is refused: {len(trainable)} LLM parameters require grad (e.g. {trainable[:3]}), so "
+                "the prefix's states are not fixed; freeze the LLM (glta_hf.backbone.freeze) or run the uncached forward."
+            )
+        self._scans[llm] = _FrozenScan(owned, frozenset(module_ids))
+
+
+_FROZEN_SCANS = _FrozenParameterScans()
 
 
 def cache_kwarg(llm: nn.Module) -> str:
@@ -170,6 +247,8 @@ class PrefixKV:
         if not entries:
             raise PrefixCacheError("PrefixKV.concat needs at least one entry")
         device = device if device is not None else entries[0].keys.device
+        if len(entries) == 1:  # one request: no padding to add, no copy (to_cache never modifies the tensors)
+            return entries[0].to(device)
         layers, _, heads, _, head_dim = entries[0].keys.shape
         width = max(e.keys.shape[3] for e in entries)
         batch = sum(e.batch_size for e in entries)
@@ -213,16 +292,34 @@ def _embed(llm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 @torch.no_grad()
 def prefix_key_values(llm: nn.Module, prefix_ids: torch.LongTensor, prefix_mask: torch.Tensor) -> PrefixKV:
     """Run left-padded placeholder-free prefixes through the frozen LLM once; return their key/value states."""
-    from transformers import DynamicCache
-
     check_cacheable(llm)
     if prefix_ids.shape != prefix_mask.shape or prefix_ids.dim() != 2:
         raise PrefixCacheError(f"prefix ids {tuple(prefix_ids.shape)} and mask {tuple(prefix_mask.shape)} must be one (batch, length) shape")
     device = llm.get_input_embeddings().weight.device
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device).long()
+    return _run_prefix(llm, _embed(llm, prefix_ids, prefix_mask), prefix_mask)
+
+
+@torch.no_grad()
+def prefix_key_values_from_embeds(llm: nn.Module, prefix_embeds: torch.Tensor, prefix_mask: torch.Tensor) -> PrefixKV:
+    """:func:`prefix_key_values` of prefixes given as input vectors (B, T, hidden), left-padded: the serving span,
+    whose placeholder rows are projected node embeddings rather than token ids."""
+    check_cacheable(llm)
+    if prefix_embeds.dim() != 3 or tuple(prefix_mask.shape) != tuple(prefix_embeds.shape[:2]):
+        raise PrefixCacheError(
+            f"prefix embeds {tuple(prefix_embeds.shape)} must be (batch, length, hidden) with a (batch, length) mask, "
+            f"got mask {tuple(prefix_mask.shape)}"
+        )
+    device = llm.get_input_embeddings().weight.device
+    return _run_prefix(llm, prefix_embeds.to(device), prefix_mask.to(device).long())
+
+
+def _run_prefix(llm: nn.Module, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTensor) -> PrefixKV:
+    from transformers import DynamicCache
+
     cache = DynamicCache(config=llm.config)
     llm(
-        inputs_embeds=_embed(llm, prefix_ids, prefix_mask),
+        inputs_embeds=prefix_embeds,
         attention_mask=prefix_mask,
         position_ids=positions_from_mask(prefix_mask),
         use_cache=True,
@@ -267,7 +364,8 @@ def forward_with_prefix(llm: nn.Module, prefix: PrefixKV, suffix_embeds: torch.T
 
 @dataclass
 class PromptSplit:
-    """A prompt batch cut at each row's first placeholder; both parts left-padded (slots end every suffix row)."""
+    """A prompt batch cut at each row's first cut token (a placeholder, or the first ``<slot>`` for the serving
+    span); both parts left-padded (slots end every suffix row)."""
 
     prefix_ids: torch.LongTensor
     prefix_mask: torch.LongTensor
@@ -276,25 +374,36 @@ class PromptSplit:
     prefix_lengths: List[int]
     prefix_hashes: List[str]
 
+    def cut(self, values: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Another per-token tensor of the same batch (e.g. its inputs_embeds, (B, T, hidden)) cut where the ids were
+        cut: (prefix values, suffix values), left-padded like ``prefix_mask`` / ``suffix_mask`` (padding: zeros)."""
+        rows = [values[row][attention_mask[row].bool()] for row in range(values.shape[0])]
+        prefixes = [r[:n] for r, n in zip(rows, self.prefix_lengths)]
+        suffixes = [r[n:] for r, n in zip(rows, self.prefix_lengths)]
+        return _left_pad(prefixes, 0, values.device)[0], _left_pad(suffixes, 0, values.device)[0]
 
-def _left_pad(rows: Sequence[torch.Tensor], pad_id: int, device) -> Tuple[torch.LongTensor, torch.LongTensor]:
+
+def _left_pad(rows: Sequence[torch.Tensor], fill, device) -> Tuple[torch.Tensor, torch.LongTensor]:
+    """Rows of (length, ...) stacked into (batch, width, ...) with ``fill`` on the left, and the (batch, width) mask."""
     width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long, device=device)
+    trailing, dtype = (rows[0].shape[1:], rows[0].dtype) if rows else ((), torch.long)
+    values = torch.full((len(rows), width, *trailing), fill, dtype=dtype, device=device)
     mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
     for i, r in enumerate(rows):
         if len(r):
-            ids[i, width - len(r) :] = r
+            values[i, width - len(r) :] = r
             mask[i, width - len(r) :] = 1
-    return ids, mask
+    return values, mask
 
 
 def split_prompt_batch(
     input_ids: torch.LongTensor, attention_mask: torch.Tensor, placeholder_ids: Iterable[int], pad_token_id: int = 0
 ) -> PromptSplit:
-    """Cut every row of a collated batch (left or right padded) before its first placeholder token.
+    """Cut every row of a collated batch (left or right padded) before its first token of ``placeholder_ids``.
 
-    The prefix is the rule of ``glta_hf.prompts.cacheable_prefix_length``; every row must hold a placeholder (the
-    slots), else there is nothing to compute with gradients and the row is refused.
+    With all three placeholders the prefix is the rule of ``glta_hf.prompts.cacheable_prefix_length`` (the text
+    span); with the ``<slot>`` id alone it is everything before the slots (the serving span). Every row must hold
+    one (the slots), else there is nothing left to run and the row is refused.
     """
     placeholder = torch.tensor(sorted(int(i) for i in placeholder_ids), device=input_ids.device)
     prefixes, suffixes = [], []
@@ -537,20 +646,53 @@ class PrefixStore:
             self._disk[key] = (record["shard"], record["name"])
 
 
-def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey]) -> PrefixKV:
+def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey],
+                  prefix_embeds: Optional[torch.Tensor] = None) -> PrefixKV:
     """The batch's prefix states (left-padded, on the LLM's device): from ``store``, computing only missing rows
-    (one batched no-grad forward)."""
+    (one batched no-grad forward) from the split's prefix ids, or from ``prefix_embeds`` (left-padded like
+    ``split.prefix_mask``) when given (the serving span)."""
     check_cacheable(llm)  # also when every prefix is served: the LLM may have changed since they were computed
     if len(keys) != len(split.prefix_lengths):
         raise PrefixCacheError(f"{len(keys)} prefix keys for a batch of {len(split.prefix_lengths)} rows")
 
     def compute(positions: List[int]) -> PrefixKV:
-        rows = [split.prefix_ids[p][split.prefix_mask[p].bool()] for p in positions]
-        ids, mask = _left_pad(rows, 0, split.prefix_ids.device)
-        return prefix_key_values(llm, ids, mask)
+        rows = torch.tensor(positions, device=split.prefix_mask.device)
+        width = max(split.prefix_lengths[p] for p in positions)  # left-padded: the last `width` columns hold them all
+        cols = slice(split.prefix_mask.shape[1] - width, None)
+        mask = split.prefix_mask[rows][:, cols]
+        if prefix_embeds is None:
+            return prefix_key_values(llm, split.prefix_ids[rows][:, cols], mask)
+        return prefix_key_values_from_embeds(llm, prefix_embeds[rows][:, cols], mask)
 
     entries = store.get_or_compute(keys, compute)
     return PrefixKV.concat(entries, device=llm.get_input_embeddings().weight.device)
+
+
+#: Which span of a prompt ``cached_slot_hidden_states`` serves from the store (see its docstring).
+PREFIX_SPANS = ("text", "slots")
+
+
+def check_prefix_span(span: str) -> str:
+    if span not in PREFIX_SPANS:
+        raise PrefixCacheError(f"prefix_span must be one of {PREFIX_SPANS}, got {span!r}")
+    return span
+
+
+def is_slot_span_key(key: PrefixKey) -> bool:
+    """Whether a store entry holds a serving span (``span="slots"``) rather than a text prefix."""
+    return key.text_hash.startswith("slots:")
+
+
+def slot_span_hash(prefix_ids: torch.Tensor, placeholder_vectors: torch.Tensor) -> str:
+    """The content key of a serving span: its token ids plus the exact bytes of the vectors written at its
+    placeholders (projected ``E_u`` / ``E_i`` rows, fold-in vectors). Every other input row is a frozen token
+    embedding of those ids (covered by the LLM fingerprint), so equal hashes mean equal LLM inputs: a changed
+    projector, node table or history is another key, never a stale entry."""
+    digest = hashlib.sha256(prefix_hash(prefix_ids.tolist()).encode("ascii"))
+    vectors = placeholder_vectors.detach().to("cpu").contiguous()
+    digest.update(f"{vectors.dtype}:{tuple(vectors.shape)}:".encode("ascii"))
+    digest.update(vectors.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "slots:" + digest.hexdigest()[:40]
 
 
 def cached_slot_hidden_states(
@@ -565,30 +707,52 @@ def cached_slot_hidden_states(
     llm_key: str,
     layout: str,
     users: Optional[Sequence[Union[int, str]]] = None,
+    span: str = "text",
 ) -> torch.Tensor:
     """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` -- equal to
-    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding, gradients included.
+    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding.
+
+    ``span="text"`` (training, evaluation, ``rank``): the store holds the placeholder-free text before the first
+    placeholder, keyed by its token ids; the rest runs through the LLM with gradients, so the loss's gradients are
+    exact too. ``span="slots"`` (serving, ``recommend()``; no grad only): the store holds everything before the
+    first ``<slot>`` -- the text and the ``<user>`` / ``<item>`` vectors -- keyed by content
+    (:func:`slot_span_hash`), so only the slots run per request. Under training its entries would be useless
+    (projectors change every step), hence not the default; with gradients enabled it is refused.
 
     ``model`` needs what ``GLTAForRecommendation`` has: ``llm``, ``config`` (placeholder ids, ``num_slots``) and
     ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)``. ``llm_key`` is
     :func:`llm_fingerprint`, ``layout`` the prompt layout. ``users`` names each row's user in the prefix key; by
     default the row's ``user_ids`` entry when every row has one ``<user>`` token (user-item prompts), else
     ``"*"``: the prefix is then keyed by its tokens alone (item-text prompts, "w/o UA", fold-in users), which is
-    still exact because the hash covers every prefix token.
+    still exact because the hash covers every prefix token (and, for the serving span, every placeholder vector).
     """
+    check_prefix_span(span)
+    if span == "slots" and torch.is_grad_enabled():
+        raise PrefixCacheError(
+            "span='slots' caches the placeholder vectors too, so no gradient reaches the projectors: it serves "
+            "no-grad inference (recommend()) only; train with span='text'"
+        )
     config = model.config
     if users is None:
         per_row = (input_ids == config.user_token_id).sum(dim=1)
         one_each = user_ids is not None and user_node_embeddings is None and bool((per_row == 1).all())
         users = [int(u) for u in user_ids.reshape(-1).tolist()] if one_each else ["*"] * input_ids.shape[0]
     pad = getattr(model.llm.config, "pad_token_id", None)
-    split = split_prompt_batch(
-        input_ids, attention_mask, (config.user_token_id, config.item_token_id, config.slot_token_id),
-        0 if pad is None else int(pad),
-    )
-    suffix_embeds = model.get_inputs_embeds(split.suffix_ids, user_ids, item_ids, user_node_embeddings)
+    cut_at = (config.slot_token_id,) if span == "slots" else (config.user_token_id, config.item_token_id, config.slot_token_id)
+    split = split_prompt_batch(input_ids, attention_mask, cut_at, 0 if pad is None else int(pad))
+    if span == "slots":
+        prefix_embeds, suffix_embeds = split.cut(
+            model.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings), attention_mask)
+        placeholders = (split.prefix_ids == config.user_token_id) | (split.prefix_ids == config.item_token_id)
+        text_hashes = [
+            slot_span_hash(split.prefix_ids[row, split.prefix_mask[row].bool()], prefix_embeds[row][placeholders[row]])
+            for row in range(input_ids.shape[0])
+        ]
+    else:
+        prefix_embeds, text_hashes = None, split.prefix_hashes
+        suffix_embeds = model.get_inputs_embeds(split.suffix_ids, user_ids, item_ids, user_node_embeddings)
     dtype = str(suffix_embeds.dtype)
-    keys = [PrefixKey(user, text_hash, llm_key, dtype, layout) for user, text_hash in zip(users, split.prefix_hashes)]
-    prefix = cached_prefix(model.llm, store, split, keys)
+    keys = [PrefixKey(user, text_hash, llm_key, dtype, layout) for user, text_hash in zip(users, text_hashes)]
+    prefix = cached_prefix(model.llm, store, split, keys, prefix_embeds)
     hidden = forward_with_prefix(model.llm, prefix, suffix_embeds, split.suffix_mask)
     return hidden[split.suffix_ids == config.slot_token_id].view(input_ids.shape[0], config.num_slots, -1)

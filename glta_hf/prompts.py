@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -147,23 +148,52 @@ class EncodedPrompt:
 
 def add_placeholder_tokens(tokenizer) -> Dict[str, int]:
     """Add ``<user>``, ``<item>``, ``<slot>`` as special tokens (idempotent); return their ids."""
-    missing = [t for t in PLACEHOLDER_TOKENS if t not in tokenizer.get_vocab()]
+    missing = [t for t, i in _lookup_placeholders(tokenizer).items() if i is None]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     return placeholder_token_ids(tokenizer)
 
 
+#: Tokenizers whose placeholders passed the single-token check, with the ids they had then (weakly held).
+_SINGLE_TOKEN_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _lookup_placeholders(tokenizer) -> Dict[str, Optional[int]]:
+    """Token -> id, None where the tokenizer lacks it. Three lookups, not ``get_vocab()``: that builds the whole
+    vocabulary dict (~25 ms for SmolLM2's 49k tokens) and ``encode_prompt`` runs this for every prompt."""
+    ids: Dict[str, Optional[int]] = {}
+    for token in PLACEHOLDER_TOKENS:
+        found = tokenizer.convert_tokens_to_ids(token)  # the unknown-token id (or None) when absent
+        ids[token] = int(found) if found is not None and tokenizer.convert_ids_to_tokens(int(found)) == token else None
+    return ids
+
+
 def placeholder_token_ids(tokenizer) -> Dict[str, int]:
-    """The placeholder ids; ``ValueError`` if the tokenizer lacks them or does not keep them as single tokens."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in PLACEHOLDER_TOKENS if t not in vocab]
+    """The placeholder ids; ``ValueError`` if the tokenizer lacks them or does not keep them as single tokens.
+
+    The single-token check tokenizes each placeholder, so it runs once per tokenizer and set of ids (again when
+    tokens are added and the ids change), not for every prompt."""
+    found = _lookup_placeholders(tokenizer)
+    missing = [t for t, i in found.items() if i is None]
     if missing:
         raise ValueError(f"tokenizer lacks the GLTA placeholder tokens {missing}; call add_placeholder_tokens()")
-    ids = {t: int(vocab[t]) for t in PLACEHOLDER_TOKENS}
-    for t, i in ids.items():
-        if tokenizer(t, add_special_tokens=False)["input_ids"] != [i]:
-            raise ValueError(f"tokenizer splits the placeholder {t!r}; it must be a single special token")
+    ids = {t: int(i) for t, i in found.items()}
+    if _checked_ids(tokenizer) != ids:
+        for t, i in ids.items():
+            if tokenizer(t, add_special_tokens=False)["input_ids"] != [i]:
+                raise ValueError(f"tokenizer splits the placeholder {t!r}; it must be a single special token")
+        try:
+            _SINGLE_TOKEN_CHECKED[tokenizer] = dict(ids)
+        except TypeError:  # not weakly referenceable / hashable: simply checked again next time
+            pass
     return ids
+
+
+def _checked_ids(tokenizer) -> Optional[Dict[str, int]]:
+    try:
+        return _SINGLE_TOKEN_CHECKED.get(tokenizer)
+    except TypeError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- templates

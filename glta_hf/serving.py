@@ -249,7 +249,9 @@ class GLTAServingMixin:
                 seen = [h if h is not None else self.user_table["histories"][r] for r, h in zip(rows[sl], hists[sl])]
             else:
                 seen = None
-            items, scores = self.rank(**batch, k=k, seen=seen, decoding=decoding)
+            # serving: projectors and node tables are fixed, so the prefix cache (when enabled) may hold the whole
+            # prompt before the slots, keyed by content (glta_hf.prefix_cache, span "slots")
+            items, scores = self.rank(**batch, k=k, seen=seen, decoding=decoding, prefix_span="slots")
             for user, item_row, score in zip(users[sl], items.tolist(), scores.tolist()):
                 results.append(
                     {"user": user, "items": [self.item_catalogue["item_ids"][i] for i in item_row], "scores": score}

@@ -11,7 +11,7 @@ import torch
 from _tiny_data import write_tiny_movielens
 
 from conftest import build_tiny
-from glta_hf.prefix_cache import PrefixCacheError, PrefixStore
+from glta_hf.prefix_cache import PrefixCacheError, PrefixStore, is_slot_span_key
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -169,4 +169,5 @@ def test_run_stages_with_prefix_cache_trains_the_same_and_computes_each_prefix_o
     assert store is not None and store.stats["computed"] == len(store)  # every prefix computed once ...
     users = {key.user for key in store._memory}
     assert len(users) == len(store) == stage_setup.data.num_users  # ... one per user, over 2 epochs + validation
+    assert not any(is_slot_span_key(key) for key in store._memory)  # text prefixes only: no serving spans
     assert store.stats["hits_memory"] >= 2 * len(store)  # epoch 2 and the rankings were served from the store

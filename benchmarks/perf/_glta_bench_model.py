@@ -51,6 +51,24 @@ def build(dataset: str, data_dir: str, layers: int = 30, head: str = "linear", d
     return model.eval(), data
 
 
+def add_run_args(parser, seed: int = 0) -> None:
+    """``--threads``, ``--seed`` and ``--out``: what every timing script here takes."""
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+
+
+def start_run(args) -> float:
+    """Apply ``--threads`` and return the start time (``write_perf_result``'s ``t_start``)."""
+    import time
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return time.time()
+
+
 def write_perf_result(script: str, args, name: str, *, split: str, metrics: dict, t_start: float, **config) -> None:
     """Print ``metrics`` and write ``benchmarks/results/performance/<name>.json`` with the command, commit, machine,
     wall time and the run's arguments (+ ``config``, + torch's thread count and the load average at the end: these

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _glta_bench_model import ROOT, SMOLLM2, build, write_perf_result  # noqa: E402
+from _glta_bench_model import ROOT, SMOLLM2, add_run_args, build, start_run, write_perf_result  # noqa: E402
 
 EPOCH_USERS = {"ml-1m": 6040, "ml-100k": 943, "ml-latest-small": 610}
 
@@ -111,10 +111,8 @@ def main():
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ml-1m"))
     parser.add_argument("--texts", default=str(ROOT / "benchmarks" / "texts" / "ml-1m" / "texts.jsonl"))
     parser.add_argument("--store-mb", type=int, default=8192, help="PrefixStore memory budget")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    add_run_args(parser)
     args = parser.parse_args()
 
     import torch
@@ -123,9 +121,7 @@ def main():
     from glta_hf.prefix_cache import PrefixStore, cached_slot_hidden_states, llm_fingerprint
     from glta_hf.prompts import PromptConfig, collate_prompts, encode_prompt, user_item_prompt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t_start = time.time()
+    t_start = start_run(args)
     device = torch.device(args.device)
     model, data = build(args.dataset, args.data_dir, layers=args.layers)
     model.to(device)
