@@ -60,6 +60,13 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
         row.update({name: round(entry[f"eval_{name}"], 5) if name != "num_users" else entry[f"eval_{name}"]
                     for name in METRICS if f"eval_{name}" in entry})
         rows.append(row)
+    final = run_dir / "metrics_validation.json"  # glta_val_run.sh FINAL_VAL=1: the final model, by evaluate.py
+    if not rows and final.exists():
+        metrics = json.loads(final.read_text(encoding="utf-8"))["metrics"]
+        row = dict(base, epoch=settings["num_train_epochs"], eval="validation, all users, first_k (evaluate.py)")
+        row.update({name: round(metrics[name], 5) if name != "num_users" else metrics[name]
+                    for name in METRICS if name in metrics})
+        rows.append(row)
     return rows
 
 

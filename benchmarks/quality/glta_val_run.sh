@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GLTA lever run on ml-latest-small, VALIDATION ONLY (issue 15 item 5, issue 16 lever grid): the base settings of
 # BENCHMARKS.md "GLTA on ml-latest-small with every user's texts" plus the lever's own align.py flags, which override.
-# Every epoch is validated on all 610 users; `collect_tuning.py` appends those rows to the tuning log.
+# Every epoch is validated on all 610 users; `collect_tuning.py` appends those rows to the tuning log. With
+# FINAL_VAL=1 (for runs given --eval_strategy no, e.g. the uncached paper order, where a validation ranking per epoch
+# costs minutes) only the final model is validated, by training/evaluate.py (the same evaluator, all users, first_k).
 # Resumable: rerun after a kill. Test is never touched here (glta_ml_latest_small.sh does that, once per chosen config).
 # Usage: bash benchmarks/quality/glta_val_run.sh RUN_NAME [align.py flags ...]
 #   e.g. bash benchmarks/quality/glta_val_run.sh glta_paper_s1 --layout paper --prefix_cache false --seed 1
@@ -14,4 +16,8 @@ python training/align.py --config training/configs/ml-latest-small.yaml --stage 
   --generate_missing_texts false --layout text_first --prefix_cache true \
   --item_stage_epochs 0.1 --num_train_epochs 4 --eval_max_users 0 \
   --output_dir "$OUT" --disable_tqdm true --resume_from_checkpoint true "$@"
+if [ -n "$FINAL_VAL" ]; then
+  python training/evaluate.py --model "$OUT/user/final" --split validation --decoding first_k --batch-size 32 \
+    --output "$OUT/metrics_validation.json"
+fi
 python benchmarks/quality/collect_tuning.py "$OUT" --run "$RUN" --log benchmarks/results/ml-latest-small/tuning/glta.jsonl
