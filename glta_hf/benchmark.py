@@ -3,7 +3,9 @@
 Rows (run names, each also ``<results-dir>/<dataset>/<run>.json`` via :func:`glta_hf.results.write_run_result`):
 ``pop``, ``mf``, ``lightgcn``, ``lightgcn_plus`` (graph baselines, :mod:`glta_hf.graph`) and ``glta``,
 ``glta_wo_ia``, ``glta_wo_ua``, ``glta_wo_pf``, ``glta_wo_pd``, ``glta_wo_both``, ``glta_ar``, ``glta_fl``
-(:mod:`glta_hf.pipeline` stages; the variants are :class:`GLTATrainingArguments` flags / decodings). Every row is
+(:mod:`glta_hf.pipeline` stages; the variants are :class:`GLTATrainingArguments` flags / decodings) and
+``glta_residual`` (GLTA + the graph-score residual, ``GLTAConfig.graph_residual``: not the paper's method, its own
+row: does the LLM add anything over the LightGCN it starts from?). Every row is
 scored on the same test users with :func:`glta_hf.metrics.evaluate` (graph rows) / :func:`pipeline.evaluate_glta`.
 A row whose result JSON exists with the same config fingerprint is skipped (resume). Writes ``results.json``,
 ``tables.md`` (Table 2 / Table 3 layouts) in ``--output-dir`` and ``fig3_<dataset>.png`` / ``fig4_<dataset>.png``
@@ -32,11 +34,14 @@ GLTA_ROWS = {
     "glta_wo_both": ("wo_both", {"no_profile": True, "no_prediction": True}, "first_k"),
     "glta_ar": ("glta", {}, "autoregressive"),
     "glta_fl": ("glta", {}, "first_logit"),
+    "glta_residual": ("residual", {}, "first_k"),
 }
+#: training variant -> QuickstartConfig fields it changes (model options rather than training flags)
+VARIANT_OPTIONS: Dict[str, Dict[str, Any]] = {"residual": {"graph_residual": True}}
 ROWS = list(GRAPH_ROWS) + list(GLTA_ROWS)
 LABELS = {"pop": "Pop", "mf": "MF-BPR", "lightgcn": "LightGCN", "lightgcn_plus": "LightGCN+", "glta": "GLTA",
           "glta_wo_ia": "w/o IA", "glta_wo_ua": "w/o UA", "glta_wo_pf": "w/o PF", "glta_wo_pd": "w/o PD",
-          "glta_wo_both": "w/o both", "glta_ar": "AR", "glta_fl": "FL"}
+          "glta_wo_both": "w/o both", "glta_ar": "AR", "glta_fl": "FL", "glta_residual": "GLTA + graph residual"}
 TABLE2 = [("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10"),
           ("R@10", "recall@10"), ("N@20", "ndcg@20")]
 TABLE3 = [("P@5", "precision@5"), ("N@5", "ndcg@5")]
@@ -122,6 +127,8 @@ def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
             if k not in ("output_dir", "progress", "show_users", "prefix_cache", "eval_batch_size")}
     if keep.get("layout") == "paper":  # rows from before the layout option keep their fingerprints
         keep.pop("layout")
+    if not keep.get("graph_residual", True):  # likewise for the residual option (a row's own variant sets it)
+        keep.pop("graph_residual")
     key = dict(row=row, split=args.split, test_fraction=args.test_fraction, split_seed=args.split_seed,
                graph_reg=args.graph_reg, eval_every=args.eval_every, cfg=keep)
     if row == "lightgcn_plus":
@@ -265,7 +272,7 @@ class Benchmark:
         llm, tokenizer = self._backbone()
         decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
         model = train_alignment(
-            QuickstartConfig(**c), self.out / "work" / variant, decoder=decoder, tokenizer=tokenizer, nodes=self.nodes,
+            QuickstartConfig(**{**c, **VARIANT_OPTIONS.get(variant, {})}), self.out / "work" / variant, decoder=decoder, tokenizer=tokenizer, nodes=self.nodes,
             data=self.data, texts=self.texts, llm_name_or_path=str(self.folder), gguf_file=self.gguf,
             run_info={**data_record(self.full, dataset=self.args.dataset, data_dir=self.args.data_dir,
                                     val_fraction=c["val_fraction"], val_seed=c["seed"]),

@@ -74,6 +74,7 @@ class QuickstartConfig:
     head: str = "factorized"
     layout: str = "paper"  # prompt order: paper | text_first (fixed text first: what prefix_cache caches)
     prefix_cache: bool = False  # user stage + evaluation: exact cached text prefixes (glta_hf.prefix_cache)
+    graph_residual: bool = False  # logits + scale * LightGCN score (GLTAConfig.graph_residual; not the paper's)
     # evaluation
     eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
     eval_batch_size: Optional[int] = None  # users per ranking forward (None = max(batch_size, 8); raise it on a GPU)
@@ -191,6 +192,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix-cache", action="store_true",
                         help="user stage and evaluation: compute each user's frozen text prefix once (exact; best "
                              "with --layout text_first)")
+    parser.add_argument("--graph-residual", action="store_true",
+                        help="add the frozen LightGCN score (one learned scale) to the GLLM logits: does the LLM add "
+                             "anything over the graph? (not the paper's method)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -203,7 +207,8 @@ def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
             values[field] = None if (field in _ZERO_IS_ALL and value == 0) else value
     return QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
                             backbone=args.backbone, seed=args.seed, progress=not args.no_progress,
-                            prefix_cache=bool(getattr(args, "prefix_cache", False)), **values)
+                            prefix_cache=bool(getattr(args, "prefix_cache", False)),
+                            graph_residual=bool(getattr(args, "graph_residual", False)), **values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -263,12 +268,15 @@ def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, 
                      cfg.max_description_tokens, "text_max_new_tokens": cfg.text_max_new_tokens}
     if cfg.layout != "paper":  # earlier runs (paper order, no key) keep their fingerprints
         model_options["layout"] = cfg.layout
+    if cfg.graph_residual:  # likewise: no key without the option
+        model_options["graph_residual"] = True
 
     def fresh_model(stage: str):
         prompt = PromptConfig(**args.prompt_overrides(), layout=cfg.layout, max_description_tokens=cfg.max_description_tokens,
                               max_profile_tokens=cfg.text_max_new_tokens, max_prediction_tokens=cfg.text_max_new_tokens)
         model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=llm_name_or_path,
-                                     llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots, head=cfg.head)
+                                     llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots, head=cfg.head,
+                                     graph_residual=cfg.graph_residual)
         model.run_info = dict(run_info)
         return model
 

@@ -125,3 +125,30 @@ def test_benchmark_graph_rows_use_the_benchmark_device(tmp_path):
     for flags, want in (([], "cuda" if torch.cuda.is_available() else "cpu"), (["--device", "cpu"], "cpu")):
         bench = Benchmark(parser.parse_args(flags + ["--output-dir", str(tmp_path)]), echo=lambda _line: None)
         assert bench.graph_args().device == want
+
+
+def test_residual_row_trains_a_residual_model_and_keeps_other_fingerprints(tmp_path):
+    import argparse
+
+    from glta_hf.benchmark import GLTA_ROWS, VARIANT_OPTIONS, Benchmark, _config, configure_parser, fingerprint, parse_rows
+    from glta_hf.testing import tiny_llama
+
+    variant, flags, decoding = GLTA_ROWS["glta_residual"]
+    assert VARIANT_OPTIONS[variant] == {"graph_residual": True} and decoding == "first_k"
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    plain = parser.parse_args([])
+    cfg = _config(plain)
+    assert cfg["graph_residual"] is False
+    # rows written before the option existed keep their fingerprints (no graph_residual key when off)
+    legacy = {k: v for k, v in cfg.items() if k != "graph_residual"}
+    assert fingerprint("glta", plain, cfg) == fingerprint("glta", plain, legacy)
+
+    write_tiny_movielens(tmp_path / "data")
+    llm_dir = save_tiny_llama(tmp_path / "tiny-llm")
+    causal, tokenizer = tiny_llama()
+    args = _args(tmp_path, llm_dir, "glta_residual")
+    bench = Benchmark(args, llm=causal, tokenizer=tokenizer, echo=lambda _line: None)
+    bench.run(parse_rows("glta_residual"))
+    model = bench._glta_models["residual"]
+    assert model.config.graph_residual and model.graph_residual is not None
