@@ -9,7 +9,7 @@ OUT=runs/ml-latest-small/glta_text_first_${HEAD}_s0
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python training/align.py --config training/configs/ml-latest-small.yaml --stage all --head "$HEAD" \
   --graph_dir runs/graph/ml-latest-small/lightgcn --texts benchmarks/texts/ml-latest-small/texts.jsonl \
-  --generate_missing_texts false --layout text_first --prefix_cache true \
+  --generate_missing_texts false --layout text_first --prefix_cache true --graph_residual false --eval_decoding first_k \
   --item_stage_epochs 0.1 --num_train_epochs 4 --eval_max_users 0 \
   --output_dir "$OUT" --disable_tqdm true --resume_from_checkpoint true "$@"
 # test: once per configuration chosen on validation

@@ -13,8 +13,8 @@ OUT=runs/ml-latest-small/$RUN
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python training/align.py --config training/configs/ml-latest-small.yaml --stage all \
   --graph_dir runs/graph/ml-latest-small/lightgcn --texts benchmarks/texts/ml-latest-small/texts.jsonl \
-  --generate_missing_texts false --layout text_first --prefix_cache true \
-  --item_stage_epochs 0.1 --num_train_epochs 4 --eval_max_users 0 \
+  --generate_missing_texts false --layout text_first --prefix_cache true --head linear --graph_residual false \
+  --item_stage_epochs 0.1 --num_train_epochs 4 --eval_max_users 0 --eval_decoding first_k \
   --output_dir "$OUT" --disable_tqdm true --resume_from_checkpoint true "$@"
 if [ -n "$FINAL_VAL" ]; then
   python training/evaluate.py --model "$OUT/user/final" --split validation --decoding first_k --batch-size 32 \
