@@ -10,7 +10,8 @@ where the last one stopped):
     partial cache resumes, a full one is skipped;
 (b) ``rows``   -- the GLTA rows through ``python -m glta_hf.cli benchmark`` (one subprocess per dataset and group:
     ``glta,glta_fl,glta_ar`` on both datasets first -- FL / AR are decodings of the trained ``glta`` model, so they
-    share its process -- then ``glta_wo_pf,glta_wo_pd,glta_wo_both,glta_wo_ia,glta_wo_ua``). Every row aligns the
+    share its process -- then ``glta_residual`` (GLTA + the frozen LightGCN score: does the LLM add anything over the
+    graph?), then ``glta_wo_pf,glta_wo_pd,glta_wo_both,glta_wo_ia,glta_wo_ua``). Every row aligns the
     committed node tables ``benchmarks/gpu/nodes/<dataset>-lightgcn`` (``--node-embeddings``), the tables of the
     committed ``lightgcn`` row, which the kit first re-scores and compares with that row's metrics. A dataset's rows
     start only once its text cache is complete (a bf16 LLM must never extend the float32 cache). A group whose rows
@@ -47,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 GLTA_GROUP = ["glta", "glta_fl", "glta_ar"]
 ABLATION_GROUP = ["glta_wo_pf", "glta_wo_pd", "glta_wo_both", "glta_wo_ia", "glta_wo_ua"]
+#: GLTA + the frozen LightGCN score (issue 16): does the LLM add anything over the graph? Its own training run.
+RESIDUAL_GROUP = ["glta_residual"]
 PACK_RESERVE_S = 25  # kept free at the end for the LightGCN check, packing and the report
 #: dense bf16 tensor-core peak by the vendor's datasheet (H100 / H200 SXM), the MFU denominator
 DATASHEET_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}
@@ -69,8 +72,8 @@ def real_config(args) -> Dict[str, Any]:
         "dry_run": False, "root": str(ROOT), "datasets": datasets, "backbone": None, "device": "cuda",
         "texts_dtype": None, "llm_dtype": "bfloat16", "budget": "large", "text_batch_size": 384,
         "row_flags": ["--batch-size", "32", "--eval-batch-size", "256"],
-        "groups": [["glta", GLTA_GROUP], ["ablations", ABLATION_GROUP]],
-        "min_seconds": {"texts": 40, "graph": 60, "glta": 150, "ablations": 90, "perf": 70},
+        "groups": [["glta", GLTA_GROUP], ["residual", RESIDUAL_GROUP], ["ablations", ABLATION_GROUP]],
+        "min_seconds": {"texts": 40, "graph": 60, "glta": 150, "residual": 150, "ablations": 90, "perf": 70},
         "perf": {"dataset": "ml-1m", "train_batches": [32, 128], "train_steps": 12, "generation_users": 768,
                  "eval_users": None, "eval_batch_size": 256, "requests_b1": 30, "requests_b64": 10,
                  "matmul_size": 8192},
