@@ -87,10 +87,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="device of the graph rows and the GLTA rows' LLM: auto (cuda when available), cpu, cuda, "
                              "cuda:1, ...")
     parser.add_argument("--layout", default=None, type=_choice_of(_layouts, "layout"),
-                        help="GLTA prompt order (config key layout; default paper)")
-    parser.add_argument("--prefix-cache", action="store_true",
+                        help="GLTA prompt order (config key layout; default text_first)")
+    parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=None,
                         help="GLTA rows: exact cached text prefixes in the user stage and evaluation (config key "
-                             "prefix_cache; does not change a row's numbers, so not in its fingerprint)")
+                             "prefix_cache, default on; does not change a row's numbers, so not in its fingerprint)")
     parser.add_argument("--output-dir", default="runs/benchmark", help="work files, results.json, tables.md")
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--figures-dir", default="benchmarks/figures")
@@ -113,8 +113,8 @@ def _config(args) -> Dict[str, Any]:
             values[field] = None if (value == 0 and field in ("train_users", "eval_users")) else value
     if getattr(args, "layout", None) is not None:
         values["layout"] = args.layout
-    if getattr(args, "prefix_cache", False):
-        values["prefix_cache"] = True
+    if getattr(args, "prefix_cache", None) is not None:
+        values["prefix_cache"] = bool(args.prefix_cache)
     values.update(getattr(args, "overrides", None) or {})  # library callers / tests: any QuickstartConfig field
     cfg = QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
                            backbone=args.backbone, progress=not args.no_progress, **values)

@@ -9,7 +9,7 @@ The LLM is referenced, never copied: ``llm_name_or_path`` (+ ``llm_revision`` / 
 from transformers import PretrainedConfig
 
 from .components import component_names
-from .prompts import PromptConfig
+from .prompts import LEGACY_LAYOUT, PromptConfig
 
 QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
 
@@ -56,6 +56,14 @@ class GLTAConfig(PretrainedConfig):
     """
 
     model_type = "glta"
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """A saved config (``from_pretrained``): a prompt without ``layout`` was trained in the paper's order."""
+        prompt = config_dict.get("prompt")
+        if isinstance(prompt, dict) and "layout" not in prompt:
+            config_dict = {**config_dict, "prompt": {**prompt, "layout": LEGACY_LAYOUT}}
+        return super().from_dict(config_dict, **kwargs)
 
     def __init__(
         self,

@@ -19,9 +19,11 @@ Templates (the paper's Fig. 1c/1d and Fig. 2a/2b; the figures are images, so the
       the user's TRAINING items. Render them with :func:`render_generation_prompt`.
 
 Layouts (``PromptConfig.layout``)
-    ``"paper"`` (default): placeholders early, as in the paper's figures. ``"text_first"``: all fixed and free
-    text first, then the ``<user>`` / ``<item>`` placeholders back to back (no separators), then the slots, so the
-    longest possible prefix contains no trainable input and is computed once per user (exact prefix caching).
+    ``"text_first"`` (default): all fixed and free text first, then the ``<user>`` / ``<item>`` placeholders back
+    to back (no separators), then the slots, so the longest possible prefix contains no trainable input and is
+    computed once per user (exact prefix caching). ``"paper"``: placeholders early, as in the paper's figures.
+    text_first became the default when it matched the paper's order on validation (BENCHMARKS.md 5.9, two seeds);
+    a config dict without the key (written before the option) means ``"paper"``, the order it was trained with.
 
 Rendering
     With ``use_chat_template`` and a tokenizer that has a chat template, the system + user messages are rendered
@@ -64,6 +66,8 @@ ITEM_TOKEN = "<item>"
 SLOT_TOKEN = "<slot>"
 PLACEHOLDER_TOKENS = (USER_TOKEN, ITEM_TOKEN, SLOT_TOKEN)
 PROMPT_LAYOUTS = ("paper", "text_first")
+#: the layout of prompt configs saved before ``layout`` existed (they were trained in the paper's order)
+LEGACY_LAYOUT = "paper"
 _NEUTRALIZED = {USER_TOKEN: "(user)", ITEM_TOKEN: "(item)", SLOT_TOKEN: "(slot)"}
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -91,7 +95,7 @@ class PromptConfig:
     # "paper": placeholders early (the paper's Fig. 2); "text_first": every fixed text (system prompt, instruction,
     # profile, prediction / descriptions) before the first placeholder, so a frozen LLM's states over that text
     # can be cached (glta_hf.prefix_cache) -- same information, another order.
-    layout: str = "paper"
+    layout: str = "text_first"
 
     def __post_init__(self) -> None:
         if self.layout not in PROMPT_LAYOUTS:
@@ -102,9 +106,10 @@ class PromptConfig:
 
     @classmethod
     def from_dict(cls, values: Optional[Mapping[str, Any]]) -> "PromptConfig":
-        """Build from a dict, ignoring unknown keys (configs written by newer versions still load)."""
+        """Build from a dict, ignoring unknown keys (configs written by newer versions still load); a dict without
+        ``layout`` was written before the option and is read in the paper's order it was trained with."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in names})
+        return cls(**{"layout": LEGACY_LAYOUT, **{k: v for k, v in (values or {}).items() if k in names}})
 
 
 @dataclass

@@ -72,8 +72,8 @@ class QuickstartConfig:
     max_length: int = 256
     max_description_tokens: int = 24  # per item description in the item-text stage
     head: str = "factorized"
-    layout: str = "paper"  # prompt order: paper | text_first (fixed text first: what prefix_cache caches)
-    prefix_cache: bool = False  # user stage + evaluation: exact cached text prefixes (glta_hf.prefix_cache)
+    layout: str = "text_first"  # prompt order: text_first (fixed text first: what prefix_cache caches) | paper
+    prefix_cache: bool = True  # user stage + evaluation: exact cached text prefixes (glta_hf.prefix_cache)
     graph_residual: bool = False  # logits + scale * LightGCN score (GLTAConfig.graph_residual; not the paper's)
     # evaluation
     eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
@@ -153,7 +153,7 @@ _FLAGS = {  # flag -> (field, type, help)
     "--decoding": ("decoding", _choice_of(_decodings, "decoding"),
                    "first_k (paper) | first_logit | autoregressive | all_slots"),
     "--layout": ("layout", _choice_of(_layouts, "layout"),
-                 "prompt order: paper (default) | text_first (the fixed text before the placeholders)"),
+                 "prompt order: text_first (default: the fixed text before the placeholders, cacheable) | paper"),
 }
 _ZERO_IS_ALL = ("train_users", "text_users", "item_items", "eval_users")
 
@@ -189,14 +189,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="seed of splits, sampling and training (default 0)")
     for flag, (_, kind, help_text) in _FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_text + " (overrides --budget)")
-    parser.add_argument("--prefix-cache", action="store_true",
-                        help="user stage and evaluation: compute each user's frozen text prefix once (exact; best "
-                             "with --layout text_first)")
+    parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="user stage and evaluation: compute each user's frozen text prefix once (exact; default "
+                             "on; gains with the default --layout text_first)")
     parser.add_argument("--graph-residual", action="store_true",
                         help="add the frozen LightGCN score (one learned scale) to the GLLM logits: does the LLM add "
                              "anything over the graph? (not the paper's method)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _given(value, default):
+    """A flag's value, or the config default when the flag was not given (None)."""
+    return default if value is None else bool(value)
 
 
 def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
@@ -207,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
             values[field] = None if (field in _ZERO_IS_ALL and value == 0) else value
     return QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
                             backbone=args.backbone, seed=args.seed, progress=not args.no_progress,
-                            prefix_cache=bool(getattr(args, "prefix_cache", False)),
+                            prefix_cache=_given(getattr(args, "prefix_cache", None), QuickstartConfig.prefix_cache),
                             graph_residual=bool(getattr(args, "graph_residual", False)), **values)
 
 

@@ -73,8 +73,9 @@ def test_layout_and_prefix_cache_from_the_command_line_and_yaml(align, tmp_path)
         assert model_args.prompt_fields()["layout"] == "text_first"
         assert args.prefix_cache is True and args.prefix_store().max_bytes == 1 << 29
     _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run")])
-    assert "layout" not in model_args.prompt_fields() and args.prefix_cache is False  # defaults: paper, uncached
-    assert _built(align, tmp_path, ["--layout", "text_first"]).prompt_config.layout == "text_first"
+    assert "layout" not in model_args.prompt_fields() and args.prefix_cache is False  # PromptConfig's layout, uncached
+    assert _built(align, tmp_path, []).prompt_config.layout == "text_first"  # the default since issue 15's comparison
+    assert _built(align, tmp_path, ["--layout", "paper"]).prompt_config.layout == "paper"
 
 
 @pytest.mark.parametrize("argv, message", [

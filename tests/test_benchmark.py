@@ -100,13 +100,13 @@ def test_benchmark_layout_and_prefix_cache_config_keys():
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     plain = parser.parse_args([])
-    cached = parser.parse_args(["--prefix-cache"])
-    text_first = parser.parse_args(["--layout", "text_first"])
-    assert _config(cached)["prefix_cache"] is True and _config(plain)["layout"] == "paper"
-    assert _config(text_first)["layout"] == "text_first"
+    uncached = parser.parse_args(["--no-prefix-cache"])
+    paper = parser.parse_args(["--layout", "paper"])
+    assert _config(plain)["prefix_cache"] is True and _config(uncached)["prefix_cache"] is False
+    assert _config(plain)["layout"] == "text_first" and _config(paper)["layout"] == "paper"
     # the cache is exact: it does not change a row's numbers, so not its fingerprint; the layout does
-    assert fingerprint("glta", cached, _config(cached)) == fingerprint("glta", plain, _config(plain))
-    assert fingerprint("glta", text_first, _config(text_first)) != fingerprint("glta", plain, _config(plain))
+    assert fingerprint("glta", uncached, _config(uncached)) == fingerprint("glta", plain, _config(plain))
+    assert fingerprint("glta", paper, _config(paper)) != fingerprint("glta", plain, _config(plain))
     # the evaluation batch (users per ranking forward) is a speed setting, not part of a row's identity
     big = parser.parse_args(["--eval-batch-size", "512"])
     assert _config(big)["eval_batch_size"] == 512 and _config(plain)["eval_batch_size"] is None

@@ -150,7 +150,7 @@ def test_prefix_length_ends_at_the_first_placeholder(tok, layout):
 
 
 def test_text_first_same_content_other_order(tok):
-    paper, first = PromptConfig(num_slots=2), PromptConfig(num_slots=2, layout="text_first")
+    paper, first = PromptConfig(num_slots=2, layout="paper"), PromptConfig(num_slots=2, layout="text_first")
     pa = user_item_prompt(0, [1], paper, profile="P1", prediction="Q1")
     pb = user_item_prompt(0, [1], first, profile="P1", prediction="Q1")
     lines = lambda p: p.messages[1]["content"].format(**p.texts).splitlines()  # noqa: E731
@@ -182,3 +182,13 @@ def test_layout_is_validated_and_round_trips():
         PromptConfig(layout="sideways")
     assert PromptConfig.from_dict(PromptConfig(layout="text_first").to_dict()).layout == "text_first"
     assert PromptConfig.from_dict({"num_slots": 3}).layout == "paper"  # configs written before the option
+    assert PromptConfig().layout == "text_first"  # fresh prompts: the default chosen on validation (BENCHMARKS 5.9)
+
+
+def test_saved_configs_without_a_layout_load_in_the_paper_order():
+    from glta_hf import GLTAConfig
+
+    legacy = GLTAConfig.from_dict({"num_slots": 3, "prompt": {"num_slots": 3, "max_history": 5}})
+    assert legacy.prompt["layout"] == "paper"
+    assert GLTAConfig(num_slots=3).prompt["layout"] == "text_first"
+    assert GLTAConfig.from_dict(GLTAConfig(num_slots=3).to_dict()).prompt["layout"] == "text_first"

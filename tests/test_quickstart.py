@@ -165,8 +165,10 @@ def test_layout_and_prefix_cache_flags_reach_the_training_arguments(tmp_path):
     cfg = config_from_args(parser.parse_args(["--layout", "text_first", "--prefix-cache"]))
     assert cfg.layout == "text_first" and cfg.prefix_cache is True
     assert training_arguments(cfg, tmp_path).prefix_cache is True
-    plain = config_from_args(parser.parse_args([]))
-    assert plain.layout == "paper" and not training_arguments(plain, tmp_path).prefix_cache
+    plain = config_from_args(parser.parse_args([]))  # defaults: text_first, cached (exact)
+    assert plain.layout == "text_first" and training_arguments(plain, tmp_path).prefix_cache
+    paper = config_from_args(parser.parse_args(["--layout", "paper", "--no-prefix-cache"]))
+    assert paper.layout == "paper" and not training_arguments(paper, tmp_path).prefix_cache
 
 
 def test_eval_batch_size_flag_reaches_the_evaluation(tmp_path):
