@@ -313,7 +313,8 @@ class GLTAModel(GLTAPreTrainedModel):
         """Make only ``stage``'s parameters trainable; returns their names. The LLM never trains (LoRA may).
 
         ``"item"``: item projector + slots + head (item-text alignment). ``"user"``: user projector + slots + head
-        (+ the graph residual's scale), item projector frozen (user-item alignment). ``"user+item"``: both projectors + slots + head ("w/o IA").
+        (+ the graph residual's scale), item projector frozen (user-item alignment). ``"user+item"``: both
+        projectors + slots + head (+ scale) ("w/o IA").
         ``"none"``: everything frozen. LoRA adapters, when configured, train in every stage but ``"none"``.
         """
         if stage not in STAGES:
