@@ -79,11 +79,14 @@ def write_perf_result(script: str, args, name: str, *, split: str, metrics: dict
     import torch
 
     from glta_hf.results import write_run_result
+    from glta_hf.run_record import portable_path, sanitized_command
 
     for k, v in metrics.items():
         print(k, v)
-    write_run_result(
+    settings = {k: portable_path(v, ROOT) if isinstance(v, str) else v for k, v in (vars(args) | config).items()}
+    write_run_result(  # paths relative to the repository: no local folder is published
         args.out, "performance", name, model="glta", split=split, metrics=metrics,
-        command="python " + " ".join([os.path.relpath(script, ROOT)] + sys.argv[1:]),
-        wall_time_s=time.time() - t_start, config=vars(args) | config | {"torch_threads": torch.get_num_threads(), "load_avg_end": os.getloadavg()},
+        command="python " + sanitized_command([os.path.relpath(script, ROOT)] + sys.argv[1:], ROOT),
+        wall_time_s=time.time() - t_start,
+        config=settings | {"torch_threads": torch.get_num_threads(), "load_avg_end": os.getloadavg()},
     )

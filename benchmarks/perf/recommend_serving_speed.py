@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _glta_bench_model import ROOT, SMOLLM2, add_run_args, start_run, write_perf_result  # noqa: E402
 from prefix_cache_speed import pct  # noqa: E402
+from glta_hf.run_record import portable_path  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "runs" / "ml-latest-small" / "glta_text_first_s0" / "user" / "final"  # an ignored run folder
 VARIANTS = ("uncached", "text", "slots")
@@ -166,7 +167,7 @@ def main():
         "cached_vs_uncached_scores_max_abs_diff": max_diff,
     }
     name = "recommend_serving" if layout == "text_first" else f"recommend_serving_{layout}"
-    write_perf_result(__file__, args, name, split=f"{len(users)} known users of {args.model}",
+    write_perf_result(__file__, args, name, split=f"{len(users)} known users of {portable_path(args.model, ROOT)}",
                       metrics=metrics, t_start=t_start, llm=f"{SMOLLM2}, 30 layers",
                       note="trained GLTA model; interleaved per request; another job shares the CPU cores")
 
