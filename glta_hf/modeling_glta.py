@@ -220,10 +220,7 @@ class GLTAModel(GLTAPreTrainedModel):
         safe_id = self.llm.config.pad_token_id if self.llm.config.pad_token_id is not None else 0
         embeds = embedding(input_ids.masked_fill(user_mask | item_mask | slot_mask, safe_id))
 
-        if user_node_embeddings is not None:
-            user_nodes = user_node_embeddings.to(self.user_embeddings)
-        else:
-            user_nodes = self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
+        user_nodes = self._user_nodes(user_ids, user_node_embeddings)
         item_nodes = self.item_embeddings[self._check_ids(item_ids, self.config.num_items, "item_ids")]
         for name, mask, nodes, projector in (
             (USER_TOKEN, user_mask, user_nodes, self.user_projector),
@@ -242,6 +239,12 @@ class GLTAModel(GLTAPreTrainedModel):
             )
         slots = self.slot_embeddings.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)
         return embeds.masked_scatter(slot_mask.unsqueeze(-1), slots)
+
+    def _user_nodes(self, user_ids, user_node_embeddings) -> torch.Tensor:
+        """The node vectors of the batch's ``<user>`` tokens: the given fold-in vectors, else the ``E_u`` rows."""
+        if user_node_embeddings is not None:
+            return user_node_embeddings.to(self.user_embeddings)
+        return self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
 
     def _check_ids(self, ids: Optional[torch.Tensor], size: int, name: str) -> torch.LongTensor:
         if ids is None:
@@ -488,9 +491,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
             return None
         if not bool((per_row == 1).all()):
             raise ValueError(f"graph_residual needs exactly one <user> token per prompt, got {per_row.tolist()}")
-        if user_node_embeddings is not None:
-            return user_node_embeddings.to(self.user_embeddings)
-        return self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
+        return self._user_nodes(user_ids, user_node_embeddings)
 
     def forward(
         self,
