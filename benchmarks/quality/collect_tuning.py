@@ -70,6 +70,10 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
     return rows
 
 
+#: glta_val_run.sh's base prompt / sampling settings (training/configs/*.yaml); a row names only those it changes
+BASE_PROMPT = {"H": 20, "L": 10, "target_policy": "disjoint"}
+
+
 def setting(row: dict) -> str:
     """The row's levers in words (what differs from the base settings of glta_val_run.sh)."""
     parts = [f"{row['head']} head", row["layout"]]
@@ -80,6 +84,9 @@ def setting(row: dict) -> str:
     parts.append(f"lr {row['lr']:g}")
     if row.get("item_stage_epochs") not in (None, 0.1):
         parts.append(f"item stage {row['item_stage_epochs']:g} ep")
+    for key, base in BASE_PROMPT.items():
+        if row.get(key, base) != base:
+            parts.append(f"{key} {row[key]}")
     parts.append(f"seed {row.get('seed', 0)}")
     return ", ".join(parts)
 
