@@ -12,8 +12,11 @@ so rerunning after a resumed run is safe.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
+
+import yaml
 
 METRICS = ("precision@5", "recall@5", "ndcg@5", "hit_rate@5", "precision@10", "recall@10", "ndcg@10",
            "hit_rate@10", "num_users")
@@ -70,8 +73,16 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
     return rows
 
 
-#: glta_val_run.sh's base prompt / sampling settings (training/configs/*.yaml); a row names only those it changes
-BASE_PROMPT = {"H": 20, "L": 10, "target_policy": "disjoint"}
+ROOT = Path(__file__).resolve().parents[2]
+#: row key -> the training/configs/<dataset>.yaml key glta_val_run.sh starts every run from
+PROMPT_KEYS = {"H": "max_history", "L": "num_slots", "target_policy": "target_policy"}
+
+
+@functools.lru_cache(maxsize=None)
+def base_prompt(dataset: str) -> dict:
+    """The dataset config's H / L / target policy: a row names only the ones its run changed."""
+    config = yaml.safe_load((ROOT / "training" / "configs" / f"{dataset}.yaml").read_text(encoding="utf-8"))
+    return {key: config[name] for key, name in PROMPT_KEYS.items()}
 
 
 def setting(row: dict) -> str:
@@ -84,7 +95,7 @@ def setting(row: dict) -> str:
     parts.append(f"lr {row['lr']:g}")
     if row.get("item_stage_epochs") not in (None, 0.1):
         parts.append(f"item stage {row['item_stage_epochs']:g} ep")
-    for key, base in BASE_PROMPT.items():
+    for key, base in base_prompt(row["dataset"]).items():
         if row.get(key, base) != base:
             parts.append(f"{key} {row[key]}")
     parts.append(f"seed {row.get('seed', 0)}")
