@@ -14,6 +14,9 @@ are written), so training, evaluation and ``recommend()`` see the same text.
   and up to L of the other ``n - h`` as targets (a single-item user: no history, that item is the target).
   ``target_policy="all"`` is the paper-literal variant: the history is the evaluation history and the targets are
   k items drawn from all the user's training items (they may be shown too).
+  ``samples_per_user=r`` gives every user r samples per epoch, each its own draw (seeded by ``(seed, epoch, user,
+  draw)``; draw 0 is the single sample of ``r=1``): r target sets per pass over the users, and the user's cached
+  text prefix is reused by all r.
 * Evaluation mode (no targets): the history is the most recent H training items when the split has timestamps
   (``eval_history="recent"``), otherwise a seeded sample of H (``"sample"``); ``"auto"`` picks between them.
 
@@ -250,9 +253,16 @@ class UserItemDataset(_EpochDataset):
         has_time: bool = False,
         user_names: Optional[Sequence[str]] = None,
         seed: int = 0,
+        samples_per_user: int = 1,
     ):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if int(samples_per_user) != samples_per_user or samples_per_user < 1:
+            raise ValueError(f"samples_per_user must be an integer >= 1, got {samples_per_user!r}")
+        if mode == "eval" and samples_per_user != 1:
+            raise ValueError(f"samples_per_user applies to training samples; evaluation has one prompt per user, "
+                             f"got {samples_per_user}")
+        self.samples_per_user = int(samples_per_user)
         if target_policy not in TARGET_POLICIES:
             raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {target_policy!r}")
         if eval_history not in EVAL_HISTORIES:
@@ -278,7 +288,12 @@ class UserItemDataset(_EpochDataset):
                            missing, len(self.users))
 
     def __len__(self) -> int:
-        return len(self.users)
+        return len(self.users) * self.samples_per_user
+
+    def user_and_draw(self, index: int) -> Tuple[int, int]:
+        """Sample ``index`` -> (user, draw): the first ``len(users)`` samples are draw 0 of every user, and so on."""
+        draw, position = divmod(int(index), len(self.users))
+        return self.users[position], draw
 
     # -- histories and targets ----------------------------------------------------------------------------
     def eval_history(self, user: int) -> List[int]:
@@ -286,10 +301,10 @@ class UserItemDataset(_EpochDataset):
         return serving_history(self.histories[user], self.config.max_history, self.recent, self.seed, user)[
             -self.config.max_history:] if self.config.max_history > 0 else []
 
-    def train_history_and_targets(self, user: int) -> Tuple[List[int], List[int]]:
+    def train_history_and_targets(self, user: int, draw: int = 0) -> Tuple[List[int], List[int]]:
         items = self.histories[user]
         n = len(items)
-        rng = np.random.default_rng([self.seed, self.epoch, user])
+        rng = np.random.default_rng([self.seed, self.epoch, user] + ([draw] if draw else []))
         H, L = self.config.max_history, self.num_targets
         if self.target_policy == "all":
             history = self.eval_history(user)
@@ -302,9 +317,9 @@ class UserItemDataset(_EpochDataset):
         return [int(items[i]) for i in shown], [int(items[i]) for i in targets]
 
     def prompt(self, index: int):
-        user = self.users[index]
+        user, draw = self.user_and_draw(index)
         if self.mode == "train":
-            history, targets = self.train_history_and_targets(user)
+            history, targets = self.train_history_and_targets(user, draw)
         else:
             history, targets = self.eval_history(user), []
         rec = self.texts.get(user) or {}
@@ -316,7 +331,7 @@ class UserItemDataset(_EpochDataset):
         try:
             return encode_prompt(self.tokenizer, self.prompt(index), self.config)
         except ValueError as err:
-            raise _wrap(err, f"user {self.users[index]}") from None
+            raise _wrap(err, f"user {self.user_and_draw(index)[0]}") from None
 
 
 def length_grouped_indices(lengths: Sequence[int], batch_size: int, *, seed: int = 0, epoch: int = 0,

@@ -173,7 +173,7 @@ class GLTATrainer(Trainer):
         return UserItemDataset(histories, model.tokenizer, model.prompt_config, texts=texts, users=users,
                                mode="train", target_policy=args.target_policy, num_targets=args.num_targets,
                                eval_history=args.eval_history, has_time=has_time, user_names=data.user_ids,
-                               seed=args.seed)
+                               seed=args.seed, samples_per_user=args.samples_per_user)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A Trainer checkpoint holds only what GLTA adds, never the frozen LLM: its keys are missing by design, so

@@ -70,6 +70,9 @@ class GLTATrainingArguments(TrainingArguments):
     max_history: int = field(default=20, metadata={"help": "H: training items shown as <item> tokens"})
     num_slots: int = field(default=10, metadata={"help": "L: output slots (>= the largest k evaluated)"})
     num_targets: Optional[int] = field(default=None, metadata={"help": "k target items per user sample (default L)"})
+    samples_per_user: int = field(default=1, metadata={
+        "help": "r: user-stage samples per user per epoch, each with its own history / target draw (r target sets "
+                "per pass; an epoch is r times the steps)"})
     items_per_sample: int = field(default=5, metadata={"help": "m: items per item-text alignment sample"})
     target_policy: str = field(default="disjoint", metadata={
         "help": "disjoint: targets are training items NOT shown in the prompt (denoising, default); "
@@ -120,6 +123,8 @@ class GLTATrainingArguments(TrainingArguments):
                              f"got {sampling_strategy(self)!r}")
         if self.prefix_cache_max_gb < 0:
             raise ValueError(f"prefix_cache_max_gb must be >= 0, got {self.prefix_cache_max_gb}")
+        if self.samples_per_user < 1:
+            raise ValueError(f"samples_per_user must be >= 1, got {self.samples_per_user}")
         if not 1 <= self.items_per_sample <= self.num_slots:
             raise ValueError(f"items_per_sample must be in [1, num_slots={self.num_slots}]")
         # a stage that would train zero steps is refused here, before any data or model is loaded
@@ -185,6 +190,9 @@ class GLTATrainingArguments(TrainingArguments):
         else:
             keys += ["num_targets", "target_policy", "eval_history"]
         settings = {k: getattr(args, k, None) for k in keys}
+        if stage != "item" and getattr(args, "samples_per_user", 1) != 1:
+            # named only when set, so the records (and fingerprints) of runs from before the option still match
+            settings["samples_per_user"] = int(args.samples_per_user)
         settings["train_sampling_strategy"] = sampling_strategy(args)
         settings["world_size"] = int(args.world_size)
         return json.loads(json.dumps(settings, default=str))

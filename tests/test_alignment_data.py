@@ -76,6 +76,34 @@ def test_user_item_disjoint_targets_resampled_per_epoch(tok):
     assert ds.train_history_and_targets(0) == ([], [int(hist[0][0])])
 
 
+def test_several_samples_per_user_are_distinct_draws_and_draw_zero_is_the_single_sample(tok):
+    cfg = PromptConfig(num_slots=4, max_history=5)
+    hist = _histories()
+    one = UserItemDataset(hist, tok, cfg, mode="train", seed=1)
+    three = UserItemDataset(hist, tok, cfg, mode="train", seed=1, samples_per_user=3)
+    n = len(one.users)
+    assert len(three) == 3 * n
+    for ds in (one, three):
+        ds.set_epoch(2)
+    # draw 0 of every user is exactly the r=1 sample (old runs stay reproducible)
+    assert [three[i].targets for i in range(n)] == [one[i].targets for i in range(n)]
+    for position, user in enumerate(three.users):
+        draws = [three.user_and_draw(position + d * n) for d in range(3)]
+        assert draws == [(user, d) for d in range(3)]
+        targets = [tuple(three.prompt(position + d * n).targets) for d in range(3)]
+        if len(hist[user]) >= 7:  # enough items for the draws to differ
+            assert len(set(targets)) > 1, f"user {user}: the r draws repeat one target set"
+        for d in range(3):
+            shown, drawn = three.train_history_and_targets(user, d)
+            assert not set(shown) & set(drawn)
+    lengths = three.sample_lengths()
+    assert len(lengths) == 3 * n
+    with pytest.raises(ValueError, match="samples_per_user"):
+        UserItemDataset(hist, tok, cfg, mode="train", samples_per_user=0)
+    with pytest.raises(ValueError, match="evaluation has one prompt per user"):
+        UserItemDataset(hist, tok, cfg, mode="eval", samples_per_user=2)
+
+
 def test_paper_literal_policy_and_eval_mode(tok):
     cfg = PromptConfig(num_slots=4, max_history=5)
     hist = _histories()

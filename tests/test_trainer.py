@@ -45,9 +45,22 @@ def test_arguments_validate_and_map_ablations(tmp_path):
     assert args.prompt_overrides()["include_profile"] is False and args.prompt_overrides()["user_as_text"] is True
     assert args.ks == (2, 4) and args.metric_for_best_model == "ndcg@10" and not args.remove_unused_columns
     for bad in (dict(stage="both"), dict(eval_decoding="beam"), dict(target_policy="x"),
-                dict(stage="item", no_item_alignment=True), dict(items_per_sample=9)):
+                dict(stage="item", no_item_alignment=True), dict(items_per_sample=9),
+                dict(samples_per_user=0)):
         with pytest.raises(ValueError):
             _args(tmp_path, **bad)
+
+
+def test_samples_per_user_reaches_the_stage_dataset_and_the_stage_record(tiny, tmp_path):
+    from types import SimpleNamespace
+    data = SimpleNamespace(user_ids=[f"u{u}" for u in range(len(HISTORIES))])
+    args = _args(tmp_path, samples_per_user=3)
+    ds = GLTATrainer._stage_dataset("user", tiny.model, args, data, HISTORIES, False, None, None, None)
+    assert len(ds) == 3 * len(HISTORIES) and ds.samples_per_user == 3
+    assert args.stage_settings("user")["samples_per_user"] == 3
+    # left out at its default, so the fingerprints of runs recorded before the option still match
+    assert "samples_per_user" not in _args(tmp_path).stage_settings("user")
+    assert "samples_per_user" not in args.stage_settings("item")
 
 
 def test_only_stage_parameters_train_and_checkpoints_hold_only_glta_weights(tiny, tmp_path):

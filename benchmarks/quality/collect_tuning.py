@@ -49,6 +49,7 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
         "H": settings["max_history"],
         "L": settings["num_slots"],
         "target_policy": settings["target_policy"],
+        "samples_per_user": settings.get("samples_per_user", 1),
         "seed": settings["seed"],
         "user_stage_s": user["wall_time_s"],
         "command": record["command"],
@@ -98,6 +99,8 @@ def setting(row: dict) -> str:
     for key, base in base_prompt(row["dataset"]).items():
         if row.get(key, base) != base:
             parts.append(f"{key} {row[key]}")
+    if row.get("samples_per_user", 1) != 1:
+        parts.append(f"{row['samples_per_user']} samples per user and epoch")
     parts.append(f"seed {row.get('seed', 0)}")
     return ", ".join(parts)
 
