@@ -45,6 +45,7 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
         "item_stage_epochs": item["settings"]["num_train_epochs"] if item else 0,
         "item_stage_lr": item["settings"]["learning_rate"] if item else None,
         "lr": settings["learning_rate"],
+        "lr_schedule": settings.get("lr_scheduler_type", "constant"),
         "batch": settings["per_device_train_batch_size"],
         "H": settings["max_history"],
         "L": settings["num_slots"],
@@ -93,7 +94,8 @@ def setting(row: dict) -> str:
         parts.append("+ graph residual")
     if not row.get("profile", True) and not row.get("prediction", True):
         parts.append("no texts")
-    parts.append(f"lr {row['lr']:g}")
+    parts.append(f"lr {row['lr']:g}" + ("" if row.get("lr_schedule", "constant") == "constant"
+                                         else f" ({row['lr_schedule']})"))
     if row.get("item_stage_epochs") not in (None, 0.1):
         parts.append(f"item stage {row['item_stage_epochs']:g} ep")
     for key, base in base_prompt(row["dataset"]).items():
