@@ -98,7 +98,7 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
                    max_description_tokens=32),
     "large": dict(graph_epochs=300, graph_patience=10, graph_lr=5e-3, graph_batch_size=2048, text_users=None,
                   text_max_new_tokens=64, text_max_items=20, text_max_item_chars=200,
-                  item_items=None, items_per_sample=5, train_users=None, epochs=4.0, max_history=20, eval_users=None,
+                  item_items=None, items_per_sample=5, train_users=None, epochs=4.0, max_history=10, eval_users=None,
                   max_length=1024, max_description_tokens=48),
 }
 
