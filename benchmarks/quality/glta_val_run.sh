@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GLTA lever run on DATASET (default ml-latest-small; ml-100k too), VALIDATION ONLY (issue 15 item 5, issue 16 lever grid): the base settings of
 # BENCHMARKS.md "GLTA on ml-latest-small with every user's texts" plus the lever's own align.py flags, which override.
-# The dataset's split, graph tables and texts come from training/configs/$DATASET.yaml and the paths below.
+# The dataset's split, graph tables, texts and the settings not set below (H, L, target policy, lr schedule: the ones
+# chosen on validation, issue 16) come from training/configs/$DATASET.yaml; collect_tuning.py names what a run changed.
 # Every epoch is validated on every user; `collect_tuning.py` appends those rows to the tuning log. With
 # FINAL_VAL=1 (for runs given --eval_strategy no, e.g. the uncached paper order, where a validation ranking per epoch
 # costs minutes) only the final model is validated, by training/evaluate.py (the same evaluator, all users, first_k).
