@@ -77,14 +77,17 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
 
 ROOT = Path(__file__).resolve().parents[2]
 #: row key -> the training/configs/<dataset>.yaml key glta_val_run.sh starts every run from
-PROMPT_KEYS = {"H": "max_history", "L": "num_slots", "target_policy": "target_policy"}
+BASE_KEYS = {"H": "max_history", "L": "num_slots", "target_policy": "target_policy",
+             "lr_schedule": "lr_scheduler_type"}
+#: what rows logged before a key was recorded ran with
+UNRECORDED = {"lr_schedule": "constant"}
 
 
 @functools.lru_cache(maxsize=None)
-def base_prompt(dataset: str) -> dict:
-    """The dataset config's H / L / target policy: a row names only the ones its run changed."""
+def base_settings(dataset: str) -> dict:
+    """The dataset config's H / L / target policy / lr schedule: a row names only the ones its run changed."""
     config = yaml.safe_load((ROOT / "training" / "configs" / f"{dataset}.yaml").read_text(encoding="utf-8"))
-    return {key: config[name] for key, name in PROMPT_KEYS.items()}
+    return {key: config[name] for key, name in BASE_KEYS.items()}
 
 
 def setting(row: dict) -> str:
@@ -94,13 +97,13 @@ def setting(row: dict) -> str:
         parts.append("+ graph residual")
     if not row.get("profile", True) and not row.get("prediction", True):
         parts.append("no texts")
-    parts.append(f"lr {row['lr']:g}" + ("" if row.get("lr_schedule", "constant") == "constant"
-                                         else f" ({row['lr_schedule']})"))
+    parts.append(f"lr {row['lr']:g}")
     if row.get("item_stage_epochs") not in (None, 0.1):
         parts.append(f"item stage {row['item_stage_epochs']:g} ep")
-    for key, base in base_prompt(row["dataset"]).items():
-        if row.get(key, base) != base:
-            parts.append(f"{key} {row[key]}")
+    for key, base in base_settings(row["dataset"]).items():
+        value = row.get(key, UNRECORDED.get(key, base))
+        if value != base:
+            parts.append(f"{key} {value}")
     if row.get("samples_per_user", 1) != 1:
         parts.append(f"{row['samples_per_user']} samples per user and epoch")
     parts.append(f"seed {row.get('seed', 0)}")
