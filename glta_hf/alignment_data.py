@@ -41,10 +41,10 @@ import torch
 from .data.loaders import load_dataset
 from .errors import DatasetOptionError
 from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
+from .vocabulary import TARGET_POLICIES
 
 logger = logging.getLogger(__name__)
 
-TARGET_POLICIES = ("disjoint", "all")
 EVAL_HISTORIES = ("auto", "recent", "sample")
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from .checkpoint import WEIGHTS_NAME
 from .cli_args import non_negative_int, positive_float, positive_int
 from .io_utils import read_json, write_json
-from .vocabulary import DECODINGS
+from .vocabulary import DECODINGS, TARGET_POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class QuickstartConfig:
     learning_rate: float = 1e-3
     batch_size: int = 8
     max_history: int = 5
+    target_policy: str = "all"  # user-stage targets from all training items: chosen on validation (issue 16)
     num_slots: int = 10
     max_length: int = 256
     max_description_tokens: int = 24  # per item description in the item-text stage
@@ -152,6 +153,9 @@ _FLAGS = {  # flag -> (field, type, help)
                "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
     "--decoding": ("decoding", _choice_of(_decodings, "decoding"),
                    "first_k (paper) | first_logit | autoregressive | all_slots"),
+    "--target-policy": ("target_policy", _choice_of(lambda: TARGET_POLICIES, "target policy"),
+                        "user-stage targets: all (default; from all training items, paper-literal) | disjoint "
+                        "(items not shown in the prompt)"),
     "--layout": ("layout", _choice_of(_layouts, "layout"),
                  "prompt order: text_first (default: the fixed text before the placeholders, cacheable) | paper"),
 }
@@ -162,7 +166,7 @@ def _budget_help() -> str:
     d = QuickstartConfig()
     lines = [f"small (default, ~15 min on 2 CPU cores): LightGCN <= {d.graph_epochs} epochs; texts for {d.text_users} "
              f"users x {d.text_max_new_tokens} tokens; item stage {d.item_items} items x {d.item_epochs:g} epoch; user "
-             f"stage {d.train_users} users x {d.epochs:g} epoch, H={d.max_history}, batch {d.batch_size}; "
+             f"stage {d.train_users} users x {d.epochs:g} epoch, H={d.max_history}, {d.target_policy} targets, batch {d.batch_size}; "
              f"{d.eval_users} test users."]
     for name in ("tiny", "medium", "large"):
         values = ", ".join(f"{k}={'all' if v is None else v}" for k, v in BUDGETS[name].items())
@@ -250,7 +254,8 @@ def training_arguments(cfg: "QuickstartConfig", work: Path, flags: Optional[Dict
         output_dir=str(work), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.evaluation_batch_size(), max_history=cfg.max_history, num_slots=cfg.num_slots,
-        items_per_sample=cfg.items_per_sample, max_length=cfg.max_length, seed=cfg.seed, eval_strategy="no",
+        target_policy=cfg.target_policy, items_per_sample=cfg.items_per_sample, max_length=cfg.max_length,
+        seed=cfg.seed, eval_strategy="no",
         save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
         dataloader_num_workers=0, report_to="none", prefix_cache=cfg.prefix_cache,
         **dict(flags or {}))  # the Trainer picks cuda when available

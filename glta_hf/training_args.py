@@ -37,6 +37,7 @@ from transformers import TrainingArguments
 from .components import component_names
 from .modeling_glta import DECODINGS
 from .prompts import PROMPT_LAYOUTS
+from .vocabulary import TARGET_POLICIES
 
 #: the two alignment stages, in training order (paper 3.1, 3.2)
 ALIGNMENT_STAGES = ("item", "user")
@@ -114,8 +115,8 @@ class GLTATrainingArguments(TrainingArguments):
             raise ValueError(f"stage must be one of {STAGE_PLANS}, got {self.stage!r}")
         if self.eval_decoding not in DECODINGS:
             raise ValueError(f"eval_decoding must be one of {DECODINGS}, got {self.eval_decoding!r}")
-        if self.target_policy not in ("disjoint", "all"):
-            raise ValueError(f"target_policy must be 'disjoint' or 'all', got {self.target_policy!r}")
+        if self.target_policy not in TARGET_POLICIES:
+            raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {self.target_policy!r}")
         if self.no_item_alignment and self.stage == "item":
             raise ValueError("no_item_alignment (w/o IA) skips the item stage; use stage=user")
         if sampling_strategy(self) not in SAMPLING_STRATEGIES:

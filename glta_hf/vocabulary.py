@@ -11,3 +11,5 @@ DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
 SLOT_LIMITED_DECODINGS = ("first_k", "autoregressive")
 #: The graph models :func:`glta_hf.graph.build_model` accepts (the baselines and the node-embedding pretraining).
 GRAPH_MODELS = ("pop", "mf", "lightgcn", "lightgcn+", "lightgcn_ce")
+#: How the user-item stage draws a sample's targets (:class:`glta_hf.alignment_data.UserItemDataset`).
+TARGET_POLICIES = ("disjoint", "all")

@@ -171,6 +171,19 @@ def test_layout_and_prefix_cache_flags_reach_the_training_arguments(tmp_path):
     assert paper.layout == "paper" and not training_arguments(paper, tmp_path).prefix_cache
 
 
+def test_target_policy_flag_reaches_the_training_arguments(tmp_path):
+    """The quickstart trains on the target set chosen on validation (`all`); --target-policy restores the other."""
+    import argparse
+
+    from glta_hf.quickstart import config_from_args, configure_parser, training_arguments
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    assert training_arguments(config_from_args(parser.parse_args([])), tmp_path).target_policy == "all"
+    disjoint = config_from_args(parser.parse_args(["--target-policy", "disjoint"]))
+    assert training_arguments(disjoint, tmp_path).target_policy == "disjoint"
+
+
 def test_eval_batch_size_flag_reaches_the_evaluation(tmp_path):
     """The evaluation batch is its own setting (a GPU ranks far more users per forward than the training batch)."""
     import argparse
@@ -187,7 +200,8 @@ def test_eval_batch_size_flag_reaches_the_evaluation(tmp_path):
 
 @pytest.mark.parametrize("flags", [["--decoding", "nosuch"], ["--seed", "-1"], ["--epochs", "-1"],
                                    ["--epochs", "0"], ["--item-epochs", "nan"], ["--head", "huge"],
-                                   ["--batch-size", "0"], ["--layout", "sideways"], ["--eval-batch-size", "0"]])
+                                   ["--batch-size", "0"], ["--layout", "sideways"], ["--eval-batch-size", "0"],
+                                   ["--target-policy", "some"]])
 def test_bad_flags_fail_at_parse_time(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["quickstart", "--output-dir", str(tmp_path / "qs"), *flags])
