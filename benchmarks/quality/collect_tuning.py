@@ -100,6 +100,8 @@ def setting(row: dict) -> str:
     parts.append(f"lr {row['lr']:g}")
     if row.get("item_stage_epochs") not in (None, 0.1):
         parts.append(f"item stage {row['item_stage_epochs']:g} ep")
+    if row.get("item_stage_lr") not in (None, row["lr"]):
+        parts.append(f"item stage lr {row['item_stage_lr']:g}")
     for key, base in base_settings(row["dataset"]).items():
         value = row.get(key, UNRECORDED.get(key, base))
         if value != base:
