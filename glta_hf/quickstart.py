@@ -166,7 +166,8 @@ def _budget_help() -> str:
     d = QuickstartConfig()
     lines = [f"small (default, ~15 min on 2 CPU cores): LightGCN <= {d.graph_epochs} epochs; texts for {d.text_users} "
              f"users x {d.text_max_new_tokens} tokens; item stage {d.item_items} items x {d.item_epochs:g} epoch; user "
-             f"stage {d.train_users} users x {d.epochs:g} epoch, H={d.max_history}, {d.target_policy} targets, batch {d.batch_size}; "
+             f"stage {d.train_users} users x {d.epochs:g} epoch, H={d.max_history}, {d.target_policy} targets, "
+             f"batch {d.batch_size}; "
              f"{d.eval_users} test users."]
     for name in ("tiny", "medium", "large"):
         values = ", ".join(f"{k}={'all' if v is None else v}" for k, v in BUDGETS[name].items())
