@@ -4,7 +4,8 @@ The package imports lazily (transformers' ``_LazyModule`` idea, with a module ``
 and the ``glta`` command load neither torch nor transformers until a model class is touched, so ``glta --help`` and
 flag errors answer at once. ``glta_hf.GLTAConfig`` / ``glta_hf.GLTAForRecommendation`` (or importing
 ``glta_hf.configuration_glta`` / ``glta_hf.modeling_glta`` directly) register them with transformers' Auto classes
-(``AutoConfig`` for model_type ``"glta"``, ``AutoModel``) and mark them for remote code: ``save_pretrained`` writes
+(``AutoConfig`` for model_type ``"glta"``, ``AutoModel`` -> ``GLTAModel``, ``glta_hf.AutoModelForRecommendation``
+-> ``GLTAForRecommendation``) and mark them for remote code: ``save_pretrained`` writes
 ``configuration_glta.py`` / ``modeling_glta.py`` (and their sibling modules) plus ``auto_map``, so a saved folder
 loads with ``trust_remote_code=True`` without glta-hf.
 """
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 #: public name -> submodule that defines it (imported on first access)
 _LAZY_ATTRIBUTES = {
+    "AutoModelForRecommendation": "auto",
     "GLTAConfig": "configuration_glta",
     "GLTAForRecommendation": "modeling_glta",
     "GLTAModel": "modeling_glta",
@@ -36,16 +38,23 @@ _LAZY_ATTRIBUTES = {
 
 
 def register_auto_classes() -> None:
-    """Register GLTA with ``AutoConfig`` / ``AutoModel`` and for remote code (idempotent; imports the model)."""
+    """Register GLTA with the Auto classes and for remote code (idempotent; imports the model): ``AutoConfig`` for
+    model_type ``"glta"``, ``AutoModel`` -> the base model ``GLTAModel`` (as transformers maps ``LlavaConfig`` to
+    ``LlavaModel``), ``AutoModelForRecommendation`` -> the task model ``GLTAForRecommendation``."""
     from transformers import AutoConfig, AutoModel
 
+    from .auto import AutoModelForRecommendation
     from .configuration_glta import GLTAConfig
-    from .modeling_glta import GLTAForRecommendation
+    from .modeling_glta import GLTAForRecommendation, GLTAModel
 
     AutoConfig.register("glta", GLTAConfig, exist_ok=True)
-    AutoModel.register(GLTAConfig, GLTAForRecommendation, exist_ok=True)
+    AutoModel.register(GLTAConfig, GLTAModel, exist_ok=True)
+    AutoModelForRecommendation.register(GLTAConfig, GLTAForRecommendation, exist_ok=True)
     GLTAConfig.register_for_auto_class()
-    GLTAForRecommendation.register_for_auto_class("AutoModel")
+    GLTAModel.register_for_auto_class("AutoModel")
+    # register_for_auto_class accepts transformers' own auto classes only; this is the attribute it would set, so
+    # save_pretrained writes auto_map["AutoModelForRecommendation"] as well
+    GLTAForRecommendation._auto_class = AutoModelForRecommendation.__name__
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import struct
 from dataclasses import dataclass, field
@@ -32,8 +33,8 @@ RUN_INFO_NAME = "glta_run.json"
 ADAPTER_DIR = "llm_adapter"
 #: File names that may hold pickled Python objects; never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-#: Tensor names of checkpoints written before heads became modules -> today's names.
-LEGACY_TENSOR_NAMES = {"item_bias": "head.item_bias"}
+#: Where the LLM's tensors sit in ``GLTAForRecommendation.state_dict()``: never saved, never uploaded.
+LLM_PREFIX = "model.llm."
 USER_TABLE_FIELDS = ("user_ids", "histories", "profiles", "predictions")
 USER_TABLE_REQUIRED = ("user_ids", "histories")
 #: GLTA's tensors are all floating point (weights and the frozen node tables).
@@ -59,9 +60,19 @@ def refuse_pickled_weights(folder) -> None:
         )
 
 
-def upgrade_tensor_names(state: Dict[str, Any]) -> Dict[str, Any]:
-    """Rename tensors of older checkpoints (:data:`LEGACY_TENSOR_NAMES`) to today's module names."""
-    return {LEGACY_TENSOR_NAMES.get(name, name): value for name, value in state.items()}
+def convert_tensor_names(state: Dict[str, Any], mapping: Mapping[str, str]) -> Dict[str, Any]:
+    """Rename the tensors of an older checkpoint to today's names: each name goes through the first pattern of
+    ``mapping`` (regex -> replacement, the model's ``_checkpoint_conversion_mapping``) that matches it."""
+    patterns = [(re.compile(pattern), replacement) for pattern, replacement in mapping.items()]
+    renamed = {}
+    for name, value in state.items():
+        for pattern, replacement in patterns:
+            new, hits = pattern.subn(replacement, name)
+            if hits:
+                name = new
+                break
+        renamed[name] = value
+    return renamed
 
 
 def read_json_file(path: Path) -> Any:
@@ -126,7 +137,7 @@ def safetensors_header(path: Path) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
 
 def check_tensor_shapes(path: Path, found: Mapping[str, Tuple[int, ...]], expected: Mapping[str, Tuple[int, ...]]) -> None:
     """The tensors in ``path`` are exactly ``expected`` (name -> shape): no LLM weight, none missing or extra."""
-    leaked = [k for k in found if k.startswith("llm.")]
+    leaked = [k for k in found if k.startswith(LLM_PREFIX)]
     if leaked:
         raise CheckpointError(f"{path} holds LLM weights ({leaked[:3]}...); GLTA checkpoints must not")
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -213,10 +224,12 @@ class CheckpointFiles:
     run_info: Dict[str, Any] = field(default_factory=dict)
 
 
-def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...]]) -> CheckpointFiles:
+def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...]],
+                    conversion_mapping: Mapping[str, str]) -> CheckpointFiles:
     """Open and check every GLTA file of ``folder`` (see the module docstring); nothing here loads the LLM.
 
-    ``expected_shapes``: tensor name -> shape the config implies (``GLTAForRecommendation.expected_tensor_shapes``).
+    ``expected_shapes``: tensor name -> shape the config implies (``GLTAForRecommendation.expected_tensor_shapes``);
+    the file's names are read through ``conversion_mapping`` first (:func:`convert_tensor_names`).
     """
     folder = Path(folder)
     refuse_pickled_weights(folder)
@@ -228,7 +241,7 @@ def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...
     not_float = sorted(name for name, (dtype, _) in header.items() if dtype not in _FLOAT_DTYPES)
     if not_float:
         raise CheckpointError(f"{weights}: tensors {not_float[:3]} are not floating point; not GLTA weights")
-    shapes = upgrade_tensor_names({name: shape for name, (_, shape) in header.items()})
+    shapes = convert_tensor_names({name: shape for name, (_, shape) in header.items()}, conversion_mapping)
     check_tensor_shapes(weights, shapes, expected_shapes)
     catalogue = check_catalogue(folder / CATALOGUE_NAME, read_json_file(folder / CATALOGUE_NAME), config.num_items)
     user_table = None
@@ -247,7 +260,7 @@ def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...
 
 
 def load_weights(folder) -> Dict[str, "torch.Tensor"]:  # noqa: F821
-    """The :data:`WEIGHTS_NAME` tensors on CPU, as stored (``GLTAForRecommendation.load_state_dict`` reads older
+    """The :data:`WEIGHTS_NAME` tensors on CPU, as stored (``GLTAForRecommendation.load_state_dict`` maps older
     names); a read error is a CheckpointError naming the file."""
     from safetensors.torch import load_file
 

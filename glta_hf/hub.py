@@ -43,7 +43,7 @@ from .run_record import portable_path, sanitized_run_info
 
 logger = logging.getLogger(__name__)
 
-from .checkpoint import ADAPTER_DIR, PICKLE_SUFFIXES, WEIGHTS_NAME  # noqa: E402
+from .checkpoint import ADAPTER_DIR, LLM_PREFIX, PICKLE_SUFFIXES, WEIGHTS_NAME  # noqa: E402
 #: the only weight files a GLTA repository may hold
 ALLOWED_WEIGHTS = (WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors")
 #: files every uploaded GLTA checkpoint has (the tokenizer adds its own files, LoRA adds llm_adapter/)
@@ -72,13 +72,13 @@ def _api():
 
 def remote_code_files() -> Tuple[str, ...]:
     """The remote-code files ``save_pretrained`` writes: ``configuration_glta.py``, ``modeling_glta.py`` and the
-    sibling modules they import (what transformers' ``custom_object_save`` copies)."""
+    sibling modules they import (what transformers' ``custom_object_save`` copies). Read from the source files next
+    to this one, without importing the model (which imports this module to upload)."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    from . import configuration_glta, modeling_glta
-
-    files = {Path(f).name for module in (configuration_glta, modeling_glta)
-             for f in [module.__file__, *get_relative_import_files(module.__file__)]}
+    here = Path(__file__).parent
+    files = {Path(f).name for source in (here / "configuration_glta.py", here / "modeling_glta.py")
+             for f in [source, *get_relative_import_files(str(source))]}
     return tuple(sorted(files))
 
 
@@ -117,7 +117,7 @@ def hub_files(folder, include_user_table: bool = False) -> List[str]:
     if extra_weights:
         raise CheckpointError(f"{folder}: refusing to upload weight files other than GLTA's own: {extra_weights}")
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as handle:
-        leaked = [k for k in handle.keys() if k.startswith("llm.")]
+        leaked = [k for k in handle.keys() if k.startswith(("llm.", LLM_PREFIX))]  # an old or today's name
     if leaked:
         raise CheckpointError(f"{folder}/{WEIGHTS_NAME} holds LLM weights ({leaked[:3]}...); they are never uploaded")
     allowed = set(allowed_files(include_user_table))

@@ -12,14 +12,18 @@ Laid out like transformers' ``models/llava/modeling_llava.py``:
   right padding agree; an optional KV cache). :meth:`GLTAModel.enable_prefix_cache` switches
   :meth:`~GLTAModel.slot_hidden_states` (training loss, ranking, ``recommend``) to the exact cached-prefix forward
   of ``glta_hf.prefix_cache`` (runtime state: never saved).
-* :class:`GLTAForRecommendation`: ``GLTAModel`` + GLLM head + loss -> :class:`GLTAOutput`, plus decoding
-  (:meth:`~GLTAForRecommendation.rank`, ``glta_hf.decoding``), serving (``recommend``, ``glta_hf.serving``) and
-  checkpoints (``save_pretrained`` / ``from_pretrained``, files and checks in ``glta_hf.checkpoint``).
+* :class:`GLTAForRecommendation`: holds ``self.model = GLTAModel(config)`` (``base_model_prefix``) and the GLLM
+  ``head`` -> :class:`GLTAOutput` with the loss, plus decoding (:meth:`~GLTAForRecommendation.rank`,
+  ``glta_hf.decoding``), serving (``recommend``, ``glta_hf.serving``) and checkpoints (``save_pretrained`` /
+  ``from_pretrained``, files and checks in ``glta_hf.checkpoint``; tensor names of older checkpoints map on load,
+  ``_checkpoint_conversion_mapping``).
 
 Projectors and heads are ``nn.Module``\\ s picked by ``config.projector`` / ``config.head`` from one registry
 (``glta_hf.components``); the chunked cross-entropy lives in ``glta_hf.loss``. The relative imports below import
-only torch/transformers/safetensors/stdlib, so ``save_pretrained`` copies them next to this file and the folder loads
-with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where glta_hf is not installed.
+only torch/transformers/safetensors/stdlib, so ``save_pretrained`` copies them next to this file and a saved folder
+loads where glta_hf is not installed: ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` gives the base
+model, ``get_class_from_dynamic_module(config.auto_map["AutoModelForRecommendation"], folder)`` the recommender
+(``glta_hf.AutoModelForRecommendation`` where glta_hf is installed).
 """
 from __future__ import annotations
 
@@ -45,8 +49,9 @@ from .checkpoint import (
     WEIGHTS_NAME,
     load_config,
     load_weights,
+    LLM_PREFIX,
+    convert_tensor_names,
     read_checkpoint,
-    upgrade_tensor_names,
 )
 from .components import GLTAHead, GraphResidual, build_component, init_linear
 from .configuration_glta import GLTAConfig
@@ -55,8 +60,8 @@ from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: 
 from .errors import CheckpointError
 from .io_utils import save_safetensors, write_json
 from .loss import chunked_linear_cross_entropy, slot_loss  # noqa: F401  (chunked_linear_cross_entropy: old path)
-from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, check_cacheable, check_prefix_span,
-                           llm_fingerprint, positions_from_mask)
+from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, call_llm, check_cacheable,
+                           check_prefix_span, llm_fingerprint, positions_from_mask)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .serving import GLTAServingMixin
 
@@ -83,9 +88,17 @@ class GLTAOutput(ModelOutput):
 
 class GLTAPreTrainedModel(PreTrainedModel):
     config_class = GLTAConfig
-    base_model_prefix = "glta"
+    #: the attribute of :class:`GLTAForRecommendation` that holds the base model (transformers' convention)
+    base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules: List[str] = []  # replaced per instance by the attached LLM's (set_llm)
+    #: Tensor names of older checkpoints -> today's (regex -> replacement, applied in order on load, as
+    #: transformers' ``_checkpoint_conversion_mapping``): before the composition split the base model's tensors
+    #: had no ``model.`` prefix, and before heads became modules the factorized head's bias was ``item_bias``.
+    _checkpoint_conversion_mapping = {
+        r"^item_bias$": "head.item_bias",
+        r"^(user_embeddings|item_embeddings|slot_embeddings|user_projector\.|item_projector\.|llm\.)": r"model.\1",
+    }
 
     def _init_weights(self, module):
         """Only GLTA's own modules are ever initialized here (the LLM is attached after ``post_init``)."""
@@ -93,42 +106,41 @@ class GLTAPreTrainedModel(PreTrainedModel):
             init_linear(module)
         elif isinstance(module, (GLTAHead, GraphResidual)):
             module.reset_parameters()
-        elif isinstance(module, GLTAModel):
-            nn.init.normal_(module.slot_embeddings, std=0.02)
+        elif isinstance(module, GLTAModel) and module.standalone:  # else the recommender draws them after its head
+            module.init_slot_embeddings()
 
 
 class GLTAModel(GLTAPreTrainedModel):
     """The base model: frozen LLM + frozen node tables ``E_u`` / ``E_i`` + projectors + slot vectors; its output is
     the slot hidden states (no head). ``GLTAModel(config)`` rebuilds the LLM from ``config.llm_name_or_path``
-    (pass ``llm=`` to reuse a loaded one)."""
+    (pass ``llm=`` to reuse a loaded one).
 
-    def __init__(self, config: GLTAConfig, llm: Optional[nn.Module] = None):
+    ``standalone=False`` is how :class:`GLTAForRecommendation` builds it (like ``BertModel(add_pooling_layer=False)``):
+    the owner initializes the weights with its head and attaches the LLM afterwards."""
+
+    def __init__(self, config: GLTAConfig, llm: Optional[nn.Module] = None, standalone: bool = True):
         super().__init__(config)
         if not config.llm_hidden_size:
             raise ValueError("GLTAConfig.llm_hidden_size is required (the projectors' output width)")
+        self.standalone = standalone
         self.register_buffer("user_embeddings", torch.zeros(config.num_users, config.node_dim))
         self.register_buffer("item_embeddings", torch.zeros(config.num_items, config.node_dim))
         self.user_projector = build_component("projector", config.projector, config)
         self.item_projector = build_component("projector", config.projector, config)
         self.slot_embeddings = nn.Parameter(torch.zeros(config.num_slots, config.llm_hidden_size))
-        self._build_head()
-        self.post_init()
         self._llm_cache_kwarg = "cache"
         # runtime state, not a module / buffer: never in state_dict, config or save_pretrained's files
         self.prefix_store: Optional[PrefixStore] = None
         self._prefix_llm_key: Optional[str] = None
-        if llm is None:
-            if not config.llm_name_or_path:
-                raise ValueError("GLTAConfig.llm_name_or_path is not set: pass llm= or use from_components()")
-            llm = load_llm(
-                config.llm_name_or_path, config.llm_revision, config.llm_gguf_file, config.quantization, config.llm_dtype
-            )
-        self.set_llm(llm)
-
-    def _build_head(self) -> None:
-        """The base model has no head (``GLTAForRecommendation`` adds one, before ``post_init``)."""
+        if standalone:
+            self.post_init()
+            self.set_llm(llm if llm is not None else load_config_llm(config))
 
     # ------------------------------------------------------------------------------------------- building
+
+    @torch.no_grad()
+    def init_slot_embeddings(self) -> None:
+        nn.init.normal_(self.slot_embeddings, std=0.02)
 
     def set_llm(self, llm: nn.Module) -> None:
         """Attach the frozen LLM (after ``post_init`` so it is never re-initialized); wrap with LoRA if configured."""
@@ -147,21 +159,27 @@ class GLTAModel(GLTAPreTrainedModel):
         base = llm.get_base_model() if _is_peft(llm) else llm
         self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
         self._llm_cache_kwarg = cache_kwarg(base)
-        self._place_own_modules()
+        self.place_on_llm_device(self)
 
-    def _place_own_modules(self) -> None:
-        """Put everything GLTA owns on the device of the LLM's input embeddings (a device_map may spread the LLM;
-        a 4-bit LLM must not be moved with ``.to``)."""
+    def place_on_llm_device(self, owner: nn.Module) -> None:
+        """Put every module, parameter and buffer ``owner`` holds besides the LLM on the device of the LLM's input
+        embeddings (a device_map may spread the LLM; a 4-bit LLM must not be moved with ``.to``)."""
         device = self.llm.get_input_embeddings().weight.device
-        for name, child in self.named_children():
-            if name != "llm":
+        for name, child in owner.named_children():
+            if child is not self.llm and child is not self:
                 child.to(device)
-        self.slot_embeddings.data = self.slot_embeddings.data.to(device)
-        self.user_embeddings = self.user_embeddings.to(device)
-        self.item_embeddings = self.item_embeddings.to(device)
+        for param in owner.parameters(recurse=False):
+            param.data = param.data.to(device)
+        for name, buffer in owner.named_buffers(recurse=False):
+            setattr(owner, name, buffer.to(device))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
+
+    @property
+    def llm_config(self):
+        """The LLM's own config (``self.config`` is the GLTA config)."""
+        return self.llm.config
 
     # ------------------------------------------------------------------------------------------- cached prefixes
 
@@ -178,10 +196,10 @@ class GLTAModel(GLTAPreTrainedModel):
         on the LLM's device. Raises :class:`~glta_hf.prefix_cache.PrefixCacheError` for a LoRA adapter or any
         trainable LLM parameter (the prefix would not be fixed). Runtime state only: never saved. Returns the store.
         """
-        check_cacheable(self.llm)
+        self.check_prefix_cacheable()
         if store is None:
             store = PrefixStore(max_bytes=max_bytes, folder=folder)  # entries stay where computed: the LLM's device
-        self._prefix_llm_key = llm_fingerprint(self.llm, self.config.llm_name_or_path or type(self.llm).__name__)
+        self._prefix_llm_key = self.llm_fingerprint()
         self.prefix_store = store
         return store
 
@@ -190,6 +208,14 @@ class GLTAModel(GLTAPreTrainedModel):
         ``close()`` it)."""
         store, self.prefix_store, self._prefix_llm_key = self.prefix_store, None, None
         return store
+
+    def check_prefix_cacheable(self) -> None:
+        """Raise :class:`~glta_hf.prefix_cache.PrefixCacheError` unless caching this LLM's prefix states is exact."""
+        check_cacheable(self.llm)
+
+    def llm_fingerprint(self) -> str:
+        """The LLM part of every prefix-cache key (``glta_hf.prefix_cache.llm_fingerprint``)."""
+        return llm_fingerprint(self.llm, self.config.llm_name_or_path or type(self.llm).__name__)
 
     @property
     def prompt_config(self) -> PromptConfig:
@@ -220,7 +246,7 @@ class GLTAModel(GLTAPreTrainedModel):
         safe_id = self.llm.config.pad_token_id if self.llm.config.pad_token_id is not None else 0
         embeds = embedding(input_ids.masked_fill(user_mask | item_mask | slot_mask, safe_id))
 
-        user_nodes = self._user_nodes(user_ids, user_node_embeddings)
+        user_nodes = self.user_nodes(user_ids, user_node_embeddings)
         item_nodes = self.item_embeddings[self._check_ids(item_ids, self.config.num_items, "item_ids")]
         for name, mask, nodes, projector in (
             (USER_TOKEN, user_mask, user_nodes, self.user_projector),
@@ -240,11 +266,15 @@ class GLTAModel(GLTAPreTrainedModel):
         slots = self.slot_embeddings.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)
         return embeds.masked_scatter(slot_mask.unsqueeze(-1), slots)
 
-    def _user_nodes(self, user_ids, user_node_embeddings) -> torch.Tensor:
+    def user_nodes(self, user_ids, user_node_embeddings=None) -> torch.Tensor:
         """The node vectors of the batch's ``<user>`` tokens: the given fold-in vectors, else the ``E_u`` rows."""
         if user_node_embeddings is not None:
             return user_node_embeddings.to(self.user_embeddings)
         return self.user_embeddings[self._check_ids(user_ids, self.config.num_users, "user_ids")]
+
+    def item_input_vectors(self, item_rows: torch.LongTensor) -> torch.Tensor:
+        """``V_i = P_i(E_i[rows])``: what an ``<item>`` token of each row reads (the AR decoder feeds them back)."""
+        return self.item_projector(self.item_embeddings[item_rows])
 
     def _check_ids(self, ids: Optional[torch.Tensor], size: int, name: str) -> torch.LongTensor:
         if ids is None:
@@ -265,15 +295,7 @@ class GLTAModel(GLTAPreTrainedModel):
         """The one call of the frozen LLM: ``inputs_embeds`` (B, T, hidden) -> its output (``last_hidden_state``,
         ``cache`` when ``use_cache``). Position ids default to the attention mask's running count, so padding side
         never changes a result; ``cache`` continues from earlier steps (autoregressive decoding, cached prefixes)."""
-        if position_ids is None:
-            position_ids = positions_from_mask(attention_mask)
-        return self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **{self._llm_cache_kwarg: cache},
-        )
+        return call_llm(self.llm, self._llm_cache_kwarg, inputs_embeds, attention_mask, position_ids, cache, use_cache)
 
     def slot_hidden_states(
         self, input_ids, attention_mask=None, user_ids=None, item_ids=None, user_node_embeddings=None, *,
@@ -312,6 +334,103 @@ class GLTAModel(GLTAPreTrainedModel):
         )
         return out if _wants_dict(self.config, return_dict) else out.to_tuple()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "GLTAModel":
+        """The base model of a GLTA checkpoint (what ``AutoModel`` gives): the checkpoint is read and checked as
+        :meth:`GLTAForRecommendation.from_pretrained` does (same arguments), and its ``model`` is returned."""
+        return GLTAForRecommendation.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs).model
+
+
+def load_config_llm(config: GLTAConfig) -> nn.Module:
+    """The LLM ``config`` references (``llm_name_or_path`` / revision / GGUF file / quantization / dtype)."""
+    if not config.llm_name_or_path:
+        raise ValueError("GLTAConfig.llm_name_or_path is not set: pass llm= or use from_components()")
+    return load_llm(config.llm_name_or_path, config.llm_revision, config.llm_gguf_file, config.quantization,
+                    config.llm_dtype)
+
+
+class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
+    """The GLTA recommender (LLaVA's shape): ``self.model`` (:class:`GLTAModel`, the slot hidden states) + the GLLM
+    ``head`` (+ the optional ``graph_residual``) + loss, with decoding, serving and checkpoints.
+
+    Build a fresh model with :meth:`from_components`; ``GLTAForRecommendation(config)`` rebuilds the LLM from
+    ``config.llm_name_or_path`` (pass ``llm=`` to reuse a loaded one). The base model's parts are reachable here
+    too (``llm``, ``user_embeddings``, ``item_projector``, ``slot_hidden_states``, ``enable_prefix_cache``, ...), as
+    LLaVA's task class exposes ``language_model``.
+    """
+
+    def __init__(self, config: GLTAConfig, llm: Optional[nn.Module] = None):
+        super().__init__(config)
+        self.model = GLTAModel(config, standalone=False)
+        self.head = build_component("head", config.head, config)
+        self.graph_residual = GraphResidual(config) if config.graph_residual else None
+        self.post_init()
+        # the slot vectors are drawn after the head, as in the single-class model before the composition split:
+        # one seed gives the same initial weights
+        self.model.init_slot_embeddings()
+        self.set_llm(llm if llm is not None else load_config_llm(config))
+        self._init_serving_state()
+        self.tokenizer = None
+        # The training record (dataset, split, stages + hyperparameters, metrics) behind the model card;
+        # saved as glta_run.json (see glta_hf.model_card).
+        self.run_info: Dict[str, Any] = {}
+
+    def set_llm(self, llm: nn.Module) -> None:
+        """Attach the frozen LLM to the base model (``GLTAModel.set_llm``) and move the head next to it."""
+        self.model.set_llm(llm)
+        self._no_split_modules = self.model._no_split_modules
+        self.model.place_on_llm_device(self)
+
+    # ------------------------------------------------------------------------------------------- the base model's parts
+
+    @property
+    def llm(self) -> nn.Module:
+        return self.model.llm
+
+    @property
+    def user_embeddings(self) -> torch.Tensor:
+        return self.model.user_embeddings
+
+    @property
+    def item_embeddings(self) -> torch.Tensor:
+        return self.model.item_embeddings
+
+    @property
+    def user_projector(self) -> nn.Module:
+        return self.model.user_projector
+
+    @property
+    def item_projector(self) -> nn.Module:
+        return self.model.item_projector
+
+    @property
+    def slot_embeddings(self) -> nn.Parameter:
+        return self.model.slot_embeddings
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return self.model.prompt_config
+
+    @property
+    def prefix_store(self) -> Optional[PrefixStore]:
+        return self.model.prefix_store
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def enable_prefix_cache(self, store: Optional[PrefixStore] = None, **kwargs) -> PrefixStore:
+        """``GLTAModel.enable_prefix_cache`` (same arguments)."""
+        return self.model.enable_prefix_cache(store, **kwargs)
+
+    def disable_prefix_cache(self) -> Optional[PrefixStore]:
+        return self.model.disable_prefix_cache()
+
+    def slot_hidden_states(self, *args, **kwargs) -> torch.Tensor:
+        """``GLTAModel.slot_hidden_states`` (same arguments)."""
+        return self.model.slot_hidden_states(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- training state
+
     def set_trainable(self, stage: str) -> List[str]:
         """Make only ``stage``'s parameters trainable; returns their names. The LLM never trains (LoRA may).
 
@@ -326,50 +445,31 @@ class GLTAModel(GLTAPreTrainedModel):
             param.requires_grad_(False)
         if stage == "none":
             return []
-        modules = [m for m in (getattr(self, "head", None),) if m is not None]
+        modules = [self.head]
         if stage in ("item", "user+item"):
-            modules.append(self.item_projector)
+            modules.append(self.model.item_projector)
         if stage in ("user", "user+item"):
-            modules.append(self.user_projector)
-            if getattr(self, "graph_residual", None) is not None:  # item-stage prompts have no user: no graph term
+            modules.append(self.model.user_projector)
+            if self.graph_residual is not None:  # item-stage prompts have no user: no graph term
                 modules.append(self.graph_residual)
         for module in modules:
             for param in module.parameters():
                 param.requires_grad_(True)
-        self.slot_embeddings.requires_grad_(True)
-        for name, param in self.llm.named_parameters():
+        self.model.slot_embeddings.requires_grad_(True)
+        for name, param in self.model.llm.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(True)
         return [name for name, param in self.named_parameters() if param.requires_grad]
 
     def glta_state_dict(self) -> Dict[str, torch.Tensor]:
         """Everything GLTA adds (projectors, slots, head, frozen E_u/E_i); never an LLM weight."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.")}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(LLM_PREFIX)}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict`` that also reads older tensor names (``checkpoint.LEGACY_TENSOR_NAMES``), so
-        a Trainer resuming from a checkpoint written before heads became modules restores every tensor."""
-        return super().load_state_dict(upgrade_tensor_names(dict(state_dict)), strict=strict, assign=assign)
-
-
-class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
-    """The GLTA recommender: :class:`GLTAModel` + GLLM head + loss, with decoding, serving and checkpoints.
-
-    Build a fresh model with :meth:`from_components`; ``GLTAForRecommendation(config)`` rebuilds the LLM from
-    ``config.llm_name_or_path`` (pass ``llm=`` to reuse a loaded one).
-    """
-
-    def __init__(self, config: GLTAConfig, llm: Optional[nn.Module] = None):
-        super().__init__(config, llm=llm)
-        self._init_serving_state()
-        self.tokenizer = None
-        # The training record (dataset, split, stages + hyperparameters, metrics) behind the model card;
-        # saved as glta_run.json (see glta_hf.model_card).
-        self.run_info: Dict[str, Any] = {}
-
-    def _build_head(self) -> None:
-        self.head = build_component("head", self.config.head, self.config)
-        self.graph_residual = GraphResidual(self.config) if self.config.graph_residual else None
+        """``nn.Module.load_state_dict`` that also reads older tensor names (:attr:`_checkpoint_conversion_mapping`),
+        so a Trainer resuming from a checkpoint written before the composition split restores every tensor."""
+        state = convert_tensor_names(dict(state_dict), self._checkpoint_conversion_mapping)
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     @property
     def item_bias(self) -> Optional[nn.Parameter]:
@@ -491,7 +591,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
             return None
         if not bool((per_row == 1).all()):
             raise ValueError(f"graph_residual needs exactly one <user> token per prompt, got {per_row.tolist()}")
-        return self._user_nodes(user_ids, user_node_embeddings)
+        return self.model.user_nodes(user_ids, user_node_embeddings)
 
     def forward(
         self,
@@ -637,10 +737,10 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         """
         input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
         B = input_ids.shape[0]
-        embeds = self.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
+        embeds = self.model.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
         positions = positions_from_mask(attention_mask)
         prefix = input_ids.shape[1] - self.config.num_slots + 1  # everything through slot 1
-        out = self.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
+        out = self.model.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
         blocked, rows = seen_mask.clone(), torch.arange(B, device=input_ids.device)
         chunk = self._rank_chunk()
         graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
@@ -656,8 +756,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
             if t + 1 == k:
                 break
             col = prefix + t
-            step = self.slot_embeddings[t + 1] + self.item_projector(self.item_embeddings[item])
-            out = self.run_llm(
+            step = self.slot_embeddings[t + 1] + self.model.item_input_vectors(item)
+            out = self.model.run_llm(
                 step.to(embeds.dtype).unsqueeze(1),
                 attention_mask[:, : col + 1],
                 positions[:, col : col + 1],
@@ -673,12 +773,12 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
         """Name -> shape of every tensor a checkpoint of ``config`` holds (built on the meta device: no memory)."""
         with torch.device("meta"):
             shapes = {
-                "user_embeddings": (config.num_users, config.node_dim),
-                "item_embeddings": (config.num_items, config.node_dim),
-                "slot_embeddings": (config.num_slots, config.llm_hidden_size),
+                "model.user_embeddings": (config.num_users, config.node_dim),
+                "model.item_embeddings": (config.num_items, config.node_dim),
+                "model.slot_embeddings": (config.num_slots, config.llm_hidden_size),
             }
-            for prefix, kind, name in (("user_projector", "projector", config.projector),
-                                       ("item_projector", "projector", config.projector),
+            for prefix, kind, name in (("model.user_projector", "projector", config.projector),
+                                       ("model.item_projector", "projector", config.projector),
                                        ("head", "head", config.head)):
                 module = build_component(kind, name, config)
                 shapes.update({f"{prefix}.{k}": tuple(v.shape) for k, v in module.state_dict().items()})
@@ -701,8 +801,9 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
             )
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        if getattr(self, "_auto_class", None) is not None:
-            custom_object_save(self, folder, config=self.config)
+        for model in (self.model, self):  # auto_map: AutoModel -> the base model, AutoModelForRecommendation -> this
+            if getattr(model, "_auto_class", None) is not None:
+                custom_object_save(model, folder, config=self.config)
         self.config.save_pretrained(folder)
         save_safetensors(self.glta_state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
         if self.tokenizer is not None:
@@ -780,7 +881,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAModel):
             config.quantization = quantization
         if llm_dtype is not None:
             config.llm_dtype = llm_dtype
-        files = read_checkpoint(folder, config, cls.expected_tensor_shapes(config))
+        files = read_checkpoint(folder, config, cls.expected_tensor_shapes(config), cls._checkpoint_conversion_mapping)
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)

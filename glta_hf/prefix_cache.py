@@ -24,13 +24,19 @@ Pieces (the model calls them in this order)
 
 Example (one store per run, shared by training, evaluation and ``recommend()``)::
 
-    check_cacheable(model.llm)                       # once, when caching is switched on
+    base = model.model                               # the GLTAModel of a GLTAForRecommendation
+    base.check_prefix_cacheable()                    # once, when caching is switched on
     store = PrefixStore(max_bytes=8 << 30)           # + folder=... to keep the prefixes for later runs / serving
-    llm_key = llm_fingerprint(model.llm, model.config.llm_name_or_path)
-    slot_hidden = cached_slot_hidden_states(model, store, batch["input_ids"], batch["attention_mask"],
+    llm_key = base.llm_fingerprint()
+    slot_hidden = cached_slot_hidden_states(base, store, batch["input_ids"], batch["attention_mask"],
                                             batch["user_ids"], batch["item_ids"], llm_key=llm_key,
-                                            layout=model.prompt_config.layout)
+                                            layout=base.prompt_config.layout)
     logits = model.score_slots(slot_hidden)          # == model(**batch).logits, gradients included
+
+(``model.enable_prefix_cache()`` does all of this.) The model-level function reaches the LLM only through the base
+model's public methods (``run_llm``, ``get_input_embeddings``, ``llm_config``, ``check_prefix_cacheable``); the
+standalone functions accept a bare decoder too (:class:`BareLLM` gives it the same methods), and both end in
+:func:`call_llm`, the one place an LLM is called.
 
 Serving span (``cached_slot_hidden_states(..., span="slots")``, what ``recommend()`` uses)
     At serving time the projectors and node tables are fixed too, so everything before the first ``<slot>`` (text,
@@ -189,6 +195,40 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def call_llm(llm: nn.Module, cache_arg: str, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+             position_ids: Optional[torch.LongTensor] = None, cache=None, use_cache: bool = False):
+    """The one call of a frozen decoder (``GLTAModel.run_llm`` and :class:`BareLLM` both end here): position ids
+    default to the attention mask's running count, so padding side never changes a result; ``cache`` continues
+    from earlier steps under the decoder's own argument name ``cache_arg`` (:func:`cache_kwarg`)."""
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask)
+    return llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+               use_cache=use_cache, **{cache_arg: cache})
+
+
+class BareLLM:
+    """A bare frozen decoder seen through the methods the cached forward uses on a ``GLTAModel`` (``run_llm``,
+    ``get_input_embeddings``, ``llm_config``, ``check_prefix_cacheable``), so this module's standalone functions
+    accept either."""
+
+    def __init__(self, llm: nn.Module):
+        self.llm, self.llm_config, self._cache_arg = llm, llm.config, cache_kwarg(llm)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def check_prefix_cacheable(self) -> None:
+        check_cacheable(self.llm)
+
+    def run_llm(self, inputs_embeds, attention_mask, position_ids=None, cache=None, use_cache: bool = False):
+        return call_llm(self.llm, self._cache_arg, inputs_embeds, attention_mask, position_ids, cache, use_cache)
+
+
+def _runner(llm):
+    """A ``GLTAModel`` (anything with ``run_llm``) as it is, a bare decoder wrapped in :class:`BareLLM`."""
+    return llm if hasattr(llm, "run_llm") else BareLLM(llm)
+
+
 # ----------------------------------------------------------------------------------------------- key/value states
 
 
@@ -282,60 +322,59 @@ class PrefixKV:
         )
 
 
-def _embed(llm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _embed(runner, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The LLM's token embeddings; padding columns look up a valid id (their states are masked out)."""
-    safe_id = getattr(llm.config, "pad_token_id", None)
+    safe_id = getattr(runner.llm_config, "pad_token_id", None)
     safe_id = 0 if safe_id is None else int(safe_id)
-    return llm.get_input_embeddings()(input_ids.masked_fill(attention_mask == 0, safe_id))
+    return runner.get_input_embeddings()(input_ids.masked_fill(attention_mask == 0, safe_id))
 
 
 @torch.no_grad()
-def prefix_key_values(llm: nn.Module, prefix_ids: torch.LongTensor, prefix_mask: torch.Tensor) -> PrefixKV:
-    """Run left-padded placeholder-free prefixes through the frozen LLM once; return their key/value states."""
-    check_cacheable(llm)
+def prefix_key_values(llm, prefix_ids: torch.LongTensor, prefix_mask: torch.Tensor) -> PrefixKV:
+    """Run left-padded placeholder-free prefixes through the frozen LLM once; return their key/value states.
+    ``llm``: a ``GLTAModel`` or a bare decoder."""
+    runner = _runner(llm)
+    runner.check_prefix_cacheable()
     if prefix_ids.shape != prefix_mask.shape or prefix_ids.dim() != 2:
         raise PrefixCacheError(f"prefix ids {tuple(prefix_ids.shape)} and mask {tuple(prefix_mask.shape)} must be one (batch, length) shape")
-    device = llm.get_input_embeddings().weight.device
+    device = runner.get_input_embeddings().weight.device
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device).long()
-    return _run_prefix(llm, _embed(llm, prefix_ids, prefix_mask), prefix_mask)
+    return _run_prefix(runner, _embed(runner, prefix_ids, prefix_mask), prefix_mask)
 
 
 @torch.no_grad()
-def prefix_key_values_from_embeds(llm: nn.Module, prefix_embeds: torch.Tensor, prefix_mask: torch.Tensor) -> PrefixKV:
+def prefix_key_values_from_embeds(llm, prefix_embeds: torch.Tensor, prefix_mask: torch.Tensor) -> PrefixKV:
     """:func:`prefix_key_values` of prefixes given as input vectors (B, T, hidden), left-padded: the serving span,
     whose placeholder rows are projected node embeddings rather than token ids."""
-    check_cacheable(llm)
+    runner = _runner(llm)
+    runner.check_prefix_cacheable()
     if prefix_embeds.dim() != 3 or tuple(prefix_mask.shape) != tuple(prefix_embeds.shape[:2]):
         raise PrefixCacheError(
             f"prefix embeds {tuple(prefix_embeds.shape)} must be (batch, length, hidden) with a (batch, length) mask, "
             f"got mask {tuple(prefix_mask.shape)}"
         )
-    device = llm.get_input_embeddings().weight.device
-    return _run_prefix(llm, prefix_embeds.to(device), prefix_mask.to(device).long())
+    device = runner.get_input_embeddings().weight.device
+    return _run_prefix(runner, prefix_embeds.to(device), prefix_mask.to(device).long())
 
 
-def _run_prefix(llm: nn.Module, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTensor) -> PrefixKV:
+def _run_prefix(runner, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTensor) -> PrefixKV:
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=llm.config)
-    llm(
-        inputs_embeds=prefix_embeds,
-        attention_mask=prefix_mask,
-        position_ids=positions_from_mask(prefix_mask),
-        use_cache=True,
-        **{cache_kwarg(llm): cache},
-    )
+    cache = DynamicCache(config=runner.llm_config)
+    runner.run_llm(prefix_embeds, prefix_mask, positions_from_mask(prefix_mask), cache=cache, use_cache=True)
     keys = torch.stack([layer.keys for layer in cache.layers])
     values = torch.stack([layer.values for layer in cache.layers])
     return PrefixKV(keys, values, prefix_mask)
 
 
-def forward_with_prefix(llm: nn.Module, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+def forward_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states (B, S, hidden) of the suffix, which attends to the cached prefix (same rows).
 
     Runs with gradients w.r.t. ``suffix_embeds`` (placeholder / slot vectors); positions continue each row's
-    prefix (cumsum of the combined mask), and padding in either part is masked.
+    prefix (cumsum of the combined mask), and padding in either part is masked. ``llm``: a ``GLTAModel`` or a bare
+    decoder.
     """
+    runner = _runner(llm)
     if suffix_embeds.dim() != 3 or tuple(suffix_mask.shape) != tuple(suffix_embeds.shape[:2]):
         raise PrefixCacheError(
             f"suffix_embeds {tuple(suffix_embeds.shape)} must be (batch, length, hidden) with a (batch, length) mask, "
@@ -349,13 +388,8 @@ def forward_with_prefix(llm: nn.Module, prefix: PrefixKV, suffix_embeds: torch.T
         raise PrefixCacheError(f"cached prefix dtype {prefix.keys.dtype} differs from the suffix's {suffix_embeds.dtype}")
     attention_mask = torch.cat([prefix.mask.long(), suffix_mask.to(device).long()], dim=1)
     positions = positions_from_mask(attention_mask)[:, prefix.mask.shape[1] :]
-    out = llm(
-        inputs_embeds=suffix_embeds,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        use_cache=True,
-        **{cache_kwarg(llm): prefix.to_cache(llm.config)},
-    )
+    out = runner.run_llm(suffix_embeds, attention_mask, positions, cache=prefix.to_cache(runner.llm_config),
+                         use_cache=True)
     return out.last_hidden_state
 
 
@@ -646,12 +680,13 @@ class PrefixStore:
             self._disk[key] = (record["shard"], record["name"])
 
 
-def cached_prefix(llm: nn.Module, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey],
+def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey],
                   prefix_embeds: Optional[torch.Tensor] = None) -> PrefixKV:
     """The batch's prefix states (left-padded, on the LLM's device): from ``store``, computing only missing rows
     (one batched no-grad forward) from the split's prefix ids, or from ``prefix_embeds`` (left-padded like
-    ``split.prefix_mask``) when given (the serving span)."""
-    check_cacheable(llm)  # also when every prefix is served: the LLM may have changed since they were computed
+    ``split.prefix_mask``) when given (the serving span). ``llm``: a ``GLTAModel`` or a bare decoder."""
+    llm = _runner(llm)
+    llm.check_prefix_cacheable()  # also when every prefix is served: the LLM may have changed since they were computed
     if len(keys) != len(split.prefix_lengths):
         raise PrefixCacheError(f"{len(keys)} prefix keys for a batch of {len(split.prefix_lengths)} rows")
 
@@ -719,8 +754,9 @@ def cached_slot_hidden_states(
     (:func:`slot_span_hash`), so only the slots run per request. Under training its entries would be useless
     (projectors change every step), hence not the default; with gradients enabled it is refused.
 
-    ``model`` needs what ``GLTAForRecommendation`` has: ``llm``, ``config`` (placeholder ids, ``num_slots``) and
-    ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)``. ``llm_key`` is
+    ``model`` is a ``GLTAModel`` (the base model): its ``config`` (placeholder ids, ``num_slots``),
+    ``get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)`` and the LLM methods ``run_llm`` /
+    ``get_input_embeddings`` / ``llm_config`` / ``check_prefix_cacheable``. ``llm_key`` is
     :func:`llm_fingerprint`, ``layout`` the prompt layout. ``users`` names each row's user in the prefix key; by
     default the row's ``user_ids`` entry when every row has one ``<user>`` token (user-item prompts), else
     ``"*"``: the prefix is then keyed by its tokens alone (item-text prompts, "w/o UA", fold-in users), which is
@@ -737,7 +773,7 @@ def cached_slot_hidden_states(
         per_row = (input_ids == config.user_token_id).sum(dim=1)
         one_each = user_ids is not None and user_node_embeddings is None and bool((per_row == 1).all())
         users = [int(u) for u in user_ids.reshape(-1).tolist()] if one_each else ["*"] * input_ids.shape[0]
-    pad = getattr(model.llm.config, "pad_token_id", None)
+    pad = getattr(model.llm_config, "pad_token_id", None)
     cut_at = (config.slot_token_id,) if span == "slots" else (config.user_token_id, config.item_token_id, config.slot_token_id)
     split = split_prompt_batch(input_ids, attention_mask, cut_at, 0 if pad is None else int(pad))
     if span == "slots":
@@ -753,6 +789,6 @@ def cached_slot_hidden_states(
         suffix_embeds = model.get_inputs_embeds(split.suffix_ids, user_ids, item_ids, user_node_embeddings)
     dtype = str(suffix_embeds.dtype)
     keys = [PrefixKey(user, text_hash, llm_key, dtype, layout) for user, text_hash in zip(users, text_hashes)]
-    prefix = cached_prefix(model.llm, store, split, keys, prefix_embeds)
-    hidden = forward_with_prefix(model.llm, prefix, suffix_embeds, split.suffix_mask)
+    prefix = cached_prefix(model, store, split, keys, prefix_embeds)
+    hidden = forward_with_prefix(model, prefix, suffix_embeds, split.suffix_mask)
     return hidden[split.suffix_ids == config.slot_token_id].view(input_ids.shape[0], config.num_slots, -1)

@@ -40,6 +40,7 @@ from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 from .alignment_data import EpochSampler, GLTACollator, ItemTextDataset, UserItemDataset
+from .checkpoint import LLM_PREFIX
 from .errors import TrainingError
 from .io_utils import write_json
 from .metrics import evaluate_model, sample_eval_users, usable_ks  # noqa: F401  (old import path)
@@ -178,7 +179,7 @@ class GLTATrainer(Trainer):
     def _issue_warnings_after_load(self, load_result) -> None:
         """A Trainer checkpoint holds only what GLTA adds, never the frozen LLM: its keys are missing by design, so
         only the other missing keys are worth a warning (transformers would list every LLM tensor)."""
-        own_missing = [k for k in load_result.missing_keys if not k.startswith("llm.")]
+        own_missing = [k for k in load_result.missing_keys if not k.startswith(LLM_PREFIX)]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=own_missing)
                                            if hasattr(load_result, "_replace") else load_result)
 

@@ -105,10 +105,10 @@ def test_tensor_shape_and_dtype_checked_from_the_header(copy):
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(copy / WEIGHTS_NAME))
-    save_file({**state, "slot_embeddings": torch.zeros(3, 32)}, str(copy / WEIGHTS_NAME))
-    with pytest.raises(CheckpointError, match=r"shapes \['slot_embeddings: \(3, 32\) vs \(4, 32\)'\]"):
+    save_file({**state, "model.slot_embeddings": torch.zeros(3, 32)}, str(copy / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match=r"shapes \['model.slot_embeddings: \(3, 32\) vs \(4, 32\)'\]"):
         _load(copy)
-    save_file({**state, "slot_embeddings": torch.zeros(4, 32, dtype=torch.int32)}, str(copy / WEIGHTS_NAME))
+    save_file({**state, "model.slot_embeddings": torch.zeros(4, 32, dtype=torch.int32)}, str(copy / WEIGHTS_NAME))
     with pytest.raises(CheckpointError, match="not floating point"):
         _load(copy)
 

@@ -31,14 +31,17 @@ import glta_hf
 from transformers import AutoConfig, AutoModel
 config = glta_hf.GLTAConfig(llm_hidden_size=8, num_users=2, num_items=3)
 assert type(AutoConfig.for_model("glta", llm_hidden_size=8)) is glta_hf.GLTAConfig
-assert AutoModel._model_mapping[glta_hf.GLTAConfig] is glta_hf.GLTAForRecommendation
+assert AutoModel._model_mapping[glta_hf.GLTAConfig] is glta_hf.GLTAModel  # the base model, as LLaVA's
+assert glta_hf.AutoModelForRecommendation._model_mapping[glta_hf.GLTAConfig] is glta_hf.GLTAForRecommendation
 assert glta_hf.GLTAConfig._auto_class == "AutoConfig"
-assert glta_hf.GLTAForRecommendation._auto_class == "AutoModel"
+assert glta_hf.GLTAModel._auto_class == "AutoModel"
+assert glta_hf.GLTAForRecommendation._auto_class == "AutoModelForRecommendation"
 """
     proc = run("-c", code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the library's own path (pipeline imports modeling_glta directly) registers too: save_pretrained writes remote code
-    proc = run("-c", "from glta_hf.modeling_glta import GLTAForRecommendation as M; assert M._auto_class == 'AutoModel'")
+    proc = run("-c", "from glta_hf.modeling_glta import GLTAForRecommendation as M; "
+                     "assert M._auto_class == 'AutoModelForRecommendation'")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

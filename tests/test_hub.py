@@ -96,7 +96,7 @@ def test_model_push_to_hub_uploads_exactly_the_glta_checkpoint_and_card(tmp_path
     assert {"configuration_glta.py", "modeling_glta.py"} <= files and "user_table.json" not in files
     # GLTA's own weights only: no LLM tensor, no pickle, no other weight file
     state = load_safetensors_bytes(hub.operations["model.safetensors"])
-    assert state.keys() == before.keys() and not any(k.startswith("llm.") for k in state)
+    assert state.keys() == before.keys() and not any(k.startswith("model.llm.") for k in state)
     torch.testing.assert_close(state["head.weight"], before["head.weight"])
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl", ".gguf")) or
                 (f.endswith(".safetensors") and f != "model.safetensors")]
@@ -105,7 +105,7 @@ def test_model_push_to_hub_uploads_exactly_the_glta_checkpoint_and_card(tmp_path
     # the uploaded config references the Hub LLM; the in-memory model keeps its local reference
     config = json.loads(hub.operations["config.json"])
     assert config["llm_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert config["auto_map"]["AutoModel"] == "modeling_glta.GLTAForRecommendation"
+    assert config["auto_map"]["AutoModelForRecommendation"] == "modeling_glta.GLTAForRecommendation"
     assert model.config.llm_name_or_path == str(tiny.llm_dir)
     # the card's metadata
     card = hub.card()

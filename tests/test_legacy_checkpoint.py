@@ -42,5 +42,5 @@ def test_legacy_tensor_names_load_through_load_state_dict():
     with torch.no_grad():
         model.head.item_bias.zero_()
     result = model.load_state_dict(old, strict=False)
-    assert not [k for k in result.missing_keys if not k.startswith("llm.")] and not result.unexpected_keys
+    assert not [k for k in result.missing_keys if not k.startswith("model.llm.")] and not result.unexpected_keys
     assert torch.equal(model.item_bias, old["item_bias"])

@@ -11,8 +11,8 @@ import torch
 from conftest import build_tiny
 from safetensors import safe_open
 
-from glta_hf import CheckpointError, GLTAConfig, GLTAForRecommendation, UnknownIdError
-from glta_hf.modeling_glta import DECODINGS
+from glta_hf import CheckpointError, GLTAConfig, GLTAForRecommendation, GLTAModel, UnknownIdError
+from glta_hf.decoding import DECODINGS
 from glta_hf.prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN
 from glta_hf.testing import tiny_llama, tiny_tokenizer
 
@@ -70,8 +70,8 @@ def test_loss_equals_hand_computed_cross_entropy(tiny):
 def test_llm_frozen_projectors_train(tiny):
     model = tiny.model
     names = model.set_trainable("user+item")
-    assert names and not any(n.startswith("llm.") for n in names)
-    assert "user_embeddings" not in names and "item_embeddings" not in names  # frozen tables are buffers
+    assert names and not any(n.startswith("model.llm.") for n in names)
+    assert "model.user_embeddings" not in names and "model.item_embeddings" not in names  # frozen tables are buffers
     llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
     proj_before = model.user_projector.weight.detach().clone(), model.item_projector.weight.detach().clone()
     optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -86,12 +86,12 @@ def test_llm_frozen_projectors_train(tiny):
 
 @pytest.mark.parametrize(
     "stage,trainable,frozen",
-    [("item", "item_projector", "user_projector"), ("user", "user_projector", "item_projector")],
+    [("item", "model.item_projector", "model.user_projector"), ("user", "model.user_projector", "model.item_projector")],
 )
 def test_set_trainable_stages(tiny, stage, trainable, frozen):
     names = tiny.model.set_trainable(stage)
     assert any(n.startswith(trainable) for n in names) and not any(n.startswith(frozen) for n in names)
-    assert {"slot_embeddings", "head.weight"} <= set(names)
+    assert {"model.slot_embeddings", "head.weight"} <= set(names)
     with pytest.raises(ValueError):
         tiny.model.set_trainable("llm")
 
@@ -253,13 +253,15 @@ def test_checkpoint_holds_no_llm_weights(tiny, tmp_path):
     assert [f for f in files if f.endswith((".safetensors", ".bin", ".pt", ".gguf"))] == ["model.safetensors"]
     with safe_open(tmp_path / "ckpt" / "model.safetensors", "pt") as f:
         keys = set(f.keys())
-    assert not any(k.startswith("llm.") for k in keys)
-    assert {"user_embeddings", "item_embeddings", "slot_embeddings", "head.weight", "user_projector.weight"} <= keys
+    assert not any(k.startswith(("llm.", "model.llm.")) for k in keys)
+    assert {"model.user_embeddings", "model.item_embeddings", "model.slot_embeddings", "head.weight",
+            "model.user_projector.weight"} <= keys
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["llm_name_or_path"] == str(tiny.llm_dir) and config["quantization"] == "none"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_glta.GLTAConfig",
-        "AutoModel": "modeling_glta.GLTAForRecommendation",
+        "AutoModel": "modeling_glta.GLTAModel",
+        "AutoModelForRecommendation": "modeling_glta.GLTAForRecommendation",
     }
     assert {"configuration_glta.py", "modeling_glta.py", "item_catalogue.json", "user_table.json"} <= set(files)
 
@@ -294,14 +296,22 @@ def test_remote_code_loads_without_glta_hf(tiny, tmp_path):
             raise SystemExit("glta_hf is importable")
         except ImportError:
             pass
-        import torch
+        import json, torch
         from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        folder = {str(tmp_path / "ckpt")!r}
         io = torch.load({str(tmp_path / "io.pt")!r})
+        base = AutoModel.from_pretrained(folder, trust_remote_code=True)  # the base model: slot hidden states
+        assert type(base).__name__ == "GLTAModel" and "glta_hf" not in type(base).__module__, type(base)
+        # the recommender through its auto_map entry
+        auto_map = json.load(open(folder + "/config.json"))["auto_map"]
+        cls = get_class_from_dynamic_module(auto_map["AutoModelForRecommendation"], folder)
+        model = cls.from_pretrained(folder)
         assert "glta_hf" not in type(model).__module__, type(model).__module__
-        out = model(**io["batch"]).logits
+        out = model(**io["batch"])
         # same code, same weights: equal up to float32 rounding (a wrong or missing module is far off)
-        torch.testing.assert_close(out, io["ref"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.logits, io["ref"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(base(**io["batch"]).slot_hidden_states, out.slot_hidden_states, rtol=1e-5, atol=1e-5)
         print("REMOTE_OK", type(model).__module__)
         """
     )
@@ -312,11 +322,20 @@ def test_remote_code_loads_without_glta_hf(tiny, tmp_path):
 
 
 def test_auto_classes_registered(tiny, tmp_path):
+    """AutoModel gives the base model (as for LLaVA), AutoModelForRecommendation the recommender."""
     from transformers import AutoConfig, AutoModel
 
+    from glta_hf import AutoModelForRecommendation
+
     tiny.model.save_pretrained(tmp_path / "ckpt")
+    batch = _inputs(tiny.batch())
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "ckpt"), GLTAConfig)
-    assert isinstance(AutoModel.from_pretrained(tmp_path / "ckpt"), GLTAForRecommendation)
+    base = AutoModel.from_pretrained(tmp_path / "ckpt")
+    assert type(base) is GLTAModel
+    assert torch.equal(base(**batch).slot_hidden_states, tiny.model(**batch).slot_hidden_states)
+    model = AutoModelForRecommendation.from_pretrained(tmp_path / "ckpt")
+    assert type(model) is GLTAForRecommendation and isinstance(model.model, GLTAModel)
+    assert torch.equal(model(**batch).logits, tiny.model(**batch).logits)
 
 
 def test_tokenizer_missing_placeholders_is_checkpoint_error(tiny, tmp_path):

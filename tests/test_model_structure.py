@@ -47,7 +47,7 @@ def test_a_head_registered_outside_the_library_trains_and_decodes(tmp_path, cosi
     model = tiny.model
     assert isinstance(model.head, cosine_head) and model.item_bias is None
     trainable = model.set_trainable("user")
-    assert {"head.query.weight", "head.scale", "slot_embeddings"} <= set(trainable)
+    assert {"head.query.weight", "head.scale", "model.slot_embeddings"} <= set(trainable)
     batch = tiny.batch()
     before = model.head.query.weight.detach().clone()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -124,7 +124,7 @@ def test_forward_honours_return_dict_and_rejects_unknown_arguments(tiny):
     torch.testing.assert_close(as_tuple[1], as_dict.logits)
     with pytest.raises(TypeError, match="unexpected"):
         tiny.model(**batch, output_attentions=True)
-    base = GLTAModel.forward(tiny.model, **_inputs(batch))
+    base = tiny.model.model(**_inputs(batch))
     assert isinstance(base, GLTAModelOutput)
     torch.testing.assert_close(base.slot_hidden_states, as_dict.slot_hidden_states)
 
@@ -151,3 +151,46 @@ def test_from_pretrained_maps_dtype_and_rejects_unknown_arguments(tiny, tmp_path
     assert loaded.config.llm_dtype == "bfloat16" and next(loaded.llm.parameters()).dtype == torch.bfloat16
     with pytest.raises(TypeError, match="output_attentions"):
         GLTAForRecommendation.from_pretrained(tmp_path / "ckpt", output_attentions=True)
+
+
+def test_the_recommender_holds_the_base_model_and_its_head(tiny):
+    """LLaVA's shape: ``GLTAForRecommendation.model`` is a ``GLTAModel`` (named by ``base_model_prefix``) that owns the
+    LLM, node tables, projectors and slot vectors; the head and the graph residual belong to the task model."""
+    model = tiny.model
+    assert isinstance(model.model, GLTAModel) and not isinstance(model, GLTAModel)
+    assert model.base_model_prefix == "model" and model.base_model is model.model
+    children = dict(model.named_children())
+    assert set(children) == {"model", "head"}  # graph_residual is None without config.graph_residual
+    assert {"llm", "user_projector", "item_projector"} <= dict(model.model.named_children()).keys()
+    assert model.llm is model.model.llm and model.item_embeddings is model.model.item_embeddings
+    with torch.no_grad():
+        out = model(**_inputs(tiny.batch()))
+        torch.testing.assert_close(model.score_slots(out.slot_hidden_states), out.logits)
+
+
+def test_the_base_model_runs_the_llm_only_through_run_llm(tiny, monkeypatch):
+    """``run_llm`` is the single place the LLM runs: uncached forward, cached prefixes (both spans) and the
+    autoregressive decoder all go through it (counted by wrapping it; the LLM's own forward is counted too)."""
+    base = tiny.model.model
+    calls = {"run_llm": 0, "llm": 0}
+    run_llm = base.run_llm
+    llm_forward = base.llm.forward
+
+    def counted_run_llm(*args, **kwargs):
+        calls["run_llm"] += 1
+        return run_llm(*args, **kwargs)
+
+    def counted_llm(*args, **kwargs):
+        calls["llm"] += 1
+        return llm_forward(*args, **kwargs)
+
+    monkeypatch.setattr(base, "run_llm", counted_run_llm)
+    monkeypatch.setattr(base.llm, "forward", counted_llm)
+    batch = _inputs(tiny.batch())
+    with torch.no_grad():
+        tiny.model(**batch)
+        tiny.model.rank(**batch, k=3, decoding="autoregressive")
+        tiny.model.enable_prefix_cache()
+        tiny.model(**batch)
+        tiny.model.recommend(["u0", "u1"], k=2)
+    assert calls["run_llm"] == calls["llm"] > 4

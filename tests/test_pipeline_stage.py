@@ -131,14 +131,14 @@ def test_trainer_owns_its_stage_and_labels_its_progress_bar(setup):
     assert trainer.args.eval_strategy == "no" and trainer.args.num_train_epochs == 5.0  # the item stage's copy
     assert trainer.ranking_truth is None and len(trainer.train_dataset) > 0
     trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
-    assert any(n.startswith("item_projector") for n in trainable)
-    assert not any(n.startswith(("user_projector", "llm.")) for n in trainable)
+    assert any(n.startswith("model.item_projector") for n in trainable)
+    assert not any(n.startswith(("model.user_projector", "model.llm.")) for n in trainable)
     [bar] = [c for c in trainer.callback_handler.callbacks if isinstance(c, StageProgressCallback)]
     assert bar.label == "item stage"
     user = GLTATrainer(setup.model, _args(setup.tmp / "own", eval_strategy="steps", eval_steps=1), data=setup.data,
                        histories=setup.histories, has_time=setup.has_time)  # stage from args.stage ("user")
     assert user.stage == "user" and user.ranking_truth is setup.data.matrix("validation")
-    assert any(n.startswith("user_projector") for n, p in setup.model.named_parameters() if p.requires_grad)
+    assert any(n.startswith("model.user_projector") for n, p in setup.model.named_parameters() if p.requires_grad)
 
 
 def test_explicit_resume_path_is_used_or_refused_never_ignored(setup):

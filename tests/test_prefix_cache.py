@@ -101,7 +101,7 @@ def _model_grads(model):
 def test_glta_logits_loss_and_gradients_equal_uncached(tmp_path, head, layout, padding_side):
     tiny = build_tiny(tmp_path, head=head, prompt={"layout": layout})
     model = tiny.model
-    assert {"user_projector.weight", "item_projector.weight", "slot_embeddings", "head.weight"} <= set(
+    assert {"model.user_projector.weight", "model.item_projector.weight", "model.slot_embeddings", "head.weight"} <= set(
         model.set_trainable("user+item"))
     # per-row profiles: mixed prefix lengths under text_first (profiles are in the prefix)
     cfg = model.prompt_config
@@ -131,7 +131,7 @@ def _assert_cached_equals_uncached(model, batch, layout, reference_name):
     llm_key = llm_fingerprint(model.llm, reference_name)
     for step in range(2):
         slot_hidden = cached_slot_hidden_states(
-            model, store, batch["input_ids"], batch["attention_mask"], batch.get("user_ids"), batch.get("item_ids"),
+            model.model, store, batch["input_ids"], batch["attention_mask"], batch.get("user_ids"), batch.get("item_ids"),
             llm_key=llm_key, layout=layout,
         )
         logits = model.score_slots(slot_hidden)
@@ -154,7 +154,7 @@ def test_item_text_prompts_cached_equal_uncached(tmp_path, layout):
     tiny = build_tiny(tmp_path, prompt={"layout": layout})
     model = tiny.model
     trainable = model.set_trainable("item")
-    assert "item_projector.weight" in trainable
+    assert "model.item_projector.weight" in trainable
     cfg = model.prompt_config
     encoded = [encode_prompt(tiny.tokenizer, item_text_prompt(items, descriptions, cfg, token_order=order), cfg)
                for items, descriptions, order in (([1, 2, 3], ["A long drama.", "Comedy.", "Heat."], [2, 0, 1]),

@@ -111,8 +111,8 @@ def test_training_evaluation_and_rank_keep_the_text_span(tmp_path):
 
     encoded = model.encode_users([0])
     with pytest.raises(PrefixCacheError, match="no-grad"):  # no gradient could reach the cached projector outputs
-        cached_slot_hidden_states(model, store, encoded["input_ids"], encoded["attention_mask"], encoded["user_ids"],
-                                  encoded["item_ids"], llm_key=model._prefix_llm_key, layout="text_first", span="slots")
+        cached_slot_hidden_states(model.model, store, encoded["input_ids"], encoded["attention_mask"],
+                                  encoded["user_ids"], encoded["item_ids"], llm_key=model.model.llm_fingerprint(), layout="text_first", span="slots")
     with pytest.raises(PrefixCacheError, match="prefix_span"):
         model.slot_hidden_states(**encoded, prefix_span="everything")
 

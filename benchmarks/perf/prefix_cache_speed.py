@@ -160,7 +160,7 @@ def main():
 
     def slot_hidden(batch, batch_users, cached):
         if cached:
-            return cached_slot_hidden_states(model, store, batch["input_ids"], batch["attention_mask"], batch["user_ids"],
+            return cached_slot_hidden_states(model.model, store, batch["input_ids"], batch["attention_mask"], batch["user_ids"],
                                              batch["item_ids"], llm_key=llm_key, layout=args.layout, users=batch_users)
         return model.slot_hidden_states(batch["input_ids"], batch["attention_mask"], batch["user_ids"], batch["item_ids"])
 
