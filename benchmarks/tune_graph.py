@@ -35,7 +35,6 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("pop", "lightgcn", "lightgcn_ce", "mf", "lightgcn_plus")  # tuning order: lightgcn_plus needs lightgcn
 # What every trial shares (dim 64, 3 layers: the project's graph). Patience counts evaluations (every 2 epochs).
 BASE = dict(dim=64, layers=3, batch_size=2048, eval_every=2, patience=20, seed=0)
 # lr x reg for the BPR models; kept small because the 2 shared CPU cores are the budget (~1-3 s per epoch)
@@ -45,18 +44,37 @@ BPR_GRID = ((1e-3, 1e-4, 300), (5e-3, 1e-4, 200), (5e-3, 1e-3, 200))  # (lr, reg
 PLUS_TEXT_WEIGHTS = (0.1, 0.5)
 
 
+def models() -> tuple:
+    """The run names of the registered graph models (``glta_hf.graph``), in registration order: LightGCN before the
+    text-aware model that reuses its chosen setting."""
+    from glta_hf.graph import graph_rows
+
+    return tuple(graph_rows())
+
+
 def grid(model: str, chosen_lightgcn: Dict[str, Any], text_weights=PLUS_TEXT_WEIGHTS) -> List[Dict[str, Any]]:
-    """The settings tried per model (epochs by early stopping on validation NDCG@10)."""
-    if model == "pop":
+    """The settings tried per model (epochs by early stopping on validation NDCG@10); a registered model without
+    its own grid here gets the BPR grid."""
+    from glta_hf.graph import graph_rows
+
+    cls = graph_rows().get(model)
+    if cls is None:
+        raise ValueError(f"unknown model {model!r}; expected one of {models()}")
+    if not cls.trainable:
         return [{}]
-    if model in ("mf", "lightgcn"):
-        return [dict(BASE, lr=lr, reg=reg, epochs=epochs) for lr, reg, epochs in BPR_GRID]
     if model == "lightgcn_ce":  # full softmax: cost ~ distinct users per batch x items, so larger batches
         return [dict(BASE, batch_size=8192, lr=5e-3, reg=1e-4, temperature=t, epochs=150) for t in (1.0, 0.2)]
-    if model == "lightgcn_plus":  # LightGCN's chosen lr / reg / epochs; the text term's weight tuned
+    if cls.needs_text_embeddings:  # LightGCN's chosen lr / reg / epochs; the text term's weight tuned
         base = {k: chosen_lightgcn[k] for k in ("lr", "reg", "epochs")}
         return [dict(BASE, **base, text_weight=w, temperature=0.2) for w in text_weights]
-    raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+    return [dict(BASE, lr=lr, reg=reg, epochs=epochs) for lr, reg, epochs in BPR_GRID]
+
+
+def _uses_lightgcn_setting(model: str) -> bool:
+    """The text-aware model (LightGCN+) is tuned on top of LightGCN's chosen lr / reg / epochs."""
+    from glta_hf.graph import graph_rows
+
+    return graph_rows()[model].needs_text_embeddings
 
 
 def trial_key(dataset: str, model: str, setting: Dict[str, Any]) -> str:
@@ -107,18 +125,17 @@ class Harness:
         return self._text_embeddings
 
     def build(self, model: str, setting: Dict[str, Any]):
-        from glta_hf.graph import GraphTrainingArguments, build_model
+        import dataclasses
 
-        targs = GraphTrainingArguments(**{k: v for k, v in setting.items()
-                                          if k not in ("temperature", "text_weight")}, progress=False)
-        extra: Dict[str, Any] = {}
-        if model == "lightgcn_ce":
-            extra = dict(temperature=setting["temperature"])
-        elif model == "lightgcn_plus":
-            extra = dict(text_embeddings=self.text_embeddings(), text_weight=setting["text_weight"],
-                         temperature=setting["temperature"])
-        name = "lightgcn+" if model == "lightgcn_plus" else model
-        return build_model(name, self.fit, targs, **extra), targs
+        from glta_hf.graph import GraphTrainingArguments, build_model, graph_rows
+
+        shared = {f.name for f in dataclasses.fields(GraphTrainingArguments)}
+        targs = GraphTrainingArguments(**{k: v for k, v in setting.items() if k in shared}, progress=False)
+        extra: Dict[str, Any] = {k: v for k, v in setting.items() if k not in shared}  # the model's own options
+        cls = graph_rows()[model]
+        if cls.needs_text_embeddings:
+            extra["text_embeddings"] = self.text_embeddings()
+        return build_model(cls.name, self.fit, targs, **extra), targs
 
     def run_trial(self, model: str, setting: Dict[str, Any]) -> Dict[str, Any]:
         from glta_hf.graph import BPRTrainer, export_node_embeddings
@@ -133,7 +150,7 @@ class Harness:
                "validation": {k: round(v, 5) for k, v in result.best_validation.items()},
                "wall_time_s": round(result.wall_time_s, 1), "load_average_before": load_before,
                "load_average_after": load_average(), "torch_threads": _threads()}
-        if model != "pop":
+        if net.trainable:  # Pop has no node tables
             export_node_embeddings(net, self.trials_dir / model / key, self.data.user_ids, self.data.item_ids,
                                    {"trial": key, "setting": setting})
         return row
@@ -141,7 +158,7 @@ class Harness:
     def tune(self) -> None:
         for model in self.args.models:
             rows = read_log(self.log)
-            chosen = best_trial(rows, "lightgcn")["setting"] if model == "lightgcn_plus" else {}
+            chosen = best_trial(rows, "lightgcn")["setting"] if _uses_lightgcn_setting(model) else {}
             for setting in grid(model, chosen, self.args.plus_text_weights):
                 key = trial_key(self.args.dataset, model, setting)
                 if key in {r["key"] for r in read_log(self.log)}:  # re-read: another job may share the log
@@ -155,10 +172,10 @@ class Harness:
 
     def scorer(self, model: str, trial: Dict[str, Any]):
         """The chosen trial's scores: its saved tables (re-trained, deterministically, if they are missing)."""
-        from glta_hf.graph import Pop, load_node_embeddings
+        from glta_hf.graph import GraphTrainingArguments, build_model, graph_rows, load_node_embeddings
 
-        if model == "pop":
-            return Pop(self.fit).full_sort_predict, None
+        if not graph_rows()[model].trainable:  # nothing was trained: the model itself scores (Pop)
+            return build_model(model, self.fit, GraphTrainingArguments(progress=False)).full_sort_predict, None
         folder = self.trials_dir / model / trial["key"]
         if not (folder / "node_embeddings.safetensors").is_file():
             print(f"{folder} missing: re-training trial {trial['key']}", flush=True)
@@ -228,7 +245,7 @@ def report(dataset: str, log: Path, results_dir: Path) -> str:
     rows = read_log(log)
     lines = [f"Tuning ({dataset}; chosen trial in bold):", "",
              "| model | setting | best epoch / run | val N@10 | wall time | load average |", "|---|---|---|---|---|---|"]
-    for model in MODELS:
+    for model in models():
         mine = [r for r in rows if r["model"] == model]
         best = max(mine, key=lambda r: r["val_ndcg@10"])["key"] if mine else None
         for r in mine:
@@ -237,7 +254,7 @@ def report(dataset: str, log: Path, results_dir: Path) -> str:
                          f"{bold}{r['val_ndcg@10']:.4f}{bold} | {r['wall_time_s']:.0f} s | {r['load_average_after']} |")
     lines += ["", f"Test ({dataset}, each chosen configuration evaluated once):", "",
               "| model | P@5 | P@10 | N@5 | N@10 | R@20 | val N@10 | chosen setting |", "|---|---|---|---|---|---|---|---|"]
-    for model in MODELS:
+    for model in models():
         path = results_dir / dataset / f"{model}.json"
         if not path.is_file():
             continue
@@ -263,7 +280,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the bundled copy)")
     p.add_argument("--phase", choices=["tune", "test", "all", "report"], default="all",
                    help="report: print the markdown tuning / test tables from the log and result files")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=models(), default=list(models()))
     p.add_argument("--plus-text-weights", nargs="+", type=float, default=list(PLUS_TEXT_WEIGHTS),
                    help="LightGCN+ InfoNCE weights to try (a subset lets two jobs split its grid)")
     p.add_argument("--log", default=None, help="tuning log (default benchmarks/results/<dataset>/tuning/graph.jsonl)")

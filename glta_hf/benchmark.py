@@ -1,12 +1,13 @@
 """``glta benchmark``: every model of the paper's comparison on one dataset, one split, one evaluator.
 
 Rows (run names, each also ``<results-dir>/<dataset>/<run>.json`` via :func:`glta_hf.results.write_run_result`):
-``pop``, ``mf``, ``lightgcn``, ``lightgcn_plus`` (graph baselines, :mod:`glta_hf.graph`) and ``glta``,
+the graph models registered in :mod:`glta_hf.graph` (``--rows all``: the paper's baselines ``pop``, ``mf``,
+``lightgcn``, ``lightgcn_plus``; any other registered one, e.g. ``lightgcn_ce``, by name) and ``glta``,
 ``glta_wo_ia``, ``glta_wo_ua``, ``glta_wo_pf``, ``glta_wo_pd``, ``glta_wo_both``, ``glta_ar``, ``glta_fl``
 (:mod:`glta_hf.pipeline` stages; the variants are :class:`GLTATrainingArguments` flags / decodings) and
 ``glta_residual`` (GLTA + the graph-score residual, ``GLTAConfig.graph_residual``: not the paper's method, its own
 row: does the LLM add anything over the LightGCN it starts from?). Every row is
-scored on the same test users with :func:`glta_hf.metrics.evaluate` (graph rows) / :func:`pipeline.evaluate_glta`.
+scored on the same test users with :func:`glta_hf.metrics.evaluate` (graph rows) / :func:`glta_hf.metrics.evaluate_glta`.
 A row whose result JSON exists with the same config fingerprint is skipped (resume). Writes ``results.json``,
 ``tables.md`` (Table 2 / Table 3 layouts) in ``--output-dir`` and ``fig3_<dataset>.png`` / ``fig4_<dataset>.png``
 in ``--figures-dir``.
@@ -23,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-GRAPH_ROWS = {"pop": "pop", "mf": "mf", "lightgcn": "lightgcn", "lightgcn_plus": "lightgcn+"}
 #: GLTA row -> (training variant, GLTATrainingArguments flags, decoding)
 GLTA_ROWS = {
     "glta": ("glta", {}, "first_k"),
@@ -38,13 +38,30 @@ GLTA_ROWS = {
 }
 #: training variant -> QuickstartConfig fields it changes (model options rather than training flags)
 VARIANT_OPTIONS: Dict[str, Dict[str, Any]] = {"residual": {"graph_residual": True}}
-ROWS = list(GRAPH_ROWS) + list(GLTA_ROWS)
-LABELS = {"pop": "Pop", "mf": "MF-BPR", "lightgcn": "LightGCN", "lightgcn_plus": "LightGCN+", "glta": "GLTA",
-          "glta_wo_ia": "w/o IA", "glta_wo_ua": "w/o UA", "glta_wo_pf": "w/o PF", "glta_wo_pd": "w/o PD",
-          "glta_wo_both": "w/o both", "glta_ar": "AR", "glta_fl": "FL", "glta_residual": "GLTA + graph residual"}
+GLTA_LABELS = {"glta": "GLTA", "glta_wo_ia": "w/o IA", "glta_wo_ua": "w/o UA", "glta_wo_pf": "w/o PF",
+               "glta_wo_pd": "w/o PD", "glta_wo_both": "w/o both", "glta_ar": "AR", "glta_fl": "FL",
+               "glta_residual": "GLTA + graph residual"}
 TABLE2 = [("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10"),
           ("R@10", "recall@10"), ("N@20", "ndcg@20")]
 TABLE3 = [("P@5", "precision@5"), ("N@5", "ndcg@5")]
+
+
+def graph_rows(paper_only: bool = False) -> Dict[str, Any]:
+    """Run name -> class of the registered graph models (``glta_hf.graph.graph_rows``; imports torch)."""
+    from .graph import graph_rows as registered
+
+    return registered(paper_only)
+
+
+def all_rows() -> List[str]:
+    """Every row ``--rows`` accepts: the registered graph models, then the GLTA rows."""
+    return list(graph_rows()) + list(GLTA_ROWS)
+
+
+def label(row: str) -> str:
+    """A row's name in tables and figures."""
+    graph = graph_rows().get(row)
+    return graph.label if graph is not None else GLTA_LABELS.get(row, row)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +74,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=None)
     parser.add_argument("--split-seed", type=int, default=None)
     parser.add_argument("--results-name", default=None, help="dataset folder under --results-dir (default: dataset name)")
-    parser.add_argument("--rows", default="all", help="comma-separated run names (default all): " + ",".join(ROWS))
+    parser.add_argument("--rows", default="all",
+                        help="comma-separated run names (default all: the paper's graph baselines pop, mf, lightgcn, "
+                             "lightgcn_plus, then " + ",".join(GLTA_ROWS) + "; any graph model registered in "
+                             "glta_hf.graph, e.g. lightgcn_ce, by its run name)")
     parser.add_argument("--budget", choices=list(BUDGETS), default="small", help="quickstart budget preset")
     parser.add_argument("--backbone", default=None, help="LLM for GLTA rows (default SmolLM2-135M GGUF)")
     parser.add_argument("--graph-epochs", type=int, default=None)
@@ -131,7 +151,8 @@ def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
         keep.pop("graph_residual")
     key = dict(row=row, split=args.split, test_fraction=args.test_fraction, split_seed=args.split_seed,
                graph_reg=args.graph_reg, eval_every=args.eval_every, cfg=keep)
-    if row == "lightgcn_plus":
+    graph = graph_rows().get(row)
+    if graph is not None and graph.needs_text_embeddings:
         key.update(text_weight=args.text_weight, temperature=args.temperature)
     if row.startswith("glta"):
         key.update(backbone=args.backbone)
@@ -162,8 +183,8 @@ class Benchmark:
     def __init__(self, args, *, llm=None, tokenizer=None, echo: Callable[[str], None] = print):
         import numpy as np
 
-        from . import pipeline
         from .data.loaders import load_dataset
+        from .metrics import test_users
 
         self.args, self.echo, self.llm, self.tokenizer = args, echo, llm, tokenizer
         self.cfg = _config(args)
@@ -173,7 +194,7 @@ class Benchmark:
         self.full = load_dataset(args.dataset, args.data_dir, **options)
         self.data = self.full.with_validation(fraction=self.cfg["val_fraction"], seed=self.cfg["seed"])
         self.name = args.results_name or self.full.name
-        order = np.random.default_rng(self.cfg["seed"]).permutation(pipeline.test_users(self.full))
+        order = np.random.default_rng(self.cfg["seed"]).permutation(test_users(self.full))
         self.order = order
         n = self.cfg["eval_users"]
         self.users = None if n is None else np.sort(order[: min(n, len(order))])
@@ -200,14 +221,15 @@ class Benchmark:
 
         targs = self.graph_args()
         fit, validation = self.data.matrix("train"), self.data.matrix("validation")
+        cls = graph_rows()[row]
         extra = {}
-        if row == "lightgcn_plus":
+        if cls.needs_text_embeddings:
             extra = dict(text_embeddings=encode_item_texts(self.data.item_texts, device=targs.device),
                          text_weight=self.args.text_weight,
                          temperature=self.args.temperature)
-        model = build_model(GRAPH_ROWS[row], fit, targs, **extra)
+        model = build_model(cls.name, fit, targs, **extra)
         info: Dict[str, Any] = {"graph": dataclasses.asdict(targs)}
-        if row != "pop":
+        if cls.trainable:
             result = BPRTrainer(model, targs, fit, validation).train()
             info.update(best_epoch=result.best_epoch, epochs_run=len(result.history),
                         validation={k: round(v, 5) for k, v in result.best_validation.items()})
@@ -282,16 +304,16 @@ class Benchmark:
         return model
 
     def run_glta(self, row: str):
-        from . import pipeline
-        from .metrics import DEFAULT_KS
+        from .decoding import cutoffs_within
+        from .metrics import DEFAULT_KS, evaluate_glta, test_users
         from .quickstart import QuickstartConfig
 
         variant, flags, decoding = GLTA_ROWS[row]
         model = self.glta_model(variant, flags)
         c = self.cfg
-        users = self.users if self.users is not None else pipeline.test_users(self.full)
-        ks = tuple(k for k in DEFAULT_KS if decoding in ("all_slots", "first_logit") or k <= c["num_slots"])
-        metrics = pipeline.evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
+        users = self.users if self.users is not None else test_users(self.full)
+        ks = cutoffs_within(DEFAULT_KS, decoding, c["num_slots"])
+        metrics = evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
                                          batch_size=QuickstartConfig(**c).evaluation_batch_size(),
                                          progress=c["progress"], seed=c["seed"])
         return metrics, {"variant": variant, "flags": flags, "decoding": decoding,
@@ -322,11 +344,12 @@ class Benchmark:
                 results[row] = dict(existing, skipped=True)
                 continue
             start = time.perf_counter()
-            metrics, info = self.run_graph(row) if row in GRAPH_ROWS else self.run_glta(row)
+            graph = graph_rows().get(row)
+            metrics, info = self.run_graph(row) if graph is not None else self.run_glta(row)
             wall = time.perf_counter() - start
             config = dict(info, fingerprint=fp, benchmark=self.cfg, row=row, eval_users=
                           None if self.users is None else len(self.users), text_weight=self.args.text_weight
-                          if row == "lightgcn_plus" else None)
+                          if graph is not None and graph.needs_text_embeddings else None)
             write_run_result(self.args.results_dir, self.name, row, model=row, split=self.data.split_policy,
                              metrics=metrics, command=command, wall_time_s=wall, config=config)
             hw = hardware_info()
@@ -351,14 +374,14 @@ def _table(rows, columns, title):
         m = rec.get("metrics") or {}
         hw = rec.get("hardware") or {}
         cells = [f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "n/a" for _, k in columns]
-        lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) +
+        lines.append(f"| {label(row)} | " + " | ".join(cells) +
                      f" | {rec.get('wall_time_s', float('nan')):.1f} | {hw.get('cpu')} x{hw.get('cpu_cores')}"
                      f"{', ' + hw['gpu'] if hw.get('gpu') else ''} |")
     return "\n".join(lines) + "\n"
 
 
 def render_tables(dataset: str, results: Dict[str, Any]) -> str:
-    t2 = {r: results[r] for r in ROWS if r in results and r not in ("glta_wo_pf", "glta_wo_pd", "glta_wo_both")}
+    t2 = {r: results[r] for r in all_rows() if r in results and r not in ("glta_wo_pf", "glta_wo_pd", "glta_wo_both")}
     t3 = {r: results[r] for r in ("glta_wo_pf", "glta_wo_pd", "glta_wo_both", "glta") if r in results}
     out = _table(t2, TABLE2, f"### Table 2 layout: {dataset}")
     if t3:
@@ -379,7 +402,7 @@ def _bar(path, dataset, results, rows, title):
     x = np.arange(len(metrics))
     for i, row in enumerate(rows):
         m = results[row].get("metrics") or {}
-        ax.bar(x + i * width, [m.get(k, 0.0) for _, k in metrics], width, label=LABELS[row])
+        ax.bar(x + i * width, [m.get(k, 0.0) for _, k in metrics], width, label=label(row))
     ax.set_xticks(x + width * (len(rows) - 1) / 2)
     ax.set_xticklabels([n for n, _ in metrics])
     ax.set_title(f"{title} ({dataset})")
@@ -404,13 +427,13 @@ def render_figures(dataset: str, results: Dict[str, Any], folder) -> List[str]:
 
 def parse_rows(value: str) -> List[str]:
     if value in ("all", ""):
-        return list(ROWS)
+        return list(graph_rows(paper_only=True)) + list(GLTA_ROWS)
     rows = [r.strip() for r in value.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in all_rows()]
     if unknown:
         from .errors import GLTAError
 
-        raise GLTAError(f"unknown rows {unknown}; expected some of {ROWS}")
+        raise GLTAError(f"unknown rows {unknown}; expected some of {all_rows()}")
     return rows
 
 

@@ -22,7 +22,16 @@ from .errors import DatasetOptionError, GLTAError, InvalidArgumentError
 #: GLTAErrors that mean "a flag / option was wrong": exit code 2, like argparse's own usage errors
 USAGE_ERRORS = (InvalidArgumentError, DatasetOptionError)
 
-from .vocabulary import DECODINGS  # noqa: E402,F401  (light: parse-time choices)
+
+
+def decoding_name(text: str) -> str:
+    """argparse ``type``: a decoding registered in ``glta_hf.decoding`` (imported only when the flag is given, so
+    ``--help`` stays light; a decoder registered by the caller counts)."""
+    from .decoding import decoder_names
+
+    if text not in decoder_names():
+        raise argparse.ArgumentTypeError(f"invalid decoding {text!r} (choose from {', '.join(decoder_names())})")
+    return text
 
 
 def _number(kind: Callable, text: str, what: str):
@@ -203,5 +212,5 @@ def run_reporting_errors(prog: str, call: Callable[[], Optional[int]]) -> int:
         return 2 if isinstance(err, USAGE_ERRORS) else 1
 
 
-__all__ = ["USAGE_ERRORS", "run_reporting_errors", "GLTAArgumentParser", "DECODINGS", "add_dataset_arguments", "dataset_options", "positive_int", "non_negative_int", "positive_float",
+__all__ = ["USAGE_ERRORS", "run_reporting_errors", "GLTAArgumentParser", "decoding_name", "add_dataset_arguments", "dataset_options", "positive_int", "non_negative_int", "positive_float",
            "non_negative_float", "open_fraction", "carve_fraction", "unit_interval", "cutoffs", "require_data_dir"]

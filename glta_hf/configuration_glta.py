@@ -1,7 +1,7 @@
 """``GLTAConfig``: everything needed to rebuild a GLTA recommender except its weights.
 
-It imports only ``transformers`` and its siblings ``components`` / ``prompts`` (whose registry and defaults it
-checks against), so a saved checkpoint can carry it as remote code.
+It imports only ``transformers`` and its siblings ``components`` / ``prompts`` / ``vocabulary`` (whose registry,
+defaults and names it checks against), so a saved checkpoint can carry it as remote code.
 The LLM is referenced, never copied: ``llm_name_or_path`` (+ ``llm_revision`` / ``llm_gguf_file``,
 ``quantization``, ``llm_dtype``) says how ``from_pretrained`` rebuilds the frozen backbone, and
 ``llm_hidden_size`` is checked against it so a projector never meets a backbone of another width.
@@ -10,8 +10,7 @@ from transformers import PretrainedConfig
 
 from .components import component_names
 from .prompts import LEGACY_LAYOUT, PromptConfig
-
-QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
+from .vocabulary import QUANTIZATIONS
 
 #: Defaults of the prompt settings: ``PromptConfig``'s own (one owner of every prompt default).
 PROMPT_DEFAULTS = PromptConfig().to_dict()
@@ -34,7 +33,7 @@ class GLTAConfig(PretrainedConfig):
             ``V = W E + b``) or ``"mlp"`` (Linear-GELU-Linear, LLaVA-1.5 style).
         head: a name in ``glta_hf.components.REGISTRY["head"]``: ``"linear"`` (paper: ``Z = h W_g + b_g`` over |I|) or ``"factorized"`` (``Z = (h W_q + b_q) E_i^T + b_i``
             with the frozen LightGCN item table ``E_i`` and a per-item bias: |I|-free parameters, starts from
-            the graph's item geometry; converged about 2x faster in DESIGN.md's quick experiment).
+            the graph's item geometry; converged about 2x faster in a quick experiment, ``docs/DESIGN_CHOICES.md`` "Heads").
         graph_residual: False (default, the paper) or True: the logits gain ``scale * (e_u . E_i)``, the frozen
             LightGCN score of the prompt's user, with one learned scale (``components.GraphResidual``). Prompts need
             their ``<user>`` token for it (not with ``prompt["user_as_text"]``).

@@ -1,4 +1,10 @@
-"""Decoding (paper sec. 4.5): item rankings from the GLLM head's slot logits, one implementation per decoder.
+"""Decoding (paper sec. 4.5): item rankings from the GLLM head's slot logits, one registered class per decoder.
+
+A decoder is a :class:`Decoder` subclass registered under its name with :func:`register_decoder` (like the heads in
+``glta_hf.components``): ``GLTAForRecommendation.rank``, ``recommend``, the evaluator and every command-line
+``--decoding`` accept exactly the names in :data:`DECODERS`. Its :attr:`~Decoder.one_item_per_slot` says whether
+it yields at most L items (``k <= num_slots``, :meth:`Decoder.max_items`): ``check_k``, ``metrics.usable_ks`` and
+the benchmark's cut-offs read it from here.
 
 Every decoder reads the logits through a :data:`LogitChunks` function ``chunks(slots) -> [(start, logits), ...]``:
 the float32 logits (B, R, c) of the slot rows ``slots`` for items ``start:start+c``. :func:`full_logit_chunks`
@@ -19,19 +25,18 @@ What a score means (every decoder returns scores in rank order, best first, non-
   the log-probability of the generated list so far.
 
 Items are chosen by the raw logit where a score is one slot's log-prob, so softmax rounding never merges two items.
-Imports only torch (copied as remote code).
+Imports only torch and siblings (copied as remote code).
 """
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, ClassVar, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .errors import GLTAError
-
-from .vocabulary import DECODINGS, SLOT_LIMITED_DECODINGS  # noqa: F401  (re-exported: the decoders' names)
+from .prefix_cache import positions_from_mask
 
 LogitChunks = Callable[[slice], Iterable[Tuple[int, torch.Tensor]]]
 
@@ -40,10 +45,75 @@ class ArgumentError(GLTAError, ValueError):
     """An argument of ``rank`` / ``recommend`` / ``ranker`` is invalid; the message names the argument."""
 
 
+# ----------------------------------------------------------------------------------------------- the registry
+
+
+class Decoder:
+    """One decoding. Subclasses implement :meth:`decode` (from the head's logit chunks) or, when the LLM must run
+    between slots, :meth:`rank` (from the encoded batch)."""
+
+    #: the registered name (set by :func:`register_decoder`)
+    name: ClassVar[str] = ""
+    #: yields at most one item per slot, so at most L items (``k <= num_slots``)
+    one_item_per_slot: ClassVar[bool] = False
+
+    def max_items(self, num_slots: int) -> Optional[int]:
+        """The longest list this decoder yields for L = ``num_slots`` (None: the catalogue is the only bound)."""
+        return num_slots if self.one_item_per_slot else None
+
+    def rank(self, model, batch: Dict[str, Optional[torch.Tensor]], k: int, blocked: torch.Tensor,
+             prefix_span: str = "text") -> Tuple[torch.LongTensor, torch.Tensor]:
+        """``(items, scores)`` (B, k) for an encoded batch (``input_ids``, ``attention_mask``, ``user_ids``,
+        ``item_ids``, ``user_node_embeddings``) of ``model`` (a ``GLTAForRecommendation``): by default the slot
+        hidden states once, then :meth:`decode` over the head's logits."""
+        slot_hidden = model.slot_hidden_states(**batch, prefix_span=prefix_span)
+        graph_users = model.graph_user_vectors(batch["input_ids"], batch.get("user_ids"), batch.get("user_node_embeddings"))
+        return self.decode(model.logit_chunks(slot_hidden, graph_users), k, blocked)
+
+    def decode(self, chunks: LogitChunks, k: int, blocked: torch.Tensor) -> Tuple[torch.LongTensor, torch.Tensor]:
+        """``(items, scores)`` (B, k) from the head's logits; ``blocked`` (B, |I|) bool: items never returned."""
+        raise ArgumentError(f"decoding={self.name!r} runs the LLM between slots: it ranks encoded batches "
+                            "(GLTAForRecommendation.rank), not logits")
+
+
+#: name -> the registered decoder (an instance: decoders hold no state)
+DECODERS: Dict[str, Decoder] = {}
+
+
+def register_decoder(name: str):
+    """Class decorator: make a :class:`Decoder` subclass available as ``decoding=name`` everywhere."""
+
+    def wrap(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Decoder)):
+            raise TypeError(f"register_decoder({name!r}) needs a Decoder subclass, got {cls!r}")
+        cls.name = name
+        DECODERS[name] = cls()
+        return cls
+
+    return wrap
+
+
+def decoder_names() -> Tuple[str, ...]:
+    """The registered decodings, in registration order."""
+    return tuple(DECODERS)
+
+
+def get_decoder(decoding) -> Decoder:
+    """The decoder registered as ``decoding``; anything else is an :class:`ArgumentError` listing them."""
+    if not isinstance(decoding, str) or decoding not in DECODERS:
+        raise ArgumentError(f"decoding must be one of {decoder_names()}, got {decoding!r}")
+    return DECODERS[decoding]
+
+
 def check_decoding(decoding) -> str:
-    if not isinstance(decoding, str) or decoding not in DECODINGS:
-        raise ArgumentError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
-    return decoding
+    return get_decoder(decoding).name
+
+
+def cutoffs_within(ks: Sequence[int], decoding: str, num_slots: int) -> Tuple[int, ...]:
+    """The cut-offs of ``ks`` that ``decoding`` can fill with L = ``num_slots`` (all of them unless it yields at
+    most one item per slot)."""
+    limit = get_decoder(decoding).max_items(num_slots)
+    return tuple(int(k) for k in ks if limit is None or int(k) <= limit)
 
 
 def check_positive_int(name: str, value) -> int:
@@ -55,14 +125,16 @@ def check_positive_int(name: str, value) -> int:
 
 def check_k(k, decoding: str, num_items: int, num_slots: int, most_seen: int = 0) -> int:
     """Validate ``k`` for ``decoding`` against the catalogue, the slots and the most items any user has seen."""
-    check_decoding(decoding)
+    decoder = get_decoder(decoding)
     k = check_positive_int("k", k)
     if k > num_items:
         raise ArgumentError(f"k={k} exceeds the catalogue size |I|={num_items}")
-    if decoding in SLOT_LIMITED_DECODINGS and k > num_slots:
+    limit = decoder.max_items(num_slots)
+    if limit is not None and k > limit:
+        longer = [name for name, other in DECODERS.items() if other.max_items(num_slots) is None]
         raise ArgumentError(
             f"decoding={decoding!r} yields at most num_slots={num_slots} items, asked k={k}; "
-            "use decoding='all_slots' or 'first_logit' for longer lists"
+            f"use decoding={' or '.join(repr(n) for n in longer)} for longer lists"
         )
     if k > num_items - most_seen:
         raise ArgumentError(f"k={k} exceeds the {num_items - most_seen} items some user has not seen")
@@ -127,25 +199,117 @@ def cumulative_log_prob(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 def decode(chunks: LogitChunks, k: int, blocked: torch.Tensor, decoding: str) -> Tuple[torch.LongTensor, torch.Tensor]:
-    """``(items, scores)`` (B, k) for ``first_k`` / ``first_logit`` / ``all_slots`` (``autoregressive`` runs the LLM
-    between slots: ``GLTAForRecommendation.rank``). ``blocked`` (B, |I|) bool: items never returned."""
-    if decoding == "first_logit":
-        scores, items = slot_candidates(chunks, slice(0, 1), k, blocked)
-        return items[:, 0], scores[:, 0]
-    if decoding == "first_k":
+    """``(items, scores)`` (B, k) of the decoder ``decoding`` from logit chunks. ``blocked`` (B, |I|) bool: items
+    never returned."""
+    return get_decoder(decoding).decode(chunks, k, blocked)
+
+
+# ----------------------------------------------------------------------------------------------- the decoders
+
+
+@register_decoder("first_k")
+class FirstK(Decoder):
+    """The paper's decoding: slot t proposes its best item not seen and not proposed by slots 1..t-1."""
+
+    one_item_per_slot = True
+
+    def decode(self, chunks, k, blocked):
         # slot t takes its best candidate not taken by slots 1..t-1: t-1 items at most are taken before it, so its
         # k best candidates always hold that item
         scores, items = slot_candidates(chunks, slice(0, k), k, blocked)
         items, scores = take_distinct(scores, items)
         return items, cumulative_log_prob(scores)
-    if decoding == "all_slots":
+
+
+@register_decoder("first_logit")
+class FirstLogit(Decoder):
+    """FL: the k best items of slot 1."""
+
+    def decode(self, chunks, k, blocked):
+        scores, items = slot_candidates(chunks, slice(0, 1), k, blocked)
+        return items[:, 0], scores[:, 0]
+
+
+@register_decoder("autoregressive")
+class Autoregressive(Decoder):
+    """AR (paper sec. 4.5): slot t's chosen item token is fed back as the next input before predicting t+1.
+
+    Exactly: the batch is left-padded so the L slots are the last L columns. The prompt up to and including slot 1
+    runs once (KV cache on); slot 1's hidden state picks item i_1 (best unseen). Then for t = 2..k one step is run
+    with the cache whose input at slot t's position is ``s_t + V_i[i_{t-1}]`` -- slot t's own vector plus the
+    projected item token just chosen, the way an LM feeds back its generated token -- and slot t's hidden state
+    picks i_t among items neither seen nor chosen. Training never shows fed-back items, the train/inference
+    mismatch the paper blames for AR's weak results. Scores: the cumulative log-probability. Always uncached
+    (``enable_prefix_cache`` does not apply): the steps extend the LLM's own KV cache.
+
+    Each step scores one slot row per user through :func:`slot_candidates`, chunked over the items when
+    ``config.rank_chunk_size`` < |I| (B x chunk logits per step; the LLM steps themselves are not chunked). The
+    LLM runs through the base model's ``run_llm``.
+    """
+
+    one_item_per_slot = True
+
+    def rank(self, model, batch, k, blocked, prefix_span="text"):
+        base, num_slots = model.model, model.config.num_slots
+        input_ids, attention_mask = to_left_padding(batch["input_ids"], batch["attention_mask"])
+        user_ids, user_nodes = batch.get("user_ids"), batch.get("user_node_embeddings")
+        B = input_ids.shape[0]
+        embeds = base.get_inputs_embeds(input_ids, user_ids, batch.get("item_ids"), user_nodes)
+        positions = positions_from_mask(attention_mask)
+        prefix = input_ids.shape[1] - num_slots + 1  # everything through slot 1
+        out = base.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
+        blocked, rows = blocked.clone(), torch.arange(B, device=input_ids.device)
+        graph_users = model.graph_user_vectors(input_ids, user_ids, user_nodes)
+        items, scores = [], []
+        for t in range(k):
+            hidden = out.last_hidden_state[:, -1:]
+            score, item = slot_candidates(model.logit_chunks(hidden, graph_users), slice(0, 1), 1, blocked)
+            score, item = score[:, 0, 0], item[:, 0, 0]
+            blocked[rows, item] = True
+            items.append(item)
+            scores.append(score)
+            if t + 1 == k:
+                break
+            col = prefix + t
+            step = base.slot_embeddings[t + 1] + base.item_input_vectors(item)
+            out = base.run_llm(
+                step.to(embeds.dtype).unsqueeze(1),
+                attention_mask[:, : col + 1],
+                positions[:, col : col + 1],
+                cache=llm_cache(out),
+                use_cache=True,
+            )
+        return torch.stack(items, dim=1), cumulative_log_prob(torch.stack(scores, dim=1))
+
+
+@register_decoder("all_slots")
+class AllSlots(Decoder):
+    """Every item scored by ``log sum_t p_t(i)`` over the L slots: a full ranking for any k."""
+
+    def decode(self, chunks, k, blocked):
         best = None
         for start, scores in all_slot_score_chunks(chunks):
             scores = scores.masked_fill(blocked[:, start : start + scores.shape[1]], float("-inf"))
             vals, idx = topk_first(scores, k)
             best = merge_topk(best, vals, idx + start, k)
         return best[1], best[0]
-    raise ArgumentError(f"decode() supports first_k, first_logit, all_slots, got {decoding!r}")
+
+
+def llm_cache(output):
+    """The KV cache of an LLM output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output["past_key_values"]
+
+
+def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Move every row's padding to the left (a no-op for left-padded batches); the L slots end each row."""
+    width = input_ids.shape[1]
+    lengths = attention_mask.long().sum(dim=1, keepdim=True)
+    left = torch.arange(width, device=input_ids.device).unsqueeze(0) >= width - lengths
+    if bool((attention_mask.bool() == left).all()):
+        return input_ids, attention_mask
+    order = torch.argsort(attention_mask.long(), dim=1, stable=True)  # pads first, tokens keep their order
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
 def topk_first(values: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.LongTensor]:

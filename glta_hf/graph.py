@@ -11,8 +11,11 @@ compare against). The BPR loss adds L2 regularization on the batch's *ego* (laye
 trained with), so a GLTA-vs-graph comparison can separate the gain of the loss from the gain of the LLM (Xu et al.
 2024, arXiv 2408.14238).
 
-Extension point: :meth:`GraphRecommender.auxiliary_loss` returns an extra loss term (``None`` by default);
-:class:`LightGCNPlus` uses it for the InfoNCE alignment of item embeddings with sentence-encoder text embeddings.
+Extension points: :meth:`GraphRecommender.auxiliary_loss` returns an extra loss term (``None`` by default;
+:class:`LightGCNPlus` uses it for the InfoNCE alignment of item embeddings with sentence-encoder text embeddings).
+A model is one class registered with :func:`register_graph_model` (like the heads in ``glta_hf.components``):
+:func:`build_model`, ``training/pretrain_graph.py --model``, ``glta benchmark --rows`` and the graph tuning
+script read the registry (:data:`GRAPH_MODELS`), so a new baseline is one class in one file.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -29,13 +32,53 @@ from torch import nn
 
 from .data.schema import UserItemMatrix
 from .errors import CheckpointError, TrainingError
-from .io_utils import load_safetensors, read_json, refuse_pickled_weights, save_safetensors, write_json
+from .checkpoint import refuse_pickled_weights
+from .io_utils import load_safetensors, read_json, save_safetensors, write_json
 from .metrics import evaluate
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (users, positive items, negative items [B, n_neg])
 
 
-from .vocabulary import GRAPH_MODELS  # noqa: E402,F401  (the names build_model accepts; light, for CLI choices)
+# ----------------------------------------------------------------------------------------------- the registry
+#: name -> graph model class (registration order: the benchmark's row order)
+GRAPH_MODELS: Dict[str, Type["GraphRecommender"]] = {}
+
+
+def register_graph_model(name: str, *, label: str, row: Optional[str] = None, paper_baseline: bool = False):
+    """Class decorator: make a :class:`GraphRecommender` subclass buildable as ``build_model(name, ...)``.
+
+    ``label``: its name in result tables; ``row``: its run name (``glta benchmark --rows``, ``<row>.json``;
+    default ``name``, which must then be a file-safe word); ``paper_baseline``: one of the paper's baselines, run
+    by ``glta benchmark --rows all``.
+    """
+
+    def wrap(cls):
+        if not (isinstance(cls, type) and issubclass(cls, GraphRecommender)):
+            raise TypeError(f"register_graph_model({name!r}) needs a GraphRecommender subclass, got {cls!r}")
+        cls.name, cls.label, cls.row, cls.paper_baseline = name, label, row or name, paper_baseline
+        GRAPH_MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def graph_model_class(name: str) -> Type["GraphRecommender"]:
+    """The class registered as ``name`` (a run name, e.g. ``lightgcn_plus``, works too); anything else is a
+    ValueError listing the registered names (and the closest one)."""
+    by_row = {cls.row: cls for cls in GRAPH_MODELS.values()}
+    found = GRAPH_MODELS.get(name) or by_row.get(name)
+    if found is None:
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), list(GRAPH_MODELS) + list(by_row), n=1)
+        hint = f" (did you mean {(GRAPH_MODELS.get(close[0]) or by_row[close[0]]).name!r}?)" if close else ""
+        raise ValueError(f"unknown graph model {name!r}{hint}; expected one of {', '.join(GRAPH_MODELS)}")
+    return found
+
+
+def graph_rows(paper_only: bool = False) -> Dict[str, Type["GraphRecommender"]]:
+    """Run name -> class of every registered graph model (``paper_only``: the paper's baselines)."""
+    return {cls.row: cls for cls in GRAPH_MODELS.values() if cls.paper_baseline or not paper_only}
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -46,6 +89,20 @@ class GraphRecommender(nn.Module):
     num_items: int
     reg: float = 0.0  # weight of the L2 term on the batch's ego embeddings
     uses_negatives: bool = True  # False: the loss ranks against every item, the trainer draws no negatives
+    #: set by :func:`register_graph_model`
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    row: ClassVar[str] = ""
+    paper_baseline: ClassVar[bool] = False
+    #: False: nothing to fit (Pop), the trainer is not run
+    trainable: ClassVar[bool] = True
+    #: the model needs ``text_embeddings=`` (sentence-encoder vectors of the item texts, :func:`encode_item_texts`)
+    needs_text_embeddings: ClassVar[bool] = False
+
+    @classmethod
+    def from_arguments(cls, train: UserItemMatrix, args: "GraphTrainingArguments", **kwargs) -> "GraphRecommender":
+        """The model for ``train`` with the shared hyperparameters of ``args`` (``kwargs``: the model's own)."""
+        return cls(train, dim=args.dim, layers=args.layers, reg=args.reg, **kwargs)
 
     def __init__(self, num_users: int, num_items: int):
         super().__init__()
@@ -104,8 +161,15 @@ class GraphRecommender(nn.Module):
         return None
 
 
+@register_graph_model("pop", label="Pop", paper_baseline=True)
 class Pop(GraphRecommender):
     """Most-popular baseline: every user gets the items ranked by training interaction count."""
+
+    trainable = False
+
+    @classmethod
+    def from_arguments(cls, train, args, **kwargs):
+        return cls(train, **kwargs)
 
     def __init__(self, train: UserItemMatrix):
         super().__init__(train.num_users, train.num_items)
@@ -119,8 +183,13 @@ class Pop(GraphRecommender):
         return self.popularity[items]
 
 
+@register_graph_model("mf", label="MF-BPR", paper_baseline=True)
 class MF(GraphRecommender):
     """Matrix factorization trained with BPR (Rendle et al. 2009): the ego embeddings are the final ones."""
+
+    @classmethod
+    def from_arguments(cls, train, args, **kwargs):
+        return cls(train.num_users, train.num_items, dim=args.dim, reg=args.reg, **kwargs)
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, reg: float = 1e-4):
         super().__init__(num_users, num_items)
@@ -173,12 +242,17 @@ def normalized_adjacency(train: UserItemMatrix) -> torch.Tensor:
         return coo.to_sparse_csr()
 
 
+@register_graph_model("lightgcn", label="LightGCN", paper_baseline=True)
 class LightGCN(MF):
     """LightGCN (He et al. 2020): ego embeddings propagated ``layers`` times, final = mean of layers 0..L.
 
     ``propagation="sparse"`` (default) multiplies by the precomputed normalized adjacency; ``"pyg"`` runs
     ``torch_geometric.nn.models.LightGCN``'s convolution on the same weights (slower here; kept as a reference).
     """
+
+    @classmethod
+    def from_arguments(cls, train, args, **kwargs):
+        return super(MF, cls).from_arguments(train, args, **kwargs)  # the propagated models' rule, not MF's
 
     def __init__(self, train: UserItemMatrix, dim: int = 64, layers: int = 3, reg: float = 1e-4,
                  propagation: str = "sparse"):
@@ -221,9 +295,12 @@ class LightGCN(MF):
         return out[: self.num_users], out[self.num_users :]
 
 
+@register_graph_model("lightgcn+", row="lightgcn_plus", label="LightGCN+", paper_baseline=True)
 class LightGCNPlus(LightGCN):
     """LightGCN+ (the paper's text-aware baseline): BPR + ``text_weight`` * InfoNCE between the batch's item
     embeddings (projected) and their sentence-encoder text embeddings (frozen, e.g. all-MiniLM-L6-v2)."""
+
+    needs_text_embeddings = True
 
     def __init__(self, train: UserItemMatrix, text_embeddings: torch.Tensor, dim: int = 64, layers: int = 3,
                  reg: float = 1e-4, text_weight: float = 0.1, temperature: float = 0.2, propagation: str = "sparse"):
@@ -243,6 +320,7 @@ class LightGCNPlus(LightGCN):
         return self.text_weight * F.cross_entropy(logits, target)
 
 
+@register_graph_model("lightgcn_ce", label="LightGCN-CE")
 class LightGCNCE(LightGCN):
     """LightGCN trained with a full-softmax cross-entropy: per positive (u, i),
     ``-log softmax_j(E_u . E_j / temperature)[i]`` over all items j (no sampled negatives), plus ``reg`` * L2 of
@@ -433,21 +511,12 @@ class BPRTrainer:
 
 
 def build_model(name: str, train: UserItemMatrix, args: GraphTrainingArguments, **kwargs) -> GraphRecommender:
-    """One of :data:`GRAPH_MODELS`: ``"pop"``, ``"mf"``, ``"lightgcn"``, ``"lightgcn+"`` (needs
-    ``text_embeddings=``) or ``"lightgcn_ce"`` (optional ``temperature=``)."""
-    name = name.lower()
+    """The registered graph model ``name`` (:data:`GRAPH_MODELS`: ``"pop"``, ``"mf"``, ``"lightgcn"``,
+    ``"lightgcn+"`` (needs ``text_embeddings=``), ``"lightgcn_ce"`` (optional ``temperature=``), or its run name)
+    for ``train``, seeded by ``args.seed``; ``kwargs`` are the model's own options."""
+    cls = graph_model_class(name)
     seed_everything(args.seed)
-    if name == "pop":
-        return Pop(train)
-    if name == "mf":
-        return MF(train.num_users, train.num_items, dim=args.dim, reg=args.reg)
-    if name == "lightgcn":
-        return LightGCN(train, dim=args.dim, layers=args.layers, reg=args.reg, **kwargs)
-    if name in ("lightgcn+", "lightgcnplus", "lightgcn_plus"):
-        return LightGCNPlus(train, dim=args.dim, layers=args.layers, reg=args.reg, **kwargs)
-    if name in ("lightgcn_ce", "lightgcn-ce", "lightgcnce"):
-        return LightGCNCE(train, dim=args.dim, layers=args.layers, reg=args.reg, **kwargs)
-    raise ValueError(f"unknown graph model {name!r}; expected one of {', '.join(GRAPH_MODELS)}")
+    return cls.from_arguments(train, args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- export

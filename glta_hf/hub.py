@@ -245,7 +245,7 @@ def trainer_run_info(trainer, stage: Optional[str] = None) -> Dict[str, Any]:
     model = trainer.accelerator.unwrap_model(trainer.model)
     record: Dict[str, Any] = dict(getattr(model, "run_info", None) or {})
     args = trainer.args
-    name = stage or getattr(trainer, "glta_stage", None) or getattr(args, "stage", "user")
+    name = stage or getattr(trainer, "stage", None) or getattr(args, "stage", "user")
     step = int(trainer.state.global_step)
     records = stage_records(record)
     earlier = next((s for s in records if s.get("name") == name), {})  # run_stage's record keeps its other fields

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-from .checkpoint import PICKLE_SUFFIXES, refuse_pickled_weights  # noqa: F401  (re-exported; checkpoint owns them)
 from .errors import CheckpointError
 
 

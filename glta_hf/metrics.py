@@ -1,7 +1,7 @@
 """The one evaluator: full ranking over the catalogue, Precision / Recall / NDCG / HitRate @ k.
 
 Every model in the project (Pop, MF, LightGCN, GLTA and its decoders) is measured by :func:`evaluate`, so
-numbers are comparable by construction. The protocol (``../shared/DESIGN.md``, "Evaluation protocol"):
+numbers are comparable by construction. The protocol (``docs/DESIGN_CHOICES.md``, "Evaluation protocol"):
 
 * users evaluated: those with at least one test item (optionally restricted to ``users``);
 * candidates: every item the user has not interacted with in ``train`` (train items are masked to ``-inf``);
@@ -23,7 +23,6 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .alignment_data import serving_histories, user_histories
 from .data.schema import UserItemMatrix
 
 logger = logging.getLogger(__name__)
@@ -174,17 +173,18 @@ def evaluate(
 
 
 def usable_ks(ks: Sequence[int], decoding: str, num_slots: int) -> tuple:
-    """``first_k`` / ``autoregressive`` emit at most L items, so cut-offs above L are dropped (with a warning)."""
+    """The cut-offs ``decoding`` can fill: a decoder that yields at most L items (``first_k``, ``autoregressive``;
+    ``glta_hf.decoding``) drops those above L, with a warning."""
+    from .decoding import cutoffs_within
+
     ks = tuple(int(k) for k in ks)
-    if decoding in ("first_k", "autoregressive"):
-        kept = tuple(k for k in ks if k <= num_slots)
-        if kept != ks:
-            logger.warning("decoding=%s yields at most L=%d items: metrics @%s skipped", decoding, num_slots,
-                           [k for k in ks if k > num_slots])
-        if not kept:
-            raise ValueError(f"no cut-off <= num_slots={num_slots} among {ks} for decoding={decoding}")
-        return kept
-    return ks
+    kept = cutoffs_within(ks, decoding, num_slots)
+    if kept != ks:
+        logger.warning("decoding=%s yields at most L=%d items: metrics @%s skipped", decoding, num_slots,
+                       [k for k in ks if k not in kept])
+    if not kept:
+        raise ValueError(f"no cut-off <= num_slots={num_slots} among {ks} for decoding={decoding}")
+    return kept
 
 
 def _dist() -> bool:
@@ -257,6 +257,8 @@ def evaluate_glta(model, full, *, users=None, decoding: str = "first_k", ks=DEFA
     ``glta_run.json``'s ``eval_history_recent``, default: most recent; ``seed`` of a sampled order) -- what a
     saved checkpoint holds too.
     """
+    from .alignment_data import serving_histories, user_histories  # GLTA's data code: graph rows never load it
+
     histories, has_time = user_histories(full, "train")
     recent = (model.run_info or {}).get("eval_history_recent", has_time)
     model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent, seed))

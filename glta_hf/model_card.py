@@ -1,4 +1,5 @@
-"""Model cards for GLTA checkpoints, rendered from ``model_cards/glta_model_card.md`` by huggingface_hub.
+"""Model cards for GLTA checkpoints, rendered from ``glta_hf/resources/model_card/glta_model_card.md`` (the one
+template, shipped with the package) by huggingface_hub.
 
 Metadata (``base_model``, ``datasets``, ``library_name``, tags, ``eval_results`` as a model-index) goes into the YAML
 front matter through ``ModelCardData``, so the Hub shows the evaluation table and links the base LLM.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .checkpoint import RUN_INFO_NAME, USER_TABLE_NAME  # noqa: F401  (re-exported for hub)
+from .checkpoint import RUN_INFO_NAME, USER_TABLE_NAME
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "resources" / "model_card" / "glta_model_card.md"
 CARD_NAME = "README.md"

@@ -55,13 +55,12 @@ from .checkpoint import (
 )
 from .components import GLTAHead, GraphResidual, build_component, init_linear
 from .configuration_glta import GLTAConfig
-from .decoding import DECODINGS, check_k, cumulative_log_prob, decode, full_logit_chunks, head_logit_chunks, slot_candidates
-from .decoding import all_slot_score_chunks, topk_first as _topk_first  # noqa: F401  (old import path of tests)
+from .decoding import all_slot_score_chunks, check_k, decode, full_logit_chunks, get_decoder, head_logit_chunks
 from .errors import CheckpointError
 from .io_utils import save_safetensors, write_json
-from .loss import chunked_linear_cross_entropy, slot_loss  # noqa: F401  (chunked_linear_cross_entropy: old path)
+from .loss import slot_loss
 from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, call_llm, check_cacheable,
-                           check_prefix_span, llm_fingerprint, positions_from_mask)
+                           check_prefix_span, llm_fingerprint)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .serving import GLTAServingMixin
 
@@ -643,8 +642,12 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         """The head's logits of ``slot_hidden`` streamed ``chunk_size`` items at a time (``decoding.LogitChunks``)."""
         return head_logit_chunks(partial(self.head_operands, graph_users=graph_users), slot_hidden, chunk_size)
 
-    def _logit_chunks(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor], chunk: Optional[int]):
-        """Chunked head logits when ``chunk`` is set, else the full logits as one chunk."""
+    def logit_chunks(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None,
+                     chunk_size: Optional[int] = None):
+        """What every decoder reads (``decoding.LogitChunks``): the head's logits of ``slot_hidden`` streamed
+        ``chunk_size`` items at a time (default: ``config.rank_chunk_size`` when smaller than |I|), else the full
+        logits as one chunk."""
+        chunk = chunk_size or self._rank_chunk()
         if chunk:
             return self.head_chunks(slot_hidden, chunk, graph_users)
         return full_logit_chunks(self.score_slots(slot_hidden, graph_users))
@@ -677,12 +680,9 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         check_k(k, decoding, self.config.num_items, self.config.num_slots, most_seen)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if decoding == "autoregressive":
-            return self._decode_autoregressive(input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings)
-        slot_hidden = self.slot_hidden_states(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings,
-                                              prefix_span=prefix_span)
-        graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
-        return self.rank_from_hidden(slot_hidden, k=k, seen_mask=seen_mask, decoding=decoding, graph_users=graph_users)
+        batch = dict(input_ids=input_ids, attention_mask=attention_mask, user_ids=user_ids, item_ids=item_ids,
+                     user_node_embeddings=user_node_embeddings)
+        return get_decoder(decoding).rank(self, batch, k, seen_mask, prefix_span=prefix_span)
 
     @staticmethod
     def rank_from_logits(logits: torch.Tensor, k: int, seen_mask: Optional[torch.Tensor] = None, decoding: str = "first_k"):
@@ -709,8 +709,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
                              "user_ids) (the prompts' users' E_u rows)")
         if seen_mask is None:
             seen_mask = torch.zeros(slot_hidden.shape[0], self.config.num_items, dtype=torch.bool, device=slot_hidden.device)
-        chunks = self._logit_chunks(slot_hidden, graph_users, chunk_size or self._rank_chunk())
-        return decode(chunks, k, seen_mask, decoding)
+        return decode(self.logit_chunks(slot_hidden, graph_users, chunk_size), k, seen_mask, decoding)
 
     @torch.no_grad()
     def all_slot_scores(self, **batch) -> torch.FloatTensor:
@@ -718,53 +717,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         the items (never the (B, L, |I|) logits) when ``config.rank_chunk_size`` < |I|."""
         slot_hidden = self.slot_hidden_states(**batch)
         graph_users = self.graph_user_vectors(batch["input_ids"], batch.get("user_ids"), batch.get("user_node_embeddings"))
-        chunks = self._logit_chunks(slot_hidden, graph_users, self._rank_chunk())
+        chunks = self.logit_chunks(slot_hidden, graph_users)
         return torch.cat([scores for _, scores in all_slot_score_chunks(chunks)], dim=1)
-
-    def _decode_autoregressive(self, input_ids, attention_mask, user_ids, item_ids, k, seen_mask, user_node_embeddings):
-        """AR (paper sec. 4.5): slot t's chosen item token is fed back as the next input before predicting t+1.
-
-        Exactly: the batch is left-padded so the L slots are the last L columns. The prompt up to and including
-        slot 1 runs once (KV cache on); slot 1's hidden state picks item i_1 (best unseen). Then for t = 2..k one
-        step is run with the cache whose input at slot t's position is ``s_t + V_i[i_{t-1}]`` -- slot t's own vector
-        plus the projected item token just chosen, the way an LM feeds back its generated token -- and slot t's
-        hidden state picks i_t among items neither seen nor chosen. Training never shows fed-back items, the
-        train/inference mismatch the paper blames for AR's weak results. Scores: the cumulative log-probability.
-        Always uncached (``enable_prefix_cache`` does not apply): the steps extend the LLM's own KV cache.
-
-        Each step scores one slot row per user through ``decoding.slot_candidates``, chunked over the items when
-        ``config.rank_chunk_size`` < |I| (B x chunk logits per step; the LLM steps themselves are not chunked).
-        """
-        input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
-        B = input_ids.shape[0]
-        embeds = self.model.get_inputs_embeds(input_ids, user_ids, item_ids, user_node_embeddings)
-        positions = positions_from_mask(attention_mask)
-        prefix = input_ids.shape[1] - self.config.num_slots + 1  # everything through slot 1
-        out = self.model.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
-        blocked, rows = seen_mask.clone(), torch.arange(B, device=input_ids.device)
-        chunk = self._rank_chunk()
-        graph_users = self.graph_user_vectors(input_ids, user_ids, user_node_embeddings)
-        items, scores = [], []
-        for t in range(k):
-            hidden = out.last_hidden_state[:, -1:]
-            chunks = self._logit_chunks(hidden, graph_users, chunk)
-            score, item = slot_candidates(chunks, slice(0, 1), 1, blocked)
-            score, item = score[:, 0, 0], item[:, 0, 0]
-            blocked[rows, item] = True
-            items.append(item)
-            scores.append(score)
-            if t + 1 == k:
-                break
-            col = prefix + t
-            step = self.slot_embeddings[t + 1] + self.model.item_input_vectors(item)
-            out = self.model.run_llm(
-                step.to(embeds.dtype).unsqueeze(1),
-                attention_mask[:, : col + 1],
-                positions[:, col : col + 1],
-                cache=_llm_cache(out),
-                use_cache=True,
-            )
-        return torch.stack(items, dim=1), cumulative_log_prob(torch.stack(scores, dim=1))
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
@@ -935,12 +889,6 @@ def _wants_dict(config, return_dict: Optional[bool]) -> bool:
     return config.return_dict if return_dict is None else bool(return_dict)  # use_return_dict is deprecated
 
 
-def _llm_cache(output):
-    """The KV cache of an LLM output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output["past_key_values"]
-
-
 def _write_model_card(model: "GLTAForRecommendation", folder: Path) -> None:
     """README.md model card, rendered by glta_hf when it is importable (this file also runs as remote code without
     it; the card is then simply not rewritten)."""
@@ -961,17 +909,6 @@ def _apply_lora(llm: nn.Module, lora: Dict[str, Any]) -> nn.Module:
     except ImportError as err:  # pragma: no cover - peft is a core dependency
         raise ImportError("config.lora needs the `peft` package") from err
     return get_peft_model(llm, LoraConfig(**lora))
-
-
-def _to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Move every row's padding to the left (a no-op for left-padded batches); the L slots end each row."""
-    width = input_ids.shape[1]
-    lengths = attention_mask.long().sum(dim=1, keepdim=True)
-    left = torch.arange(width, device=input_ids.device).unsqueeze(0) >= width - lengths
-    if bool((attention_mask.bool() == left).all()):
-        return input_ids, attention_mask
-    order = torch.argsort(attention_mask.long(), dim=1, stable=True)  # pads first, tokens keep their order
-    return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
 # ---- Auto-class registration (added by the lazy-import change; glta_hf/__init__ no longer imports this module) ----

@@ -18,8 +18,7 @@
   ``<stage_dir>/final`` through ``save_pretrained`` with the stage recorded in ``model.run_info`` (so
   ``glta_run.json`` and the ``README.md`` card are written with it) and each user's COMPLETE training history (fit
   + validation) in its user table, so ``recommend()`` never returns a training item.
-* Evaluation lives with the metrics (:func:`glta_hf.metrics.evaluate_glta`, :func:`~glta_hf.metrics.evaluate_graph`,
-  re-exported here).
+* Evaluation lives with the metrics (:func:`glta_hf.metrics.evaluate_glta`, :func:`~glta_hf.metrics.evaluate_graph`).
 """
 from __future__ import annotations
 
@@ -37,7 +36,6 @@ from .errors import CheckpointError, IdMapMismatchError, TrainingError
 from .graph import (BPRTrainer, GraphTrainingArguments, build_model as build_graph_model, export_node_embeddings,
                     load_node_embeddings)
 from .io_utils import read_json
-from .metrics import evaluate_glta, evaluate_graph, test_users  # noqa: F401  (re-exported: callers' old path)
 from .model_card import stage_record, stage_records
 from .modeling_glta import RUN_INFO_NAME, WEIGHTS_NAME, GLTAForRecommendation
 from .texts import generate_user_texts, load_texts

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from .checkpoint import WEIGHTS_NAME
 from .cli_args import non_negative_int, positive_float, positive_int
 from .io_utils import read_json, write_json
-from .vocabulary import DECODINGS, TARGET_POLICIES
+from .vocabulary import TARGET_POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ def _choice_of(vocabulary: Callable[[], Sequence[str]], what: str) -> Callable[[
 
 
 def _decodings() -> Sequence[str]:
-    return DECODINGS
+    from .decoding import decoder_names
+
+    return decoder_names()
 
 
 def _layouts() -> Sequence[str]:
@@ -316,8 +318,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     """
     import numpy as np
 
-    from . import pipeline
+    from . import metrics, pipeline
     from .alignment_data import data_record, prepare_data
+    from .decoding import cutoffs_within
     from .graph import GraphTrainingArguments, seed_everything
     from .texts import llm_reference
 
@@ -365,7 +368,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     seed_everything(cfg.seed)
     # One seeded order of the users with test items: the first eval_users are evaluated, the first train_users
     # trained, the first text_users get texts -- so the users with texts are trained and evaluated too.
-    order = np.random.default_rng(cfg.seed).permutation(pipeline.test_users(full))
+    order = np.random.default_rng(cfg.seed).permutation(metrics.test_users(full))
 
     def first(n):
         return None if n is None else np.sort(order[: min(n, len(order))]).tolist()
@@ -390,8 +393,8 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
                             after_stage=step)
 
     echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
-    users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else pipeline.test_users(full))
-    ks = tuple(k for k in (5, 10, 20) if cfg.decoding in ("all_slots", "first_logit") or k <= cfg.num_slots)
+    users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else metrics.test_users(full))
+    ks = cutoffs_within((5, 10, 20), cfg.decoding, cfg.num_slots)
     final_weights = work / "user" / "final" / WEIGHTS_NAME
     key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks), "model_mtime": final_weights.stat().st_mtime,
            "stages": [s.get("fingerprint") for s in pipeline.stage_records(model.run_info)]}
@@ -401,9 +404,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         glta, graph = cached["glta"], cached["lightgcn"]
         echo("      reused the cached test metrics")
     else:
-        glta = pipeline.evaluate_glta(model, full, users=users, decoding=cfg.decoding, ks=ks,
+        glta = metrics.evaluate_glta(model, full, users=users, decoding=cfg.decoding, ks=ks,
                                       batch_size=cfg.evaluation_batch_size(), progress=cfg.progress, seed=cfg.seed)
-        graph = pipeline.evaluate_graph(nodes, full, users=users, ks=ks)
+        graph = metrics.evaluate_graph(nodes, full, users=users, ks=ks)
         write_json(cache, {"key": key, "glta": glta, "lightgcn": graph})
     step("evaluate")
     names = [f"{m}@{k}" for k in ks if k in (5, 10) for m in ("precision", "recall", "ndcg", "hit_rate")]

@@ -43,7 +43,7 @@ from .alignment_data import EpochSampler, GLTACollator, ItemTextDataset, UserIte
 from .checkpoint import LLM_PREFIX
 from .errors import TrainingError
 from .io_utils import write_json
-from .metrics import evaluate_model, sample_eval_users, usable_ks  # noqa: F401  (old import path)
+from .metrics import evaluate_model, sample_eval_users
 from .training_args import ALIGNMENT_STAGES, sampling_strategy
 
 logger = logging.getLogger(__name__)
@@ -155,11 +155,6 @@ class GLTATrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.ranking_train, self.ranking_truth = ranking_train, ranking_truth
         self._eval_users = eval_users
-
-    @property
-    def glta_stage(self) -> str:
-        """The stage under its earlier name (``glta_hf.hub`` reads it)."""
-        return self.stage
 
     @staticmethod
     def _stage_dataset(stage, model, args, data, histories, has_time, texts, users, items):

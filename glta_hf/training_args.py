@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 from transformers import TrainingArguments
 
 from .components import component_names
-from .modeling_glta import DECODINGS
+from .decoding import check_decoding
 from .prompts import PROMPT_LAYOUTS
 from .vocabulary import TARGET_POLICIES
 
@@ -79,8 +79,9 @@ class GLTATrainingArguments(TrainingArguments):
         "help": "disjoint: targets are training items NOT shown in the prompt (denoising, default); "
                 "all: targets from all training items (paper-literal)"})
     eval_history: str = field(default="auto", metadata={"help": "auto | recent | sample: history at evaluation"})
-    eval_decoding: str = field(default="first_k", metadata={"help": "decoding of the validation ranking",
-                                                             "choices": list(DECODINGS)})
+    eval_decoding: str = field(default="first_k", metadata={
+        "help": "decoding of the validation ranking, a name registered in glta_hf.decoding: first_k (paper) | "
+                "first_logit | autoregressive | all_slots"})
     eval_max_users: Optional[int] = field(default=512, metadata={
         "help": "validate on a seeded sample of this many users (None = all)"})
     eval_ks: str = field(default="5,10,20", metadata={"help": "cut-offs of the ranking metrics"})
@@ -113,8 +114,7 @@ class GLTATrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.stage not in STAGE_PLANS:
             raise ValueError(f"stage must be one of {STAGE_PLANS}, got {self.stage!r}")
-        if self.eval_decoding not in DECODINGS:
-            raise ValueError(f"eval_decoding must be one of {DECODINGS}, got {self.eval_decoding!r}")
+        check_decoding(self.eval_decoding)  # the registry's names (a registered decoder works too)
         if self.target_policy not in TARGET_POLICIES:
             raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {self.target_policy!r}")
         if self.no_item_alignment and self.stage == "item":

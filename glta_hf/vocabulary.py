@@ -5,11 +5,7 @@ so each list has one owner. Copied with the remote code (the model's modules imp
 """
 from __future__ import annotations
 
-#: The decodings :meth:`GLTAForRecommendation.rank` accepts.
-DECODINGS = ("first_k", "first_logit", "autoregressive", "all_slots")
-#: Decodings that yield at most one item per slot (k <= num_slots).
-SLOT_LIMITED_DECODINGS = ("first_k", "autoregressive")
-#: The graph models :func:`glta_hf.graph.build_model` accepts (the baselines and the node-embedding pretraining).
-GRAPH_MODELS = ("pop", "mf", "lightgcn", "lightgcn+", "lightgcn_ce")
+#: How the frozen LLM is loaded (``GLTAConfig.quantization``, ``glta_hf.backbone.load_llm``, every ``--quantization``).
+QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
 #: How the user-item stage draws a sample's targets (:class:`glta_hf.alignment_data.UserItemDataset`).
 TARGET_POLICIES = ("disjoint", "all")

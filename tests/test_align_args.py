@@ -81,7 +81,7 @@ def test_layout_and_prefix_cache_from_the_command_line_and_yaml(align, tmp_path)
 @pytest.mark.parametrize("argv, message", [
     (["--num_train_epochs", "-1"], "num_train_epochs must be > 0"),
     (["--num_train_epochs", "0", "--max_steps", "-1"], "num_train_epochs must be > 0"),
-    (["--eval_decoding", "nosuch"], "invalid choice"),
+    (["--eval_decoding", "nosuch"], "decoding must be one of"),  # the decoder registry's names
     (["--head", "huge"], "head must be one of"),
     (["--lora_r", "-2"], "lora_r must be >= 0"),
     (["--layout", "sideways"], "invalid choice"),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import glta_hf.modeling_glta as modeling
 from glta_hf import CheckpointError, GLTAForRecommendation, UnknownIdError
 from glta_hf.checkpoint import CATALOGUE_NAME, USER_TABLE_NAME, WEIGHTS_NAME
-from glta_hf.decoding import DECODINGS, ArgumentError
+from glta_hf.decoding import ArgumentError, decoder_names
 from glta_hf.errors import GLTAError
 from glta_hf.testing import tiny_llama
 
@@ -194,7 +194,7 @@ _values = st.one_of(st.none(), st.booleans(), st.integers(-3, 20), st.floats(all
     users=st.one_of(_ids, st.lists(st.one_of(_ids, st.none(), st.booleans()), max_size=4), _values),
     k=st.one_of(st.integers(-2, 14), _values),
     batch_size=st.one_of(st.integers(-1, 4), _values),
-    decoding=st.one_of(st.sampled_from(DECODINGS), _values),
+    decoding=st.one_of(st.sampled_from(decoder_names()), _values),
     exclude_seen=st.one_of(st.booleans(), _values),
     histories=st.one_of(st.none(), st.lists(st.one_of(st.none(), st.lists(_ids, max_size=3)), max_size=4),
                         st.dictionaries(_ids, st.lists(_ids, max_size=3), max_size=3), _values),

@@ -134,11 +134,16 @@ def test_data_errors_after_parsing_are_one_line_not_a_traceback(tmp_path):
     assert last.startswith("glta data-stats: error: ") and "interactions.csv:2:" in last
 
 
-def test_cli_decodings_match_the_model():
-    from glta_hf.cli_args import DECODINGS
-    from glta_hf.modeling_glta import DECODINGS as MODEL_DECODINGS
+def test_cli_decodings_are_the_registry():
+    """``--decoding`` accepts exactly the registered decoders (checked when the flag is given, so --help stays light)."""
+    import argparse
 
-    assert DECODINGS == tuple(MODEL_DECODINGS)
+    from glta_hf.cli_args import decoding_name
+    from glta_hf.decoding import decoder_names
+
+    assert all(decoding_name(name) == name for name in decoder_names())
+    with pytest.raises(argparse.ArgumentTypeError, match="first_k, first_logit, autoregressive, all_slots"):
+        decoding_name("beam")
 
 
 def test_a_glta_error_from_a_value_type_is_the_usage_message(capsys):

@@ -1,5 +1,6 @@
 """Graph stage: LightGCN propagation, BPR training, early stopping, node-embedding export/import."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from glta_hf.errors import CheckpointError
 from glta_hf.graph import (
     MF,
     BPRTrainer,
-    GraphTrainingArguments,
     GRAPH_MODELS,
+    GraphRecommender,
+    GraphTrainingArguments,
     LightGCN,
     LightGCNCE,
     LightGCNPlus,
@@ -19,6 +21,7 @@ from glta_hf.graph import (
     Pop,
     build_model,
     export_node_embeddings,
+    register_graph_model,
     load_node_embeddings,
 )
 from glta_hf.metrics import evaluate
@@ -233,6 +236,65 @@ def test_trainer_draws_no_negatives_for_the_softmax_model():
         build_model("lightgcn_bpr", train, args)
 
 
+@pytest.mark.parametrize("old,right", [("lightgcnplus", "lightgcn+"), ("lightgcn-ce", "lightgcn_ce"),
+                                       ("lightgcnce", "lightgcn_ce")])
+def test_old_alias_spellings_are_refused_naming_the_right_one(old, right):
+    train, _, _ = planted()
+    with pytest.raises(ValueError, match=f"did you mean {re.escape(repr(right))}"):
+        build_model(old, train, GraphTrainingArguments(dim=8, layers=1, progress=False))
+
+
+@pytest.fixture
+def random_baseline():
+    """A graph baseline defined here, not in glta_hf: seeded random scores (one class, one registration)."""
+
+    @register_graph_model("test_random", label="Random")
+    class RandomScores(GraphRecommender):
+        trainable = False
+
+        @classmethod
+        def from_arguments(cls, train, args, **kwargs):
+            return cls(train, seed=args.seed, **kwargs)
+
+        def __init__(self, train, seed=0):
+            super().__init__(train.num_users, train.num_items)
+            scores = torch.rand(train.num_users, train.num_items, generator=torch.Generator().manual_seed(seed))
+            self.register_buffer("scores", scores)
+
+        def full_sort_predict(self, users):
+            return self.scores[users]
+
+        def predict(self, users, items):
+            return self.scores[users, items]
+
+    yield RandomScores
+    del GRAPH_MODELS["test_random"]
+
+
+def test_a_graph_baseline_registered_outside_the_library_reaches_every_entry_point(random_baseline):
+    import importlib.util
+    from pathlib import Path
+
+    from glta_hf.benchmark import label, parse_rows
+
+    train, _, test = planted()
+    model = build_model("test_random", train, GraphTrainingArguments(seed=3, progress=False))
+    assert isinstance(model, random_baseline)
+    metrics = evaluate(train=train, test=test, scorer=model.full_sort_predict, ks=(5,))
+    assert 0.0 <= metrics["ndcg@5"] <= 1.0
+    # glta benchmark: selectable by its run name, labelled, not among the paper's default rows
+    assert parse_rows("lightgcn,test_random") == ["lightgcn", "test_random"] and label("test_random") == "Random"
+    assert "test_random" not in parse_rows("all")
+    # the graph tuning script and training/pretrain_graph.py
+    tune = _tune_graph_module()
+    assert "test_random" in tune.models() and tune.grid("test_random", {}) == [{}]
+    path = Path(__file__).resolve().parents[1] / "training" / "pretrain_graph.py"
+    spec = importlib.util.spec_from_file_location("pretrain_graph", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.parse_args(["--dataset", "ml-latest-small", "--model", "test_random"]).model == "test_random"
+
+
 def _tune_graph_module():
     import importlib.util
     from pathlib import Path
@@ -262,3 +324,15 @@ def test_tuning_grid_keys_and_log(tmp_path):
         handle.write("{truncated\n")
     with pytest.raises(SystemExit, match="graph.jsonl:3"):
         tune.read_log(log)
+
+
+def test_the_graph_baselines_load_no_prompt_or_llm_code():
+    """graph -> metrics stays clear of GLTA's prompt / alignment / model modules (a baseline is no LLM client)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, glta_hf.graph; "
+            "print(sorted(m for m in sys.modules if m.startswith('glta_hf.') and m.split('.')[1] in "
+            "('prompts', 'alignment_data', 'modeling_glta', 'texts', 'backbone')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

@@ -6,7 +6,7 @@ import torch
 from conftest import build_tiny
 
 from glta_hf import GLTAConfig, GLTAForRecommendation
-from glta_hf.decoding import DECODINGS
+from glta_hf.decoding import decoder_names
 from glta_hf.prompts import collate_prompts, encode_prompt, item_text_prompt
 
 
@@ -37,14 +37,14 @@ def test_every_decoder_and_the_chunked_paths_see_the_graph_term(residual):
     with torch.no_grad():
         logits = model(**_inputs(batch)).logits
         plain_loss = model(**batch).loss
-        for decoding in DECODINGS:
+        for decoding in decoder_names():
             if decoding == "autoregressive":
                 continue
             expected = model.rank_from_logits(logits, k=3, decoding=decoding)[0]
             assert model.rank(**_inputs(batch), k=3, decoding=decoding)[0].tolist() == expected.tolist()
         scores = model.all_slot_scores(**_inputs(batch))
         model.config.rank_chunk_size = model.config.ce_chunk_size = 5
-        for decoding in DECODINGS:
+        for decoding in decoder_names():
             if decoding == "autoregressive":
                 continue
             expected = model.rank_from_logits(logits, k=3, decoding=decoding)[0]

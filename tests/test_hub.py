@@ -131,8 +131,8 @@ def test_push_to_hub_revision_creates_the_branch(tmp_path, monkeypatch):
 
 def test_trainer_push_to_hub_uploads_the_model_not_the_output_dir(tmp_path, monkeypatch):
     from glta_hf.alignment_data import GLTACollator, ItemTextDataset
-    from glta_hf.glta_config import GLTATrainingArguments
-    from glta_hf.glta_trainer import GLTATrainer
+    from glta_hf.trainer import GLTATrainer
+    from glta_hf.training_args import GLTATrainingArguments
 
     hub = Recorder(monkeypatch)
     tiny = build_tiny(tmp_path)
@@ -288,8 +288,8 @@ def test_push_never_uploads_a_token_or_a_local_absolute_path(tmp_path, monkeypat
 
 def test_trainer_push_keeps_the_hub_token_out_of_every_uploaded_byte(tmp_path, monkeypatch):
     from glta_hf.alignment_data import GLTACollator, ItemTextDataset
-    from glta_hf.glta_config import GLTATrainingArguments
-    from glta_hf.glta_trainer import GLTATrainer
+    from glta_hf.trainer import GLTATrainer
+    from glta_hf.training_args import GLTATrainingArguments
 
     hub = Recorder(monkeypatch)
     tiny = build_tiny(tmp_path)

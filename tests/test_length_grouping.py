@@ -133,8 +133,8 @@ def test_stage_datasets_tokenize_each_sample_once_per_epoch(tok, monkeypatch):
 
 
 def test_trainer_groups_by_length_by_default(tmp_path):
-    from glta_hf.glta_config import GLTATrainingArguments, sampling_strategy
-    from glta_hf.glta_trainer import GLTATrainer
+    from glta_hf.trainer import GLTATrainer
+    from glta_hf.training_args import GLTATrainingArguments, sampling_strategy
 
     def sampler(**kw):
         args = GLTATrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3,

@@ -12,7 +12,7 @@ from conftest import build_tiny
 from safetensors import safe_open
 
 from glta_hf import CheckpointError, GLTAConfig, GLTAForRecommendation, GLTAModel, UnknownIdError
-from glta_hf.decoding import DECODINGS
+from glta_hf.decoding import decoder_names
 from glta_hf.prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN
 from glta_hf.testing import tiny_llama, tiny_tokenizer
 
@@ -120,7 +120,7 @@ def test_head_and_projector_variants(tmp_path, head, projector):
         torch.testing.assert_close(out.logits, expected)
 
 
-@pytest.mark.parametrize("decoding", DECODINGS)
+@pytest.mark.parametrize("decoding", decoder_names())
 def test_decoders_return_k_distinct_unseen_items(tiny, decoding):
     seen = [[0, 1, 2, 3], [4, 5]]
     items, scores = tiny.model.rank(**_inputs(tiny.batch()), k=4, seen=seen, decoding=decoding)

@@ -11,7 +11,7 @@ from torch import nn
 
 from glta_hf import GLTAConfig, GLTAForRecommendation
 from glta_hf.components import REGISTRY, GLTAHead, register_component
-from glta_hf.decoding import DECODINGS
+from glta_hf.decoding import DECODERS, Decoder, decoder_names, register_decoder, slot_candidates
 from glta_hf.modeling_glta import GLTAModel, GLTAModelOutput
 
 
@@ -55,7 +55,7 @@ def test_a_head_registered_outside_the_library_trains_and_decodes(tmp_path, cosi
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss) and not torch.equal(before, model.head.query.weight)
-    for decoding in DECODINGS:
+    for decoding in decoder_names():
         items, scores = model.rank(**_inputs(batch), k=3, decoding=decoding)
         assert items.shape == (2, 3) and all(len(set(r)) == 3 for r in items.tolist())
     with torch.no_grad():  # the chunked paths serve the new head too
@@ -84,7 +84,7 @@ def test_scores_are_in_rank_order_for_every_decoder(tmp_path, head, chunk):
         for param in (tiny.model.head.bias, tiny.model.item_bias):
             if param is not None:
                 param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
-    for decoding in DECODINGS:
+    for decoding in decoder_names():
         for rec in tiny.model.recommend(["u0", "u1", "u2", "u5"], k=4, decoding=decoding):
             assert rec["scores"] == sorted(rec["scores"], reverse=True), (decoding, rec)
             if decoding != "all_slots":  # log-probabilities; all_slots is log sum_t p_t(i) <= log L
@@ -110,7 +110,7 @@ def test_no_deprecated_transformers_api_from_glta_hf(tiny):
             warnings.filterwarnings("error", category=category, module=r"torch\.nn\.modules\.module")
         tiny.model.set_trainable("user")
         tiny.model(**batch).loss.backward()
-        for decoding in DECODINGS:
+        for decoding in decoder_names():
             tiny.model.rank(**_inputs(batch), k=3, decoding=decoding)
         tiny.model.recommend("u0", k=2)
 
@@ -194,3 +194,57 @@ def test_the_base_model_runs_the_llm_only_through_run_llm(tiny, monkeypatch):
         tiny.model(**batch)
         tiny.model.recommend(["u0", "u1"], k=2)
     assert calls["run_llm"] == calls["llm"] > 4
+
+
+@pytest.fixture
+def last_slot_decoder():
+    """A decoder defined here, not in glta_hf: the k best unseen items of the LAST slot (one file, one class)."""
+
+    @register_decoder("test-last-slot")
+    class LastSlot(Decoder):
+        def decode(self, chunks, k, blocked):
+            scores, items = slot_candidates(chunks, slice(-1, None), k, blocked)
+            return items[:, 0], scores[:, 0]
+
+    yield LastSlot
+    del DECODERS["test-last-slot"]
+
+
+def test_a_decoder_registered_outside_the_library_serves_every_entry_point(tiny, last_slot_decoder):
+    import argparse
+
+    from glta_hf.cli_args import decoding_name
+    from glta_hf.metrics import usable_ks
+    from glta_hf.training_args import GLTATrainingArguments
+
+    model, batch = tiny.model, _inputs(tiny.batch())
+    with torch.no_grad():
+        logits = model(**batch).logits
+    items, scores = model.rank(**batch, k=6, decoding="test-last-slot")  # more than L=4: not one item per slot
+    assert items.tolist() == logits[:, -1].topk(6).indices.tolist()
+    torch.testing.assert_close(scores, torch.log_softmax(logits[:, -1], dim=-1).topk(6).values)
+    assert model.recommend("u0", k=6, decoding="test-last-slot")[0]["items"]
+    ranked = model.ranker(decoding="test-last-slot")(torch.tensor([0, 1]), 3)
+    assert ranked.shape == (2, 3)
+    assert usable_ks((5, 10, 20), "test-last-slot", num_slots=4) == (5, 10, 20)
+    assert decoding_name("test-last-slot") == "test-last-slot"
+    assert GLTATrainingArguments(output_dir="unused", eval_decoding="test-last-slot").eval_decoding == "test-last-slot"
+    del DECODERS["test-last-slot"]
+    try:
+        with pytest.raises(argparse.ArgumentTypeError):
+            decoding_name("test-last-slot")
+    finally:
+        DECODERS["test-last-slot"] = last_slot_decoder()
+
+
+def test_one_item_per_slot_is_the_decoders_property(tiny):
+    from glta_hf.decoding import ArgumentError, get_decoder
+    from glta_hf.metrics import usable_ks
+
+    limited = [name for name in decoder_names() if get_decoder(name).one_item_per_slot]
+    assert limited == ["first_k", "autoregressive"]
+    for name in decoder_names():
+        assert usable_ks((2, 4, 6), name, num_slots=4) == ((2, 4) if name in limited else (2, 4, 6))
+        if name in limited:
+            with pytest.raises(ArgumentError, match="at most num_slots=4"):
+                tiny.model.recommend("u0", k=5, decoding=name)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import build_tiny
 
 from glta_hf import GLTAConfig
-from glta_hf.modeling_glta import chunked_linear_cross_entropy
+from glta_hf.loss import chunked_linear_cross_entropy
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 50, 64, 1000])

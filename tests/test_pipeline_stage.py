@@ -127,7 +127,7 @@ def test_trainer_owns_its_stage_and_labels_its_progress_bar(setup):
     trainer = GLTATrainer(setup.model, _args(setup.tmp / "own", disable_tqdm=False, eval_strategy="steps",
                                              eval_steps=1, item_stage_epochs=5.0),
                           "item", data=setup.data, histories=setup.histories, has_time=setup.has_time)
-    assert trainer.stage == trainer.glta_stage == "item"
+    assert trainer.stage == "item"
     assert trainer.args.eval_strategy == "no" and trainer.args.num_train_epochs == 5.0  # the item stage's copy
     assert trainer.ranking_truth is None and len(trainer.train_dataset) > 0
     trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}

@@ -10,7 +10,7 @@ import torch
 from conftest import build_tiny
 
 from glta_hf import GLTAConfig, GLTAForRecommendation
-from glta_hf.modeling_glta import DECODINGS, _topk_first
+from glta_hf.decoding import decoder_names, get_decoder, topk_first
 from glta_hf.testing import tiny_llama
 
 SEEN = [[0, 1, 2, 3], [4, 5]]
@@ -46,7 +46,7 @@ def _inputs(tiny):
 
 
 def _k(decoding, seen):
-    return 4 if decoding in ("first_k", "autoregressive") else (8 if seen else 12)
+    return 4 if get_decoder(decoding).one_item_per_slot else (8 if seen else 12)
 
 
 def _assert_same(plain, chunked):
@@ -55,7 +55,7 @@ def _assert_same(plain, chunked):
 
 
 @pytest.mark.parametrize("head", ["linear", "factorized"])
-@pytest.mark.parametrize("decoding", DECODINGS)
+@pytest.mark.parametrize("decoding", decoder_names())
 @pytest.mark.parametrize("seen", [SEEN, None])
 @pytest.mark.parametrize("chunk", CHUNKS)
 def test_chunked_rank_equals_plain(models, head, decoding, seen, chunk):
@@ -70,7 +70,7 @@ def test_chunked_rank_equals_plain(models, head, decoding, seen, chunk):
 
 
 @pytest.mark.parametrize("head", ["linear", "factorized"])
-@pytest.mark.parametrize("decoding", DECODINGS)
+@pytest.mark.parametrize("decoding", decoder_names())
 def test_ties_same_order_lower_row_first(tmp_path, head, decoding):
     """Zeroed head + integer biases: every slot scores items by the bias alone, with exact ties."""
     tiny = build_tiny(tmp_path, head=head)
@@ -146,7 +146,7 @@ def test_chunked_rank_never_builds_full_logits(models, monkeypatch):
     monkeypatch.setattr(GLTAForRecommendation, "head_chunks", spy)
     monkeypatch.setattr(model, "score_slots", forbidden)
     with rank_chunk(model, 5):
-        for decoding in DECODINGS:
+        for decoding in decoder_names():
             model.rank(**batch, k=3, seen=SEEN, decoding=decoding)
         model.scorer()(torch.tensor([0]))
     assert widths and max(widths) <= 5
@@ -157,7 +157,7 @@ def test_topk_first_tie_rule():
     values = torch.randint(0, 4, (6, 30), generator=gen).float()
     values[0, :10] = float("-inf")
     for k in (1, 3, 10, 30):
-        vals, idx = _topk_first(values, k)
+        vals, idx = topk_first(values, k)
         for row in range(values.shape[0]):
             expected = sorted(range(30), key=lambda j: (-values[row, j].item(), j))[:k]
             assert idx[row].tolist() == expected

@@ -107,11 +107,3 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     for k, v in resumed.model.glta_state_dict().items():
         assert torch.equal(v, reference[k]), k
 
-
-def test_old_module_names_still_import():
-    from glta_hf import glta_config, glta_trainer, metrics, trainer, training_args
-
-    assert glta_config.GLTATrainingArguments is training_args.GLTATrainingArguments
-    assert glta_trainer.GLTATrainer is trainer.GLTATrainer
-    assert glta_trainer.evaluate_model is metrics.evaluate_model
-    assert glta_trainer.sample_eval_users is metrics.sample_eval_users

@@ -21,8 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from glta_hf.cli_args import (DECODINGS, GLTAArgumentParser, cutoffs, positive_int,  # noqa: E402  (light)
+from glta_hf.cli_args import (GLTAArgumentParser, cutoffs, decoding_name, positive_int,  # noqa: E402  (light)
                                run_reporting_errors)
+
+
+def decoding_or_all(text: str) -> str:
+    return text if text == "all" else decoding_name(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = GLTAArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="GLTA model folder (align.py's <output_dir>/<stage>/final)")
     p.add_argument("--split", default="test", choices=["test", "validation"])
-    p.add_argument("--decoding", default="first_k", choices=list(DECODINGS) + ["all"])
+    p.add_argument("--decoding", default="first_k", type=decoding_or_all,
+                   help="a registered decoding (first_k, first_logit, autoregressive, all_slots) or all")
     p.add_argument("--ks", type=cutoffs, default=(5, 10, 20), help="comma-separated cut-offs (default 5,10,20; "
                                                                     "first_k / autoregressive keep those <= L)")
     p.add_argument("--output", default=None, help="metrics JSON path (default: <model>/metrics_<split>.json)")
@@ -67,6 +72,7 @@ def main(argv=None) -> int:
     import torch
 
     from glta_hf.checkpoint import RUN_INFO_NAME
+    from glta_hf.decoding import decoder_names
     from glta_hf.alignment_data import data_from_record, serving_histories, user_histories
     from glta_hf.io_utils import read_json, write_json
     from glta_hf.metrics import evaluate_model, sample_eval_users
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
     users = sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks
     results = {}
-    for decoding in (DECODINGS if args.decoding == "all" else (args.decoding,)):
+    for decoding in (decoder_names() if args.decoding == "all" else (args.decoding,)):
         t0 = time.perf_counter()
         metrics = evaluate_model(model, train=train, truth=truth, decoding=decoding, ks=ks, users=users,
                                  batch_size=args.batch_size, progress=True)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
                                device_name, non_negative_int, positive_float, positive_int, require_data_dir,
                                run_reporting_errors, unit_interval)
+from glta_hf.vocabulary import QUANTIZATIONS  # noqa: E402  (light)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", default=None, help="LLM name / folder / .gguf file (default: SmolLM2-135M-Instruct GGUF)")
     p.add_argument("--gguf-file", default=None)
     p.add_argument("--revision", default=None)
-    p.add_argument("--quantization", default="none", choices=["none", "bnb-4bit", "gptq"])
+    p.add_argument("--quantization", default="none", choices=QUANTIZATIONS)
     p.add_argument("--dtype", default=None, help="LLM dtype (recorded in the cache header: a cache is extended only "
                                                  "with the same dtype)")
     p.add_argument("--device", type=device_name, default="auto",

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
                                dataset_options, device_name, non_negative_float, non_negative_int, positive_float,
                                positive_int, require_data_dir, run_reporting_errors)
-from glta_hf.vocabulary import GRAPH_MODELS  # noqa: E402  (light)
 
 #: flag -> (default, value type)
 DEFAULTS = dict(epochs=(300, positive_int), lr=(1e-3, positive_float), reg=(1e-4, non_negative_float),
@@ -37,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = GLTAArgumentParser(description=__doc__.split("\n")[0])
     add_dataset_arguments(p)
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir (default --dataset)")
-    p.add_argument("--model", choices=GRAPH_MODELS, default="lightgcn")
+    p.add_argument("--model", default="lightgcn",
+                   help="a graph model registered in glta_hf.graph: pop | mf | lightgcn (default) | lightgcn+ | "
+                        "lightgcn_ce")
     p.add_argument("--output-dir", default=None, help="where node embeddings are saved (mf / lightgcn)")
     for name, (value, kind) in DEFAULTS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
@@ -66,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     require_data_dir(parser, args.dataset, args.data_dir)
+    from glta_hf.graph import graph_model_class  # the registry (imports torch: checked after every light flag)
+
+    try:
+        args.model = graph_model_class(args.model).name
+    except ValueError as err:
+        parser.error(f"argument --model: {err}")
     if args.from_embeddings is not None and not Path(args.from_embeddings).is_dir():
         parser.error(f"argument --from-embeddings: {args.from_embeddings}: no such folder")
     return args
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
     from glta_hf.backbone import resolve_device
     from glta_hf.data.loaders import load_dataset
     from glta_hf.graph import (BPRTrainer, GraphTrainingArguments, build_model, encode_item_texts,
-                               export_node_embeddings, load_node_embeddings)
+                               export_node_embeddings, graph_model_class, load_node_embeddings)
 
     start = time.perf_counter()
     full = load_dataset(args.dataset, args.data_dir, **dataset_options(args))
@@ -94,7 +101,7 @@ def main(argv=None) -> int:
         user_emb, item_emb = saved.user, saved.item
         return _test_and_record(args, argv, full, data, lambda u: user_emb[u] @ item_emb.T, config, start)
     extra = {} if args.temperature is None else {"temperature": args.temperature}  # else the model's default
-    if args.model == "lightgcn+":
+    if graph_model_class(args.model).needs_text_embeddings:
         extra.update(text_embeddings=encode_item_texts(data.item_texts, device=targs.device),
                      text_weight=args.text_weight)
     model = build_model(args.model, fit, targs, **extra)
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
         Path(args.tuning_log).parent.mkdir(parents=True, exist_ok=True)
         with open(args.tuning_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(config) + "\n")
-    if args.output_dir and args.model != "pop":
+    if args.output_dir and graph_model_class(args.model).trainable:
         export_node_embeddings(model, args.output_dir, data.user_ids, data.item_ids, config)
         print(f"node embeddings saved to {args.output_dir}")
     if args.skip_test:

@@ -33,7 +33,7 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    from glta_hf.modeling_glta import chunked_linear_cross_entropy
+    from glta_hf.loss import chunked_linear_cross_entropy
     from glta_hf.results import write_run_result
 
     t_start = time.time()
