@@ -9,7 +9,7 @@ are written), so training, evaluation and ``recommend()`` see the same text.
 * :class:`UserItemDataset` (stage 4, paper 3.2), training mode: the ``<user>`` token, up to H of the user's
   TRAINING items as ``<item>`` tokens, the profile and prediction texts, the L slots. Targets: k items sampled
   without replacement from the user's training items *not shown* in the prompt (``target_policy="disjoint"``, the
-  denoising default of DESIGN.md), re-drawn every epoch (seeded by ``(seed, epoch, user)``), in random order. When
+  denoising default, ``docs/DESIGN_CHOICES.md`` "Targets"), re-drawn every epoch (seeded by ``(seed, epoch, user)``), in random order. When
   a user has few items the split between shown history and targets is ``h = min(H, max(n - L, n // 2))`` shown
   and up to L of the other ``n - h`` as targets (a single-item user: no history, that item is the target).
   ``target_policy="all"`` is the paper-literal variant: the history is the evaluation history and the targets are
