@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from glta_hf.cli import main as cli_main
-from glta_hf.data import DATASETS, DatasetOptionError, RecData, embedded_dataset_dir, load_dataset
+from glta_hf.data import DATASETS, RecData, embedded_dataset_dir, load_dataset
 from glta_hf.data.examples import FORMATS, MOVIE_TEXTS, NUM_INTERACTIONS, NUM_ITEMS, NUM_USERS, write_example
 from glta_hf.data.stats import dataset_stats, format_markdown
-from glta_hf.errors import DataFormatError
+from glta_hf.errors import DataFormatError, DatasetOptionError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MOVIE_FORMATS = ("ml-1m", "ml-100k", "ml-latest-small", "generic")

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glta_hf.data import DatasetOptionError, load_dataset
+from glta_hf.data import load_dataset
+from glta_hf.errors import DatasetOptionError
 from glta_hf.data.examples import write_example
 from glta_hf.data.split import carve_validation, kcore_mask, leave_one_out, random_split, threshold_mask
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import DatasetOptionError, GLTAError  # noqa: F401  (DatasetOptionError re-exported)
+from ..errors import DatasetOptionError
 
 logger = logging.getLogger(__name__)
 
