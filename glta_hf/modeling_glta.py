@@ -333,6 +333,15 @@ class GLTAModel(GLTAPreTrainedModel):
         )
         return out if _wants_dict(self.config, return_dict) else out.to_tuple()
 
+    def save_pretrained(self, *args, **kwargs):
+        """Refused: a GLTA checkpoint is written by the recommender that holds this model."""
+        raise CheckpointError(
+            "save the GLTAForRecommendation that holds this base model (its save_pretrained writes the GLTA "
+            "checkpoint: head, catalogue, tokenizer; transformers' generic save would copy the frozen LLM)"
+        )
+
+    push_to_hub = save_pretrained
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "GLTAModel":
         """The base model of a GLTA checkpoint (what ``AutoModel`` gives): the checkpoint is read and checked as

@@ -9,7 +9,7 @@ from conftest import build_tiny
 from test_hub import Recorder
 from torch import nn
 
-from glta_hf import GLTAConfig, GLTAForRecommendation
+from glta_hf import CheckpointError, GLTAConfig, GLTAForRecommendation
 from glta_hf.components import REGISTRY, GLTAHead, register_component
 from glta_hf.decoding import DECODERS, Decoder, decoder_names, register_decoder, slot_candidates
 from glta_hf.modeling_glta import GLTAModel, GLTAModelOutput
@@ -166,6 +166,9 @@ def test_the_recommender_holds_the_base_model_and_its_head(tiny):
     with torch.no_grad():
         out = model(**_inputs(tiny.batch()))
         torch.testing.assert_close(model.score_slots(out.slot_hidden_states), out.logits)
+
+    with pytest.raises(CheckpointError, match="GLTAForRecommendation"):  # never transformers' save of the LLM
+        model.model.save_pretrained("unused")
 
 
 def test_the_base_model_runs_the_llm_only_through_run_llm(tiny, monkeypatch):
