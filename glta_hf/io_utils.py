@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-from .errors import CheckpointError
 
 
 def _current_umask() -> int:

@@ -7,7 +7,7 @@ from conftest import build_tiny
 from huggingface_hub import ModelCard
 
 from glta_hf import GLTAForRecommendation
-from glta_hf.model_card import TEMPLATE_PATH, build_model_card, card_kwargs, hub_base_model, stage_record
+from glta_hf.model_card import build_model_card, card_kwargs, hub_base_model, stage_record
 
 
 def test_save_pretrained_writes_the_card_and_run_record(tmp_path):

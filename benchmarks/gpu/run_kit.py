@@ -265,6 +265,7 @@ def child_perf(cfg) -> None:
     import torch
 
     from glta_hf import pipeline
+    from glta_hf.metrics import evaluate_glta, test_users
     from glta_hf.alignment_data import GLTACollator, UserItemDataset, user_histories
     from glta_hf.graph import load_node_embeddings
     from glta_hf.backbone import SMOLLM2_REFERENCE
@@ -360,12 +361,12 @@ def child_perf(cfg) -> None:
     # full-test evaluation (first_k, every test user unless limited) and recommend() latency
     model.set_trainable("none")
     model.eval()
-    eval_users = metrics.test_users(full)
+    eval_users = test_users(full)
     if p["eval_users"]:
         eval_users = eval_users[: p["eval_users"]]
     _sync(device)
     t0 = time.perf_counter()
-    metrics.evaluate_glta(model, full, users=eval_users, batch_size=p["eval_batch_size"], progress=False)
+    evaluate_glta(model, full, users=eval_users, batch_size=p["eval_batch_size"], progress=False)
     _sync(device)
     seconds = time.perf_counter() - t0
     metrics.update(eval_users=len(eval_users), eval_seconds=round(seconds, 3),
@@ -477,7 +478,7 @@ class Kit:
 
     def check_lightgcn(self, dataset) -> Optional[str]:
         """None when the node tables reproduce the committed lightgcn row, else why not."""
-        from glta_hf import metrics
+        from glta_hf.metrics import evaluate_graph
         from glta_hf.graph import load_node_embeddings
 
         path = Path(self.cfg["root"]) / "benchmarks" / "results" / dataset["name"] / "lightgcn.json"
@@ -487,7 +488,7 @@ class Kit:
             return f"no node tables in {dataset['nodes']} (train them with the lightgcn row's config.command)"
         committed = json.loads(path.read_text(encoding="utf-8"))["metrics"]
         _, full = load_data(dataset)
-        scored = metrics.evaluate_graph(load_node_embeddings(dataset["nodes"]), full)
+        scored = evaluate_graph(load_node_embeddings(dataset["nodes"]), full)
         diff = max(abs(scored[k] - committed[k]) for k in committed if k in scored and k != "num_users")
         if diff > 5e-4 or scored["num_users"] != committed["num_users"]:
             return f"node tables score {diff:.2e} away from {path} (users {scored['num_users']})"
