@@ -1,0 +1,163 @@
+"""The results tables of BENCHMARKS.md, rendered from the result files (the files own every number).
+
+A dataset's canonical rows are ``benchmarks/results/<dataset>/<row>.json`` (``glta.json``, ``lightgcn.json``, ...:
+one file per model row, the configuration chosen on validation); other test runs of the same dataset (decoders,
+seeds, earlier settings) are ``benchmarks/results/<dataset>/variants/<run>.json``. Each table row shows P@5 / P@10 /
+N@5 / N@10 and the ratio of P@10 and N@10 to the same dataset's ``lightgcn.json``; the summary also shows the
+command that made the row (the file's ``command``). Hand-copied metrics go stale; these tables are re-rendered::
+
+    python benchmarks/summarize.py            # print both tables
+    python benchmarks/summarize.py --write    # rewrite them in BENCHMARKS.md, between their marker comments
+    python benchmarks/summarize.py --check    # exit 1 when BENCHMARKS.md differs from the result files
+
+``tests/test_benchmarks_summary.py`` asserts that the committed BENCHMARKS.md equals what this renders from the
+committed result files, so a new or changed result file without ``--write`` fails the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+#: folders of ``benchmarks/results`` that hold no dataset's quality rows
+NOT_DATASETS = ("performance",)
+VARIANTS = "variants"
+REFERENCE_ROW = "lightgcn"
+#: reading order; datasets and rows not listed follow in alphabetical order
+DATASET_ORDER = ("ml-latest-small", "ml-100k", "ml-1m", "amazon-scientific")
+ROW_ORDER = ("pop", "mf", "lightgcn", "lightgcn_plus", "lightgcn_ce", "glta", "glta_residual")
+COLUMNS = (("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10"))
+RATIOS = (("P@10", "precision@10"), ("N@10", "ndcg@10"))
+TABLES = ("summary", "variants")
+
+
+def _ordered(names, order) -> List[str]:
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
+
+
+def _read(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: {path}: invalid JSON ({exc})") from None
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict) or not all(key in metrics for _, key in RATIOS):
+        raise SystemExit(f"error: {path}: a result file needs metrics precision@10 and ndcg@10")
+    if not str(record.get("command") or "").strip():
+        raise SystemExit(f"error: {path}: no 'command' (every row says what made it)")
+    return record
+
+
+def load_results(results_dir: Path) -> Dict[str, Dict[str, Dict[str, Tuple[Path, dict]]]]:
+    """``{dataset: {"rows": {row: (path, record)}, "variants": {run: (path, record)}}}``, in reading order."""
+    results_dir = Path(results_dir)
+    found = {}
+    datasets = [d.name for d in results_dir.iterdir() if d.is_dir() and d.name not in NOT_DATASETS]
+    for dataset in _ordered(datasets, DATASET_ORDER):
+        folder = results_dir / dataset
+        rows = {p.stem: p for p in folder.glob("*.json")}
+        variants = {p.stem: p for p in (folder / VARIANTS).glob("*.json")}
+        if not rows and not variants:
+            continue
+        found[dataset] = {
+            "rows": {r: (rows[r], _read(rows[r])) for r in _ordered(rows, ROW_ORDER)},
+            "variants": {r: (variants[r], _read(variants[r])) for r in sorted(variants)},
+        }
+    return found
+
+
+def _number(metrics: dict, key: str) -> str:
+    value = metrics.get(key)
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _ratio(metrics: dict, reference: Optional[dict], key: str) -> str:
+    if reference is None or not reference.get(key):
+        return "–"
+    return f"{metrics[key] / reference[key]:.2f}x"
+
+
+def _link(path: Path, relative_to: Path, text: str) -> str:
+    return f"[`{text}`]({Path(os.path.relpath(path, relative_to)).as_posix()})"
+
+
+def _code(text: str) -> str:
+    """A Markdown table cell holding ``text`` as code (a ``|`` would end the cell)."""
+    return "`" + " ".join(text.split()).replace("|", "\\|") + "`"
+
+
+def render(results_dir: Path, table: str, relative_to: Path) -> str:
+    """The ``summary`` (canonical rows, with commands) or ``variants`` table as Markdown."""
+    results = load_results(results_dir)
+    head = ["dataset", "row" if table == "summary" else "file"] + [name for name, _ in COLUMNS]
+    head += [f"{name} / LightGCN" for name, _ in RATIOS] + ["test users"]
+    head += ["command"] if table == "summary" else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 3)
+                                                             + ["---" if table == "summary" else "---:"]) + "|"]
+    for dataset, found in results.items():
+        reference = found["rows"].get(REFERENCE_ROW)
+        reference = reference[1]["metrics"] if reference else None
+        for name, (path, record) in found["rows" if table == "summary" else "variants"].items():
+            metrics = record["metrics"]
+            cells = [dataset, _link(path, relative_to, name)] + [_number(metrics, key) for _, key in COLUMNS]
+            cells += [_ratio(metrics, reference, key) for _, key in RATIOS]
+            cells += [str(metrics.get("num_users", "–"))]
+            cells += [_code(record["command"])] if table == "summary" else []
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markers(table: str) -> Tuple[str, str]:
+    return (f"<!-- {table} table: rendered by benchmarks/summarize.py --write; do not edit by hand -->",
+            f"<!-- end of {table} table -->")
+
+
+def replace_tables(text: str, tables: Dict[str, str], where: str = "BENCHMARKS.md") -> str:
+    """``text`` with each table's body between its two marker comments replaced."""
+    for table, body in tables.items():
+        begin, end = markers(table)
+        if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+            raise SystemExit(f"error: {where}: needs exactly one '{begin}' followed by one '{end}'")
+        start, stop = text.index(begin) + len(begin), text.index(end)
+        text = text[:start] + "\n" + body + text[stop:]
+    return text
+
+
+def render_document(text: str, results_dir: Path, document: Path) -> str:
+    """``text`` (the document's content) with both tables re-rendered from ``results_dir``."""
+    tables = {table: render(results_dir, table, document.parent) for table in TABLES}
+    return replace_tables(text, tables, where=str(document))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--document", type=Path, default=ROOT / "BENCHMARKS.md", help="the file holding the markers")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the tables in --document")
+    mode.add_argument("--check", action="store_true", help="exit 1 when --document's tables are stale")
+    args = parser.parse_args(argv)
+    if not args.write and not args.check:
+        for table in TABLES:
+            print(render(args.results_dir, table, args.document.parent))
+        return 0
+    current = args.document.read_text(encoding="utf-8")
+    rendered = render_document(current, args.results_dir, args.document)
+    if args.check:
+        if rendered != current:
+            print(f"{args.document}: tables differ from {args.results_dir}; run benchmarks/summarize.py --write",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if rendered != current:
+        args.document.write_text(rendered, encoding="utf-8")
+    print(f"{args.document}: tables {'rewritten' if rendered != current else 'already current'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
