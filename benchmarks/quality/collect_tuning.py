@@ -1,7 +1,7 @@
 """Append a finished GLTA run's per-epoch validation metrics to a tuning log (one JSON line per epoch).
 
 The rows carry the run's own settings (from the saved ``config.json`` and ``glta_run.json``), so the tuning table in
-BENCHMARKS.md is rebuilt from the log alone. Rows already in the log (same run name and epoch) are not written twice,
+the notebook (docs/experiments/notebook.md) is rebuilt from the log alone. Rows already in the log (same run name and epoch) are not written twice,
 so rerunning after a resumed run is safe.
 
     python benchmarks/quality/collect_tuning.py runs/ml-latest-small/glta_paper_s0 --run glta_paper_s0 \
@@ -113,7 +113,7 @@ def setting(row: dict) -> str:
 
 
 def markdown_table(rows: list) -> str:
-    """The tuning table of BENCHMARKS.md: one line per run and epoch, validation metrics, user-stage wall time."""
+    """The tuning table of the notebook: one line per run and epoch, validation metrics, user-stage wall time."""
     lines = ["| run | setting | epoch | val N@10 | val P@10 | user stage (s, all epochs) |",
              "|---|---|---:|---:|---:|---:|"]
     for row in rows:
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, nargs="?")
     parser.add_argument("--run", help="run name written into every row")
     parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--table", action="store_true", help="print the log as the BENCHMARKS.md tuning table")
+    parser.add_argument("--table", action="store_true", help="print the log as the notebook's tuning table")
     args = parser.parse_args()
     if args.table:
         print(markdown_table(read_log(args.log)))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GLTA on ml-latest-small with every user's texts, text_first layout + exact prefix cache (BENCHMARKS.md, "GLTA on
-# ml-latest-small with every user's texts"). Resumable: rerun after a kill. Needs the re-tuned LightGCN tables:
+# GLTA on ml-latest-small with every user's texts, text_first layout + exact prefix cache (docs/experiments/notebook.md, "GLTA on
+# ml-latest-small with every user's texts"). Its test files land in benchmarks/results/ml-latest-small/: move them to
+# variants/, or rename the chosen one to its row, then `python benchmarks/summarize.py --write` (benchmarks/README.md). Resumable: rerun after a kill. Needs the re-tuned LightGCN tables:
 #   OMP_NUM_THREADS=1 python benchmarks/tune_graph.py --dataset ml-latest-small --phase all   # -> runs/graph/...
 # Usage: bash benchmarks/quality/glta_ml_latest_small.sh [linear|factorized] [extra align.py flags ...]
 set -eo pipefail

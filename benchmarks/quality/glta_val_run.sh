@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GLTA lever run on DATASET (default ml-latest-small; ml-100k too), VALIDATION ONLY (issue 15 item 5, issue 16 lever grid): the base settings of
-# BENCHMARKS.md "GLTA on ml-latest-small with every user's texts" plus the lever's own align.py flags, which override.
+# docs/experiments/notebook.md "GLTA on ml-latest-small with every user's texts" plus the lever's own align.py flags, which override.
 # The dataset's split, graph tables, texts and the settings not set below (H, L, target policy, lr schedule: the ones
 # chosen on validation, issue 16) come from training/configs/$DATASET.yaml; collect_tuning.py names what a run changed.
 # Every epoch is validated on every user; `collect_tuning.py` appends those rows to the tuning log. With
