@@ -7,13 +7,14 @@ are written), so training, evaluation and ``recommend()`` see the same text.
   and cut into groups of m items; a sample lists the m descriptions in one order and the m ``<item>`` tokens in
   another; the targets are the items in description order (slot t = the t-th described item).
 * :class:`UserItemDataset` (stage 4, paper 3.2), training mode: the ``<user>`` token, up to H of the user's
-  TRAINING items as ``<item>`` tokens, the profile and prediction texts, the L slots. Targets: k items sampled
-  without replacement from the user's training items *not shown* in the prompt (``target_policy="disjoint"``, the
-  denoising default, ``docs/DESIGN_CHOICES.md`` "Targets"), re-drawn every epoch (seeded by ``(seed, epoch, user)``), in random order. When
-  a user has few items the split between shown history and targets is ``h = min(H, max(n - L, n // 2))`` shown
-  and up to L of the other ``n - h`` as targets (a single-item user: no history, that item is the target).
-  ``target_policy="all"`` is the paper-literal variant: the history is the evaluation history and the targets are
-  k items drawn from all the user's training items (they may be shown too).
+  TRAINING items as ``<item>`` tokens, the profile and prediction texts, the L slots. Targets, re-drawn every epoch
+  (seeded by ``(seed, epoch, user)``), in random order: ``target_policy="all"`` (the default, paper-literal, chosen
+  on validation: BENCHMARKS.md, sixth session): the history is the evaluation history and the targets are k items
+  drawn from all the user's training items (they may be shown too); ``target_policy="disjoint"`` (denoising,
+  ``docs/DESIGN_CHOICES.md`` "Targets"): k items sampled without replacement from the user's training items *not
+  shown* in the prompt -- when a user has few items the split between shown history and targets is
+  ``h = min(H, max(n - L, n // 2))`` shown and up to L of the other ``n - h`` as targets (a single-item user: no
+  history, that item is the target).
   ``samples_per_user=r`` gives every user r samples per epoch, each its own draw (seeded by ``(seed, epoch, user,
   draw)``; draw 0 is the single sample of ``r=1``): r target sets per pass over the users, and the user's cached
   text prefix is reused by all r.
@@ -247,7 +248,7 @@ class UserItemDataset(_EpochDataset):
         texts: Optional[Mapping[int, Mapping[str, Any]]] = None,
         users: Optional[Sequence[int]] = None,
         mode: str = "train",
-        target_policy: str = "disjoint",
+        target_policy: str = "all",
         num_targets: Optional[int] = None,
         eval_history: str = "auto",
         has_time: bool = False,

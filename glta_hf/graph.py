@@ -23,13 +23,15 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cli_args import (check_values, device_name, non_negative_float, non_negative_int, positive_float,
+                       positive_int, seed_value)
 from .data.schema import UserItemMatrix
 from .errors import CheckpointError, TrainingError
 from .checkpoint import refuse_pickled_weights
@@ -369,22 +371,35 @@ def encode_item_texts(texts: Sequence[str], batch_size: int = 128, model_dir: Op
 # ----------------------------------------------------------------------------------------------- training
 @dataclasses.dataclass
 class GraphTrainingArguments:
-    """Hyper-parameters of graph training (shared by MF, LightGCN, LightGCN+ and LightGCN-CE)."""
+    """Hyper-parameters of graph training (shared by MF, LightGCN, LightGCN+ and LightGCN-CE). The owner of these
+    options' names, defaults, help and ranges: ``training/pretrain_graph.py`` and ``glta quickstart`` /
+    ``glta benchmark`` (``--graph-*``) generate their flags from these fields (:func:`glta_hf.cli_args.add_field_flags`)."""
 
-    dim: int = 64
-    layers: int = 3
-    lr: float = 1e-3
-    reg: float = 1e-4
-    batch_size: int = 2048
-    epochs: int = 300
-    eval_every: int = 1
-    patience: int = 10  # evaluations without a better validation ndcg@10 before stopping
-    seed: int = 0
-    num_negatives: int = 1
-    device: str = "cpu"
-    eval_batch_size: int = 1024
+    #: parse-time value types (:mod:`glta_hf.cli_args`); ``__post_init__`` applies them to library callers too
+    VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "dim": positive_int, "layers": non_negative_int, "lr": positive_float, "reg": non_negative_float,
+        "batch_size": positive_int, "epochs": positive_int, "eval_every": positive_int, "patience": positive_int,
+        "seed": seed_value, "num_negatives": positive_int, "device": device_name,
+        "eval_batch_size": positive_int}
+
+    dim: int = dataclasses.field(default=64, metadata={"help": "embedding size d"})
+    layers: int = dataclasses.field(default=3, metadata={"help": "LightGCN propagation layers"})
+    lr: float = dataclasses.field(default=1e-3, metadata={"help": "Adam learning rate"})
+    reg: float = dataclasses.field(default=1e-4, metadata={"help": "L2 weight on the batch's embeddings"})
+    batch_size: int = dataclasses.field(default=2048, metadata={"help": "BPR triples per step"})
+    epochs: int = dataclasses.field(default=300, metadata={"help": "epochs (early stopping on validation)"})
+    eval_every: int = dataclasses.field(default=1, metadata={"help": "validate every N epochs"})
+    patience: int = dataclasses.field(default=10, metadata={
+        "help": "evaluations without a better validation ndcg@10 before stopping"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation and sampling"})
+    num_negatives: int = dataclasses.field(default=1, metadata={"help": "negatives per positive"})
+    device: str = dataclasses.field(default="cpu", metadata={"help": "cpu | cuda | cuda:N | mps"})
+    eval_batch_size: int = dataclasses.field(default=1024, metadata={"help": "users per validation forward"})
     progress: bool = True
     metric: str = "ndcg@10"
+
+    def __post_init__(self):
+        check_values(self, self.VALUE_TYPES)
 
 
 class NegativeSampler:

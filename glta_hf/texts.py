@@ -26,10 +26,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .cli_args import check_values, positive_float, positive_int, seed_value, unit_interval
 from .errors import DataFormatError, GLTAError
 from .io_utils import read_json, write_json
 from .prompts import prediction_messages, profile_messages, render_generation_prompt
@@ -45,19 +46,33 @@ class TextCacheError(GLTAError, ValueError):
 
 @dataclasses.dataclass
 class TextGenerationConfig:
-    """Settings of profile / prediction generation; all recorded in the cache sidecar."""
+    """Settings of profile / prediction generation; all recorded in the cache sidecar. The owner of these options'
+    names, defaults, help and ranges: ``training/generate_texts.py`` and ``glta quickstart`` / ``glta benchmark``
+    (``--text-*``) generate their flags from these fields."""
 
-    max_items: int = 20  # cap on training items shown per user (seeded sample when the user has more)
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    do_sample: bool = False  # greedy by default: the cache is a deterministic function of its settings
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    max_item_chars: int = 200  # per item text, so one long description cannot crowd out the others
+    #: parse-time value types (:mod:`glta_hf.cli_args`); ``__post_init__`` applies them to library callers too
+    VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "max_items": positive_int, "max_new_tokens": positive_int, "batch_size": positive_int,
+        "temperature": positive_float, "top_p": unit_interval, "seed": seed_value,
+        "max_item_chars": positive_int}
+
+    max_items: int = dataclasses.field(default=20, metadata={
+        "help": "cap on training items shown per user (a seeded sample when the user has more)"})
+    max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "tokens per profile / prediction"})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "users per generation batch"})
+    do_sample: bool = dataclasses.field(default=False, metadata={
+        "help": "sample instead of greedy decoding (greedy: the cache is a deterministic function of its settings)"})
+    temperature: float = dataclasses.field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = dataclasses.field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the item sample and of sampling"})
+    max_item_chars: int = dataclasses.field(default=200, metadata={
+        "help": "characters per item text, so one long description cannot crowd out the others"})
     use_chat_template: bool = True
     with_prediction: bool = True
     prediction_sees_profile: bool = True
+
+    def __post_init__(self):
+        check_values(self, self.VALUE_TYPES)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

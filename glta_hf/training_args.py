@@ -25,26 +25,30 @@ versions that still have ``group_by_length`` get ``group_by_length=True`` instea
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 from transformers import TrainingArguments
 
+from .cli_args import (check_values, cutoff_list, decoding_name, non_negative_float, non_negative_int,
+                       positive_float, positive_int, seed_value, writable_dir)
+from .alignment_data import EVAL_HISTORIES
 from .components import component_names
 from .decoding import check_decoding
 from .prompts import PROMPT_LAYOUTS
-from .vocabulary import TARGET_POLICIES
+from .vocabulary import ALIGNMENT_STAGES, TARGET_POLICIES, Stage
 
-#: the two alignment stages, in training order (paper 3.1, 3.2)
-ALIGNMENT_STAGES = ("item", "user")
 #: values of ``--stage``: one alignment stage, or ``all`` (both, in order; the user stage only under w/o IA)
-STAGE_PLANS = ALIGNMENT_STAGES + ("all",)
+STAGE_PLANS = tuple(Stage)
 SAMPLING_STRATEGIES = ("group_by_length", "random", "sequential")
 _BASE_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+logger = logging.getLogger(__name__)
 
 
 def sampling_strategy(args) -> str:
@@ -62,37 +66,57 @@ def sampling_strategy(args) -> str:
 class GLTATrainingArguments(TrainingArguments):
     """Training arguments of the GLTA alignment stages (see the module docstring for the ablation flags)."""
 
-    stage: str = field(default="user", metadata={"help": "item | user | all", "choices": list(STAGE_PLANS)})
+    #: parse-time value types (:mod:`glta_hf.cli_args`) of the fields that have a range; ``__post_init__`` applies
+    #: them to library callers too. A new field with a range adds its entry here and every entry point checks it.
+    VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "learning_rate": positive_float, "num_train_epochs": non_negative_float, "weight_decay": non_negative_float,
+        "per_device_train_batch_size": positive_int, "per_device_eval_batch_size": positive_int,
+        "gradient_accumulation_steps": positive_int, "max_grad_norm": non_negative_float, "logging_steps": positive_float,
+        "save_steps": positive_float, "eval_steps": positive_float, "save_total_limit": non_negative_int,
+        "dataloader_num_workers": non_negative_int, "seed": seed_value, "data_seed": seed_value,
+        "max_history": non_negative_int, "num_slots": positive_int, "num_targets": positive_int,
+        "samples_per_user": positive_int, "items_per_sample": positive_int, "eval_max_users": non_negative_int,
+        "eval_ks": cutoff_list, "item_stage_epochs": positive_float, "item_stage_learning_rate": positive_float,
+        "max_length": positive_int, "prefix_cache_max_gb": non_negative_float, "eval_decoding": decoding_name}
+    #: output folders, checked writable by the parsers (not in ``__post_init__``: a library caller may create them)
+    PATH_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "output_dir": writable_dir, "logging_dir": writable_dir, "prefix_cache_dir": writable_dir}
+
+    stage: Stage = field(default=Stage.USER, metadata={"help": "item | user | all"})
     no_item_alignment: bool = field(default=False, metadata={"help": "w/o IA: no item stage; the user stage trains "
                                                                        "both projectors"})
     user_as_text: bool = field(default=False, metadata={"help": "w/o UA: user id as text, no <user> token"})
     no_profile: bool = field(default=False, metadata={"help": "w/o PF: no profile text in the prompt"})
     no_prediction: bool = field(default=False, metadata={"help": "w/o PD: no prediction text in the prompt"})
-    max_history: int = field(default=20, metadata={"help": "H: training items shown as <item> tokens"})
+    max_history: int = field(default=10, metadata={
+        "help": "H: training items shown as <item> tokens (10: chosen on ml-latest-small / ml-100k validation)"})
     num_slots: int = field(default=10, metadata={"help": "L: output slots (>= the largest k evaluated)"})
     num_targets: Optional[int] = field(default=None, metadata={"help": "k target items per user sample (default L)"})
     samples_per_user: int = field(default=1, metadata={
         "help": "r: user-stage samples per user per epoch, each with its own history / target draw (r target sets "
                 "per pass; an epoch is r times the steps)"})
     items_per_sample: int = field(default=5, metadata={"help": "m: items per item-text alignment sample"})
-    target_policy: str = field(default="disjoint", metadata={
-        "help": "disjoint: targets are training items NOT shown in the prompt (denoising, default); "
-                "all: targets from all training items (paper-literal)"})
-    eval_history: str = field(default="auto", metadata={"help": "auto | recent | sample: history at evaluation"})
+    target_policy: str = field(default="all", metadata={
+        "help": "all: targets from all training items (paper-literal; default, chosen on validation, BENCHMARKS.md "
+                "sixth session) | disjoint: training items NOT shown in the prompt (denoising)",
+        "choices": list(TARGET_POLICIES)})
+    eval_history: str = field(default="auto", metadata={"help": "auto | recent | sample: history at evaluation",
+                                                         "choices": list(EVAL_HISTORIES)})
     eval_decoding: str = field(default="first_k", metadata={
         "help": "decoding of the validation ranking, a name registered in glta_hf.decoding: first_k (paper) | "
                 "first_logit | autoregressive | all_slots"})
     eval_max_users: Optional[int] = field(default=512, metadata={
-        "help": "validate on a seeded sample of this many users (None = all)"})
+        "help": "validate on a seeded sample of this many users (0 or None = all)"})
     eval_ks: str = field(default="5,10,20", metadata={"help": "cut-offs of the ranking metrics"})
     item_stage_epochs: Optional[float] = field(default=None, metadata={
         "help": "stage=all: epochs of the item stage (default num_train_epochs)"})
     item_stage_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "stage=all: learning rate of the item stage (default learning_rate)"})
     max_length: int = field(default=1024, metadata={"help": "prompt length cap in tokens (free text is shortened)"})
-    prefix_cache: bool = field(default=False, metadata={
-        "help": "user stage: serve the prompts' frozen text prefixes from one store per run (exact; refused with "
-                "LoRA). Pays off with --layout text_first, where profile and prediction are in the prefix"})
+    prefix_cache: bool = field(default=True, metadata={
+        "help": "user stage and evaluation: serve the prompts' frozen text prefixes from one store per run (exact: "
+                "same numbers; default on; off with LoRA). Pays off with the text_first layout, where profile and "
+                "prediction are in the prefix"})
     prefix_cache_dir: Optional[str] = field(default=None, metadata={
         "help": "folder for prefixes beyond the memory budget (kept for later runs; default: a temporary folder)"})
     prefix_cache_max_gb: float = field(default=2.0, metadata={"help": "memory budget of the prefix store in GiB"})
@@ -114,10 +138,13 @@ class GLTATrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.stage not in STAGE_PLANS:
             raise ValueError(f"stage must be one of {STAGE_PLANS}, got {self.stage!r}")
+        self.stage = Stage(self.stage)
+        check_values(self, self.VALUE_TYPES)
+        self.eval_ks = cutoff_list(self.eval_ks)
         check_decoding(self.eval_decoding)  # the registry's names (a registered decoder works too)
         if self.target_policy not in TARGET_POLICIES:
             raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {self.target_policy!r}")
-        if self.no_item_alignment and self.stage == "item":
+        if self.no_item_alignment and self.stage == Stage.ITEM:
             raise ValueError("no_item_alignment (w/o IA) skips the item stage; use stage=user")
         if sampling_strategy(self) not in SAMPLING_STRATEGIES:
             raise ValueError(f"train_sampling_strategy must be one of {SAMPLING_STRATEGIES} for the GLTA stages, "
@@ -137,10 +164,10 @@ class GLTATrainingArguments(TrainingArguments):
                                  "max_steps > 0")
         super().__post_init__()
 
-    def stage_plan(self) -> List[str]:
+    def stage_plan(self) -> List[Stage]:
         """The alignment stages ``stage`` asks for, in order (``all`` under w/o IA: the user stage only)."""
-        if self.stage == "all":
-            return ["user"] if self.no_item_alignment else list(ALIGNMENT_STAGES)
+        if self.stage == Stage.ALL:
+            return [Stage.USER] if self.no_item_alignment else list(ALIGNMENT_STAGES)
         return [self.stage]
 
     def for_stage(self, stage: str) -> "GLTATrainingArguments":
@@ -153,7 +180,7 @@ class GLTATrainingArguments(TrainingArguments):
         if stage not in ALIGNMENT_STAGES:
             raise ValueError(f"stage must be one of {ALIGNMENT_STAGES}, got {stage!r}")
         args = copy.copy(self)
-        if stage == "item":
+        if stage == Stage.ITEM:
             args.eval_strategy = "no"
             args.load_best_model_at_end = False
             if args.item_stage_epochs is not None:
@@ -173,7 +200,7 @@ class GLTATrainingArguments(TrainingArguments):
         whose users show no history item. Everything else gets a gradient every step, so the per-step graph search
         is skipped.
         """
-        if stage == "item":
+        if stage == Stage.ITEM:
             return False
         return bool(self.user_as_text) or self.trainable_stage == "user+item"
 
@@ -186,12 +213,12 @@ class GLTATrainingArguments(TrainingArguments):
                 "gradient_accumulation_steps", "weight_decay", "warmup_steps", "warmup_ratio", "lr_scheduler_type",
                 "max_grad_norm", "optim", "seed", "data_seed", "max_history", "num_slots", "max_length",
                 "no_item_alignment", "user_as_text", "no_profile", "no_prediction"]
-        if stage == "item":
+        if stage == Stage.ITEM:
             keys += ["items_per_sample"]
         else:
             keys += ["num_targets", "target_policy", "eval_history"]
         settings = {k: getattr(args, k, None) for k in keys}
-        if stage != "item" and getattr(args, "samples_per_user", 1) != 1:
+        if stage != Stage.ITEM and getattr(args, "samples_per_user", 1) != 1:
             # named only when set, so the records (and fingerprints) of runs from before the option still match
             settings["samples_per_user"] = int(args.samples_per_user)
         settings["train_sampling_strategy"] = sampling_strategy(args)
@@ -226,14 +253,38 @@ class GLTATrainingArguments(TrainingArguments):
                 "user_as_text": self.user_as_text}
 
 
+def reconcile_arguments(model_args: "GLTAModelArguments", training_args: GLTATrainingArguments) -> None:
+    """Cross-checks of the model and training arguments, in one place for every entry point: the prefix cache (on by
+    default) is exact only for a frozen LLM, so with LoRA it is turned off (the numbers are the same either way)."""
+    if model_args.lora_r and training_args.prefix_cache:
+        logger.info("prefix cache off: LoRA (lora_r=%d) trains the LLM the cached prefixes pass through",
+                    model_args.lora_r)
+        training_args.prefix_cache = False
+
+
+def _registered(kind: str, name: str) -> str:
+    """A component name checked against the registry (so a newly registered head is accepted everywhere)."""
+    if name not in component_names(kind):
+        raise argparse.ArgumentTypeError(f"must be a registered {kind}, one of {component_names(kind)}, got {name!r}")
+    return name
+
+
 @dataclass
 class GLTAModelArguments:
     """The options of a fresh GLTA model (TRL's ``ModelConfig`` role): head, projector, LoRA, chunk sizes and the
     prompt options that are not stage arguments. ``None`` keeps ``GLTAConfig`` / ``PromptConfig``'s default.
     ``H``, ``L``, ``max_length`` and the ablation switches are :class:`GLTATrainingArguments` fields."""
 
-    head: str = field(default="linear", metadata={
-        "help": "GLLM head, a name registered in glta_hf.components: linear (paper) | factorized"})
+    #: parse-time value types of the fields with a range (see ``GLTATrainingArguments.VALUE_TYPES``)
+    VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "head": lambda text: _registered("head", text), "projector": lambda text: _registered("projector", text),
+        "lora_r": non_negative_int, "lora_alpha": positive_int, "lora_dropout": non_negative_float,
+        "ce_chunk_size": positive_int, "rank_chunk_size": positive_int, "max_profile_tokens": positive_int,
+        "max_prediction_tokens": positive_int, "max_description_tokens": positive_int}
+
+    head: str = field(default="factorized", metadata={
+        "help": "GLLM head, a name registered in glta_hf.components: factorized (default, chosen on validation: "
+                "tied to the LightGCN item table) | linear (paper)"})
     projector: str = field(default="linear", metadata={
         "help": "node projector, a name registered in glta_hf.components: linear (paper) | mlp"})
     graph_residual: bool = field(default=False, metadata={
@@ -250,14 +301,16 @@ class GLTAModelArguments:
         "help": "items per chunk when decoding / ranking (None: materialized logits)"})
     use_chat_template: Optional[bool] = field(default=None, metadata={"help": "wrap prompts in the chat template"})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "system message of every prompt"})
-    layout: Optional[str] = field(default=None, metadata={
-        "help": "prompt order: paper (<user>/<item>s first, the paper's) | text_first (the fixed text first, the "
-                "placeholders and slots after it: what --prefix_cache caches)", "choices": list(PROMPT_LAYOUTS)})
+    layout: Optional[str] = field(default="text_first", metadata={
+        "help": "prompt order: text_first (default: the fixed text first, the placeholders and slots after it: what "
+                "the prefix cache caches; not worse than the paper's order on validation) | paper (<user>/<item>s "
+                "first)", "choices": list(PROMPT_LAYOUTS)})
     max_profile_tokens: Optional[int] = field(default=None, metadata={"help": "profile text cap in tokens"})
     max_prediction_tokens: Optional[int] = field(default=None, metadata={"help": "prediction text cap in tokens"})
     max_description_tokens: Optional[int] = field(default=None, metadata={"help": "item description cap in tokens"})
 
     def __post_init__(self):
+        check_values(self, self.VALUE_TYPES)
         for kind in ("head", "projector"):  # checked against the registry now, so a registered component works
             if getattr(self, kind) not in component_names(kind):
                 raise ValueError(f"{kind} must be one of {component_names(kind)}, got {getattr(self, kind)!r}")

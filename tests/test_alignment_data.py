@@ -53,7 +53,7 @@ def test_item_text_samples_cover_catalogue_and_target_description_order(tok):
 def test_user_item_disjoint_targets_resampled_per_epoch(tok):
     cfg = PromptConfig(num_slots=4, max_history=5)
     hist = _histories()
-    ds = UserItemDataset(hist, tok, cfg, mode="train", seed=1)
+    ds = UserItemDataset(hist, tok, cfg, mode="train", seed=1, target_policy="disjoint")
     per_epoch = []
     for epoch in range(3):
         ds.set_epoch(epoch)
@@ -79,8 +79,8 @@ def test_user_item_disjoint_targets_resampled_per_epoch(tok):
 def test_several_samples_per_user_are_distinct_draws_and_draw_zero_is_the_single_sample(tok):
     cfg = PromptConfig(num_slots=4, max_history=5)
     hist = _histories()
-    one = UserItemDataset(hist, tok, cfg, mode="train", seed=1)
-    three = UserItemDataset(hist, tok, cfg, mode="train", seed=1, samples_per_user=3)
+    one = UserItemDataset(hist, tok, cfg, mode="train", seed=1, target_policy="disjoint")
+    three = UserItemDataset(hist, tok, cfg, mode="train", seed=1, samples_per_user=3, target_policy="disjoint")
     n = len(one.users)
     assert len(three) == 3 * n
     for ds in (one, three):

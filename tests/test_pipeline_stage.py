@@ -103,8 +103,10 @@ def test_ddp_unused_parameter_search_only_where_a_trainable_part_can_miss_its_in
 
 def test_zero_step_budgets_are_refused_when_parsed(tmp_path):
     with pytest.raises(ValueError, match="num_train_epochs must be > 0"):
-        _args(tmp_path, max_steps=-1, num_train_epochs=-1)
-    with pytest.raises(ValueError, match="item_stage_epochs must be > 0"):
+        _args(tmp_path, max_steps=-1, num_train_epochs=0)
+    with pytest.raises(ValueError, match="num_train_epochs must be a number >= 0"):  # the range, whatever max_steps
+        _args(tmp_path, max_steps=3, num_train_epochs=-1)
+    with pytest.raises(ValueError, match="item_stage_epochs must be a positive number"):
         _args(tmp_path, max_steps=-1, num_train_epochs=1, item_stage_epochs=0)
     assert _args(tmp_path, max_steps=3, num_train_epochs=0).max_steps == 3  # max_steps decides
 

@@ -1,6 +1,5 @@
 """``glta quickstart``: the pipeline function on a tiny generated MovieLens with the tiny LLaMA (fast), the CLI help,
 and (``slow``) the real command on the embedded ml-latest-small with SmolLM2-135M-Instruct."""
-import dataclasses
 import importlib.util
 import json
 import os
@@ -34,7 +33,7 @@ def _script(name: str):
 def _tiny_config(tmp_path, llm_dir):
     from glta_hf.quickstart import QuickstartConfig
 
-    return QuickstartConfig(
+    return QuickstartConfig().with_options(
         output_dir=str(tmp_path / "qs"), dataset="ml-latest-small", data_dir=str(write_tiny_movielens(tmp_path / "data")),
         backbone=str(llm_dir), graph_epochs=3, graph_dim=8, graph_batch_size=64, text_users=6, text_max_new_tokens=4,
         text_batch_size=4, item_items=9, items_per_sample=3, train_users=12, epochs=1.0, batch_size=4, max_history=3,
@@ -122,7 +121,7 @@ def test_quickstart_pipeline_on_tiny_data(tmp_path):
 
     # a changed budget invalidates the finished user stage (fingerprint): it trains again, with a message
     lines3 = []
-    changed = dataclasses.replace(_tiny_config(tmp_path, llm_dir), epochs=2.0)
+    changed = _tiny_config(tmp_path, llm_dir).with_options(epochs=2.0)
     run_quickstart(changed, llm=causal, tokenizer=tokenizer, echo=lines3.append)
     text3 = "\n".join(lines3)
     assert text3.count("reused the finished stage") == 1  # the item stage
@@ -150,71 +149,92 @@ def test_budget_flags_override_the_preset():
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     cfg = config_from_args(parser.parse_args(["--budget", "medium", "--epochs", "3", "--max-users", "0"]))
-    assert cfg.epochs == 3.0 and cfg.train_users is None  # explicit flags win; 0 = all users
+    assert cfg.options()["epochs"] == 3.0 and cfg.train_users is None  # explicit flags win; 0 = all users
     assert cfg.text_users == BUDGETS["medium"]["text_users"]
+    # the dataclasses' names are accepted too (one name per option on every entry point): --num-train-epochs
+    assert config_from_args(parser.parse_args(["--num-train-epochs", "3"])).options()["epochs"] == 3.0
     assert config_from_args(parser.parse_args([])) == QuickstartConfig()
 
 
 def test_layout_and_prefix_cache_flags_reach_the_training_arguments(tmp_path):
     import argparse
 
-    from glta_hf.quickstart import config_from_args, configure_parser, training_arguments
+    from glta_hf.quickstart import config_from_args, configure_parser
 
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     cfg = config_from_args(parser.parse_args(["--layout", "text_first", "--prefix-cache"]))
-    assert cfg.layout == "text_first" and cfg.prefix_cache is True
-    assert training_arguments(cfg, tmp_path).prefix_cache is True
+    assert cfg.options()["layout"] == "text_first" and cfg.options()["prefix_cache"] is True
+    assert cfg.training_arguments(tmp_path).prefix_cache is True
     plain = config_from_args(parser.parse_args([]))  # defaults: text_first, cached (exact)
-    assert plain.layout == "text_first" and training_arguments(plain, tmp_path).prefix_cache
+    assert plain.options()["layout"] == "text_first" and plain.training_arguments(tmp_path).prefix_cache
+    assert plain.prompt_config().layout == "text_first"
     paper = config_from_args(parser.parse_args(["--layout", "paper", "--no-prefix-cache"]))
-    assert paper.layout == "paper" and not training_arguments(paper, tmp_path).prefix_cache
+    assert paper.prompt_config().layout == "paper" and not paper.training_arguments(tmp_path).prefix_cache
 
 
 def test_target_policy_flag_reaches_the_training_arguments(tmp_path):
     """The quickstart trains on the target set chosen on validation (`all`); --target-policy restores the other."""
     import argparse
 
-    from glta_hf.quickstart import config_from_args, configure_parser, training_arguments
+    from glta_hf.quickstart import config_from_args, configure_parser
 
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    assert training_arguments(config_from_args(parser.parse_args([])), tmp_path).target_policy == "all"
+    assert config_from_args(parser.parse_args([])).training_arguments(tmp_path).target_policy == "all"
     disjoint = config_from_args(parser.parse_args(["--target-policy", "disjoint"]))
-    assert training_arguments(disjoint, tmp_path).target_policy == "disjoint"
+    assert disjoint.training_arguments(tmp_path).target_policy == "disjoint"
 
 
 def test_eval_batch_size_flag_reaches_the_evaluation(tmp_path):
     """The evaluation batch is its own setting (a GPU ranks far more users per forward than the training batch)."""
     import argparse
 
-    from glta_hf.quickstart import config_from_args, configure_parser, training_arguments
+    from glta_hf.quickstart import config_from_args, configure_parser
 
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     plain = config_from_args(parser.parse_args(["--batch-size", "4"]))
-    assert plain.evaluation_batch_size() == 8 and training_arguments(plain, tmp_path).per_device_eval_batch_size == 8
+    assert plain.evaluation_batch_size() == 8 and plain.training_arguments(tmp_path).per_device_eval_batch_size == 8
     big = config_from_args(parser.parse_args(["--eval-batch-size", "256"]))
-    assert big.evaluation_batch_size() == 256 and training_arguments(big, tmp_path).per_device_eval_batch_size == 256
+    assert big.evaluation_batch_size() == 256 and big.training_arguments(tmp_path).per_device_eval_batch_size == 256
 
 
-@pytest.mark.parametrize("flags", [["--decoding", "nosuch"], ["--seed", "-1"], ["--epochs", "-1"],
-                                   ["--epochs", "0"], ["--item-epochs", "nan"], ["--head", "huge"],
-                                   ["--batch-size", "0"], ["--layout", "sideways"], ["--eval-batch-size", "0"],
-                                   ["--target-policy", "some"]])
-def test_bad_flags_fail_at_parse_time(flags, tmp_path, capsys):
+@pytest.mark.parametrize("flags, message", [
+    (["--decoding", "nosuch"], "argument --decoding"), (["--seed", "-1"], "argument --seed"),
+    (["--epochs", "-1"], "argument --num-train-epochs/--epochs"), (["--epochs", "0"], "num_train_epochs must be > 0"),
+    (["--item-epochs", "nan"], "argument --item-stage-epochs/--item-epochs"),
+    (["--head", "huge"], "argument --head: must be a registered head"),
+    (["--batch-size", "0"], "argument --per-device-train-batch-size/--batch-size"),
+    (["--layout", "sideways"], "argument --layout"),
+    (["--eval-batch-size", "0"], "argument --per-device-eval-batch-size/--eval-batch-size"),
+    (["--target-policy", "some"], "argument --target-policy"),
+    # issue 25: caught before any work, where they used to fail late or with a traceback
+    (["--threads", "-1"], "argument --threads: must be a positive integer"),
+    (["--output-dir", "setup.cfg"], "argument --output-dir: setup.cfg: exists and is not a folder"),
+    (["--output-dir", "setup.cfg/qs"], "setup.cfg is a file, so the folder cannot be created"),
+    (["--backbone", "/no/such/llm"], "argument --backbone: /no/such/llm: no such folder or file"),
+    (["--graph-lr", "0"], "argument --graph-lr"), (["--text-max-new-tokens", "0"], "argument --text-max-new-tokens"),
+    (["--max-history", "-1"], "argument --max-history"), (["--learning-rate", "-1"], "argument --learning-rate"),
+    (["--learn", "0.1"], "unrecognized arguments: --learn"),  # no abbreviations
+])
+def test_bad_flags_fail_at_parse_time(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["quickstart", "--output-dir", str(tmp_path / "qs"), *flags])
     assert exit_info.value.code == 2
-    assert f"argument {flags[0]}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len([line for line in err.splitlines() if "error:" in line]) == 1
     assert not (tmp_path / "qs").exists()  # nothing ran
 
 
 def test_library_budget_that_cannot_train_is_refused_before_any_work(tmp_path):
     from glta_hf.quickstart import QuickstartConfig, run_quickstart
 
-    with pytest.raises(ValueError, match="num_train_epochs must be > 0"):
-        run_quickstart(QuickstartConfig(output_dir=str(tmp_path / "qs"), epochs=-1.0))
+    with pytest.raises(ValueError, match="num_train_epochs must be a number >= 0"):
+        run_quickstart(QuickstartConfig(output_dir=str(tmp_path / "qs")).with_options(epochs=-1.0))
+    with pytest.raises(ValueError, match="unknown quickstart option 'epoch'"):
+        QuickstartConfig().with_options(epoch=2.0)
     assert not (tmp_path / "qs" / "work").exists()
 
 

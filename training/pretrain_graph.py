@@ -10,7 +10,9 @@ interaction (train + validation) masked. Examples (ml-latest-small ships with th
     python training/pretrain_graph.py --dataset ml-1m --data-dir path/to/ml-1m --model lightgcn \\
         --output-dir runs/ml-1m-lightgcn --results-dir benchmarks/results
 
-Flags are kebab-case; the underscore spelling (``--data_dir``) works too. Invalid values stop at parse time.
+Flags are kebab-case; the underscore spelling (``--data_dir``) works too. The training options are
+``glta_hf.graph.GraphTrainingArguments`` fields (their defaults, help and ranges). Invalid values, unwritable
+outputs and missing inputs stop at parse time: one ``error:`` line, exit code 2.
 """
 from __future__ import annotations
 
@@ -22,30 +24,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, carve_fraction,  # noqa: E402  (light)
-                               dataset_options, device_name, non_negative_float, non_negative_int, positive_float,
-                               positive_int, require_data_dir, run_reporting_errors)
+from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, add_field_flags,  # noqa: E402
+                               carve_fraction, dataset_options, device_name, existing_dir, non_negative_float,
+                               positive_float, require_data_dir, run_reporting_errors, seed_value,
+                               writable_dir, writable_file)
 
-#: flag -> (default, value type)
-DEFAULTS = dict(epochs=(300, positive_int), lr=(1e-3, positive_float), reg=(1e-4, non_negative_float),
-                dim=(64, positive_int), layers=(3, non_negative_int), batch_size=(2048, positive_int),
-                patience=(10, positive_int), seed=(0, non_negative_int))
+#: the GraphTrainingArguments fields that are flags here (their defaults, help and ranges are the dataclass's)
+TRAINING_FLAGS = ("epochs", "lr", "reg", "dim", "layers", "batch_size", "patience", "seed", "eval_every",
+                  "num_negatives")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from glta_hf.graph import GraphTrainingArguments  # torch: the flags' types and defaults are its fields'
+
     p = GLTAArgumentParser(description=__doc__.split("\n")[0])
     add_dataset_arguments(p)
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir (default --dataset)")
     p.add_argument("--model", default="lightgcn",
                    help="a graph model registered in glta_hf.graph: pop | mf | lightgcn (default) | lightgcn+ | "
                         "lightgcn_ce")
-    p.add_argument("--output-dir", default=None, help="where node embeddings are saved (mf / lightgcn)")
-    for name, (value, kind) in DEFAULTS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
-    p.add_argument("--eval-every", type=positive_int, default=1)
-    p.add_argument("--num-negatives", type=positive_int, default=1)
+    p.add_argument("--output-dir", default=None, type=writable_dir,
+                   help="where node embeddings are saved (mf / lightgcn)")
+    add_field_flags(p, GraphTrainingArguments, dict.fromkeys(TRAINING_FLAGS), group="training", defaults=True)
     p.add_argument("--val-fraction", type=carve_fraction, default=0.1)
-    p.add_argument("--val-seed", type=non_negative_int, default=0)
+    p.add_argument("--val-seed", type=seed_value, default=0)
     p.add_argument("--text-weight", type=non_negative_float, default=0.1, help="LightGCN+: InfoNCE weight")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="LightGCN+: InfoNCE temperature (default 0.2); lightgcn_ce: softmax temperature (default 1.0)")
@@ -53,11 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default) | auto (cuda when available) | cuda | cuda:N: training, evaluation and "
                         "LightGCN+'s text encoding")
     p.add_argument("--skip-test", action="store_true", help="tuning runs: report validation only, never touch test")
-    p.add_argument("--from-embeddings", default=None,
+    p.add_argument("--from-embeddings", default=None, type=existing_dir,
                    help="skip training: score with a saved node-embedding folder (the run picked on validation)")
-    p.add_argument("--results-dir", default=None, help="write <results-dir>/<dataset>/<run>.json")
+    p.add_argument("--results-dir", default=None, type=writable_dir, help="write <results-dir>/<dataset>/<run>.json")
     p.add_argument("--run-name", default=None, help="result file name (default: the model name)")
-    p.add_argument("--tuning-log", default=None, help="append one JSON line (config + validation metrics)")
+    p.add_argument("--tuning-log", default=None, type=writable_file,
+                   help="append one JSON line (config + validation metrics)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -73,8 +76,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.model = graph_model_class(args.model).name
     except ValueError as err:
         parser.error(f"argument --model: {err}")
-    if args.from_embeddings is not None and not Path(args.from_embeddings).is_dir():
-        parser.error(f"argument --from-embeddings: {args.from_embeddings}: no such folder")
     return args
 
 

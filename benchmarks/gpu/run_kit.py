@@ -136,9 +136,9 @@ def texts_path(cfg, dataset) -> Path:
 
 def text_settings(cfg, batch_size: int):
     """The rows' text settings (their budget's), so the rows reuse the cache the texts step writes."""
-    from glta_hf.quickstart import BUDGETS, QuickstartConfig, text_config
+    from glta_hf.quickstart import budget_config
 
-    tcfg = text_config(QuickstartConfig(**BUDGETS[cfg["budget"]]))
+    tcfg = budget_config(cfg["budget"]).text_config()
     tcfg.batch_size = batch_size
     return tcfg
 
@@ -269,8 +269,7 @@ def child_perf(cfg) -> None:
     from glta_hf.alignment_data import GLTACollator, UserItemDataset, user_histories
     from glta_hf.graph import load_node_embeddings
     from glta_hf.backbone import SMOLLM2_REFERENCE
-    from glta_hf.prompts import PromptConfig
-    from glta_hf.quickstart import BUDGETS, QuickstartConfig
+    from glta_hf.quickstart import budget_config
     from glta_hf.results import hardware_info, write_run_result
     from glta_hf.texts import generate_user_texts, load_texts
 
@@ -296,13 +295,11 @@ def child_perf(cfg) -> None:
     dtype = getattr(torch, cfg["llm_dtype"]) if cfg["llm_dtype"] else torch.float32
     decoder = gen.get_decoder().to(dtype)
     nodes = load_node_embeddings(dataset["nodes"])
-    budget = QuickstartConfig(**BUDGETS[cfg["budget"]])  # the rows' prompt settings (quickstart.train_alignment)
-    prompt = PromptConfig(max_history=budget.max_history, num_slots=budget.num_slots, max_length=budget.max_length,
-                          max_description_tokens=budget.max_description_tokens,
-                          max_profile_tokens=budget.text_max_new_tokens,
-                          max_prediction_tokens=budget.text_max_new_tokens)
+    budget = budget_config(cfg["budget"])  # the rows' model and prompt settings (quickstart.train_alignment)
+    args = budget.training_arguments(tempfile.gettempdir())
     model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=cfg["backbone"] or SMOLLM2_REFERENCE,
-                                 prompt=prompt, num_slots=budget.num_slots, head=budget.head)
+                                 prompt=budget.prompt_config(args), num_slots=args.num_slots,
+                                 **budget.model_arguments().config_kwargs())
     cache = texts_path(cfg, dataset)
     texts = load_texts(cache, num_users=data.num_users) if cache.is_file() else {}
     histories, has_time = user_histories(data, "train")
