@@ -20,6 +20,8 @@ from .errors import (  # noqa: F401  (light: the documented error types are impo
     DatasetOptionError,
     GLTAError,
     InvalidArgumentError,
+    OutputLockedError,
+    OutputWriteError,
     TrainingError,
     UnknownIdError,
 )

@@ -36,11 +36,13 @@ import random
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from .data.loaders import load_dataset
-from .errors import DatasetOptionError
+from .errors import DataFormatError, DatasetOptionError
 from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
 from .vocabulary import TARGET_POLICIES
 
@@ -79,13 +81,33 @@ def data_record(full, *, dataset: str, data_dir=None, val_fraction: float = 0.1,
 _LEGACY_RANDOM_LABEL = re.compile(r"random (?P<train>[\d.]+)/(?P<test>[\d.]+) per user, seed (?P<seed>\d+)")
 
 
+#: how many folders up from a checkpoint a data folder recorded by a relative path or a name is looked for
+_DATA_LOOKUP_LEVELS = 5
+
+
 def data_from_record(run: Mapping[str, Any], *, dataset: Optional[str] = None, data_dir=None,
-                     split: Optional[str] = None):
+                     split: Optional[str] = None, record_folder=None):
     """``(data, full)`` as the run recorded in ``run`` (a ``glta_run.json``) prepared them; arguments override.
 
     Reads :func:`data_record`'s keys; records written before it (align.py's flat ``split`` / ``test_fraction`` /
     ``split_seed``, the quickstart's split label such as ``"random 80/20 per user, seed 0"``) are read too.
+    ``record_folder``: the checkpoint folder the record was read from. Saved records keep no absolute path (one
+    inside the working folder is recorded relative to it, any other by its name): a recorded ``data_dir`` is looked
+    up from the working folder, then beside ``record_folder`` and its parents (:data:`_DATA_LOOKUP_LEVELS`: a run's
+    ``<root>/<stage>/final`` next to its data); otherwise pass ``data_dir``. A folder of another dataset found by
+    name fails the callers' catalogue check.
     """
+    if data_dir is None and isinstance(run.get("data_dir"), str) and record_folder is not None:
+        recorded = Path(run["data_dir"])
+        if not recorded.is_absolute() and not recorded.is_dir():
+            found = [p / recorded for p in Path(record_folder).resolve().parents[:_DATA_LOOKUP_LEVELS]
+                     if (p / recorded).is_dir()]
+            if found:
+                data_dir = found[0]
+                logger.info("data_dir %r of the run record: using %s", run["data_dir"], data_dir)
+    if data_dir is None and isinstance(run.get("data_dir"), str) and not Path(run["data_dir"]).is_dir():
+        raise DataFormatError(f"the run record's data_dir {run['data_dir']!r} is not a folder here (saved records keep "
+                              "no absolute path); pass the dataset folder explicitly (--data-dir)")
     dataset = dataset or run.get("dataset")
     if not dataset:
         raise DatasetOptionError("the run record names no dataset; pass the dataset explicitly")

@@ -6,15 +6,22 @@ A folder written by ``GLTAForRecommendation.save_pretrained`` holds ``config.jso
 and per-user context: ``{"user_ids", "histories", "profiles", "predictions"}``, row order of ``E_u``),
 :data:`RUN_INFO_NAME` (the training record) and :data:`ADAPTER_DIR` (LoRA).
 
-:func:`read_checkpoint` opens and checks every GLTA file BEFORE the (expensive) LLM is loaded: safetensors header and
-size, tensor names and shapes against the config, JSON syntax, unique ids, titles aligned with ids, histories in
-range. Each failure is a :class:`~glta_hf.errors.CheckpointError` naming the file and what is wrong. Pickle files are
-refused (:func:`refuse_pickled_weights`): this package never unpickles. Imports only the standard library,
-safetensors and the sibling ``errors`` module (copied as remote code).
+:func:`verify_manifest`, :func:`load_config` and :func:`read_checkpoint` open and check every GLTA file BEFORE the
+(expensive) LLM is loaded: the manifest (:data:`MANIFEST_NAME`: every file's size and sha256, written last by
+``save_pretrained``, so a bit flip or a file from another save is caught), config value types and ranges,
+safetensors header and size, tensor names and shapes against the config, JSON syntax,
+unique ids of the documented types (str or int), titles aligned with ids, histories in range; :func:`load_weights`
+refuses non-finite weights. Each failure is a :class:`~glta_hf.errors.CheckpointError` naming the file and what is
+wrong. A folder saved before manifests existed still loads, with one warning. Pickle files are refused
+(:func:`refuse_pickled_weights`): this package never unpickles. Imports only the standard library, safetensors and
+the sibling ``errors`` module (copied as remote code).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import math
 import re
 import os
@@ -25,12 +32,23 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import CheckpointError
 
+logger = logging.getLogger(__name__)
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CATALOGUE_NAME = "item_catalogue.json"
 USER_TABLE_NAME = "user_table.json"
 RUN_INFO_NAME = "glta_run.json"
 ADAPTER_DIR = "llm_adapter"
+MANIFEST_NAME = "glta_manifest.json"
+MANIFEST_FORMAT = "glta-manifest-1"
+#: not listed in the manifest: the manifest itself and the model card (documentation, meant to be edited by hand)
+MANIFEST_UNLISTED = (MANIFEST_NAME, "README.md")
+#: entries a checkpoint folder may hold that a new save replaces (never carried over from the previous save)
+CHECKPOINT_ENTRIES = (CONFIG_NAME, WEIGHTS_NAME, CATALOGUE_NAME, USER_TABLE_NAME, RUN_INFO_NAME, ADAPTER_DIR,
+                      MANIFEST_NAME, "README.md", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                      "merges.txt", "chat_template.jinja", "chat_template.json")
 #: File names that may hold pickled Python objects; never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Where the LLM's tensors sit in ``GLTAForRecommendation.state_dict()``: never saved, never uploaded.
@@ -151,6 +169,8 @@ def check_tensor_shapes(path: Path, found: Mapping[str, Tuple[int, ...]], expect
 def _unique_ids(path: Path, ids: List[Any], what: str) -> None:
     seen: Dict[str, int] = {}
     for row, value in enumerate(ids):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: {what} at row {row} is {value!r}; ids must be strings or integers")
         key = str(value)
         if key in seen:
             raise CheckpointError(f"{path}: {what} {value!r} appears twice (rows {seen[key]} and {row}); ids must be unique")
@@ -197,11 +217,132 @@ def check_user_table(path: Path, table: Any, num_users: int, num_items: int) -> 
     return out
 
 
-def load_config(folder, config_class):
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listed_files(folder: Path) -> List[str]:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [f for f in files if f not in MANIFEST_UNLISTED and "__pycache__" not in f
+            and not any(part.startswith(".") for part in f.split("/"))]
+
+
+def write_manifest(folder, files: Optional[List[str]] = None) -> None:
+    """Write :data:`MANIFEST_NAME` (size + sha256 of ``files``, default every file but :data:`MANIFEST_UNLISTED`,
+    hidden files and ``__pycache__``); the last file of a save, so its presence means the save completed."""
+    from .io_utils import write_json
+
+    folder = Path(folder)
+    names = _listed_files(folder) if files is None else sorted(f for f in files if f not in MANIFEST_UNLISTED)
+    write_json(folder / MANIFEST_NAME, {
+        "format": MANIFEST_FORMAT,
+        "files": {name: {"size": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+                  for name in names},
+    })
+
+
+_warned_legacy: set = set()
+
+
+def verify_manifest(folder) -> bool:
+    """Check every file :data:`MANIFEST_NAME` lists (present, same size, same sha256); False for a folder saved
+    before manifests (warned once per folder). Files the manifest does not list are not checked."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        if str(folder) not in _warned_legacy:
+            _warned_legacy.add(str(folder))
+            logger.warning("%s has no %s (saved by an older glta-hf): its files cannot be checked against their "
+                           "checksums; save it again with save_pretrained() to add one", folder, MANIFEST_NAME)
+        return False
+    manifest = read_json_file(path)
+    entries = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(entries, dict):
+        raise CheckpointError(f"{path}: not a GLTA manifest (expected format {MANIFEST_FORMAT!r} and a 'files' object)")
+    for name, entry in entries.items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or not isinstance(entry.get("size"), int) or ".." in Path(name).parts or Path(name).is_absolute()):
+            raise CheckpointError(f"{path}: malformed entry {name!r}")
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: file is missing (listed in {MANIFEST_NAME})")
+        size = file.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{file}: {size} bytes, but {MANIFEST_NAME} records {entry['size']} (truncated, "
+                                  "replaced or from another save)")
+        if file_sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"{file}: checksum mismatch with {MANIFEST_NAME} (the file is corrupt or from "
+                                  "another save)")
+    return True
+
+
+def previous_entries_to_keep(folder) -> List[str]:
+    """Entries of an existing checkpoint folder that a new save must carry over: anything that is not a checkpoint
+    file (:data:`CHECKPOINT_ENTRIES`, the files its manifest lists, remote-code ``*.py``), e.g. a run's ``work/``."""
+    folder = Path(folder)
+    replaced = set(CHECKPOINT_ENTRIES)
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            replaced |= {name.split("/")[0] for name in json.loads(manifest.read_text(encoding="utf-8"))["files"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name not in replaced and not (p.suffix == ".py" and p.is_file()) and p.name != "__pycache__")
+
+
+#: type and least value of each config field that is checked at load (None allowed where the second item says so)
+_CONFIG_SCHEMA = {
+    "llm_hidden_size": (int, 1, False), "node_dim": (int, 1, False), "num_users": (int, 0, False),
+    "num_items": (int, 1, False), "num_slots": (int, 1, False), "user_token_id": (int, 0, False),
+    "item_token_id": (int, 0, False), "slot_token_id": (int, 0, False), "ce_chunk_size": (int, 1, True),
+    "rank_chunk_size": (int, 1, True), "llm_name_or_path": (str, None, True), "llm_revision": (str, None, True),
+    "llm_gguf_file": (str, None, True), "llm_dtype": (str, None, True), "quantization": (str, None, True),
+    "projector": (str, None, True), "head": (str, None, True), "graph_residual": (bool, None, True),
+    "lora": (dict, None, True), "prompt": (dict, None, True),
+}
+
+
+def _type_name(kind) -> str:
+    return {int: "an integer", str: "a string", bool: "true/false", dict: "an object"}[kind]
+
+
+def check_config_values(path: Path, raw: Any, prompt_defaults: Optional[Mapping[str, Any]] = None) -> None:
+    """``config.json``'s values have the types and ranges a GLTA model needs (a CheckpointError naming the field);
+    ``prompt_defaults`` (``GLTAConfig``'s) gives the type of each ``prompt`` field."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    for name, (kind, least, optional) in _CONFIG_SCHEMA.items():
+        value = raw.get(name)
+        if value is None:
+            if not optional:
+                raise CheckpointError(f"{path}: '{name}' is missing (must be {_type_name(kind)})")
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(f"{path}: '{name}' must be {_type_name(kind)}, got {value!r}")
+        if least is not None and value < least:
+            raise CheckpointError(f"{path}: '{name}' must be >= {least}, got {value!r}")
+    for name, value in (raw.get("prompt") or {}).items():
+        default = (prompt_defaults or {}).get(name)
+        if default is None or value is None and name == "system_prompt":
+            continue
+        kind = bool if isinstance(default, bool) else type(default)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(f"{path}: 'prompt.{name}' must be {_type_name(kind)}, got {value!r}")
+        if kind is int and value < (0 if name == "max_history" else 1):
+            raise CheckpointError(f"{path}: 'prompt.{name}' must be >= {0 if name == 'max_history' else 1}, got {value!r}")
+
+
+def load_config(folder, config_class, prompt_defaults: Optional[Mapping[str, Any]] = None):
     """``config_class.from_pretrained(folder)`` after checking that :data:`CONFIG_NAME` exists and parses, and that
-    the fields a GLTA model is rebuilt from are integers (a CheckpointError naming the file otherwise)."""
+    its values have the types and ranges a GLTA model is rebuilt from (:func:`check_config_values`; a
+    CheckpointError naming the file and the field otherwise)."""
     path = Path(folder) / CONFIG_NAME
-    read_json_file(path)
+    check_config_values(path, read_json_file(path), prompt_defaults)
     try:
         config = config_class.from_pretrained(folder)
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -224,9 +365,40 @@ class CheckpointFiles:
     run_info: Dict[str, Any] = field(default_factory=dict)
 
 
+def local_checkpoint_folder(name_or_path) -> Optional[Path]:
+    """The local checkpoint folder ``name_or_path`` names, or None for a Hub repo id (``owner/name``).
+
+    A path-like reference (absolute, ``./``, ``~``, a ``Path``, two or more ``/``, or anything that exists) must be a
+    folder: a missing one, a file or a symlink loop is a CheckpointError saying so. A folder missing because a save
+    was killed between its two renames is first completed (``io_utils.recover_folder``).
+    """
+    text = os.fspath(name_or_path)
+    path = Path(os.path.expanduser(text))
+    looks_local = (not isinstance(name_or_path, str) or text.startswith((".", "~", os.sep, "/")) or text.count("/") > 1
+                   or "\\" in text or os.path.lexists(path))
+    if not looks_local:
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        from .io_utils import recover_folder
+
+        recover_folder(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{text}: no such folder (a GLTA checkpoint is a folder written by save_pretrained)"
+                                  ) from None
+    except OSError as err:
+        what = "a symlink loop" if err.errno == errno.ELOOP else f"unreadable ({err.strerror})"
+        raise CheckpointError(f"{text}: {what}; not a checkpoint folder") from None
+    if not path.is_dir():
+        raise CheckpointError(f"{text}: is a file, not a checkpoint folder (pass the folder holding {CONFIG_NAME})")
+    return path
+
+
 def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...]],
                     conversion_mapping: Mapping[str, str]) -> CheckpointFiles:
-    """Open and check every GLTA file of ``folder`` (see the module docstring); nothing here loads the LLM.
+    """Open and check every GLTA file of ``folder`` (see the module docstring; ``from_pretrained`` has verified the
+    manifest before reading the config); nothing here loads the LLM.
 
     ``expected_shapes``: tensor name -> shape the config implies (``GLTAForRecommendation.expected_tensor_shapes``);
     the file's names are read through ``conversion_mapping`` first (:func:`convert_tensor_names`).
@@ -269,4 +441,9 @@ def load_weights(folder) -> Dict[str, "torch.Tensor"]:  # noqa: F821
         state = load_file(os.fspath(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types for corrupt data
         raise CheckpointError(f"{path}: cannot be read as safetensors ({err})") from None
+    import torch
+
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CheckpointError(f"{path}: tensors {bad[:3]} hold NaN or infinite values; refusing to serve them")
     return state

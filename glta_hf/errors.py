@@ -49,5 +49,13 @@ class CheckpointError(GLTAError, ValueError):
     """A checkpoint folder is inconsistent (catalogue vs weights, hidden size, tokenizer, unsafe files)."""
 
 
+class OutputWriteError(GLTAError, OSError):
+    """An output could not be written (disk full, quota, read-only or forbidden folder); the message names the file."""
+
+
+class OutputLockedError(GLTAError, RuntimeError):
+    """Another live process is writing to the same output folder (its lock file names the pid and host)."""
+
+
 class TrainingError(GLTAError, RuntimeError):
     """Training cannot go on (non-finite loss, wrong stage setup); the message names the step."""

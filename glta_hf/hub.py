@@ -29,6 +29,7 @@ overwrites ``README.md`` with a generic transformers card, and ``Trainer.push_to
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -39,11 +40,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .errors import CheckpointError
 from .model_card import (CARD_NAME, RUN_INFO_NAME, USER_TABLE_NAME, hub_base_model, stage_record, stage_records,
                          write_model_card)
-from .run_record import portable_path, sanitized_run_info
+from .run_record import _is_absolute, portable_path, sanitized_run_info
 
 logger = logging.getLogger(__name__)
 
-from .checkpoint import ADAPTER_DIR, LLM_PREFIX, PICKLE_SUFFIXES, WEIGHTS_NAME  # noqa: E402
+from .checkpoint import ADAPTER_DIR, LLM_PREFIX, MANIFEST_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, write_manifest  # noqa: E402
 #: the only weight files a GLTA repository may hold
 ALLOWED_WEIGHTS = (WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors")
 #: files every uploaded GLTA checkpoint has (the tokenizer adds its own files, LoRA adds llm_adapter/)
@@ -51,7 +52,7 @@ REQUIRED_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", "configura
                   "tokenizer_config.json", CARD_NAME)
 #: the allow-list: GLTA's own checkpoint files that may be uploaded (+ the remote code, the tokenizer's files, the
 #: LoRA adapter and, when asked for, the user table)
-CHECKPOINT_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", RUN_INFO_NAME, CARD_NAME)
+CHECKPOINT_FILES = ("config.json", WEIGHTS_NAME, "item_catalogue.json", RUN_INFO_NAME, CARD_NAME, MANIFEST_NAME)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
                    "chat_template.json")
@@ -59,6 +60,8 @@ ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"
 ADAPTER_FILES = (ADAPTER_CONFIG, f"{ADAPTER_DIR}/adapter_model.safetensors")
 #: the text files written from this machine's state (config, records, card, tables): scanned for local paths
 RECORD_FILES = ("config.json", "item_catalogue.json", RUN_INFO_NAME, CARD_NAME, USER_TABLE_NAME, ADAPTER_CONFIG)
+#: the JSON records whose every string value is also checked not to be an absolute path (wherever it points)
+PATH_FREE_FILES = ("config.json", RUN_INFO_NAME, ADAPTER_CONFIG)
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf") + PICKLE_SUFFIXES
 
 
@@ -132,9 +135,22 @@ def hub_files(folder, include_user_table: bool = False) -> List[str]:
             continue
         text = (folder / name).read_text(encoding="utf-8", errors="replace")
         found = [m for m in markers if m in text]
+        if not found and name in PATH_FREE_FILES:
+            found = _absolute_paths(json.loads(text))
         if found:
             raise CheckpointError(f"{folder}/{name} holds the local path {found[0]!r}; refusing to upload it")
     return chosen
+
+
+def _absolute_paths(value: Any) -> List[str]:
+    """String values (at any depth) that are absolute local paths (``/data/x.gguf``, ``C:\\models``, ``~/x``)."""
+    if isinstance(value, Mapping):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    if isinstance(value, str) and _is_absolute(value) and len(value) > 1 and not value.startswith("//"):
+        return [value]
+    return []
 
 
 def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str, Any]] = None,
@@ -150,10 +166,14 @@ def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str,
 
     folder = Path(folder)
     config = model.config
-    saved_ref = config.llm_name_or_path
+    saved_ref, saved_gguf = config.llm_name_or_path, config.llm_gguf_file
     if llm_name_or_path:
         config.llm_name_or_path = llm_name_or_path
     try:
+        if config.llm_gguf_file and _is_absolute(str(config.llm_gguf_file)):
+            config.llm_gguf_file = portable_path(config.llm_gguf_file)
+            logger.warning("llm_gguf_file is the local path %r; it is uploaded as its name %r", saved_gguf,
+                           config.llm_gguf_file)
         ref = str(config.llm_name_or_path)
         if hub_base_model(config) != ref and (os.path.isabs(ref) or os.path.exists(ref)):
             config.llm_name_or_path = portable_path(ref)
@@ -170,8 +190,11 @@ def save_for_hub(model, folder, *, repo_id: str, run_info: Optional[Mapping[str,
         write_json(folder / RUN_INFO_NAME, record)
         write_model_card(model, folder, repo_id=repo_id, run_info=record, user_table=include_user_table)
     finally:
-        config.llm_name_or_path = saved_ref
-    return hub_files(folder, include_user_table=include_user_table)
+        config.llm_name_or_path, config.llm_gguf_file = saved_ref, saved_gguf
+    (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    files = hub_files(folder, include_user_table=include_user_table)
+    write_manifest(folder, files)  # of exactly what is uploaded (the user table removed, the record rewritten)
+    return sorted(files + [MANIFEST_NAME])
 
 
 def _portable_adapter_config(path: Path) -> None:

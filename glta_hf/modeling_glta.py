@@ -51,17 +51,22 @@ from .checkpoint import (
     load_weights,
     LLM_PREFIX,
     convert_tensor_names,
+    local_checkpoint_folder,
+    previous_entries_to_keep,
     read_checkpoint,
+    verify_manifest,
+    write_manifest,
 )
 from .components import GLTAHead, GraphResidual, build_component, init_linear
-from .configuration_glta import GLTAConfig
+from .configuration_glta import PROMPT_DEFAULTS, GLTAConfig
 from .decoding import all_slot_score_chunks, check_k, decode, full_logit_chunks, get_decoder, head_logit_chunks
 from .errors import CheckpointError
-from .io_utils import save_safetensors, write_json
+from .io_utils import replacing_folder, save_safetensors, write_json
 from .loss import slot_loss
 from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, call_llm, check_cacheable,
                            check_prefix_span, llm_fingerprint)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
+from .run_record import sanitized_run_info
 from .serving import GLTAServingMixin
 
 #: What ``set_trainable`` accepts: which projector trains besides the slot vectors and the head.
@@ -750,7 +755,12 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         return shapes
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
-        """Write config (+ remote code), GLTA weights, tokenizer, catalogue, user table (+ LoRA adapter).
+        """Write config (+ remote code), GLTA weights, tokenizer, catalogue, user table (+ LoRA adapter), then the
+        manifest of their checksums -- into a sibling folder swapped in by rename when complete, so a kill leaves the
+        previous checkpoint or this one (``io_utils.replacing_folder``; entries that are not checkpoint files, such
+        as a quickstart's ``work/``, are carried over). ``glta_run.json`` is written with secrets redacted and
+        absolute paths made relative to the working folder or reduced to names, as the recorded command line is
+        (``run_record.sanitized_run_info``): a copied folder publishes no local path.
 
         ``push_to_hub=True`` then uploads the checkpoint as :meth:`push_to_hub` does (``repo_id`` defaults to the
         folder's name, as in transformers; other keyword arguments go to ``glta_hf.hub.push_to_hub``).
@@ -762,23 +772,25 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
                 "config.llm_name_or_path is empty: a GLTA checkpoint references its LLM instead of copying it; "
                 "set model.config.llm_name_or_path to a hub id or a local folder"
             )
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        for model in (self.model, self):  # auto_map: AutoModel -> the base model, AutoModelForRecommendation -> this
-            if getattr(model, "_auto_class", None) is not None:
-                custom_object_save(model, folder, config=self.config)
-        self.config.save_pretrained(folder)
-        save_safetensors(self.glta_state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(folder)
-        write_json(folder / CATALOGUE_NAME, self.item_catalogue)
-        if self.has_user_table:  # a model loaded without its user table saves none (no placeholder table)
-            write_json(folder / USER_TABLE_NAME, self.user_table)
-        if _is_peft(self.llm):
-            self.llm.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
-        if self.run_info:
-            write_json(folder / RUN_INFO_NAME, self.run_info)
-        _write_model_card(self, folder)
+        target = Path(os.path.realpath(save_directory))
+        with replacing_folder(target, keep_from_old=previous_entries_to_keep) as folder:
+            for model in (self.model, self):  # auto_map: AutoModel -> the base model, AutoModelForRecommendation -> this
+                if getattr(model, "_auto_class", None) is not None:
+                    custom_object_save(model, folder, config=self.config)
+            self.config.save_pretrained(folder)
+            save_safetensors(self.glta_state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(folder)
+            write_json(folder / CATALOGUE_NAME, self.item_catalogue)
+            if self.has_user_table:  # a model loaded without its user table saves none (no placeholder table)
+                write_json(folder / USER_TABLE_NAME, self.user_table)
+            if _is_peft(self.llm):
+                self.llm.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+            if self.run_info:
+                write_json(folder / RUN_INFO_NAME, sanitized_run_info(self.run_info))
+            _write_model_card(self, folder)
+            write_manifest(folder)
+        folder = target
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", None) or folder.resolve().name
             self.push_to_hub(repo_id, **kwargs)
@@ -812,8 +824,9 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
     ) -> "GLTAForRecommendation":
         """Load a GLTA folder (or hub repo) and rebuild its LLM from the reference (``llm_name_or_path`` overrides).
 
-        Every GLTA file is checked before the LLM loads (``glta_hf.checkpoint.read_checkpoint``): pickle files,
-        safetensors header and size, tensor names and shapes against the config, catalogue / user table JSON and
+        Every GLTA file is checked before the LLM loads: a local path that is not a folder, the manifest's checksums
+        (``glta_hf.checkpoint.verify_manifest``), the config's value types and ranges, then
+        (``glta_hf.checkpoint.read_checkpoint``) pickle files, safetensors header and size, tensor names and shapes against the config, catalogue / user table JSON and
         ids; then the tokenizer's placeholders. Each failure is a ``CheckpointError`` naming the file; an LLM whose
         hidden size differs from the projectors' is one too. ``dtype`` / ``torch_dtype`` (as transformers spells them) set
         the LLM's dtype; ``token`` / ``cache_dir`` / ``force_download`` / ``proxies`` reach the Hub download; any other
@@ -825,21 +838,14 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         for name in _DTYPE_KWARGS & set(kwargs):  # AutoModel.from_pretrained(folder, dtype=...): the LLM's dtype
             if llm_dtype is None and kwargs[name] not in (None, "auto"):
                 llm_dtype = str(kwargs[name]).replace("torch.", "")
-        folder = Path(os.fspath(pretrained_model_name_or_path))
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            folder = Path(
-                snapshot_download(
-                    str(pretrained_model_name_or_path),
-                    revision=revision,
-                    local_files_only=local_files_only,
-                    **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS},
-                    ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES],
-                )
-            )
+        folder = local_checkpoint_folder(pretrained_model_name_or_path)
+        if folder is None:
+            folder = _download_checkpoint(str(pretrained_model_name_or_path), revision=revision,
+                                          local_files_only=local_files_only,
+                                          **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
+        verify_manifest(folder)
         if not isinstance(config, GLTAConfig):
-            config = load_config(folder, GLTAConfig)
+            config = load_config(folder, GLTAConfig, PROMPT_DEFAULTS)
         if quantization is not None:
             config.quantization = quantization
         if llm_dtype is not None:
@@ -892,6 +898,18 @@ _HUB_KWARGS = {"cache_dir", "force_download", "token", "proxies"}
 _DTYPE_KWARGS = {"dtype", "torch_dtype"}
 #: Arguments the Auto classes add to every call (``AutoModel.from_pretrained`` with remote code); not settings.
 _AUTO_INTERNAL_KWARGS = {"_from_auto", "_commit_hash", "code_revision", "adapter_kwargs", "_from_pipeline"}
+
+
+def _download_checkpoint(repo_id: str, **kwargs) -> Path:
+    """A Hub repo's snapshot (pickle files never downloaded); an id that is neither a local folder nor a valid repo
+    id is a CheckpointError saying both."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(repo_id, ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES], **kwargs))
+    except HFValidationError as err:
+        raise CheckpointError(f"{repo_id!r} is neither a local checkpoint folder nor a Hub repo id ({err})") from None
 
 
 def _wants_dict(config, return_dict: Optional[bool]) -> bool:

@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -35,7 +36,7 @@ from .alignment_data import serving_histories, training_splits, user_histories
 from .errors import CheckpointError, IdMapMismatchError, TrainingError
 from .graph import (BPRTrainer, GraphTrainingArguments, build_model as build_graph_model, export_node_embeddings,
                     load_node_embeddings)
-from .io_utils import read_json
+from .io_utils import output_lock, read_json
 from .model_card import stage_record, stage_records
 from .modeling_glta import RUN_INFO_NAME, WEIGHTS_NAME, GLTAForRecommendation
 from .texts import generate_user_texts, load_texts
@@ -334,7 +335,8 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
                          train_users=len(train_dataset) if stage == "user" else None,
                          train_items=(len(items) if items is not None else data.num_items) if stage == "item" else None)
     record["stages"] = stages + [{
-        "name": stage, "global_step": global_step, "output_dir": str(final_dir), "wall_time_s": round(seconds, 1),
+        "name": stage, "global_step": global_step, "output_dir": _run_relative(final_dir, args.output_dir),
+        "wall_time_s": round(seconds, 1),
         "world_size": int(args.world_size), "fingerprint": fingerprint,
         "settings": dict(settings or args.stage_settings(stage)),
         "hyperparameters": {k: v for k, v in hyper["hyperparameters"].items() if v is not None},
@@ -350,6 +352,15 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     return model, metrics
 
 
+def _run_relative(final_dir: Path, stage_dir) -> str:
+    """The stage's folder as recorded: relative to the run's root (``user/final``), never an absolute path (records
+    travel with the checkpoint)."""
+    try:
+        return Path(final_dir).resolve().relative_to(Path(stage_dir).resolve().parent).as_posix()
+    except ValueError:
+        return Path(final_dir).name
+
+
 # top-level keys of the glta_run.json that training/align.py wrote before it went through run_stage
 _LEGACY_STAGE_KEYS = ("stage", "stage_wall_time_s", "train_metrics", "log_history", "world_size")
 
@@ -360,7 +371,15 @@ def _changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(changes) or "the trained users / items or the model options"
 
 
-def run_stages(plan: Sequence[str], args, *, root, llm, data, texts=None, first_model: Callable[[str], Any],
+def run_stages(plan: Sequence[str], args, *, root, **kwargs):
+    """The alignment stages of ``plan`` in ``<root>/<stage>`` (:func:`_run_stages` says how), with ``root`` locked
+    for this run (``io_utils.output_lock``, main process): a second run into the same folder stops at once with
+    :class:`~glta_hf.errors.OutputLockedError` instead of interleaving checkpoints and rotating away this one's."""
+    with output_lock(root) if getattr(args, "process_index", 0) == 0 else contextlib.nullcontext():
+        return _run_stages(plan, args, root=root, **kwargs)
+
+
+def _run_stages(plan: Sequence[str], args, *, root, llm, data, texts=None, first_model: Callable[[str], Any],
                model_options: Optional[Mapping[str, Any]] = None, resume="last", users=None, items=None,
                early_stopping_patience: Optional[int] = None, run_info: Optional[Mapping[str, Any]] = None,
                before_stage: Optional[Callable[[str], None]] = None,
@@ -432,6 +451,11 @@ def run_stages(plan: Sequence[str], args, *, root, llm, data, texts=None, first_
             model.enable_prefix_cache(prefix_store)  # a reused user stage: evaluation / serving still cached
         if on_stage is not None:
             on_stage(stage, model, metrics)
+    if explicit is not None:  # every stage was finished: the checkpoint asked for was not used -- say so
+        message = (f"--resume_from_checkpoint {explicit} was not used: every stage of {list(plan)} is finished in "
+                   f"{root}; delete a stage's final/ folder to train it again from that checkpoint")
+        logger.warning(message)
+        echo(message)
     return model
 
 

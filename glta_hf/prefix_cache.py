@@ -502,7 +502,9 @@ class PrefixStore:
     * Disk: entries evicted from memory are written to safetensors shards (memory-mapped when read back) in
       ``folder`` (a temporary folder, deleted by :meth:`close`, when none is given), so a prefix is computed once
       per run even when a dataset's prefixes exceed memory. With a ``folder``, every computed entry is also written
-      at once and indexed in ``prefix_index.json``, so a later run (or a server) reuses them.
+      at once and indexed in ``prefix_index.json``, so a later run (or a server) reuses them. The index records
+      each shard's size and sha256, checked when the shard is first opened: a damaged index or shard is a
+      :class:`PrefixCacheError` naming the file (delete the folder to rebuild it), never a served wrong prefix.
 
     Keys are complete (:class:`PrefixKey`): a changed user, text, LLM, dtype or layout misses and is recomputed.
     """
@@ -519,6 +521,7 @@ class PrefixStore:
         self._memory_bytes = 0
         self._disk: Dict[PrefixKey, Tuple[str, str]] = {}  # key -> (shard file name, tensor name)
         self._shards: Dict[str, object] = {}  # open safe_open handles (memory-mapped)
+        self._checksums: Dict[str, Dict[str, object]] = {}  # shard -> {"size", "sha256"} (persistent folders)
         self.stats = {"hits_memory": 0, "hits_disk": 0, "computed": 0, "evicted": 0, "spilled": 0}
         if self.folder is not None and (self.folder / INDEX_NAME).exists():
             self._load_index()
@@ -651,9 +654,13 @@ class PrefixStore:
         for key in entries:
             self._disk[key] = (shard, key.name())
         if self.persistent:
+            from .checkpoint import file_sha256
+
+            self._checksums[shard] = {"size": (folder / shard).stat().st_size, "sha256": file_sha256(folder / shard)}
             write_json(folder / INDEX_NAME, {
                 "format": "glta-prefix-index-1",
                 "entries": [{"key": list(k), "shard": s, "name": n} for k, (s, n) in self._disk.items()],
+                "shards": self._checksums,
             })
 
     def _read(self, key: PrefixKey) -> PrefixKV:
@@ -662,22 +669,60 @@ class PrefixStore:
         shard, name = self._disk[key]
         handle = self._shards.get(shard)
         if handle is None:
-            handle = self._shards[shard] = safe_open(os.fspath(self.folder / shard), framework="pt", device="cpu")
+            path = self.folder / shard
+            self._verify_shard(path, self._checksums.get(shard))
+            try:
+                handle = safe_open(os.fspath(path), framework="pt", device="cpu")
+            except Exception as err:  # safetensors' own error types for a damaged header
+                raise PrefixCacheError(f"{path}: not a readable prefix shard ({err}); delete {self.folder} to "
+                                       "rebuild the store") from None
+            self._shards[shard] = handle
         try:
             return PrefixKV(handle.get_tensor(f"{name}.keys"), handle.get_tensor(f"{name}.values"), handle.get_tensor(f"{name}.mask"))
         except Exception as err:  # a truncated or foreign shard: say which file
             raise PrefixCacheError(f"{self.folder / shard}: cannot read cached prefix {name} ({err})") from err
 
+    def _verify_shard(self, path: Path, recorded: Optional[Dict[str, object]]) -> None:
+        """A shard against the size and sha256 its index recorded (indexes of older runs recorded none)."""
+        from .checkpoint import file_sha256
+
+        if recorded is None:
+            return
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise PrefixCacheError(f"{path}: cannot be read ({err.strerror}); delete {self.folder} to rebuild the "
+                                   "store") from None
+        if size != recorded.get("size") or file_sha256(path) != recorded.get("sha256"):
+            raise PrefixCacheError(f"{path}: does not match the checksum in {INDEX_NAME} (corrupt or replaced); "
+                                   f"delete {self.folder} to rebuild the store")
+
     def _load_index(self) -> None:
         path = self.folder / INDEX_NAME
-        index = read_json(path)
+        try:
+            index = read_json(path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PrefixCacheError(f"{path}: unreadable prefix index ({err}); delete {self.folder} to rebuild the "
+                                   "store") from None
         if not isinstance(index, dict) or index.get("format") != "glta-prefix-index-1":
             raise PrefixCacheError(f"{path}: not a glta prefix index (format {index.get('format') if isinstance(index, dict) else None!r})")
-        for record in index["entries"]:
-            key = PrefixKey(*record["key"])
-            if key.name() != record["name"] or not (self.folder / record["shard"]).exists():
-                raise PrefixCacheError(f"{path}: entry {record['name']} does not match its key or its shard is missing")
-            self._disk[key] = (record["shard"], record["name"])
+        try:
+            checksums = index.get("shards") or {}
+            for shard, recorded in checksums.items():
+                if not isinstance(recorded, dict):
+                    raise TypeError(f"shard {shard!r}: {recorded!r}")
+            for record in index["entries"]:
+                key = PrefixKey(*record["key"])
+                shard, name = str(record["shard"]), record["name"]
+                if key.name() != name or not (self.folder / shard).is_file() or "/" in shard or "\\" in shard:
+                    raise PrefixCacheError(f"{path}: entry {name} does not match its key or its shard is missing")
+                self._disk[key] = (shard, name)
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            if isinstance(err, PrefixCacheError):
+                raise
+            raise PrefixCacheError(f"{path}: malformed prefix index ({type(err).__name__}: {err}); delete "
+                                   f"{self.folder} to rebuild the store") from None
+        self._checksums = dict(checksums)
 
 
 def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey],

@@ -35,7 +35,7 @@ from .cli_args import (add_field_flags, carve_fraction, decoding_name, given_fie
                        require_data_dir, require_llm, seed_value, writable_dir)
 from .data.loaders import DATASETS
 from .errors import InvalidArgumentError
-from .io_utils import read_json, write_json
+from .io_utils import output_lock, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -387,13 +387,7 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     ``llm`` / ``tokenizer``: an already loaded *causal* LM and its tokenizer (tests pass a tiny LLaMA); by default the
     backbone is loaded from ``cfg.backbone``. ``echo`` receives the human-readable report lines.
     """
-    import numpy as np
-
-    from . import metrics, pipeline
-    from .alignment_data import data_record, prepare_data
-    from .decoding import check_decoding, cutoffs_within
-    from .graph import seed_everything
-    from .texts import llm_reference
+    from .decoding import check_decoding
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -403,6 +397,19 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     args = cfg.training_arguments(work)
     check_decoding(cfg.decoding)
     work.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):  # one quickstart per folder: a second one stops here, before any work
+        return _run_quickstart(cfg, args, out, work, start, llm=llm, tokenizer=tokenizer, echo=echo)
+
+
+def _run_quickstart(cfg: QuickstartConfig, args, out: Path, work: Path, start: float, *, llm, tokenizer, echo):
+    import numpy as np
+
+    from . import metrics, pipeline
+    from .alignment_data import data_record, prepare_data
+    from .decoding import cutoffs_within
+    from .graph import seed_everything
+    from .texts import llm_reference
+
     timings: Dict[str, float] = {}
 
     def step(name: str):

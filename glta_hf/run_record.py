@@ -7,8 +7,11 @@
   ``key``, ``secret``, ``password`` or ``credential``) keep their flag and lose their value (``<redacted>``); an
   absolute path becomes relative to the working folder when it lies inside it, else just its last component;
 * :func:`portable_path`: the same rule for one path;
-* :func:`sanitized_run_info`: a copy of a record with the command sanitized and every absolute path (``data_dir``,
-  ``graph_dir``, ``texts``, ``backbone``, ``output_dir``, nested stage records ...) made portable.
+* :func:`sanitized_run_info`: a copy of a record with the command sanitized, the value of every secret-named field
+  redacted at any depth (whatever its type: a string, a list, an object), and every absolute path (``data_dir``,
+  ``graph_dir``, ``texts``, ``backbone``, ``output_dir``, nested stage records ...) made portable. ``save_pretrained``
+  writes ``glta_run.json`` through it, so a copied folder publishes no path (a relative path stays as given, so
+  ``evaluate.py`` run from the same folder finds the data again; one reduced to its name needs ``--data-dir``).
 
 Light module (standard library only).
 """
@@ -28,11 +31,16 @@ SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "credential", "c
 _SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|api_[A-Za-z0-9]{8,})\b")
 
 
+#: abbreviations argparse would accept for a secret word (``--hub_tok``, ``--db_pass``): prefixes of >= 3 letters
+_SECRET_PREFIXES = ("token", "secret", "password", "credential")
+
+
 def is_secret_flag(flag: str) -> bool:
     """True for a command-line flag (or record field) whose value is a secret: a word of its name is a token /
-    key / secret / password (also glued: ``--hubtoken``, ``--dbpassword``)."""
+    key / secret / password (also glued: ``--hubtoken``, ``--dbpassword``; or abbreviated: ``--hub_tok``)."""
     words = [w for w in re.split(r"[-_.]+", flag.lstrip("-").lower()) if w]
-    return any(w in SECRET_WORDS or w.endswith(("token", "secret", "password")) for w in words)
+    return any(w in SECRET_WORDS or w.endswith(("token", "secret", "password"))
+               or (len(w) >= 3 and any(s.startswith(w) for s in _SECRET_PREFIXES)) for w in words)
 
 
 def _is_absolute(text: str) -> bool:
@@ -93,8 +101,8 @@ def sanitized_run_info(record: Mapping[str, Any], base: Optional[Union[str, os.P
     path (at any depth) made portable."""
 
     def clean(key: Optional[str], value: Any) -> Any:
-        if key is not None and isinstance(value, str) and is_secret_flag(key):
-            return REDACTED
+        if key is not None and value is not None and is_secret_flag(key):
+            return REDACTED  # whatever it holds: a string, a list of keys, a nested object
         if isinstance(value, Mapping):
             return {k: clean(str(k), v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

@@ -35,6 +35,22 @@ def _as_user_list(users) -> list:
     return users
 
 
+def _histories_by_user(histories: Mapping, users: list) -> list:
+    """A dict of histories aligned with ``users``. Ids match as strings, as everywhere (``1`` and ``"1"`` are one
+    user); a key that is not an id, names no requested user or names one twice is an error, never ignored."""
+    by_id: Dict[str, Any] = {}
+    for key, value in histories.items():
+        if not _is_id(key):
+            raise ArgumentError(f"histories: keys must be user ids (str or int), got {key!r}")
+        if str(key) in by_id:
+            raise ArgumentError(f"histories: user {key!r} has two entries (ids match as strings)")
+        by_id[str(key)] = value
+    unused = sorted(set(by_id) - {str(u) for u in users})
+    if unused:
+        raise ArgumentError(f"histories: {unused[:5]} are not among the requested users {users[:5]}")
+    return [by_id.get(str(u)) for u in users]
+
+
 class GLTAServingMixin:
     """Catalogue, user table and recommendation API of :class:`GLTAForRecommendation` (see the module docstring)."""
 
@@ -199,7 +215,8 @@ class GLTAServingMixin:
         """Top-k external item ids with scores for external user ids: ``[{"user", "items", "scores"}, ...]``.
 
         ``users``: a sequence of user ids, or ONE id (a bare string such as ``"12"`` is one user). ``histories``
-        (external item ids; a dict by user or a list aligned with ``users``) replaces a known user's stored history
+        (external item ids; a dict by user id -- every key one of ``users``, matched as strings -- or a list aligned
+        with ``users``) replaces a known user's stored history
         in the prompt and the exclusion, and lets unknown users be *folded in*: their node embedding is the mean of
         ``E_i`` over the history, without profile or prediction text. An unknown user without history raises
         ``UnknownIdError``. Scores are non-increasing along each list; their meaning per decoding is documented in
@@ -214,7 +231,7 @@ class GLTAServingMixin:
         check_k(k, decoding, self.config.num_items, self.config.num_slots)
         user_index, item_index = self._lookup("user"), self._lookup("item")
         if isinstance(histories, Mapping):
-            histories = [histories.get(u, histories.get(str(u))) for u in users]
+            histories = _histories_by_user(histories, users)
         elif histories is not None:
             if isinstance(histories, (str, bytes)):
                 raise ArgumentError("histories must be a dict by user or a list of item-id lists, got a string")

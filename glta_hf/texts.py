@@ -16,6 +16,8 @@ template hash, the LLM reference, the dataset name + split fingerprint and the g
 appended, flushed and fsynced, so a killed job loses at most the batch in flight; a rerun drops a truncated last
 line, skips users already present and appends the rest (every user ends with exactly one line). A cache whose
 sidecar names another LLM, template, dataset or setting is refused with :class:`TextCacheError` rather than mixed.
+After each batch ``texts.jsonl.sha256.json`` records the file's size and sha256 (:func:`write_checksum`); reading
+checks them, so a damaged cache is refused by name rather than trained on.
 """
 from __future__ import annotations
 
@@ -192,6 +194,34 @@ def meta_path(path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
+def checksum_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".sha256.json")
+
+
+def write_checksum(path) -> None:
+    """Record the size and sha256 of ``texts.jsonl`` as it is now (after each appended batch) in its
+    :func:`checksum_path` sidecar; :func:`read_cache` checks those bytes, so a flipped byte is not trained on."""
+    raw = Path(path).read_bytes()
+    write_json(checksum_path(path), {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
+
+
+def _verify_checksum(path: Path, raw: bytes) -> None:
+    """The first recorded bytes of the cache match their checksum; lines appended after it (a kill between a batch
+    and its checksum) are not covered. Caches written before checksums have no sidecar and are read as they are."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return
+    try:
+        recorded = read_json(sidecar)
+        size, digest = int(recorded["bytes"]), str(recorded["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise TextCacheError(f"{sidecar}: unreadable checksum file ({err}); delete it to read {path} unchecked") from None
+    if len(raw) < size or hashlib.sha256(raw[:size]).hexdigest() != digest:
+        raise TextCacheError(f"{path}: does not match its checksum in {sidecar.name} (corrupt or edited); delete the "
+                             "cache to regenerate it, or the checksum file to accept it as it is")
+
+
 def read_cache(path, *, repair: bool = False) -> Dict[int, Dict[str, Any]]:
     """Read ``texts.jsonl`` -> ``{user_idx: record}``.
 
@@ -205,6 +235,7 @@ def read_cache(path, *, repair: bool = False) -> Dict[int, Dict[str, Any]]:
         return records
     with open(path, "rb") as handle:
         raw = handle.read()
+    _verify_checksum(path, raw)
     good_end = raw.rfind(b"\n") + 1  # bytes up to and including the last newline
     if good_end < len(raw):
         logger.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw) - good_end)
@@ -401,6 +432,7 @@ def generate_user_texts(
                 handle.write(lines)
                 handle.flush()
                 os.fsync(handle.fileno())
+                write_checksum(path)
                 summary["users_written"] += len(batch)
                 summary["new_tokens"] += n1 + n2
                 summary["prompt_tokens"] += p1 + p2

@@ -6,7 +6,10 @@
 
 The dataset and split options are read from the model folder's ``glta_run.json`` (every writer -- align.py, the
 quickstart, the benchmark -- records them the same way, ``glta_hf.alignment_data.data_record``; flags override), so
-any checkpoint this package wrote evaluates with no extra flags.
+any checkpoint this package wrote evaluates with no extra flags when its data folder is found from the recorded path:
+relative to the working folder, or beside the model folder or one of its parents. Records publish no local path, so a
+data folder given by an absolute path outside the working folder is recorded by its name only: if it is not found
+that way, pass ``--data-dir``.
 ``--split test`` excludes every training interaction (fit + validation) and shows the user's full training
 history; ``--split validation`` excludes the fit interactions only. ``--decoding all`` runs the four decoders.
 Flags are kebab-case; the underscore spelling (``--batch_size``) works too. Invalid values, an unwritable output and
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
     dataset = args.dataset or run.get("dataset")
     if not dataset:
         raise SystemExit(f"{folder}: no glta_run.json; pass --dataset / --data-dir")
-    data, full = data_from_record(run, dataset=dataset, data_dir=args.data_dir, split=args.split_policy)
+    data, full = data_from_record(run, dataset=dataset, data_dir=args.data_dir, split=args.split_policy,
+                                  record_folder=folder)
     model = GLTAForRecommendation.from_pretrained(folder, llm_name_or_path=args.llm)
     if list(map(str, model.item_catalogue["item_ids"])) != list(map(str, data.item_ids)):
         raise SystemExit(f"{folder}: the model's item catalogue differs from dataset {dataset!r}")
