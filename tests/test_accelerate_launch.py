@@ -58,4 +58,4 @@ def test_two_cpu_processes_train_and_save_one_model(tmp_path):
     info = json.loads((stage / "final" / "glta_run.json").read_text())
     [record] = info["stages"]
     assert record["name"] == "user" and record["world_size"] == 2 and record["global_step"] == 3
-    assert record["output_dir"] == str(stage / "final")
+    assert record["output_dir"] == "user/final"  # relative to the run root (records travel with the folder)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import glta_hf.modeling_glta as modeling
 from glta_hf import CheckpointError, GLTAForRecommendation, UnknownIdError
-from glta_hf.checkpoint import CATALOGUE_NAME, USER_TABLE_NAME, WEIGHTS_NAME
+from glta_hf.checkpoint import CATALOGUE_NAME, MANIFEST_NAME, USER_TABLE_NAME, WEIGHTS_NAME
 from glta_hf.decoding import ArgumentError, decoder_names
 from glta_hf.errors import GLTAError
 from glta_hf.testing import tiny_llama
@@ -36,13 +36,22 @@ def model(saved):
 
 
 @pytest.fixture
-def copy(saved, tmp_path, monkeypatch):
-    """A fresh copy of the checkpoint; loading the LLM from it is an error (every check must come first)."""
+def signed(saved, tmp_path, monkeypatch):
+    """A fresh copy of the checkpoint, manifest included; loading the LLM from it is an error (every check must
+    come first)."""
     def no_llm(*args, **kwargs):
         raise AssertionError("the LLM was loaded before the checkpoint files were checked")
 
     monkeypatch.setattr(modeling, "load_llm", no_llm)
     return shutil.copytree(saved, tmp_path / "ckpt")
+
+
+@pytest.fixture
+def copy(signed):
+    """A fresh copy without its manifest (as saved before manifests existed): the structural checks behind the
+    checksums, which also guard a folder whose files were edited consistently."""
+    (signed / MANIFEST_NAME).unlink()
+    return signed
 
 
 def _load(folder):
@@ -134,7 +143,7 @@ def test_header_offsets_beyond_the_data(copy):
 def test_config_missing_or_incomplete(copy):
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "llm_hidden_size": None}))
-    with pytest.raises(CheckpointError, match=r"config.json: \['llm_hidden_size'\] must be integers"):
+    with pytest.raises(CheckpointError, match=r"config.json: 'llm_hidden_size' is missing \(must be an integer\)"):
         _load(copy)
     (copy / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json: file is missing"):
@@ -237,3 +246,71 @@ def test_fuzz_corrupted_checkpoint(saved, tmp_path_factory, name, action, where,
     except GLTAError as err:
         named = name if not name.startswith("tokenizer") else "tokenizer"
         assert named in str(err) or (action == "drop" and name == "tokenizer.json"), str(err)
+
+
+# ------------------------------------------------------------------------------------------- issue 25 probe cases
+
+
+def test_from_pretrained_says_plainly_what_a_local_path_is(tmp_path, copy):
+    with pytest.raises(CheckpointError, match="no such folder"):
+        _load(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no such folder"):
+        _load("./runs/user/final")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a checkpoint folder"):
+        _load(tmp_path / "file.txt")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(CheckpointError, match="symlink loop"):
+        _load(tmp_path / "loop")
+    with pytest.raises(CheckpointError, match="neither a local checkpoint folder nor a Hub repo id"):
+        _load("not a repo id!")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: [c], "expected a JSON object, got list"),
+        (lambda c: {**c, "llm_hidden_size": -5}, "'llm_hidden_size' must be >= 1, got -5"),
+        (lambda c: {**c, "num_items": "12"}, "'num_items' must be an integer, got '12'"),
+        (lambda c: {**c, "node_dim": True}, "'node_dim' must be an integer, got True"),
+        (lambda c: {**c, "num_slots": 0}, "'num_slots' must be >= 1"),
+        (lambda c: {**c, "prompt": {**c["prompt"], "max_history": "3"}}, "'prompt.max_history' must be an integer, got '3'"),
+        (lambda c: {**c, "prompt": {**c["prompt"], "max_history": -1}}, "'prompt.max_history' must be >= 0"),
+        (lambda c: {**c, "prompt": {**c["prompt"], "use_chat_template": "yes"}}, "'prompt.use_chat_template' must be true/false"),
+        (lambda c: {**c, "prompt": [1]}, "'prompt' must be an object"),
+        (lambda c: {**c, "rank_chunk_size": 0}, "'rank_chunk_size' must be >= 1"),
+        (lambda c: {**c, "lora": "r=8"}, "'lora' must be an object"),
+    ],
+)
+def test_config_values_are_type_and_range_checked_at_load(copy, change, message):
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(change(config)))
+    with pytest.raises(CheckpointError, match=rf"config.json: {__import__('re').escape(message)}"):
+        _load(copy)
+
+
+@pytest.mark.parametrize("bad", [None, True, 1.5, ["i1"]])
+def test_catalogue_ids_must_be_strings_or_integers(copy, bad):
+    path = copy / CATALOGUE_NAME
+    catalogue = json.loads(path.read_text())
+    catalogue["item_ids"][5] = bad
+    path.write_text(json.dumps(catalogue))
+    with pytest.raises(CheckpointError, match=rf"{CATALOGUE_NAME}: item id at row 5 is .*strings or integers"):
+        _load(copy)
+
+
+def test_recommend_history_keys_match_users_as_strings(model):
+    """The issue's probe: ``recommend(["1"], histories={1: [...]})`` ignored the int key (and used no history);
+    ids match as strings everywhere, so the key applies, and a key naming no requested user is an error."""
+    history = [model.item_catalogue["item_ids"][0], model.item_catalogue["item_ids"][3]]
+    by_str = model.recommend(["1"], k=2, histories={"1": history})  # "1" is unknown: folded in from the history
+    assert model.recommend(["1"], k=2, histories={1: history}) == by_str
+    assert model.recommend([1], k=2, histories={"1": history})[0]["items"] == by_str[0]["items"]
+    with pytest.raises(ArgumentError, match=r"histories: \['u9'\] are not among the requested users"):
+        model.recommend(["u1"], k=2, histories={"u9": history})
+    with pytest.raises(ArgumentError, match=r"histories: \['u1 '\] are not among"):  # a typo is never ignored
+        model.recommend(["u1"], k=2, histories={"u1 ": history})
+    with pytest.raises(ArgumentError, match="histories: keys must be user ids"):
+        model.recommend(["u1"], k=2, histories={("u1",): history})
+    with pytest.raises(ArgumentError, match="has two entries"):
+        model.recommend([1], k=2, histories={1: history, "1": history})

@@ -55,7 +55,7 @@ def workdir(tmp_path_factory):
 def _losses(final_dir: Path, stage: str = "user"):
     info = json.loads((final_dir / "glta_run.json").read_text())
     record = next(s for s in info["stages"] if s["name"] == stage)
-    assert record["output_dir"] == str(final_dir) and record["global_step"] > 0
+    assert record["output_dir"] == f"{stage}/final" and record["global_step"] > 0  # relative to the run root
     return [h["loss"] for h in record["log_history"] if "loss" in h]
 
 

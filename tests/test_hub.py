@@ -64,8 +64,8 @@ class Recorder:
 
 
 def expected_files(tokenizer, tmp_path, user_table=False):
-    """config + GLTA weights + catalogue + run record + card + remote code + the tokenizer's files (+ the user table
-    when asked for)."""
+    """config + GLTA weights + catalogue + run record + card + manifest + remote code + the tokenizer's files (+ the
+    user table when asked for)."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     import glta_hf.configuration_glta
@@ -75,7 +75,8 @@ def expected_files(tokenizer, tmp_path, user_table=False):
     tokenizer.save_pretrained(tok_dir)
     code = {Path(f).name for mod in (glta_hf.modeling_glta, glta_hf.configuration_glta)
             for f in [mod.__file__, *get_relative_import_files(mod.__file__)]}
-    return ({"config.json", "model.safetensors", "item_catalogue.json", "glta_run.json", "README.md"} | code
+    return ({"config.json", "model.safetensors", "item_catalogue.json", "glta_run.json", "README.md",
+             "glta_manifest.json"} | code
             | {p.name for p in tok_dir.iterdir()} | ({"user_table.json"} if user_table else set()))
 
 
@@ -170,6 +171,7 @@ def test_hub_files_refuse_llm_weights_pickles_and_foreign_weights(tmp_path):
 
     tiny = build_tiny(tmp_path)
     folder = tmp_path / "ckpt"
+    tiny.model.config.llm_name_or_path = "org/tiny-llm"  # a local LLM path is refused on its own (test below)
     tiny.model.save_pretrained(folder)
     assert "model.safetensors" in hub_files(folder)
     (folder / "training_args.bin").write_bytes(b"pickle")
@@ -357,6 +359,7 @@ def test_a_model_pushed_without_its_user_table_serves_fold_in_requests(tmp_path,
 def test_hub_files_upload_only_the_allow_list(tmp_path):
     tiny = build_tiny(tmp_path)
     folder = tmp_path / "ckpt"
+    tiny.model.config.llm_name_or_path = "org/tiny-llm"  # a local LLM path is refused on its own (test below)
     tiny.model.save_pretrained(folder)
     (folder / "notes.txt").write_text("private notes")
     (folder / "runs").mkdir()
@@ -378,3 +381,42 @@ def test_lora_push_uploads_the_adapter_without_the_local_llm_path(tmp_path, monk
     assert not str(adapter.get("base_model_name_or_path") or "").startswith("/")
     for name, data in hub.operations.items():
         assert str(tmp_path).encode() not in data, name
+
+
+def test_an_absolute_gguf_path_is_never_uploaded(tmp_path, monkeypatch):
+    """The path scan knew only $HOME, cwd and sys.prefix; an llm_gguf_file elsewhere went to config.json and the card."""
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path)
+    tiny.model.config.llm_gguf_file = "/models/gguf/smollm2-135m-q4_1.gguf"
+    tiny.model.push_to_hub("org/glta-gguf", llm_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    for name, data in hub.operations.items():
+        assert b"/models/gguf" not in data, name
+    assert json.loads(hub.operations["config.json"])["llm_gguf_file"] == "smollm2-135m-q4_1.gguf"
+    assert tiny.model.config.llm_gguf_file == "/models/gguf/smollm2-135m-q4_1.gguf"  # local config unchanged
+
+
+def test_hub_files_refuse_any_absolute_path_in_the_json_records(tmp_path):
+    tiny = build_tiny(tmp_path)
+    folder = tmp_path / "ckpt"
+    tiny.model.config.llm_name_or_path = "org/tiny-llm"
+    tiny.model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "llm_gguf_file": "/opt/models/x.gguf"}))
+    with pytest.raises(CheckpointError, match="config.json holds the local path '/opt/models/x.gguf'"):
+        hub_files(folder)
+
+
+def test_the_uploaded_manifest_matches_the_uploaded_files(tmp_path, monkeypatch):
+    """The Hub copy loads with its checksums verified: the manifest covers what was uploaded (no user table, the
+    sanitized record), not the local folder."""
+    import hashlib
+
+    hub = Recorder(monkeypatch)
+    tiny = build_tiny(tmp_path)
+    tiny.model.run_info = {"hub_token": FAKE_TOKEN}
+    tiny.model.push_to_hub("org/glta-tiny")
+    manifest = json.loads(hub.operations["glta_manifest.json"])["files"]
+    assert "user_table.json" not in manifest and "README.md" not in manifest
+    assert set(manifest) == set(hub.operations) - {"glta_manifest.json", "README.md"}
+    for name, entry in manifest.items():
+        assert hashlib.sha256(hub.operations[name]).hexdigest() == entry["sha256"], name

@@ -43,3 +43,43 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("killed")
     assert (tmp_path / "a.json").read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    """Issue 25: a full disk gave a traceback that did not name the file being written."""
+    import errno
+
+    from glta_hf.errors import GLTAError, OutputWriteError
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputWriteError, match=r"cannot write .*a\.json: No space left on device") as err:
+        write_json(tmp_path / "a.json", {"a": 1})
+    assert isinstance(err.value, GLTAError) and isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind
+
+
+def test_a_checkpoint_save_on_a_full_disk_names_the_folder_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from conftest import build_tiny
+
+    from glta_hf.checkpoint import verify_manifest
+    from glta_hf.configuration_glta import GLTAConfig
+    from glta_hf.errors import OutputWriteError
+
+    tiny = build_tiny(tmp_path)
+    tiny.model.save_pretrained(tmp_path / "ckpt")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "config.json")
+
+    monkeypatch.setattr(GLTAConfig, "save_pretrained", full)
+    with pytest.raises(OutputWriteError, match=r"cannot write .*ckpt \(config.json\): No space left"):
+        tiny.model.save_pretrained(tmp_path / "ckpt")
+    assert verify_manifest(tmp_path / "ckpt")

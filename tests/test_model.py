@@ -341,6 +341,9 @@ def test_auto_classes_registered(tiny, tmp_path):
 def test_tokenizer_missing_placeholders_is_checkpoint_error(tiny, tmp_path):
     tiny.model.save_pretrained(tmp_path / "ckpt")
     tiny_tokenizer().save_pretrained(tmp_path / "ckpt")  # overwrite with a tokenizer lacking <user>/<item>/<slot>
+    with pytest.raises(CheckpointError, match="tokenizer.*glta_manifest.json"):  # the checksums see it first
+        GLTAForRecommendation.from_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "glta_manifest.json").unlink()  # the check behind them (folders saved before manifests)
     with pytest.raises(CheckpointError, match="placeholder"):
         GLTAForRecommendation.from_pretrained(tmp_path / "ckpt")
 
@@ -361,6 +364,7 @@ def test_hidden_size_and_catalogue_mismatch(tiny, tmp_path):
     catalogue = json.loads(path.read_text())
     catalogue["item_ids"] = catalogue["item_ids"][:-1]
     path.write_text(json.dumps(catalogue))
+    (tmp_path / "ckpt" / "glta_manifest.json").unlink()  # the check behind the checksums
     with pytest.raises(CheckpointError, match="11 items"):
         GLTAForRecommendation.from_pretrained(tmp_path / "ckpt")
 

@@ -73,8 +73,9 @@ def test_stages_are_recorded_as_records_and_old_name_lists_are_read(setup):
     assert info["dataset"] == "tiny" and info["backbone"] == "tiny"
     assert not {"log_history", "world_size", "stage"} & set(info)  # the old per-launch keys are gone
     item, user = info["stages"]  # "item" was replaced by the new record, "user" likewise
-    assert item["name"] == "item" and item["output_dir"] == str(root / "item" / "final")
-    assert user["name"] == "user" and user["global_step"] == 2 and user["output_dir"] == str(final)
+    # relative to the run's root: records travel with the checkpoint (issue 25)
+    assert item["name"] == "item" and item["output_dir"] == "item/final"
+    assert user["name"] == "user" and user["global_step"] == 2 and user["output_dir"] == "user/final"
     assert user["world_size"] == 1 and [h for h in user["log_history"] if "loss" in h]
     assert user["hyperparameters"]["max_steps"] == 2 and info["stage_metrics"]["user"]["global_step"] == 2
     assert pipeline.stage_records({"stages": ["item", {"name": "user", "global_step": 3}]}) == [
@@ -212,3 +213,9 @@ def test_run_stages_reuses_only_what_finished_with_the_same_settings(setup):
     reports.clear()
     loop(_args(root, stage="all", max_steps=3), resume=None)  # without resume, every planned stage trains
     assert not any(m.get("skipped") for _, m in reports)
+
+    # issue 25: an explicit checkpoint for a run whose stages are all finished is not used -- and that is said
+    reports.clear()
+    loop(_args(root, stage="all", max_steps=3), resume=str(setup.tmp / "some" / "checkpoint-7"))
+    assert all(m.get("skipped") for _, m in reports)
+    assert any("checkpoint-7 was not used: every stage" in line for line in messages)

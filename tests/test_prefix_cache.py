@@ -236,6 +236,55 @@ def test_store_folder_persists_for_the_next_run(tmp_path):
     assert len(calls) == 2 and not torch.equal(other[0].keys, first[0].keys)
 
 
+def _persisted_store(folder):
+    keys = [PrefixKey(u, "h", "m", "d", "text_first") for u in ("alice", "bob")]
+    with PrefixStore(folder=folder) as store:
+        store.get_or_compute(keys, _computer([]))
+    return keys
+
+
+def test_a_flipped_shard_byte_is_refused_never_served(tmp_path):
+    """Issue 25: bit flips in a prefix-cache shard were served; the index records every shard's sha256."""
+    folder = tmp_path / "prefixes"
+    keys = _persisted_store(folder)
+    shard = next(folder.glob("prefix-*.safetensors"))
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[:-3] + bytes([raw[-3] ^ 0x01]) + raw[-2:])  # a data byte: the header still parses
+    store = PrefixStore(folder=folder)
+    with pytest.raises(PrefixCacheError, match=rf"{shard.name}: does not match the checksum in prefix_index.json"):
+        store.get_or_compute(keys, _computer([]))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("index_json", "unreadable prefix index"),
+    ("index_entries", "malformed prefix index"),
+    ("index_record", "malformed prefix index"),
+    ("shard_header", "not a readable prefix shard"),
+])
+def test_a_damaged_store_is_a_clear_error_naming_the_file(tmp_path, damage, message):
+    """Issue 25: a damaged index or shard gave raw JSONDecodeError / KeyError / SafetensorError."""
+    import json
+
+    folder = tmp_path / "prefixes"
+    keys = _persisted_store(folder)
+    index = folder / "prefix_index.json"
+    shard = next(folder.glob("prefix-*.safetensors"))
+    record = json.loads(index.read_text())
+    if damage == "index_json":
+        index.write_text('{"format": "glta-prefix-index-1", "entries": [')
+    elif damage == "index_entries":
+        index.write_text(json.dumps({"format": "glta-prefix-index-1"}))
+    elif damage == "index_record":
+        record["entries"][0] = {"key": 5}
+        index.write_text(json.dumps(record))
+    else:  # an index of an older run (no checksums) and a shard whose header is garbage
+        index.write_text(json.dumps({k: v for k, v in record.items() if k != "shards"}))
+        shard.write_bytes(b"\xff" * 64)
+    with pytest.raises(PrefixCacheError, match=message) as err:
+        PrefixStore(folder=folder).get_or_compute(keys, _computer([]))
+    assert ("prefix_index.json" if damage.startswith("index") else shard.name) in str(err.value)
+
+
 def test_check_cacheable_refuses_lora_and_trainable_llm(llm):
     check_cacheable(llm)  # frozen plain LLM: fine
     from peft import LoraConfig, get_peft_model

@@ -71,3 +71,66 @@ def test_align_records_a_sanitized_command():
 
     source = (Path(__file__).resolve().parents[1] / "training" / "align.py").read_text()
     assert '"command": sanitized_command(sys.argv)' in source and "shlex.quote" not in source
+
+
+# ------------------------------------------------------------------------------------------- issue 25, item 4
+
+
+def test_secret_keys_are_redacted_at_any_depth_whatever_they_hold():
+    record = {"wandb": {"api_key": [TOKEN, "second"]}, "runs": [{"hub_token": {"value": TOKEN}}],
+              "db": {"password": 1234}, "hub_token": None, "max_new_tokens": 64}
+    clean = sanitized_run_info(record)
+    assert clean["wandb"]["api_key"] == REDACTED and clean["runs"][0]["hub_token"] == REDACTED
+    assert clean["db"]["password"] == REDACTED
+    assert clean["hub_token"] is None and clean["max_new_tokens"] == 64  # nothing to hide; not a secret
+    assert TOKEN not in repr(clean)
+
+
+@pytest.mark.parametrize("flag", ["--hub_tok", "--hub_toke", "--db_pass", "--client_secr", "--aws_cred"])
+def test_abbreviated_secret_flags_are_redacted(flag):
+    """argparse's ``allow_abbrev`` accepted ``--hub_tok VAL``; the sanitizer left it in clear."""
+    assert TOKEN not in sanitized_command(["align.py", flag, "not-an-hf-looking-secret" + TOKEN[3:]])
+    assert "not-an-hf-looking" not in sanitized_command(["align.py", f"{flag}=not-an-hf-looking-secret"])
+
+
+def test_the_saved_folder_keeps_no_absolute_path_and_no_secret(tmp_path):
+    """glta_run.json in the folder save_pretrained writes (shared by copying it): budget.output_dir and
+    stages[].output_dir relative to the working folder or a name; secrets redacted."""
+    import json
+
+    from conftest import build_tiny
+
+    tiny = build_tiny(tmp_path)
+    tiny.model.config.llm_name_or_path = "org/tiny-llm"  # config.json keeps a local LLM reference: it must load
+    out = tmp_path / "quickstart-out"
+    tiny.model.run_info = {
+        "budget": {"output_dir": str(out), "data_dir": "/data/ml-latest-small"},
+        "stages": [{"name": "user", "output_dir": str(out / "work" / "user" / "final")}],
+        "secrets": {"api_key": [TOKEN]},
+    }
+    tiny.model.save_pretrained(out)
+    saved = json.loads((out / "glta_run.json").read_text())
+    assert saved["budget"]["output_dir"] == "quickstart-out" and saved["budget"]["data_dir"] == "ml-latest-small"
+    assert saved["stages"][0]["output_dir"] == "final"  # (run_stage itself records "user/final", run-relative)
+    assert saved["secrets"]["api_key"] == REDACTED
+    for path in (out / "glta_run.json", out / "README.md"):
+        text = path.read_text()
+        assert str(tmp_path) not in text and TOKEN not in text, path.name
+    assert tiny.model.run_info["budget"]["output_dir"] == str(out)  # the in-memory record is unchanged
+
+
+def test_a_recorded_data_dir_is_found_beside_the_checkpoint_or_asked_for(tmp_path):
+    """Saved records keep no absolute path, so evaluate.py looks a recorded data_dir up from the working folder and
+    beside the checkpoint folder and its parents, and says plainly when it cannot find it."""
+    from _tiny_data import write_tiny_movielens
+
+    from glta_hf.alignment_data import data_from_record
+    from glta_hf.errors import DataFormatError
+
+    write_tiny_movielens(tmp_path / "data", num_users=12, num_items=24, per_user=6)
+    record = {"dataset": "ml-latest-small", "data_dir": "data"}
+    data, full = data_from_record(record, record_folder=tmp_path / "quickstart-out")
+    assert full.num_users == 12
+    assert data_from_record(record, record_folder=tmp_path / "runs" / "x" / "user" / "final")[1].num_users == 12
+    with pytest.raises(DataFormatError, match="'nowhere' is not a folder here.*--data-dir"):
+        data_from_record({**record, "data_dir": "nowhere"}, record_folder=tmp_path / "quickstart-out")

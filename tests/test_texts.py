@@ -157,3 +157,28 @@ def test_load_texts_checks_the_llm_but_not_its_dtype(tmp_path, data, llm):
     with pytest.raises(TextCacheError, match="another LLM"):
         load_texts(path, expected_header=build_header(tokenizer=tok, data=data, llm=dict(ref, hidden_size=1),
                                                       config=CFG), num_users=data.num_users)
+
+
+def test_a_damaged_cache_is_refused_by_its_checksum(tmp_path, data, llm):
+    """Issue 25: the text cache gets a per-file checksum (after each batch); a flipped byte is not trained on."""
+    from glta_hf.texts import checksum_path
+
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, users=range(4), progress=False)
+    recorded = json.loads(checksum_path(path).read_text())
+    assert recorded["bytes"] == path.stat().st_size
+    raw = path.read_bytes()
+    at = raw.index(b'"profile": "') + len(b'"profile": "')
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])  # still valid JSON: only the checksum knows
+    with pytest.raises(TextCacheError, match=r"texts.jsonl: does not match its checksum"):
+        load_texts(path, num_users=data.num_users)
+    path.write_bytes(raw)
+    with open(path, "a", encoding="utf-8") as handle:  # a batch appended, killed before its checksum was written
+        handle.write(json.dumps({"user_idx": 9, "profile": "p", "prediction": "q"}) + "\n")
+    assert sorted(load_texts(path, num_users=data.num_users)) == [0, 1, 2, 3, 9]
+    path.write_bytes(raw[:-10])  # shorter than the bytes the checksum covers
+    with pytest.raises(TextCacheError, match="does not match its checksum"):
+        read_cache(path)
+    checksum_path(path).unlink()  # a cache written before checksums: read as it is (truncated line dropped)
+    assert len(read_cache(path)) == 3 and set(read_cache(path)) < {0, 1, 2, 3}
