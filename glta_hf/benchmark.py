@@ -317,6 +317,14 @@ class Benchmark:
 
     # ------------------------------------------------------------------ driver
     def run(self, rows: List[str]) -> Dict[str, Any]:
+        """Each row of ``rows`` (finished rows of the same settings are reused), with ``--output-dir`` locked for this
+        run (``io_utils.output_lock``): a second benchmark into the same folder stops at once."""
+        from .io_utils import output_lock
+
+        with output_lock(self.out):
+            return self._run_rows(rows)
+
+    def _run_rows(self, rows: List[str]) -> Dict[str, Any]:
         from .io_utils import read_json, write_json
         from .results import hardware_info, write_run_result
 

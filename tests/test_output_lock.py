@@ -96,3 +96,21 @@ def test_quickstart_refuses_a_folder_another_quickstart_writes(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_benchmark_refuses_a_folder_another_benchmark_writes(tmp_path):
+    from types import SimpleNamespace
+
+    from glta_hf.benchmark import Benchmark
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        bench = Benchmark.__new__(Benchmark)  # the lock comes before any row: no data or model is needed
+        bench.out = tmp_path
+        bench._run_rows = lambda rows: pytest.fail("ran a row")
+        with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
+            bench.run(["pop"])
+    finally:
+        holder.kill()
+        holder.wait()
