@@ -247,3 +247,48 @@ def test_replacing_folder_refuses_a_file(tmp_path):
     with pytest.raises(CheckpointError, match="exists and is not a folder"):
         with replacing_folder(tmp_path / "out"):
             pass
+
+
+_SAVE_FOREVER = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import build_tiny
+from pathlib import Path
+tiny = build_tiny(Path({scratch!r}))
+value = 1.0
+while True:
+    with torch.no_grad():
+        tiny.model.slot_embeddings.fill_(value)
+    tiny.model.save_pretrained({folder!r})
+    print(value, flush=True)
+    value += 1.0
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_process_saving_in_a_loop_leaves_a_verified_checkpoint(tmp_path):
+    """The literal bar of issue 25: ``kill -9`` of a real process in the middle of its saves, at random moments."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "ckpt"
+    script = _SAVE_FOREVER.format(tests=str(Path(__file__).parent), scratch=str(tmp_path / "scratch"),
+                                  folder=str(folder))
+    rng = random.Random(0)
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # one save done: the folder exists
+        time.sleep(rng.uniform(0.0, 1.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        recover_folder(folder)
+        assert verify_manifest(folder), attempt
+        slots = next(v for k, v in load_file(str(folder / WEIGHTS_NAME)).items() if k.endswith("slot_embeddings"))
+        assert float(slots.min()) == float(slots.max()) >= 1.0  # one whole save, never a mix
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
