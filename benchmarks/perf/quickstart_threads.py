@@ -28,6 +28,7 @@ VARIANTS = {"default": [], "threads1": ["--threads", "1"]}
 
 
 def run_once(args, variant: str, folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
     competitors = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.competitor)]
     load_start, start = os.getloadavg(), time.perf_counter()
     command = [sys.executable, "-m", "glta_hf.cli", "quickstart", "--budget", args.budget, "--no-progress",
@@ -62,7 +63,7 @@ def main() -> None:
                    check=True, capture_output=True)  # the GGUF conversion cached before the timed runs
     runs = []
     with tempfile.TemporaryDirectory(prefix="glta-qs-threads-") as tmp:
-        tmp = args.keep or tmp
+        tmp = args.keep or tmp  # noqa: PLW2901
         for repeat in range(args.repeats):
             order = list(VARIANTS) if repeat % 2 == 0 else list(VARIANTS)[::-1]
             for variant in order:
