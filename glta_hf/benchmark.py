@@ -146,7 +146,7 @@ def _config(args) -> Dict[str, Any]:
 def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
     """What a row's numbers depend on: data, split, budget (and LightGCN+'s text weight); not paths / progress."""
     keep = {k: v for k, v in cfg.items()
-            if k not in ("output_dir", "progress", "show_users", "prefix_cache", "eval_batch_size")}
+            if k not in ("output_dir", "progress", "show_users", "prefix_cache", "eval_batch_size", "preset")}
     if keep.get("layout") == "paper":  # rows from before the layout option keep their fingerprints
         keep.pop("layout")
     if not keep.get("graph_residual", True):  # likewise for the residual option (a row's own variant sets it)

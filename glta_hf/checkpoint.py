@@ -3,7 +3,8 @@
 A folder written by ``GLTAForRecommendation.save_pretrained`` holds ``config.json`` (+ remote code), the tokenizer,
 :data:`WEIGHTS_NAME` (GLTA's own tensors only, never an LLM weight), :data:`CATALOGUE_NAME` (the item id map:
 ``{"item_ids": [...], "titles": [...]}``, row order of ``E_i``), optionally :data:`USER_TABLE_NAME` (the user id map
-and per-user context: ``{"user_ids", "histories", "profiles", "predictions"}``, row order of ``E_u``),
+and per-user context: ``{"format", "version", "user_ids", "histories", "profiles", "predictions"}``, row order of
+``E_u``; histories in external item ids since version 2, :func:`user_table_for_file`),
 :data:`RUN_INFO_NAME` (the training record) and :data:`ADAPTER_DIR` (LoRA).
 
 :func:`verify_manifest`, :func:`load_config` and :func:`read_checkpoint` open and check every GLTA file BEFORE the
@@ -55,6 +56,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 LLM_PREFIX = "model.llm."
 USER_TABLE_FIELDS = ("user_ids", "histories", "profiles", "predictions")
 USER_TABLE_REQUIRED = ("user_ids", "histories")
+#: ``user_table.json`` marks: version 2 stores histories as external item ids; a table without them (written
+#: before) stores item rows and still loads
+USER_TABLE_FORMAT = "glta-user-table"
+USER_TABLE_VERSION = 2
 #: GLTA's tensors are all floating point (weights and the frozen node tables).
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 #: safetensors dtype -> bytes per element
@@ -194,8 +199,60 @@ def check_catalogue(path: Path, catalogue: Any, num_items: int) -> Dict[str, lis
     return {"item_ids": ids, "titles": titles}
 
 
-def check_user_table(path: Path, table: Any, num_users: int, num_items: int) -> Dict[str, Optional[list]]:
-    """The user id map and context: each present field is a list of |U| entries, ids unique, history rows in range."""
+def user_table_for_file(table: Mapping[str, Any], item_ids: List[Any]) -> Dict[str, Any]:
+    """The ``user_table.json`` content of a model's user table: histories in EXTERNAL item ids (those of
+    :data:`CATALOGUE_NAME`, like every other file and API), marked with :data:`USER_TABLE_FORMAT` /
+    :data:`USER_TABLE_VERSION`. In memory the model keeps item rows."""
+    out: Dict[str, Any] = {"format": USER_TABLE_FORMAT, "version": USER_TABLE_VERSION}
+    for name in USER_TABLE_FIELDS:
+        values = table.get(name)
+        if name == "histories" and values is not None:
+            values = [[item_ids[int(row)] for row in history] for history in values]
+        out[name] = values
+    return out
+
+
+def _history_rows(path: Path, table: Mapping[str, Any], item_ids: Optional[List[Any]], num_items: int):
+    """The histories as item rows: a versioned table maps its external ids through the catalogue (a CheckpointError
+    names the user and the unknown id); a table without a version (written before external ids) holds rows."""
+    histories = table.get("histories") or []
+    versioned = "version" in table or "format" in table
+    if versioned and (table.get("format") != USER_TABLE_FORMAT or table.get("version") != USER_TABLE_VERSION):
+        raise CheckpointError(f"{path}: unknown user table format {table.get('format')!r} version "
+                              f"{table.get('version')!r} (this glta-hf reads {USER_TABLE_FORMAT!r} version "
+                              f"{USER_TABLE_VERSION}); upgrade glta-hf")
+    if not versioned:
+        for row, history in enumerate(histories):
+            if not isinstance(history, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_items for i in history
+            ):
+                raise CheckpointError(f"{path}: histories[{row}] must be a list of item rows in [0, {num_items})")
+        return histories
+    if item_ids is None:
+        raise CheckpointError(f"{path}: a user table with external item ids needs the item catalogue")
+    index: Dict[Any, int] = {}
+    for row, item in enumerate(item_ids):
+        index.setdefault(item, row)
+        index.setdefault(str(item), row)
+    user_ids = table.get("user_ids") or []
+    rows = []
+    for n, history in enumerate(histories):
+        user = user_ids[n] if n < len(user_ids) else n
+        if not isinstance(history, list):
+            raise CheckpointError(f"{path}: histories[{n}] (user {user!r}) must be a list of item ids")
+        unknown = [item for item in history if isinstance(item, (list, dict, bool)) or
+                   (item not in index and str(item) not in index)]
+        if unknown:
+            raise CheckpointError(f"{path}: histories[{n}] (user {user!r}): item {unknown[0]!r} is not in "
+                                  f"{CATALOGUE_NAME}")
+        rows.append([index[item] if item in index else index[str(item)] for item in history])
+    return rows
+
+
+def check_user_table(path: Path, table: Any, num_users: int, num_items: int,
+                     item_ids: Optional[List[Any]] = None) -> Dict[str, Optional[list]]:
+    """The user id map and context: each present field is a list of |U| entries, ids unique, history ids in the
+    catalogue (``item_ids``); returned with histories as item rows (what the model keeps in memory)."""
     if not isinstance(table, dict):
         raise CheckpointError(f"{path}: expected a JSON object with {USER_TABLE_FIELDS}")
     out: Dict[str, Optional[list]] = {}
@@ -209,11 +266,7 @@ def check_user_table(path: Path, table: Any, num_users: int, num_items: int) -> 
         out[name] = values
     if out["user_ids"] is not None:
         _unique_ids(path, out["user_ids"], "user id")
-    for row, history in enumerate(out["histories"] or []):
-        if not isinstance(history, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_items for i in history
-        ):
-            raise CheckpointError(f"{path}: histories[{row}] must be a list of item rows in [0, {num_items})")
+    out["histories"] = _history_rows(path, table, item_ids, num_items)
     return out
 
 
@@ -418,9 +471,8 @@ def read_checkpoint(folder, config, expected_shapes: Mapping[str, Tuple[int, ...
     catalogue = check_catalogue(folder / CATALOGUE_NAME, read_json_file(folder / CATALOGUE_NAME), config.num_items)
     user_table = None
     if (folder / USER_TABLE_NAME).is_file():
-        user_table = check_user_table(
-            folder / USER_TABLE_NAME, read_json_file(folder / USER_TABLE_NAME), config.num_users, config.num_items
-        )
+        user_table = check_user_table(folder / USER_TABLE_NAME, read_json_file(folder / USER_TABLE_NAME),
+                                      config.num_users, config.num_items, catalogue["item_ids"])
     run_info: Dict[str, Any] = {}
     if (folder / RUN_INFO_NAME).is_file():
         run_info = read_json_file(folder / RUN_INFO_NAME)

@@ -103,6 +103,11 @@ def build_model_card(
     example_items: Sequence[str] = (),
     user_table: bool = True,
     license: Optional[str] = None,
+    validation: Optional[str] = None,
+    budget: Optional[str] = None,
+    baseline: Optional[Mapping[str, Mapping[str, float]]] = None,
+    eval_users_recorded: bool = False,
+    users_with_texts: Optional[int] = None,
 ):
     """Render the card for a model with ``config`` (a ``GLTAConfig``).
 
@@ -110,7 +115,11 @@ def build_model_card(
     ``eval_split`` the split the ``metrics`` were measured on (``test`` / ``validation``), over ``eval_users`` of the
     model's users. ``stages`` is a list of ``{"name": ..., "hyperparameters": {...}}``; ``metrics`` uses the
     evaluator's keys (``precision@10``, ``ndcg@10``, ...), rounded to :data:`METRIC_DECIMALS`. ``user_table`` says
-    whether the repository holds the user table (else the usage example folds a user in from ``example_items``).
+    whether the repository holds the user table (else the usage example folds a user in from ``example_items``);
+    ``users_with_texts`` how many of its users have a profile or prediction text. ``validation`` describes the
+    validation carve, ``budget`` the run's size (a quickstart budget), ``baseline`` other models' metrics on the
+    same users (``{"LightGCN": {...}}``: the card shows GLTA's ratio to each), ``eval_users_recorded`` whether the
+    evaluated user ids are in ``glta_run.json`` (``training/evaluate.py --recorded-users`` repeats the evaluation).
     Values missing from a training run are left out, never invented.
     """
     from huggingface_hub import ModelCard, ModelCardData
@@ -156,7 +165,57 @@ def build_model_card(
         example_user=example_user or "1",
         example_items=[str(i) for i in example_items] or ["1", "2", "3"],
         user_table=user_table,
+        users_with_texts=users_with_texts,
+        validation=validation,
+        budget=budget,
+        baselines=_baseline_rows(metrics, baseline),
+        eval_users_recorded=eval_users_recorded,
     )
+
+
+def _baseline_rows(metrics: Mapping[str, float], baseline: Optional[Mapping[str, Mapping[str, float]]]):
+    """``[{"name", "values": {metric: value}, "ratios": {metric: GLTA / baseline}}]`` on GLTA's metrics."""
+    rows = []
+    for name, values in (baseline or {}).items():
+        values = {k: _round_metric(v) for k, v in (values or {}).items() if k in metrics}
+        if values:
+            rows.append({"name": str(name), "values": values,
+                         "ratios": {k: (f"{metrics[k] / v:.2f}x" if v else "n/a") for k, v in values.items()}})
+    return rows
+
+
+def _validation_text(run_info: Mapping[str, Any]) -> Optional[str]:
+    fraction, seed = run_info.get("val_fraction"), run_info.get("val_seed")
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+        return None
+    if not fraction:
+        return "no validation carve (the whole training split is trained on)"
+    return (f"{fraction * 100:g}% of each user's training interactions carved out as validation (seed {seed}) for "
+            "early stopping and model selection; the test split is used only for the figures below")
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _budget_text(budget: Any) -> Optional[str]:
+    """The size of the run that produced the model, from a quickstart / benchmark record's ``budget``."""
+    if not isinstance(budget, Mapping):
+        return None
+
+    def count(key, what):
+        value = budget.get(key)
+        return f"all {what}" if value is None else f"{value} {what}"
+
+    name = budget.get("preset")
+    head = f"the `{name}` budget of `glta quickstart` / `glta benchmark`" if name else "a quickstart-style budget"
+    demo = " -- a demonstration budget, far below the paper's setting (`--budget large` or `training/`)" \
+        if name in ("tiny", "small") else ""
+    return (f"{head}{demo}: LightGCN <= {budget.get('graph_epochs')} epochs; profile / prediction texts for "
+            f"{count('text_users', 'users')}; item stage {count('item_items', 'items')} x "
+            f"{_number(budget.get('item_epochs'))} epoch; user stage {count('train_users', 'users')} x "
+            f"{_number(budget.get('epochs'))} epoch, H={budget.get('max_history')}, batch {budget.get('batch_size')}; "
+            f"{count('eval_users', 'test users')} evaluated")
 
 
 def hub_base_model(config: Any) -> Optional[str]:
@@ -195,8 +254,14 @@ def card_kwargs(run_info: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     kwargs: Dict[str, Any] = {"stages": _stages(run_info)}
     if run_info.get("dataset"):
         kwargs["dataset_name"] = str(run_info["dataset"])
-    if run_info.get("split"):
-        kwargs["split"] = str(run_info["split"])
+    if run_info.get("split_policy") or run_info.get("split"):  # the full label (policy, ratio, seed) when recorded
+        kwargs["split"] = str(run_info.get("split_policy") or run_info["split"])
+    validation = _validation_text(run_info)
+    if validation:
+        kwargs["validation"] = validation
+    budget = _budget_text(run_info.get("budget"))
+    if budget:
+        kwargs["budget"] = budget
     metrics = evaluation.get("metrics")
     if metrics:
         kwargs["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "@" in k}
@@ -205,7 +270,18 @@ def card_kwargs(run_info: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         users = evaluation.get("num_users", metrics.get("num_users"))
         if isinstance(users, (int, float)) and not isinstance(users, bool):
             kwargs["eval_users"] = int(users)
+        if isinstance(evaluation.get("baseline"), Mapping):
+            kwargs["baseline"] = dict(evaluation["baseline"])
+        kwargs["eval_users_recorded"] = isinstance(evaluation.get("users"), list)
     return kwargs
+
+
+def users_with_texts(user_table: Optional[Mapping[str, Any]]) -> int:
+    """How many users of a user table have a profile or a prediction text (the card states it)."""
+    table = user_table or {}
+    profiles, predictions = table.get("profiles") or [], table.get("predictions") or []
+    n = max(len(profiles), len(predictions))
+    return sum(1 for j in range(n) if (j < len(profiles) and profiles[j]) or (j < len(predictions) and predictions[j]))
 
 
 def model_card_for(model: Any, *, repo_id: Optional[str] = None, run_info: Optional[Mapping[str, Any]] = None,
@@ -226,6 +302,7 @@ def model_card_for(model: Any, *, repo_id: Optional[str] = None, run_info: Optio
         example_user=str(users[0]) if users and user_table else None,
         example_items=[str(i) for i in items[:3]],
         user_table=user_table,
+        users_with_texts=users_with_texts(getattr(model, "user_table", None)) if user_table else None,
         license=license,
         **kwargs,
     )

@@ -56,6 +56,7 @@ from .checkpoint import (
     read_checkpoint,
     verify_manifest,
     write_manifest,
+    user_table_for_file,
 )
 from .components import GLTAHead, GraphResidual, build_component, init_linear
 from .configuration_glta import PROMPT_DEFAULTS, GLTAConfig
@@ -783,7 +784,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
                 self.tokenizer.save_pretrained(folder)
             write_json(folder / CATALOGUE_NAME, self.item_catalogue)
             if self.has_user_table:  # a model loaded without its user table saves none (no placeholder table)
-                write_json(folder / USER_TABLE_NAME, self.user_table)
+                write_json(folder / USER_TABLE_NAME, user_table_for_file(self.user_table, self.item_catalogue["item_ids"]))
             if _is_peft(self.llm):
                 self.llm.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
             if self.run_info:

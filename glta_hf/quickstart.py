@@ -115,6 +115,7 @@ class QuickstartConfig:
 
     output_dir: str = field(default="glta-quickstart", metadata={
         "help": "checkpoint + card + work files (default: ./glta-quickstart)"})
+    preset: Optional[str] = "small"  # the --budget these values start from (the model card names it; not a setting)
     dataset: str = field(default="ml-latest-small", metadata={
         "help": "dataset loader name (default: ml-latest-small)", "choices": list(DATASETS)})
     data_dir: Optional[str] = field(default=None, metadata={
@@ -248,7 +249,7 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
 
 def budget_config(budget: str = "small", **options) -> QuickstartConfig:
     """The config of a ``--budget`` preset, with ``options`` (quickstart names) on top."""
-    return QuickstartConfig().with_options(**{**BUDGETS[budget], **options})
+    return QuickstartConfig(preset=budget).with_options(**{**BUDGETS[budget], **options})
 
 
 def _budget_help() -> str:
@@ -500,6 +501,8 @@ def _run_quickstart(cfg: QuickstartConfig, args, out: Path, work: Path, start: f
 
     model.run_info["eval"] = {"split": "test", "decoding": cfg.decoding,
                               "num_users": int(glta.get("num_users", len(users))),
+                              # what training/evaluate.py --recorded-users repeats: these users, this history order
+                              "users": [data.user_ids[u] for u in users.tolist()], "history_seed": cfg.seed,
                               "metrics": {k: v for k, v in glta.items() if "@" in k},
                               "baseline": {"LightGCN": {k: v for k, v in graph.items() if "@" in k}}}
     # the saved user table is each user's complete training history (fit + validation), whether the metrics were

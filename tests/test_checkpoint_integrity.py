@@ -101,13 +101,38 @@ def test_user_table_checks(copy):
     table = json.loads(path.read_text())
     for change, message in (
         ({"user_ids": ["u0"] * 6}, "user id 'u0' appears twice"),
-        ({"histories": [[0], [99], [], [], [], []]}, r"histories\[1\] must be a list of item rows in \[0, 12\)"),
+        ({"histories": [[], ["no-such-item"], [], [], [], []]},
+         r"histories\[1\] \(user 'u1'\): item 'no-such-item' is not in item_catalogue.json"),
+        ({"version": 3}, "unknown user table format 'glta-user-table' version 3"),
         ({"profiles": [None]}, "'profiles' must be a list of 6 entries"),
         ({"histories": None}, "the 'histories' list is missing"),
     ):
         path.write_text(json.dumps({**table, **change}))
         with pytest.raises(CheckpointError, match=rf"{USER_TABLE_NAME}: {message}"):
             _load(copy)
+
+
+def test_user_table_holds_external_item_ids(copy, model):
+    table = json.loads((copy / USER_TABLE_NAME).read_text())
+    catalogue = json.loads((copy / CATALOGUE_NAME).read_text())["item_ids"]
+    assert (table["format"], table["version"]) == ("glta-user-table", 2)
+    assert any(table["histories"])
+    assert table["histories"] == [[catalogue[row] for row in rows] for rows in model.user_table["histories"]]
+
+
+def test_user_table_of_internal_rows_still_loads(copy, model, monkeypatch):
+    """A table written before external ids (no format / version: histories are item rows) loads the same."""
+    path = copy / USER_TABLE_NAME
+    table = json.loads(path.read_text())
+    legacy = {k: v for k, v in table.items() if k not in ("format", "version")}
+    legacy["histories"] = model.user_table["histories"]
+    path.write_text(json.dumps(legacy))
+    monkeypatch.setattr(modeling, "load_llm", lambda *a, **k: model.llm)
+    assert _load(copy).user_table["histories"] == model.user_table["histories"]
+    legacy["histories"] = [[0], [99], [], [], [], []]
+    path.write_text(json.dumps(legacy))
+    with pytest.raises(CheckpointError, match=r"histories\[1\] must be a list of item rows in \[0, 12\)"):
+        _load(copy)
 
 
 def test_tensor_shape_and_dtype_checked_from_the_header(copy):

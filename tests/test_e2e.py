@@ -203,8 +203,8 @@ def test_kill_during_training_then_resume_matches_uninterrupted(workdir, tmp_pat
 
     _, full = prepare_data("ml-latest-small", workdir / "ds")
     table = json.loads((final_b / "user_table.json").read_text())
-    assert [sorted(h) for h in table["histories"]] == [
-        sorted(full.matrix("train").items_of(u).tolist()) for u in range(full.num_users)]
+    assert [sorted(map(str, h)) for h in table["histories"]] == [  # external item ids
+        sorted(str(full.item_ids[i]) for i in full.matrix("train").items_of(u)) for u in range(full.num_users)]
     # resuming a finished stage reuses it: nothing is trained or written again
     weights = b / "run" / "user" / "final" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns

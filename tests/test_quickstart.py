@@ -84,6 +84,35 @@ def test_quickstart_pipeline_on_tiny_data(tmp_path):
     assert ndcg5 and ndcg5[0].metric_value == pytest.approx(result["metrics"]["GLTA"]["ndcg@5"], abs=5e-5)
     assert ndcg5[0].dataset_split == "test"
     assert "Stage `item`" in card.text and "Stage `user`" in card.text
+    # the card's statements match the files: texts for the users that have them, the split in full, the budget,
+    # LightGCN on the same users beside GLTA, and the evaluated users recorded
+    table = json.loads((out / "user_table.json").read_text())
+    with_texts = sum(1 for p, q in zip(table["profiles"], table["predictions"]) if p or q)
+    assert 0 < with_texts == run["texts"]["users"] < len(table["user_ids"])
+    assert (f"the {len(table['user_ids'])} users; profile /\nprediction texts for {with_texts} of them"
+            in card.text.replace(" \n", "\n"))
+    assert f"(split: {run['split_policy']})" in card.text and "seed 0" in run["split_policy"]
+    assert "10% of each user's training interactions carved out as validation (seed 0)" in card.text
+    assert "- Budget: the `small` budget" in card.text and "12 users x 1 epoch" in card.text
+    graph_ndcg = f"{result['metrics']['LightGCN']['ndcg@5']:.4f}"
+    assert f"| ndcg@5 | {result['metrics']['GLTA']['ndcg@5']:.4f} | {graph_ndcg} |" in card.text
+    assert "--recorded-users" in card.text
+    assert len(run["eval"]["users"]) == 10 and run["eval"]["history_seed"] == 0
+    # training/evaluate.py --recorded-users repeats the card's evaluation exactly (same users, same numbers),
+    # and writes nothing into the model folder
+    evaluate = _script("evaluate")
+    before = sorted(p.name for p in out.iterdir())
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert evaluate.main(["--model", str(out), "--recorded-users", "--ks", "5", "--batch-size", "8"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in out.iterdir()) == before
+    repeated = json.loads(next((tmp_path / "glta-eval").glob("*_test.json")).read_text())
+    assert repeated["users"] == run["eval"]["users"]
+    for key in ("ndcg@5", "precision@5", "recall@5", "hit_rate@5"):
+        assert repeated["metrics"][key] == pytest.approx(result["metrics"]["GLTA"][key], abs=1e-6), key
 
     model = GLTAForRecommendation.from_pretrained(out)
     assert model.run_info["eval"]["split"] == "test"
@@ -97,7 +126,7 @@ def test_quickstart_pipeline_on_tiny_data(tmp_path):
                 for u in range(full.num_users)}
     table = json.loads((out / "user_table.json").read_text())
     for user, history in zip(table["user_ids"], table["histories"]):
-        assert {str(full.item_ids[i]) for i in history} == training[user], user
+        assert {str(i) for i in history} == training[user], user  # external item ids
     everyone = model.recommend(list(training), k=5)
     assert all(not set(rec["items"]) & training[rec["user"]] for rec in everyone)
     files = {name: (out / name).read_bytes() for name in _MODEL_FILES}

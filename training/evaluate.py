@@ -4,6 +4,12 @@
     python training/evaluate.py --model runs/ml-latest-small/user/final --split test --decoding first_k \\
         --output runs/ml-latest-small/test_metrics.json
 
+Nothing is written into the model folder or into ``benchmarks/results`` unless asked: the default ``--output`` is
+``glta-eval/<model path>_<split>.json`` under the current directory, and ``--results-dir`` is never implied.
+``--recorded-users`` evaluates exactly the users whose ids the run record (``glta_run.json``'s ``eval.users``, written
+by the quickstart) lists, with the recorded history order: the model card's figures, repeated. The output records the
+evaluated user ids (``users``) so any run can be repeated the same way.
+
 The dataset and split options are read from the model folder's ``glta_run.json`` (every writer -- align.py, the
 quickstart, the benchmark -- records them the same way, ``glta_hf.alignment_data.data_record``; flags override), so
 any checkpoint this package wrote evaluates with no extra flags when its data folder is found from the recorded path:
@@ -25,6 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from glta_hf.cpu_threads import prefer_passive_openmp  # noqa: E402  (light; before torch loads: it says why)
+
+prefer_passive_openmp()
+
 from glta_hf.cli_args import (GLTAArgumentParser, cutoffs, decoding_name, existing_dir, positive_int,  # noqa: E402
                                require_llm, run_reporting_errors, writable_dir, writable_file)
 
@@ -45,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=cutoffs, default=(5, 10, 20), help="comma-separated cut-offs (default 5,10,20; "
                                                                     "first_k / autoregressive keep those <= L)")
     p.add_argument("--output", default=None, type=writable_file,
-                   help="metrics JSON path (default: <model>/metrics_<split>.json)")
+                   help="metrics JSON path (default: glta-eval/<model path>_<split>.json in the current directory; "
+                        "never inside the model folder)")
     p.add_argument("--max-users", type=positive_int, default=None, help="a seeded sample of users (smoke runs)")
+    p.add_argument("--recorded-users", action="store_true",
+                   help="evaluate exactly the users glta_run.json's eval.users lists (the model card's figures)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--llm", default=None, help="override the LLM reference (a moved local copy)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="override glta_run.json")
@@ -68,14 +81,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not Path(args.model).is_dir():
         parser.error(f"argument --model: {args.model}: no such folder")
-    if args.output is None:  # the default output lives in the model folder: it must be writable
+    if args.output is None:  # the default output: ./glta-eval/..., it must be writable
         try:
-            writable_file(str(Path(args.model) / f"metrics_{args.split}.json"))
+            writable_file(str(default_output(Path(args.model), args.split)))
         except argparse.ArgumentTypeError as err:
             parser.error(f"argument --output (default): {err}")
     if args.llm is not None:
         require_llm(parser, "--llm", args.llm)
+    if args.recorded_users and args.max_users is not None:
+        parser.error("argument --recorded-users: not allowed with --max-users")
     return args
+
+
+def default_output(model: Path, split: str) -> Path:
+    """``glta-eval/<model path>_<split>.json`` in the current directory: outside the model folder and outside the
+    committed ``benchmarks/results`` (those only when asked: ``--output`` / ``--results-dir``)."""
+    parts = [p for p in model.resolve().parts[-3:] if p not in ("/", "")]
+    return Path("glta-eval") / f"{'_'.join(parts)}_{split}.json"
+
+
+def recorded_users(run: dict, user_ids, folder: Path):
+    """Rows of the users listed in the run record's evaluation, in the record's order (SystemExit when absent)."""
+    import numpy as np
+
+    listed = (run.get("eval") or {}).get("users")
+    if not isinstance(listed, list):
+        raise SystemExit(f"{folder}: glta_run.json records no evaluated users (eval.users); the quickstart writes "
+                         "them. Use --max-users N or all users instead")
+    rows = {str(u): r for r, u in enumerate(user_ids)}
+    missing = [u for u in listed if str(u) not in rows]
+    if missing:
+        raise SystemExit(f"{folder}: recorded user {missing[0]!r} is not in the dataset")
+    return np.asarray([rows[str(u)] for u in listed])
 
 
 def main(argv=None) -> int:
@@ -108,10 +145,13 @@ def main(argv=None) -> int:
     train, truth = source.matrix("train"), source.matrix(args.split)
     histories, _ = user_histories(source, "train")
     recent = run.get("eval_history_recent", True)
-    model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent))
+    history_seed = int((run.get("eval") or {}).get("history_seed") or 0)  # the order the recorded evaluation used
+    model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent,
+                                                          history_seed))
     if args.prefix_cache:
         model.enable_prefix_cache()
-    users = sample_eval_users(truth, args.max_users, seed=0)
+    users = recorded_users(run, source.user_ids, folder) if args.recorded_users else \
+        sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks
     results = {}
     for decoding in (decoder_names() if args.decoding == "all" else (args.decoding,)):
@@ -123,9 +163,10 @@ def main(argv=None) -> int:
         print(decoding, json.dumps(metrics), flush=True)
     out = {"model": portable_path(folder), "dataset": dataset, "split": args.split, "split_policy": source.split_policy,
            "metrics": results if args.decoding == "all" else results[args.decoding],
+           "users": [source.user_ids[u] for u in users.tolist()], "history_seed": history_seed,
            "command": "python " + sanitized_command([sys.argv[0]] + list(argv or sys.argv[1:])),
            "wall_time_s": round(time.perf_counter() - start, 2)}
-    output = Path(args.output) if args.output else folder / f"metrics_{args.split}.json"
+    output = Path(args.output) if args.output else default_output(folder, args.split)
     write_json(output, out)
     print(f"metrics written to {output}")
     if args.results_dir:
