@@ -328,6 +328,9 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # peft imports bitsandbytes, which warns at import about an optional 4-bit CPU kernel; the quickstart never
+    # quantizes with bitsandbytes, so that line would only be noise
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     run_quickstart(config_from_args(args))
     return 0
 
