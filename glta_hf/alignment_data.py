@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .data.loaders import load_dataset
+from .data.stats import VAL_FRACTION
 from .errors import DataFormatError, DatasetOptionError
 from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
 from .vocabulary import TARGET_POLICIES
@@ -52,7 +53,7 @@ EVAL_HISTORIES = ("auto", "recent", "sample")
 
 
 def prepare_data(name: str, data_dir=None, *, split: Optional[str] = None, test_fraction: Optional[float] = None,
-                 split_seed: Optional[int] = None, val_fraction: float = 0.1, val_seed: int = 0, **options):
+                 split_seed: Optional[int] = None, val_fraction: float = VAL_FRACTION, val_seed: int = 0, **options):
     """``(data, full)``: the dataset with a validation split carved from train (``data``) and without (``full``).
 
     Graph pretraining, text generation and alignment all fit on ``data.matrix("train")``; the test evaluation

@@ -357,12 +357,23 @@ def test_real_amazon_scientific():
 def test_cli_data_stats(tmp_path, capsys):
     folder = example(tmp_path, "ml-100k")
     assert cli_main(["data-stats", "--dataset", "ml-100k", "--data-dir", str(folder), "--split", "loo",
-                     "--format", "json"]) == 0
+                     "--format", "json", "--val-fraction", "0"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats == {"dataset": "ml-100k", "users": 4, "items": 6, "interactions": 14, "train": 10, "validation": 0,
                      "test": 4, "density": 14 / 24, "split": "leave-one-out (latest timestamp)"}
+    # by default the validation carve the pipeline makes (prepare_data) is reported, seeded like it
+    from glta_hf.alignment_data import prepare_data
+
+    for seed in (0, 3):
+        assert cli_main(["data-stats", "--dataset", "ml-100k", "--data-dir", str(folder), "--format", "json",
+                         "--val-fraction", "0.3", "--val-seed", str(seed)]) == 0
+        data, _ = prepare_data("ml-100k", folder, val_fraction=0.3, val_seed=seed)
+        assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(dataset_stats(data)))
+        assert 0 < len(data.splits["validation"]) and len(data.splits["train"]) + len(data.splits["validation"]) == 10
     assert cli_main(["data-stats", "--dataset", "ml-100k", "--data-dir", str(folder), "--format", "markdown"]) == 0
-    assert capsys.readouterr().out.splitlines()[2].startswith("| ml-100k | 4 | 6 | 14 | 10 | 0 | 4 | 58.3333% | random 80/20 per user, seed 0 |")
+    row = dataset_stats(prepare_data("ml-100k", folder)[0])
+    assert capsys.readouterr().out.splitlines()[2].startswith(
+        f"| ml-100k | 4 | 6 | 14 | {row['train']} | {row['validation']} | 4 | 58.3333% | random 80/20 per user, seed 0")
     (folder / "u.data").write_text("1,1,5,100\n")
     assert cli_main(["data-stats", "--dataset", "ml-100k", "--data-dir", str(folder)]) == 1
     assert "u.data:1: expected 4" in capsys.readouterr().err

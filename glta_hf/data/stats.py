@@ -1,6 +1,9 @@
 """Table-1 statistics of a dataset and the ``glta data-stats`` subcommand.
 
-Density is the paper's: interactions / (users x items), over all splits together.
+Density is the paper's: interactions / (users x items), over all splits together. ``glta data-stats`` reports the
+splits the pipeline trains on: by default the validation carve of the quickstart, ``align.py`` and
+``pretrain_graph.py`` (``--val-fraction`` of each user's training interactions, ``--val-seed``) is taken out of
+``#Train`` into ``#Validation``; ``--val-fraction 0`` shows the loader's split as it is.
 """
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from typing import Dict, List, Sequence
 
 from .loaders import load_dataset
 from .schema import TEST, TRAIN, VALIDATION
+
+#: the pipeline's validation carve (``glta_hf.alignment_data.prepare_data``'s default, which reads it from here)
+VAL_FRACTION = 0.1
 
 #: (key, column header) of the statistics, in table order
 COLUMNS = (("dataset", "Dataset"), ("users", "#Users"), ("items", "#Items"), ("interactions", "#Interactions"),
@@ -55,12 +61,16 @@ def format_text(stats: Dict[str, object]) -> str:
 
 
 def configure_parser(parser) -> None:
-    from ..cli_args import add_dataset_arguments, non_negative_float, non_negative_int
+    from ..cli_args import add_dataset_arguments, carve_fraction, non_negative_float, non_negative_int
 
     add_dataset_arguments(parser, seed_flag="--seed")
     parser.add_argument("--min-user-interactions", type=non_negative_int, default=None)
     parser.add_argument("--min-item-interactions", type=non_negative_int, default=None)
     parser.add_argument("--rating-threshold", type=non_negative_float, default=None)
+    parser.add_argument("--val-fraction", type=carve_fraction, default=VAL_FRACTION,
+                        help=f"validation carved from each user's training interactions, as the pipeline does "
+                             f"(default {VAL_FRACTION}; 0 = the loader's split as is)")
+    parser.add_argument("--val-seed", type=non_negative_int, default=0, help="seed of the carve (default 0)")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
 
 
@@ -77,7 +87,10 @@ def run(args) -> int:
     options = dataset_options(args, seed_attr="seed")
     options.update({key: getattr(args, key) for key in ("min_user_interactions", "min_item_interactions",
                                                          "rating_threshold") if getattr(args, key) is not None})
-    stats = dataset_stats(load_dataset(args.dataset, args.data_dir, **options))
+    data = load_dataset(args.dataset, args.data_dir, **options)
+    if args.val_fraction:  # the carve prepare_data makes (glta_hf.alignment_data): what the pipeline trains on
+        data = data.with_validation(fraction=args.val_fraction, seed=args.val_seed)
+    stats = dataset_stats(data)
     if args.format == "json":
         print(json.dumps(stats, indent=2))
     elif args.format == "markdown":
