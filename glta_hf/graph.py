@@ -19,6 +19,7 @@ script read the registry (:data:`GRAPH_MODELS`), so a new baseline is one class 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -435,6 +436,20 @@ class TrainingResult:
     wall_time_s: float
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """``torch.use_deterministic_algorithms(True)`` inside the block when ``enabled``; the previous setting after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
 def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -484,6 +499,18 @@ class BPRTrainer:
                         batch_size=self.args.eval_batch_size)
 
     def train(self) -> TrainingResult:
+        """Fit with early stopping; bit-reproducible on CPU.
+
+        On CPU torch's deterministic algorithms are on while training (the caller's setting is restored after): with
+        2 threads the embedding gathers' backward otherwise accumulates in a run-dependent order, so two runs of the
+        same command differed (1.7e-6 after the tiny quickstart's LightGCN, more after the stages trained on it); the
+        deterministic path gave the 1-thread result and was not slower here (BENCHMARKS.md 5.12). On a GPU the
+        setting is left to the caller (cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts).
+        """
+        with deterministic_algorithms(torch.device(self.args.device).type == "cpu"):
+            return self._train()
+
+    def _train(self) -> TrainingResult:
         args = self.args
         seed_everything(args.seed)
         start_time = time.perf_counter()

@@ -15,8 +15,8 @@ Steps (each resumable: a rerun with the same ``--output-dir`` reuses what is fin
 Heavy modules (torch, transformers, the pipeline) are imported inside the functions that run, so
 ``glta quickstart --help`` and a bad flag answer at once.
 
-The budgets trade quality for time; the default (``small``) is sized to finish in about 15 minutes on a 2-core CPU
-(most of it is the 135M-parameter LLM's forward/backward passes). Explicit flags override a budget's values.
+The budgets trade quality for time; the default (``small``) takes :data:`SMALL_BUDGET_TIME` (most of it is the
+135M-parameter LLM's forward/backward passes). Explicit flags override a budget's values.
 """
 from __future__ import annotations
 
@@ -231,6 +231,10 @@ def _part_fields(part: str) -> List[str]:
     return [f.name for f in dataclasses.fields(part_class(part))]
 
 
+#: the default budget's measured time, with the command (README "Quickstart" and BENCHMARKS.md 5.10 quote it)
+SMALL_BUDGET_TIME = ("3 min 15 s wall, 65 s CPU for `glta quickstart` on 2 CPU cores beside one other busy process "
+                     "(2026-12-02, load 5.7-7.8; the first run on a machine also converts the GGUF LLM once: +31 s)")
+
 #: presets of ``--budget``, by option name (:meth:`QuickstartConfig.with_options`); ``small`` is the config's defaults
 BUDGETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(graph_epochs=5, text_users=4, text_max_new_tokens=8, item_items=12, train_users=8, eval_users=8,
@@ -254,7 +258,7 @@ def budget_config(budget: str = "small", **options) -> QuickstartConfig:
 
 def _budget_help() -> str:
     d = QuickstartConfig().options()
-    lines = [f"small (default, ~15 min on 2 CPU cores): LightGCN <= {d['graph_epochs']} epochs; texts for "
+    lines = [f"small (default; {SMALL_BUDGET_TIME}): LightGCN <= {d['graph_epochs']} epochs; texts for "
              f"{d['text_users']} users x {d['text_max_new_tokens']} tokens; item stage {d['item_items']} items x "
              f"{d['item_epochs']:g} epoch; user stage {d['train_users']} users x {d['epochs']:g} epoch, "
              f"H={d['max_history']}, {d['target_policy']} targets, batch {d['batch_size']}; "

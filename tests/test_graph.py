@@ -336,3 +336,45 @@ def test_the_graph_baselines_load_no_prompt_or_llm_code():
             "('prompts', 'alignment_data', 'modeling_glta', 'texts', 'backbone')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_cpu_training_runs_with_deterministic_algorithms_and_restores_the_setting():
+    train, val, _ = planted()
+    args = GraphTrainingArguments(dim=8, layers=1, lr=0.01, batch_size=128, epochs=1, seed=3, progress=False)
+    model = build_model("lightgcn", train, args)
+    seen = []
+    loss = model.calculate_loss
+    model.calculate_loss = lambda batch: seen.append(torch.are_deterministic_algorithms_enabled()) or loss(batch)
+    assert not torch.are_deterministic_algorithms_enabled()
+    BPRTrainer(model, args, train, val).train()
+    assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.slow  # three fresh processes on ml-latest-small: ~30 s each on a busy 2-core machine
+def test_lightgcn_training_on_cpu_is_bit_reproducible_across_runs_and_thread_counts(tmp_path):
+    """Fresh processes, 2 threads vs 1 (issue 27): torch's deterministic algorithms while training make them agree
+    bit for bit (without them the embedding gathers' backward gave a different result in every 2-thread run)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from glta_hf.alignment_data import prepare_data
+from glta_hf.graph import GraphTrainingArguments
+from glta_hf import pipeline
+data, _ = prepare_data("ml-latest-small", None)
+pipeline.train_graph(data, sys.argv[2], GraphTrainingArguments(epochs=1, seed=0, progress=False, batch_size=8192))
+assert not torch.are_deterministic_algorithms_enabled()  # restored after training
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="2")
+    digests = []
+    for n, threads in enumerate((2, 2, 1)):
+        folder = tmp_path / f"run{n}"
+        subprocess.run([sys.executable, "-c", code, str(threads), str(folder)], env=env, check=True)
+        digests.append(hashlib.sha256((folder / "node_embeddings.safetensors").read_bytes()).hexdigest())
+    assert len(set(digests)) == 1

@@ -167,7 +167,10 @@ def test_quickstart_help_lists_budget_dataset_backbone_flags(capsys):
     for flag in ("--budget", "--dataset", "--data-dir", "--backbone", "--output-dir", "--seed", "--epochs",
                  "--max-users", "--text-max-new-tokens"):
         assert flag in out, flag
-    assert "small (default" in out and "15 min" in out
+    from glta_hf.quickstart import SMALL_BUDGET_TIME
+
+    assert "small (default" in out and " ".join(SMALL_BUDGET_TIME.split()) in " ".join(out.split())
+    assert "3 min 15 s wall, 65 s CPU for `glta quickstart`" in (ROOT / "README.md").read_text()  # one set of times
 
 
 def test_budget_flags_override_the_preset():

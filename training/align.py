@@ -44,6 +44,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from glta_hf.cpu_threads import prefer_passive_openmp  # noqa: E402  (before torch loads; it says why)
+
+prefer_passive_openmp()
 
 import torch  # noqa: E402
 import yaml  # noqa: E402

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from glta_hf.cpu_threads import prefer_passive_openmp  # noqa: E402  (before torch loads; it says why)
+
+prefer_passive_openmp()
 
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, add_field_flags,  # noqa: E402
                                carve_fraction, dataset_options, device_name, existing_dir, non_negative_float,
