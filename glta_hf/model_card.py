@@ -9,7 +9,11 @@ Where the training record lives: ``glta_run.json`` next to ``config.json`` (:dat
 
     {"dataset": "ml-latest-small", "split": "random", ...,
      "stages": [{"name": "item", "hyperparameters": {"epochs": 1, "learning_rate": 0.001, ...}}, ...],
-     "eval": {"split": "test", "decoding": "first_k", "metrics": {"ndcg@10": 0.31, ...}}}
+     "eval": {"split": "test", "decoding": "first_k", "metrics": {"ndcg@10": 0.31, ...},
+              "baseline": {"LightGCN": {...}}, "users": ["1", "5", ...], "history_seed": 0}}
+
+The quickstart also records ``split_policy``, the validation carve (``val_fraction`` / ``val_seed``) and its
+``budget``; the card states each, the number of users with texts in the user table, and LightGCN beside GLTA.
 
 ``training/align.py`` already writes this file (with ``stages`` as a list of names and ``train_metrics``); both forms
 are read. :func:`write_model_card` renders ``README.md`` from a model's config and run record; the model's
