@@ -289,6 +289,7 @@ def add_config_flags(parser: argparse.ArgumentParser, own: Mapping[str, Optional
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    _quiet_bitsandbytes()  # the flags are generated from dataclasses whose modules import peft
     parser.description = ("Run the whole GLTA pipeline offline: LightGCN, profile/prediction texts, item-text and "
                           "user-item alignment, test evaluation against LightGCN, and a checkpoint with its model "
                           "card. Resumable: rerunning with the same --output-dir reuses the finished steps. Every "
@@ -314,9 +315,16 @@ def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
     return budget_config(args.budget, progress=not args.no_progress, **options)
 
 
+def _quiet_bitsandbytes() -> None:
+    """peft imports bitsandbytes, which warns at import about an optional 4-bit CPU kernel (``kernels``); the
+    quickstart never quantizes with bitsandbytes, so that line is noise. Called before the first heavy import."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Everything that can be checked before any work: the data folder, the LLM reference (the default SmolLM2
     too) and each part's arguments as the run builds them (``--epochs 0``, an unknown ``--head``)."""
+    _quiet_bitsandbytes()
     try:
         cfg = config_from_args(args)
         cfg.check()
@@ -332,9 +340,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # peft imports bitsandbytes, which warns at import about an optional 4-bit CPU kernel; the quickstart never
-    # quantizes with bitsandbytes, so that line would only be noise
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    _quiet_bitsandbytes()
     run_quickstart(config_from_args(args))
     return 0
 
