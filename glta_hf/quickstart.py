@@ -406,9 +406,8 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     ``llm`` / ``tokenizer``: an already loaded *causal* LM and its tokenizer (tests pass a tiny LLaMA); by default the
     backbone is loaded from ``cfg.backbone``. ``echo`` receives the human-readable report lines.
     """
+    from .cpu_threads import cpu_seconds
     from .decoding import check_decoding
-
-    from .cpu_threads import cpu_report, cpu_seconds, format_duration, wait_policy
 
     start, cpu_start = time.perf_counter(), cpu_seconds()
     out = Path(cfg.output_dir)
@@ -419,14 +418,16 @@ def run_quickstart(cfg: QuickstartConfig, *, llm=None, tokenizer=None, echo: Cal
     check_decoding(cfg.decoding)
     work.mkdir(parents=True, exist_ok=True)
     with output_lock(out):  # one quickstart per folder: a second one stops here, before any work
-        return _run_quickstart(cfg, args, out, work, start, llm=llm, tokenizer=tokenizer, echo=echo)
+        return _run_quickstart(cfg, args, out, work, start, cpu_start, llm=llm, tokenizer=tokenizer, echo=echo)
 
 
-def _run_quickstart(cfg: QuickstartConfig, args, out: Path, work: Path, start: float, *, llm, tokenizer, echo):
+def _run_quickstart(cfg: QuickstartConfig, args, out: Path, work: Path, start: float, cpu_start: float, *, llm,
+                    tokenizer, echo):
     import numpy as np
 
     from . import metrics, pipeline
     from .alignment_data import data_record, prepare_data
+    from .cpu_threads import cpu_report, format_duration, wait_policy
     from .decoding import cutoffs_within
     from .graph import seed_everything
     from .texts import llm_reference
