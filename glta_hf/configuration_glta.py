@@ -8,7 +8,7 @@ The LLM is referenced, never copied: ``llm_name_or_path`` (+ ``llm_revision`` / 
 """
 from transformers import PretrainedConfig
 
-from .components import component_names
+from .components import HEAD_INPUT_NORMS, component_names
 from .prompts import LEGACY_LAYOUT, PromptConfig
 from .vocabulary import QUANTIZATIONS
 
@@ -37,6 +37,13 @@ class GLTAConfig(PretrainedConfig):
         graph_residual: False (default, the paper) or True: the logits gain ``scale * (e_u . E_i)``, the frozen
             LightGCN score of the prompt's user, with one learned scale (``components.GraphResidual``). Prompts need
             their ``<user>`` token for it (not with ``prompt["user_as_text"]``).
+        head_input_norm: ``"unit"`` (default) scales each slot hidden state to unit L2 norm before the head, so the
+            head's scale and its Adam steps do not depend on the LLM's final-norm magnitude (~54 for SmolLM2: with
+            N(0, 0.02) query weights the loss at initialisation was above ln|I| and one step moved a query by more
+            than a whole user vector, issue 23); ``"none"``: the raw hidden state (configs saved before the option).
+        residual_gate: with ``graph_residual``, the head's logits enter as ``gate * head`` with ``gate`` starting at 0,
+            so the model starts at exactly LightGCN's ranking and learns how much of the LLM term to add (True, the
+            default); False: no gate (configs saved before the option).
         user_token_id / item_token_id / slot_token_id: tokenizer ids of ``<user>``, ``<item>``, ``<slot>``.
         prompt: prompt settings (``glta_hf.prompts.PromptConfig`` fields), stored so serving uses the training prompt.
         lora: None (default, the paper: LLM fully frozen) or a ``peft.LoraConfig`` kwargs dict, e.g. ``{"r": 8}``.
@@ -62,6 +69,8 @@ class GLTAConfig(PretrainedConfig):
         prompt = config_dict.get("prompt")
         if isinstance(prompt, dict) and "layout" not in prompt:
             config_dict = {**config_dict, "prompt": {**prompt, "layout": LEGACY_LAYOUT}}
+        # saved before the options existed: the head read the raw hidden state and the residual had no gate
+        config_dict = {"head_input_norm": "none", "residual_gate": False, **config_dict}
         return super().from_dict(config_dict, **kwargs)
 
     def __init__(
@@ -86,6 +95,8 @@ class GLTAConfig(PretrainedConfig):
         ce_chunk_size=None,
         rank_chunk_size=None,
         graph_residual=False,
+        head_input_norm="unit",
+        residual_gate=True,
         **kwargs,
     ):
         if quantization not in QUANTIZATIONS:
@@ -124,6 +135,10 @@ class GLTAConfig(PretrainedConfig):
         if graph_residual and merged.get("user_as_text"):
             raise ValueError("graph_residual needs the <user> token of every prompt; prompt user_as_text=True has none")
         self.graph_residual = bool(graph_residual)
+        if head_input_norm not in HEAD_INPUT_NORMS:
+            raise ValueError(f"head_input_norm must be one of {HEAD_INPUT_NORMS}, got {head_input_norm!r}")
+        self.head_input_norm = head_input_norm
+        self.residual_gate = bool(residual_gate)
         self.lora = lora
         self.ce_chunk_size = None if ce_chunk_size is None else int(ce_chunk_size)
         self.rank_chunk_size = None if rank_chunk_size is None else int(rank_chunk_size)

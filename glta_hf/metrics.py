@@ -271,3 +271,43 @@ def evaluate_graph(nodes, full, *, users=None, ks=DEFAULT_KS, progress: bool = F
     user_emb, item_emb = nodes.user, nodes.item
     return evaluate(train=full.matrix("train"), test=full.matrix("test"), scorer=lambda u: user_emb[u] @ item_emb.T,
                     ks=ks, users=users, progress=progress)
+
+
+@torch.no_grad()
+def evaluate_item_alignment(model, dataset, *, batch_size: int = 16) -> Dict[str, float]:
+    """How well the item stage's task is solved on ``dataset`` (item-text prompts, e.g. of held-out items).
+
+    Each labelled slot t must name the item whose description is t-th. ``item_order_accuracy``: the described item
+    scores highest among the m items of its prompt (chance ``item_order_chance`` = 1/m); ``item_catalogue_accuracy``
+    / ``item_catalogue_mrr``: its rank among all |I| items (chance 1/|I|). Issue 23 found the item stage at chance on
+    both after its steps; this is the number that says whether it learns.
+    """
+    from .prompts import collate_prompts
+
+    was_training = model.training
+    model.eval()
+    hits_order = hits_all = rr = n = 0.0
+    m = 0
+    try:
+        device = model.device
+        for start in range(0, len(dataset), batch_size):
+            samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = collate_prompts(samples, model.tokenizer.pad_token_id, model.config.num_slots)
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            logits = model.score_slots(model(**batch).slot_hidden_states).float()  # (B, L, |I|)
+            for row, sample in enumerate(samples):
+                shown = torch.tensor(sample.targets, device=logits.device)
+                m = max(m, len(sample.targets))
+                for slot, target in enumerate(sample.targets):
+                    scores = logits[row, slot]
+                    hits_order += float(shown[scores[shown].argmax()] == target)
+                    rank = int((scores > scores[target]).sum()) + 1
+                    hits_all += float(rank == 1)
+                    rr += 1.0 / rank
+                    n += 1
+    finally:
+        model.train(was_training)
+    num_items = int(model.config.num_items)
+    return {"item_order_accuracy": hits_order / n if n else 0.0, "item_order_chance": 1.0 / m if m else 0.0,
+            "item_catalogue_accuracy": hits_all / n if n else 0.0, "item_catalogue_mrr": rr / n if n else 0.0,
+            "item_catalogue_chance": 1.0 / num_items, "item_slots_evaluated": int(n)}

@@ -340,7 +340,9 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
         "world_size": int(args.world_size), "fingerprint": fingerprint,
         "settings": dict(settings or args.stage_settings(stage)),
         "hyperparameters": {k: v for k, v in hyper["hyperparameters"].items() if v is not None},
-        "log_history": trainer.state.log_history}]
+        "log_history": trainer.state.log_history,
+        **({"diagnostics": trainer.diagnostics} if trainer.diagnostics else {}),
+        **({"best_step": trainer.best_state["step"]} if trainer.best_state else {})}]
     record.setdefault("stage_metrics", {})[stage] = metrics
     record["eval_history_recent"] = attach_complete_histories(model, data, eval_history=args.eval_history,
                                                               seed=args.seed)

@@ -335,6 +335,13 @@ def _item_listing(item_texts: Sequence[str]) -> str:
     return "\n".join(f"- {_neutralize(t)}" for t in item_texts)
 
 
+#: The start of each generated answer, written by us after the generation prompt ("prefilled"). A 135M instruct
+#: model asked to summarize a list mostly copies the list back (85% of profiles did, issue 23); an answer that
+#: already starts with "This user enjoys" can only continue as a description of taste.
+PROFILE_ANSWER_PREFIX = "This user enjoys"
+PREDICTION_ANSWER_PREFIX = "Next, this user will probably want"
+
+
 def profile_messages(item_texts: Sequence[str], system_prompt: str = TEXT_SYSTEM_PROMPT) -> List[Dict[str, str]]:
     """Fig. 1c: ask the LLM to summarize what the user likes from the texts of their training items."""
     return [
@@ -343,7 +350,8 @@ def profile_messages(item_texts: Sequence[str], system_prompt: str = TEXT_SYSTEM
             "role": "user",
             "content": "A user has interacted with the following items:\n"
             f"{_item_listing(item_texts)}\n"
-            "Summarize in two or three sentences what this user likes. Answer with the summary only.",
+            "In one or two sentences, describe the kinds, genres and themes of items this user enjoys. "
+            "Do not list the items.",
         },
     ]
 
@@ -359,7 +367,7 @@ def prediction_messages(
             "role": "user",
             "content": "A user has interacted with the following items:\n"
             f"{_item_listing(item_texts)}\n{profile_line}"
-            "Predict in one or two sentences what kind of items this user will want next. Answer with the prediction only.",
+            "In one sentence, predict what kind of item this user will want next. Do not list the items.",
         },
     ]
 
@@ -371,11 +379,15 @@ def _has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_generation_prompt(tokenizer, messages: Sequence[Mapping[str, str]], use_chat_template: bool = True) -> str:
-    """Render chat messages for free-text generation (profile / prediction), ending where the answer starts."""
+def render_generation_prompt(tokenizer, messages: Sequence[Mapping[str, str]], use_chat_template: bool = True,
+                             answer_prefix: str = "") -> str:
+    """Render chat messages for free-text generation (profile / prediction), ending where the answer starts, plus
+    ``answer_prefix`` (the answer's first words, which the LLM continues)."""
     if use_chat_template and _has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
+        rendered = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    else:
+        rendered = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
+    return rendered + answer_prefix
 
 
 def render_prompt(tokenizer, prompt: Prompt, config: PromptConfig, texts: Optional[Mapping[str, str]] = None) -> str:

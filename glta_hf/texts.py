@@ -32,10 +32,11 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optio
 
 import numpy as np
 
-from .cli_args import check_values, positive_float, positive_int, seed_value, unit_interval
+from .cli_args import check_values, non_negative_int, positive_float, positive_int, seed_value, unit_interval
 from .errors import DataFormatError, GLTAError
 from .io_utils import read_json, write_json
-from .prompts import prediction_messages, profile_messages, render_generation_prompt
+from .prompts import (PREDICTION_ANSWER_PREFIX, PROFILE_ANSWER_PREFIX, prediction_messages, profile_messages,
+                      render_generation_prompt)
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,15 @@ class TextGenerationConfig:
     VALUE_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
         "max_items": positive_int, "max_new_tokens": positive_int, "batch_size": positive_int,
         "temperature": positive_float, "top_p": unit_interval, "seed": seed_value,
-        "max_item_chars": positive_int}
+        "max_item_chars": positive_int, "repetition_penalty": positive_float,
+        "no_repeat_ngram_size": non_negative_int}
 
-    max_items: int = dataclasses.field(default=20, metadata={
+    # 10 items, not 20: the prompt's item list is most of the cost (prefill) and a 135M model summarizes 10 no
+    # worse; 48 new tokens hold two sentences (issue 23).
+    max_items: int = dataclasses.field(default=10, metadata={
         "help": "cap on training items shown per user (a seeded sample when the user has more)"})
-    max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "tokens per profile / prediction"})
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "users per generation batch"})
+    max_new_tokens: int = dataclasses.field(default=48, metadata={"help": "tokens per profile / prediction"})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "users per generation batch"})
     do_sample: bool = dataclasses.field(default=False, metadata={
         "help": "sample instead of greedy decoding (greedy: the cache is a deterministic function of its settings)"})
     temperature: float = dataclasses.field(default=1.0, metadata={"help": "sampling temperature"})
@@ -72,6 +76,12 @@ class TextGenerationConfig:
     use_chat_template: bool = True
     with_prediction: bool = True
     prediction_sees_profile: bool = True
+    # Repetition control: greedy decoding without it wrote one of two sentences for 70% of ml-100k's users and
+    # looped on genre lists ("Horror, Horror, Adventure, Adventure, ..."); see :func:`text_quality`.
+    repetition_penalty: float = dataclasses.field(default=1.15, metadata={
+        "help": "penalty on tokens already in the prompt or the answer (1 = none)"})
+    no_repeat_ngram_size: int = dataclasses.field(default=3, metadata={
+        "help": "no n-gram of this size twice in prompt + answer (0 = no limit)"})
 
     def __post_init__(self):
         check_values(self, self.VALUE_TYPES)
@@ -99,6 +109,7 @@ def template_hash(tokenizer=None, use_chat_template: bool = True) -> str:
         "profile": profile_messages(["<ITEM_A>", "<ITEM_B>"]),
         "prediction": prediction_messages(["<ITEM_A>", "<ITEM_B>"], profile="<PROFILE>"),
         "prediction_no_profile": prediction_messages(["<ITEM_A>"]),
+        "answer_prefixes": [PROFILE_ANSWER_PREFIX, PREDICTION_ANSWER_PREFIX],
     }
     chat = getattr(tokenizer, "chat_template", None) if (tokenizer is not None and use_chat_template) else None
     return _sha({"templates": probe, "chat_template": chat})
@@ -276,6 +287,50 @@ def load_texts(path, *, expected_header: Optional[Mapping[str, Any]] = None,
     return records
 
 
+def shard_path(path, shard: int, num_shards: int) -> Path:
+    """The cache file of one of ``num_shards`` generator processes (``texts.jsonl`` -> ``texts.shard1of2.jsonl``).
+
+    One process per core: a 135M model's prefill is matrix work that one thread keeps busy, so two processes on two
+    cores generate ~2x the users of one, where two threads in one process gain less (issue 24). Each shard is a
+    cache of its own (header, resumable); :func:`merge_shards` joins them."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard{int(shard)}of{int(num_shards)}{path.suffix}")
+
+
+def shard_users(users: Iterable[int], shard: int, num_shards: int) -> List[int]:
+    """Every ``num_shards``-th user, from ``shard``: the users of one generator process."""
+    return [int(u) for u in users if int(u) % int(num_shards) == int(shard)]
+
+
+def merge_shards(path, num_shards: int, item_texts: Sequence[str]) -> Dict[str, Any]:
+    """Join the shard caches of ``path`` (and what ``path`` already holds) into ``path``; returns its quality.
+
+    The shards' headers must equal ``path``'s (or each other's when ``path`` is new): one generator, one file. A
+    user found twice keeps its first record (``path``, then shard 0, 1, ...). ``path`` is rewritten atomically."""
+    path = Path(path)
+    sources = [path] + [shard_path(path, k, num_shards) for k in range(int(num_shards))]
+    headers = [(p, read_json(meta_path(p))) for p in sources if meta_path(p).is_file()]
+    if not headers:
+        raise TextCacheError(f"{path}: no cache or shard header to merge")
+    first_path, header = headers[0]
+    for other_path, other in headers[1:]:
+        _check_header(other, header, other_path, extending=True)
+    merged: Dict[int, Dict[str, Any]] = {}
+    for source in sources:
+        for user, record in read_cache(source).items():
+            merged.setdefault(user, record)
+    tmp = path.with_name(path.name + ".merging")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for user in sorted(merged):
+            handle.write(json.dumps(merged[user], ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    write_json(meta_path(path), {k: v for k, v in header.items() if k != "quality"})
+    os.replace(tmp, path)
+    write_checksum(path)
+    return record_quality(path, item_texts)
+
+
 # ----------------------------------------------------------------------------------------------- prompts
 
 
@@ -296,6 +351,74 @@ def _item_texts(texts: Sequence[str], items: Sequence[int], max_chars: int) -> L
     return out
 
 
+# ----------------------------------------------------------------------------------------------- quality
+
+#: A profile "echoes" its prompt when at least this share of its word 4-grams stand in the item texts it was shown.
+ECHO_NGRAM = 4
+ECHO_SHARE = 0.3
+
+
+def _words(text: str) -> List[str]:
+    return "".join(c.lower() if c.isalnum() else " " for c in str(text)).split()
+
+
+def _ngrams(words: Sequence[str], n: int) -> set:
+    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)}
+
+
+def echoes_items(text: str, item_texts: Sequence[str]) -> bool:
+    """Whether ``text`` mostly copies its prompt (the item list and the request around it, as rendered by
+    :func:`~glta_hf.prompts.profile_messages`) instead of describing the items."""
+    words = _words(text)
+    grams = [tuple(words[i: i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1)]
+    if not grams:
+        return False
+    prompt = " ".join(m["content"] for m in profile_messages(list(item_texts)) if m["role"] == "user")
+    shown = _ngrams(_words(prompt), ECHO_NGRAM)
+    return sum(g in shown for g in grams) / len(grams) >= ECHO_SHARE
+
+
+def loops(text: str) -> bool:
+    """Whether ``text`` repeats itself: fewer than half of its word 4-grams are distinct."""
+    words = _words(text)
+    grams = [tuple(words[i: i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1)]
+    return bool(grams) and len(set(grams)) / len(grams) < 0.5
+
+
+def text_quality(records: Mapping[int, Mapping[str, Any]], item_texts: Sequence[str]) -> Dict[str, Any]:
+    """What a cache's texts actually say, in numbers (issue 23: texts that repeat one sentence carry no signal).
+
+    ``distinct_predictions`` / ``distinct_profiles``: share of users whose (whitespace- and case-normalised) text no
+    other user has; ``echo_profiles``: share of profiles that copy the prompt's item list (:func:`echoes_items`,
+    against the records' ``items_shown``); ``looping_profiles`` / ``looping_predictions``: share that repeat
+    themselves (:func:`loops`); mean lengths in words.
+    """
+    recs = list(records.values())
+    out: Dict[str, Any] = {"users": len(recs)}
+    for key in ("profile", "prediction"):
+        texts = [" ".join(_words(r.get(key) or "")) for r in recs if r.get(key)]
+        counts: Dict[str, int] = {}
+        for t in texts:
+            counts[t] = counts.get(t, 0) + 1
+        out[f"distinct_{key}s"] = round(sum(c == 1 for c in counts.values()) / len(texts), 4) if texts else None
+        out[f"mean_{key}_words"] = round(float(np.mean([len(t.split()) for t in texts])), 1) if texts else None
+        out[f"looping_{key}s"] = round(sum(map(loops, texts)) / len(texts), 4) if texts else None
+    with_items = [r for r in recs if r.get("profile") and r.get("items_shown") is not None]
+    out["echo_profiles"] = (round(sum(echoes_items(r["profile"], _item_texts(item_texts, r["items_shown"], 10**6))
+                                      for r in with_items) / len(with_items), 4) if with_items else None)
+    return out
+
+
+def record_quality(path, item_texts: Sequence[str]) -> Dict[str, Any]:
+    """Compute :func:`text_quality` of the cache at ``path`` and store it under ``quality`` in its sidecar."""
+    quality = text_quality(read_cache(path), item_texts)
+    mpath = meta_path(path)
+    meta = read_json(mpath) if mpath.is_file() else {}
+    meta["quality"] = quality
+    write_json(mpath, meta)
+    return quality
+
+
 # ----------------------------------------------------------------------------------------------- generation
 
 
@@ -306,8 +429,12 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0):
-    """Generate one batch (left padding, KV cache). Returns (texts, new non-pad tokens, prompt non-pad tokens)."""
+def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0,
+                   answer_prefix: str = ""):
+    """Generate one batch (left padding, KV cache). Returns (texts, new non-pad tokens, prompt non-pad tokens).
+
+    ``prompts`` end with ``answer_prefix`` (the prefilled start of the answer); each text is that prefix followed
+    by what the LLM wrote, so the cached text reads as one answer."""
     import torch
 
     old_side = tokenizer.padding_side
@@ -320,7 +447,9 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     kwargs: Dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, use_cache=True,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  repetition_penalty=config.repetition_penalty,
+                                  no_repeat_ngram_size=config.no_repeat_ngram_size)
     if config.do_sample:
         _set_seed(seed)
         kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
@@ -335,7 +464,8 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
         if tokenizer.eos_token_id in ids:  # cut at the first eos (the rest is padding)
             ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
         n_tokens += len(ids)
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        written = tokenizer.decode(ids, skip_special_tokens=True)
+        texts.append((answer_prefix + written).strip() if answer_prefix else written.strip())
     return texts, n_tokens, int(enc["attention_mask"].sum())
 
 
@@ -357,12 +487,14 @@ def generate_user_texts(
     users: Optional[Iterable[int]] = None,
     progress: bool = True,
     stop_after_batches: Optional[int] = None,
+    skip_users_in: Sequence[Any] = (),
 ) -> Dict[str, Any]:
     """Generate (or resume generating) the profile / prediction cache at ``path`` for ``users`` (default: all).
 
     Only items of ``data.matrix(split)`` -- the training interactions -- are shown to the LLM. Returns a
     summary (users written now, users already cached, new tokens, seconds, tokens/s).
-    ``stop_after_batches`` exists for tests and benchmarks that time a fixed amount of work.
+    ``stop_after_batches`` exists for tests and benchmarks that time a fixed amount of work. ``skip_users_in``:
+    other caches (sibling shards, :func:`shard_path`) whose users are not generated again here.
     """
     config = config or TextGenerationConfig()
     path = Path(path)
@@ -378,10 +510,12 @@ def generate_user_texts(
     done = read_cache(path, repair=True)
     train = data.matrix(split)
     wanted = [int(u) for u in (users if users is not None else range(data.num_users))]
-    todo = [u for u in wanted if u not in done]
+    done_elsewhere = set().union(*(read_cache(p) for p in skip_users_in)) if skip_users_in else set()
+    todo = [u for u in wanted if u not in done and u not in done_elsewhere]
     summary = {"users_cached_before": len([u for u in wanted if u in done]), "users_written": 0,
                "new_tokens": 0, "prompt_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
     if not todo:
+        summary["quality"] = record_quality(path, data.item_texts)
         return summary
     if found is not None:
         _check_header(found, header, path, extending=True)
@@ -391,7 +525,7 @@ def generate_user_texts(
     profile_prompts = {
         u: render_generation_prompt(
             tokenizer, profile_messages(_item_texts(catalogue, shown[u], config.max_item_chars)),
-            config.use_chat_template)
+            config.use_chat_template, answer_prefix=PROFILE_ANSWER_PREFIX)
         for u in todo
     }
     lengths = {u: len(tokenizer(profile_prompts[u], add_special_tokens=False)["input_ids"]) for u in todo}
@@ -412,7 +546,7 @@ def generate_user_texts(
                     break
                 batch_seed = config.seed * 1_000_003 + batch[0]
                 profiles, n1, p1 = generate_batch(model, tokenizer, [profile_prompts[u] for u in batch], config,
-                                              seed=batch_seed)
+                                                  seed=batch_seed, answer_prefix=PROFILE_ANSWER_PREFIX)
                 predictions, n2, p2 = [None] * len(batch), 0, 0
                 if config.with_prediction:
                     pred_prompts = [
@@ -420,10 +554,11 @@ def generate_user_texts(
                             tokenizer,
                             prediction_messages(_item_texts(catalogue, shown[u], config.max_item_chars),
                                                 profile=p if config.prediction_sees_profile else None),
-                            config.use_chat_template)
+                            config.use_chat_template, answer_prefix=PREDICTION_ANSWER_PREFIX)
                         for u, p in zip(batch, profiles)
                     ]
-                    predictions, n2, p2 = generate_batch(model, tokenizer, pred_prompts, config, seed=batch_seed + 1)
+                    predictions, n2, p2 = generate_batch(model, tokenizer, pred_prompts, config, seed=batch_seed + 1,
+                                                         answer_prefix=PREDICTION_ANSWER_PREFIX)
                 lines = "".join(
                     json.dumps({"user_idx": u, "user_id": str(data.user_ids[u]), "profile": p, "prediction": q,
                                 "items_shown": shown[u]}, ensure_ascii=False) + "\n"
@@ -446,6 +581,7 @@ def generate_user_texts(
         model.train(was_training)
     summary["seconds"] = time.perf_counter() - start
     summary["tokens_per_s"] = summary["new_tokens"] / max(summary["seconds"], 1e-9)
+    summary["quality"] = record_quality(path, catalogue)
     return summary
 
 

@@ -19,6 +19,12 @@ Overridden Trainer parts:
   evaluator (:func:`glta_hf.metrics.evaluate_model`; ``eval_ndcg@10``, ...), so ``load_best_model_at_end``,
   ``metric_for_best_model="ndcg@10"`` and ``EarlyStoppingCallback`` work unchanged. Under DDP every rank ranks a
   shard of the users and the sums are all-reduced.
+* :meth:`GLTATrainer.create_optimizer` -- the Trainer's optimizer with one parameter group per trainable part
+  (:func:`parameter_part`: head, projectors, slots, residual, LoRA) at its own learning rate
+  (:meth:`GLTATrainingArguments.part_learning_rates`), decay / no-decay kept.
+* :meth:`GLTATrainer.train` -- keeps the best validated state in memory (from the step-0 evaluation that
+  ``eval_on_start`` runs, on) and, with ``load_best_model_at_end``, ends on it: a stage never ends below its own start
+  on validation, which Trainer checkpoints alone cannot give (there is no checkpoint of step 0).
 * :meth:`GLTATrainer._get_train_sampler` -- an :class:`~glta_hf.alignment_data.EpochSampler`, so the per-epoch
   target draws and the order depend on the epoch only and ``--resume_from_checkpoint`` replays the same batches.
   With ``train_sampling_strategy="group_by_length"`` (the GLTA default) the epoch order is length-grouped
@@ -35,6 +41,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
@@ -78,6 +85,21 @@ class _StageCheckpointCallback(TrainerCallback):
                 write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step)))
 
 
+def parameter_part(name: str) -> str:
+    """The trainable part a GLTA parameter belongs to, from its name: ``head``, ``projector``, ``slots``,
+    ``residual`` or ``llm`` (LoRA weights; anything else)."""
+    parts = name.split(".")
+    if "graph_residual" in parts:
+        return "residual"
+    if "head" in parts:
+        return "head"
+    if any(p.endswith("_projector") for p in parts):
+        return "projector"
+    if "slot_embeddings" in parts:
+        return "slots"
+    return "llm"
+
+
 class GLTATrainer(Trainer):
     """Trainer of one GLTA alignment stage; see the module docstring for what it prepares and changes, and why.
 
@@ -106,6 +128,7 @@ class GLTATrainer(Trainer):
             raise TrainingError(f"GLTATrainer needs stage= one of {ALIGNMENT_STAGES} (args.stage={args.stage!r} "
                                 "names several)")
         self.stage = stage
+        self.item_eval_dataset = None  # the item stage's held-out groups (_held_out_items)
         args = args.for_stage(stage)
         trainable = model.set_trainable("item" if stage == "item" else args.trainable_stage)
         logger.info("stage %s: training %s", stage, trainable)
@@ -121,6 +144,8 @@ class GLTATrainer(Trainer):
                 raise TrainingError(f"the model has num_slots={model.config.num_slots}, the arguments say "
                                     f"{args.num_slots}")
             model.config.prompt.update(args.prompt_overrides())  # H, L, ablations and length cap of this stage
+            if stage == "item" and args.item_eval_fraction > 0 and data is not None:
+                items, self.item_eval_dataset = self._held_out_items(model, args, data, items)
             train_dataset = self._stage_dataset(stage, model, args, data, histories, has_time, texts, users, items)
         if data_collator is None:
             data_collator = GLTACollator(tokenizer.pad_token_id, model.config.num_slots)
@@ -140,6 +165,8 @@ class GLTATrainer(Trainer):
             eval_users = sample_eval_users(ranking_truth, args.eval_max_users, args.seed)
             if eval_dataset is None:  # the Trainer insists on one when eval_strategy != "no"
                 eval_dataset = torch.utils.data.TensorDataset(torch.from_numpy(eval_users))
+        if args.eval_on_start and (ranking_truth is None or args.eval_strategy == "no"):
+            args.eval_on_start = False  # nothing to validate: the Trainer would call evaluate() regardless
         had_use_cache = "use_cache" in vars(model.config)
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
                          eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
@@ -155,6 +182,21 @@ class GLTATrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.ranking_train, self.ranking_truth = ranking_train, ranking_truth
         self._eval_users = eval_users
+        self.best_state: Optional[Dict[str, Any]] = None  # {"step", "metric", "value", "params"}, see train()
+        self.diagnostics: Dict[str, Any] = {}  # glta_hf.diagnose's report of the last train(), see train()
+
+    @staticmethod
+    def _held_out_items(model, args, data, items):
+        """``(training items, held-out ItemTextDataset)``: ``args.item_eval_fraction`` of the items (seeded) leave
+        the item stage's training groups and measure it (:func:`glta_hf.metrics.evaluate_item_alignment`)."""
+        pool = np.arange(data.num_items) if items is None else np.asarray(items, dtype=np.int64)
+        count = int(round(len(pool) * args.item_eval_fraction))
+        if count < args.items_per_sample or len(pool) - count < args.items_per_sample:
+            return items, None  # too few items for a held-out group: the stage trains on all of them
+        held = np.sort(np.random.default_rng([int(args.seed), 23]).choice(pool, size=count, replace=False))
+        evaluation = ItemTextDataset(data.item_texts, model.tokenizer, model.prompt_config,
+                                     items_per_sample=args.items_per_sample, seed=int(args.seed) + 1, items=held)
+        return np.setdiff1d(pool, held), evaluation
 
     @staticmethod
     def _stage_dataset(stage, model, args, data, histories, has_time, texts, users, items):
@@ -190,6 +232,100 @@ class GLTATrainer(Trainer):
             )
         return (loss, outputs) if return_outputs else loss
 
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, its groups split by trainable part, each at its part's learning rate."""
+        optimizer = super().create_optimizer(model)
+        rates = self.args.part_learning_rates()
+        if len(set(rates.values())) == 1:
+            return optimizer
+        opt_model = self.model if model is None else model
+        part = {id(p): parameter_part(n) for n, p in opt_model.named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            by_part: Dict[str, list] = {}
+            for p in group["params"]:
+                by_part.setdefault(part.get(id(p), "llm"), []).append(p)
+            for name, params in by_part.items():
+                groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params,
+                               "lr": rates[name], "glta_part": name})
+        optimizer.param_groups = []  # regrouped in place: no step has run, so there is no state to move
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+    def train(self, *args, **kwargs):
+        """``Trainer.train``, then (with ``load_best_model_at_end``) the best validated state, step 0 included.
+
+        With ``args.diagnose`` a fresh stage (not a resumed one) first reports :mod:`glta_hf.diagnose`'s numbers
+        on its first batch and measures the first steps' update norms (:attr:`diagnostics`)."""
+        self.best_state = None
+        updates = None
+        resuming = bool(kwargs.get("resume_from_checkpoint") or (args[0] if args else None))
+        if self.args.diagnose and not resuming:
+            updates = self._start_diagnostics()
+        item_start = self._item_alignment() if not resuming else None
+        result = super().train(*args, **kwargs)
+        if self.item_eval_dataset is not None:
+            self.diagnostics["item_alignment"] = {"start": item_start, "end": self._item_alignment()}
+        if updates is not None:
+            self.remove_callback(updates)
+            self.diagnostics["updates"] = updates.steps
+            if self.is_world_process_zero():
+                from .diagnose import format_report
+
+                print(f"[{self.stage} stage diagnostics]\n{format_report(self.diagnostics, updates.steps)}",
+                      flush=True)
+        best = self.best_state
+        if best is not None and self.args.load_best_model_at_end and best["step"] != self.state.global_step:
+            params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+            with torch.no_grad():
+                for name, value in best["params"].items():
+                    params[name].copy_(value)
+            logger.info("stage %s: ends on its best validated state, step %d (%s %.4f)", self.stage, best["step"],
+                        best["metric"], best["value"])
+        return result
+
+    def _item_alignment(self) -> Optional[Dict[str, float]]:
+        """The item stage's held-out metric now (None outside the item stage or without held-out items)."""
+        if self.item_eval_dataset is None:
+            return None
+        from .metrics import evaluate_item_alignment
+
+        metrics = evaluate_item_alignment(self.accelerator.unwrap_model(self.model), self.item_eval_dataset,
+                                          batch_size=self.args.per_device_eval_batch_size)
+        logger.info("item stage, held-out items: %s", metrics)
+        return metrics
+
+    def _start_diagnostics(self):
+        """:func:`glta_hf.diagnose.initial_report` on the first training batch; returns the update-norm callback."""
+        from .diagnose import UpdateNormCallback, initial_report
+
+        model = self.accelerator.unwrap_model(self.model)
+        n = min(len(self.train_dataset), self.args.per_device_train_batch_size)
+        samples = [self.train_dataset[i] for i in range(n)]
+        device = next(p for p in model.parameters() if p.requires_grad).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.data_collator(samples).items()}
+        report, probe = initial_report(model, batch, samples, return_probe=True)
+        self.diagnostics = dict(report)
+        callback = UpdateNormCallback(model, probe=probe)
+        self.add_callback(callback)
+        return callback
+
+    def _remember_if_best(self, metrics: Dict[str, float]) -> None:
+        """Keep a copy of the trainable parameters when ``metrics`` are the best validation so far."""
+        name = self.args.metric_for_best_model or "ndcg@10"
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        value = metrics.get(key)
+        if value is None:
+            return
+        best = self.best_state
+        better = best is None or (value > best["value"] if self.args.greater_is_better else value < best["value"])
+        if better:
+            model = self.accelerator.unwrap_model(self.model)
+            self.best_state = {"step": int(self.state.global_step), "metric": key, "value": float(value),
+                               "params": {n: p.detach().clone() for n, p in model.named_parameters()
+                                          if p.requires_grad}}
+
     def _get_train_sampler(self, train_dataset=None):
         """An :class:`EpochSampler` following ``args.train_sampling_strategy``: ``group_by_length`` (the GLTA
         default) sorts megabatches by prompt length, ``random`` shuffles, ``sequential`` keeps the order."""
@@ -215,6 +351,8 @@ class GLTATrainer(Trainer):
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         if self.state.epoch is not None:
             metrics["epoch"] = self.state.epoch
+        if metric_key_prefix == "eval":
+            self._remember_if_best(metrics)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

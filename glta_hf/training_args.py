@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 from transformers import TrainingArguments
 
-from .cli_args import (check_values, cutoff_list, decoding_name, non_negative_float, non_negative_int,
+from .cli_args import (carve_fraction, check_values, cutoff_list, decoding_name, non_negative_float, non_negative_int,
                        positive_float, positive_int, seed_value, writable_dir)
 from .alignment_data import EVAL_HISTORIES
 from .components import component_names
@@ -87,7 +87,10 @@ class GLTATrainingArguments(TrainingArguments):
         "max_history": non_negative_int, "num_slots": positive_int, "num_targets": positive_int,
         "samples_per_user": positive_int, "items_per_sample": positive_int, "eval_max_users": non_negative_int,
         "eval_ks": cutoff_list, "item_stage_epochs": positive_float, "item_stage_learning_rate": positive_float,
-        "max_length": positive_int, "prefix_cache_max_gb": non_negative_float, "eval_decoding": decoding_name}
+        "max_length": positive_int, "prefix_cache_max_gb": non_negative_float, "eval_decoding": decoding_name,
+        "head_learning_rate": positive_float, "projector_learning_rate": positive_float,
+        "slot_learning_rate": positive_float, "residual_learning_rate": positive_float,
+        "item_eval_fraction": carve_fraction}
     #: output folders, checked writable by the parsers (not in ``__post_init__``: a library caller may create them)
     PATH_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
         "output_dir": writable_dir, "logging_dir": writable_dir, "prefix_cache_dir": writable_dir}
@@ -123,6 +126,25 @@ class GLTATrainingArguments(TrainingArguments):
     item_stage_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "stage=all: learning rate of the item stage (default learning_rate)"})
     max_length: int = field(default=1024, metadata={"help": "prompt length cap in tokens (free text is shortened)"})
+    # Per-part learning rates (None: learning_rate). The parts move vectors of very different sizes: the head's
+    # query lives in LightGCN's node space, the projectors and slots in the LLM's token space (issue 23).
+    head_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the GLLM head (default: learning_rate)"})
+    projector_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the user / item projectors (default: learning_rate)"})
+    slot_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the L slot vectors (default: learning_rate)"})
+    residual_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the graph residual's scale and gate (default: learning_rate)"})
+    item_eval_fraction: float = field(default=0.05, metadata={
+        "help": "share of items the item stage holds out to measure itself on (glta_hf.metrics."
+                "evaluate_item_alignment, before and after its steps, against chance); 0 = train on every item"})
+    diagnose: bool = field(default=True, metadata={
+        "help": "print the stage's diagnostics (loss at init vs ln|I|, query vs user-vector norm, update norms of "
+                "the first steps, targets already in the prompt; glta_hf.diagnose) and keep them in its record"})
+    eval_on_start: bool = field(default=True, metadata={
+        "help": "rank the validation users before the first step, so the stage's start is a candidate of the "
+                "best-state selection (a chosen model is never below its own start on validation)"})
     prefix_cache: bool = field(default=True, metadata={
         "help": "user stage and evaluation: serve the prompts' frozen text prefixes from one store per run (exact: "
                 "same numbers; default on; off with LoRA). Pays off with the text_first layout, where profile and "
@@ -195,6 +217,7 @@ class GLTATrainingArguments(TrainingArguments):
         args = copy.copy(self)
         if stage == Stage.ITEM:
             args.eval_strategy = "no"
+            args.eval_on_start = False
             args.load_best_model_at_end = False
             if args.item_stage_epochs is not None:
                 args.num_train_epochs = args.item_stage_epochs
@@ -203,6 +226,13 @@ class GLTATrainingArguments(TrainingArguments):
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = args.needs_unused_parameter_search(stage)
         return args
+
+    def part_learning_rates(self) -> Dict[str, float]:
+        """Learning rate of each trainable part (:func:`glta_hf.trainer.parameter_part`)."""
+        base = self.learning_rate
+        return {"head": self.head_learning_rate or base, "projector": self.projector_learning_rate or base,
+                "slots": self.slot_learning_rate or base, "residual": self.residual_learning_rate or base,
+                "llm": base}
 
     def needs_unused_parameter_search(self, stage: str) -> bool:
         """Whether DDP must look for trainable parameters that got no gradient in a step (``find_unused_parameters``).
@@ -228,12 +258,17 @@ class GLTATrainingArguments(TrainingArguments):
                 "no_item_alignment", "user_as_text", "no_profile", "no_prediction"]
         if stage == Stage.ITEM:
             keys += ["items_per_sample"]
+            if args.item_eval_fraction:  # named only when set, like samples_per_user below
+                keys += ["item_eval_fraction"]
         else:
             keys += ["num_targets", "target_policy", "eval_history"]
         settings = {k: getattr(args, k, None) for k in keys}
         if stage != Stage.ITEM and getattr(args, "samples_per_user", 1) != 1:
             # named only when set, so the records (and fingerprints) of runs from before the option still match
             settings["samples_per_user"] = int(args.samples_per_user)
+        for name in ("head_learning_rate", "projector_learning_rate", "slot_learning_rate", "residual_learning_rate"):
+            if getattr(args, name, None) is not None:  # likewise: only when set
+                settings[name] = getattr(args, name)
         settings["train_sampling_strategy"] = sampling_strategy(args)
         settings["world_size"] = int(args.world_size)
         return json.loads(json.dumps(settings, default=str))

@@ -19,6 +19,7 @@ def residual(request, tmp_path):
     tiny = build_tiny(tmp_path, head=request.param, graph_residual=True)
     with torch.no_grad():
         tiny.model.graph_residual.scale.fill_(0.7)
+        tiny.model.graph_residual.gate.fill_(0.5)  # a trained gate: the head's term is in play
     return tiny
 
 
@@ -28,7 +29,7 @@ def test_logits_are_the_head_plus_the_scaled_graph_score(residual):
         out = model(**_inputs(batch))
         plain = model.score_slots(out.slot_hidden_states)  # no graph_users: the head alone
         graph = 0.7 * residual.user_embeddings[[0, 3]] @ residual.item_embeddings.T  # (B, |I|)
-    torch.testing.assert_close(out.logits, plain + graph[:, None, :], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits, 0.5 * plain + graph[:, None, :], atol=1e-5, rtol=1e-5)
     assert graph.abs().max() > 0.1  # the term is not negligible, so the comparison above can fail
 
 

