@@ -110,3 +110,29 @@ def slot_loss(
     logits = F.linear(x, weight, bias)
     loss = F.cross_entropy(logits.reshape(-1, num_items), labels.reshape(-1), ignore_index=IGNORE_INDEX)
     return loss, logits
+
+
+def other_targets_mask(labels: torch.LongTensor, num_items: int) -> torch.Tensor:
+    """(B, L, |I|) bool: True at slot t of sample b for the *other* targets of b (``labels[b, s]``, s != t).
+
+    Each slot's target is one of the user's positives; with the others left in its softmax, every correct answer
+    of the other slots counts against it. Masking them scores each slot against the non-targets only (the sampled
+    "other positives" exclusion of multi-positive softmax losses)."""
+    batch, slots = labels.shape
+    valid = labels != IGNORE_INDEX
+    mask = torch.zeros(batch, slots, num_items, dtype=torch.bool, device=labels.device)
+    rows = torch.arange(batch, device=labels.device)
+    for s in range(slots):
+        hit = valid[:, s]
+        if hit.any():
+            mask[rows[hit], :, labels[hit, s]] = True
+            mask[rows[hit], s, labels[hit, s]] = False  # a slot keeps its own target
+    return mask
+
+
+def masked_slot_loss(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+    """Mean CE over labelled slots of ``logits`` (B, L, |I|), each slot's softmax without the sample's other
+    targets (:func:`other_targets_mask`)."""
+    labels = check_labels(labels, logits.shape[:2], logits.shape[-1], logits.device)
+    masked = logits.masked_fill(other_targets_mask(labels, logits.shape[-1]), float("-inf"))
+    return F.cross_entropy(masked.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)

@@ -221,7 +221,15 @@ class GLTATrainer(Trainer):
                                            if hasattr(load_result, "_replace") else load_result)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        if self.stage != "item" and self.args.mask_other_targets and inputs.get("labels") is not None:
+            from .loss import masked_slot_loss
+
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            if outputs.logits is None:
+                raise TrainingError("mask_other_targets needs the full logits; it does not run with ce_chunk_size")
+            outputs.loss = masked_slot_loss(outputs.logits, inputs["labels"])
+        else:
+            outputs = model(**inputs)
         loss = outputs.loss
         if loss is None:
             raise TrainingError(f"step {self.state.global_step}: the batch has no labels, so the model gave no loss")

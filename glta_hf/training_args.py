@@ -136,6 +136,9 @@ class GLTATrainingArguments(TrainingArguments):
         "help": "learning rate of the L slot vectors (default: learning_rate)"})
     residual_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "learning rate of the graph residual's scale and gate (default: learning_rate)"})
+    mask_other_targets: bool = field(default=False, metadata={
+        "help": "score each slot's target against the non-targets only: the sample's other targets leave its "
+                "softmax (glta_hf.loss.masked_slot_loss; not with ce_chunk_size)"})
     item_eval_fraction: float = field(default=0.05, metadata={
         "help": "share of items the item stage holds out to measure itself on (glta_hf.metrics."
                 "evaluate_item_alignment, before and after its steps, against chance); 0 = train on every item"})
@@ -262,6 +265,8 @@ class GLTATrainingArguments(TrainingArguments):
                 keys += ["item_eval_fraction"]
         else:
             keys += ["num_targets", "target_policy", "eval_history"]
+            if args.mask_other_targets:  # named only when set (records from before the option still match)
+                keys += ["mask_other_targets"]
         settings = {k: getattr(args, k, None) for k in keys}
         if stage != Stage.ITEM and getattr(args, "samples_per_user", 1) != 1:
             # named only when set, so the records (and fingerprints) of runs from before the option still match

@@ -160,3 +160,25 @@ def test_the_item_stage_measures_itself_on_held_out_items(tmp_path):
         torch.tensor(sample.targets + [0] * (hidden.shape[1] - len(sample.targets))), 12).float()[None] * 5
     got = evaluate_item_alignment(tiny.model, [sample], batch_size=1)
     assert got["item_order_accuracy"] == 1.0 and got["item_catalogue_accuracy"] == 1.0
+
+
+def test_masking_other_targets_removes_exactly_them_from_each_softmax():
+    from glta_hf.loss import masked_slot_loss, other_targets_mask
+
+    labels = torch.tensor([[3, 5, -100], [1, -100, -100]])
+    mask = other_targets_mask(labels, 6)
+    assert mask[0, 0].nonzero().flatten().tolist() == [5] and mask[0, 1].nonzero().flatten().tolist() == [3]
+    assert not mask[1, 0].any()  # a lone target keeps the whole catalogue (unlabelled slots do not count)
+    logits = torch.randn(2, 3, 6)
+    expected0 = torch.nn.functional.cross_entropy(logits[0, 0, [0, 1, 2, 3, 4]][None], torch.tensor([3]))
+    expected1 = torch.nn.functional.cross_entropy(logits[0, 1, [0, 1, 2, 4, 5]][None], torch.tensor([4]))
+    expected2 = torch.nn.functional.cross_entropy(logits[1, 0][None], torch.tensor([1]))
+    torch.testing.assert_close(masked_slot_loss(logits, labels), (expected0 + expected1 + expected2) / 3)
+
+
+def test_the_user_stage_trains_with_other_targets_masked(tmp_path):
+    tiny = build_tiny(tmp_path)
+    trainer = _user_trainer(tiny, tmp_path, mask_other_targets=True, max_steps=2)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert "mask_other_targets" in trainer.args.stage_settings("user")
