@@ -63,7 +63,7 @@ def test_a_residual_model_starts_at_exactly_the_graph_ranking(tmp_path, head):
 
 def test_parameter_parts_name_every_trainable_piece(tmp_path):
     model = build_tiny(tmp_path, head="factorized", graph_residual=True).model
-    names = {n: parameter_part(n) for n, _ in model.named_parameters() if not n.startswith("llm.")}
+    names = {n: parameter_part(n) for n, _ in model.named_parameters() if "llm" not in n.split(".")}
     assert set(names.values()) == {"head", "projector", "slots", "residual"}, names
     assert parameter_part("model.head.weight") == "head"  # composition-style names map the same way
     assert parameter_part("model.user_projector.weight") == "projector"
@@ -86,7 +86,7 @@ def test_each_part_trains_at_its_own_learning_rate(tmp_path):
             rates[names[id(p)]] = group["lr"]
     assert rates["head.weight"] == 5e-2 and rates["head.item_bias"] == 5e-2
     assert rates["graph_residual.gate"] == 1e-1 and rates["graph_residual.scale"] == 1e-1
-    assert rates["user_projector.weight"] == 1e-3 and rates["slot_embeddings"] == 1e-3
+    assert rates["model.user_projector.weight"] == 1e-3 and rates["model.slot_embeddings"] == 1e-3
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
         p.requires_grad for p in tiny.model.parameters())
 
