@@ -44,6 +44,10 @@ class GLTAConfig(PretrainedConfig):
         residual_gate: with ``graph_residual``, the head's logits enter as ``gate * head`` with ``gate`` starting at 0,
             so the model starts at exactly LightGCN's ranking and learns how much of the LLM term to add (True, the
             default); False: no gate (configs saved before the option).
+        center_node_embeddings: subtract the mean of ``E_u`` (``E_i``) from every user (item) vector before its
+            projector (False, the default). LightGCN's vectors share one direction (projected item tokens had mean
+            |cos| 0.41 against 0.20 among the LLM's own token embeddings); with a linear projector this only moves
+            the start (the bias absorbs ``-W mean``), which is what it is for. A validation choice.
         user_token_id / item_token_id / slot_token_id: tokenizer ids of ``<user>``, ``<item>``, ``<slot>``.
         prompt: prompt settings (``glta_hf.prompts.PromptConfig`` fields), stored so serving uses the training prompt.
         lora: None (default, the paper: LLM fully frozen) or a ``peft.LoraConfig`` kwargs dict, e.g. ``{"r": 8}``.
@@ -97,6 +101,7 @@ class GLTAConfig(PretrainedConfig):
         graph_residual=False,
         head_input_norm="unit",
         residual_gate=True,
+        center_node_embeddings=False,
         **kwargs,
     ):
         if quantization not in QUANTIZATIONS:
@@ -139,6 +144,7 @@ class GLTAConfig(PretrainedConfig):
             raise ValueError(f"head_input_norm must be one of {HEAD_INPUT_NORMS}, got {head_input_norm!r}")
         self.head_input_norm = head_input_norm
         self.residual_gate = bool(residual_gate)
+        self.center_node_embeddings = bool(center_node_embeddings)
         self.lora = lora
         self.ce_chunk_size = None if ce_chunk_size is None else int(ce_chunk_size)
         self.rank_chunk_size = None if rank_chunk_size is None else int(rank_chunk_size)

@@ -261,7 +261,7 @@ class GLTAModel(GLTAPreTrainedModel):
             if count != nodes.shape[0]:
                 raise ValueError(f"the batch has {count} {name} tokens but {nodes.shape[0]} {name} node ids were given")
             if count:
-                embeds = embeds.masked_scatter(mask.unsqueeze(-1), projector(nodes).to(embeds.dtype))
+                embeds = embeds.masked_scatter(mask.unsqueeze(-1), self.project(name, nodes).to(embeds.dtype))
 
         per_row = slot_mask.sum(dim=1)
         if not bool((per_row == self.config.num_slots).all()):
@@ -279,7 +279,16 @@ class GLTAModel(GLTAPreTrainedModel):
 
     def item_input_vectors(self, item_rows: torch.LongTensor) -> torch.Tensor:
         """``V_i = P_i(E_i[rows])``: what an ``<item>`` token of each row reads (the AR decoder feeds them back)."""
-        return self.item_projector(self.item_embeddings[item_rows])
+        return self.project(ITEM_TOKEN, self.item_embeddings[item_rows])
+
+    def project(self, token: str, nodes: torch.Tensor) -> torch.Tensor:
+        """Node vectors (n, d) of ``<user>`` / ``<item>`` tokens -> the LLM's token space, through their projector
+        (after subtracting the table's mean with ``config.center_node_embeddings``)."""
+        table, projector = ((self.user_embeddings, self.user_projector) if token == USER_TOKEN
+                            else (self.item_embeddings, self.item_projector))
+        if getattr(self.config, "center_node_embeddings", False) and table.shape[0]:
+            nodes = nodes - table.mean(dim=0).to(nodes.dtype)
+        return projector(nodes)
 
     def _check_ids(self, ids: Optional[torch.Tensor], size: int, name: str) -> torch.LongTensor:
         if ids is None:
@@ -557,11 +566,13 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
     def _match_embedding_scale(self) -> None:
         """Rescale the last projector layer and the slot vectors to the LLM's mean token-embedding norm."""
         target = self.llm.get_input_embeddings().weight.float().norm(dim=-1).mean()
-        for projector, table in ((self.user_projector, self.user_embeddings), (self.item_projector, self.item_embeddings)):
+        for token, projector, table in ((USER_TOKEN, self.user_projector, self.user_embeddings),
+                                        (ITEM_TOKEN, self.item_projector, self.item_embeddings)):
             if table.shape[0] == 0:
                 continue
             # chunked: projecting a 1M-item table at once would hold |I| x hidden floats (2.3 GB at hidden 576)
-            current = sum(projector(part.float()).norm(dim=-1).sum() for part in table.split(16384)) / table.shape[0]
+            current = sum(self.model.project(token, part.float()).norm(dim=-1).sum()
+                          for part in table.split(16384)) / table.shape[0]
             last = projector.output_layer
             if current > 0:
                 last.weight.mul_(target / current)

@@ -39,7 +39,7 @@ from transformers import TrainingArguments
 from .cli_args import (carve_fraction, check_values, cutoff_list, decoding_name, non_negative_float, non_negative_int,
                        positive_float, positive_int, seed_value, writable_dir)
 from .alignment_data import EVAL_HISTORIES
-from .components import component_names
+from .components import HEAD_INPUT_NORMS, component_names
 from .decoding import check_decoding
 from .prompts import PROMPT_LAYOUTS
 from .vocabulary import ALIGNMENT_STAGES, TARGET_POLICIES, Stage
@@ -343,6 +343,14 @@ class GLTAModelArguments:
     graph_residual: bool = field(default=False, metadata={
         "help": "add the frozen LightGCN score scale * (e_u . E_i) to the GLLM logits, one learned scale (not the "
                 "paper's method: its own benchmark row)"})
+    head_input_norm: str = field(default="unit", metadata={
+        "help": "unit (default): the head reads each slot state at unit L2 norm | none: raw (docs/TRAINING_MECHANICS.md)",
+        "choices": list(HEAD_INPUT_NORMS)})
+    residual_gate: bool = field(default=True, metadata={
+        "help": "with graph_residual: the head's logits enter through a gate starting at 0 (the model starts at "
+                "exactly LightGCN)"})
+    center_node_embeddings: bool = field(default=False, metadata={
+        "help": "subtract the table mean from E_u / E_i before projection (a validation choice)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA, the LLM stays frozen)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -389,7 +397,9 @@ class GLTAModelArguments:
     def config_kwargs(self) -> Dict[str, Any]:
         """The ``GLTAConfig`` keyword arguments (``from_components(**config_kwargs)``)."""
         return {"head": self.head, "projector": self.projector, "lora": self.lora(), "graph_residual": self.graph_residual,
-                "ce_chunk_size": self.ce_chunk_size, "rank_chunk_size": self.rank_chunk_size}
+                "ce_chunk_size": self.ce_chunk_size, "rank_chunk_size": self.rank_chunk_size,
+                "head_input_norm": self.head_input_norm, "residual_gate": self.residual_gate,
+                "center_node_embeddings": self.center_node_embeddings}
 
     def prompt_fields(self) -> Dict[str, Any]:
         """The ``PromptConfig`` fields set here (unset ones keep ``PromptConfig``'s defaults)."""

@@ -182,3 +182,17 @@ def test_the_user_stage_trains_with_other_targets_masked(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 2
     assert "mask_other_targets" in trainer.args.stage_settings("user")
+
+
+def test_centring_moves_only_the_start_of_a_linear_projector(tmp_path):
+    plain = build_tiny(tmp_path / "a").model
+    centred = build_tiny(tmp_path / "b", center_node_embeddings=True).model
+    assert centred.config.center_node_embeddings and not plain.config.center_node_embeddings
+    items = centred.item_embeddings
+    with torch.no_grad():
+        got = centred.model.project("<item>", items)
+        expected = centred.item_projector(items - items.mean(0))
+        torch.testing.assert_close(got, expected)
+        # the shared direction is gone: the projected table's mean is the projector's bias alone
+        torch.testing.assert_close(got.mean(0), centred.item_projector.bias, atol=1e-5, rtol=1e-5)
+        assert (plain.model.project("<item>", items) - plain.item_projector.bias).mean(0).norm() > 1e-3
