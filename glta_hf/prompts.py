@@ -339,7 +339,7 @@ def _item_listing(item_texts: Sequence[str]) -> str:
 #: model asked to summarize a list mostly copies the list back (85% of profiles did, issue 23); an answer that
 #: already starts with "This user enjoys" can only continue as a description of taste.
 PROFILE_ANSWER_PREFIX = "This user enjoys"
-PREDICTION_ANSWER_PREFIX = "Next, this user will probably want"
+PREDICTION_ANSWER_PREFIX = "The next item this user will want is"
 
 
 def profile_messages(item_texts: Sequence[str], system_prompt: str = TEXT_SYSTEM_PROMPT) -> List[Dict[str, str]]:
