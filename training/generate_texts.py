@@ -28,13 +28,14 @@ from glta_hf.cpu_threads import prefer_passive_openmp  # noqa: E402  (before tor
 prefer_passive_openmp()
 
 from glta_hf.cli_args import (GLTAArgumentParser, add_dataset_arguments, add_field_flags,  # noqa: E402  (light)
-                               carve_fraction, device_name, positive_int, require_data_dir, require_llm,
+                               carve_fraction, device_name, non_negative_int, positive_int, require_data_dir,
+                               require_llm,
                                run_reporting_errors, seed_value, writable_file)
 from glta_hf.vocabulary import QUANTIZATIONS  # noqa: E402  (light)
 
 #: the TextGenerationConfig fields that are flags here (their defaults, help and ranges are the dataclass's)
 GENERATION_FLAGS = ("max_items", "max_new_tokens", "batch_size", "seed", "do_sample", "temperature", "top_p",
-                    "max_item_chars")
+                    "max_item_chars", "repetition_penalty", "no_repeat_ngram_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
