@@ -143,10 +143,17 @@ def _config(args) -> Dict[str, Any]:
     return quickstart_config(args).options()
 
 
+#: The version of GLTA's training mechanics in a GLTA row's fingerprint: rows trained before issue 23's mechanics
+#: (the head read raw slot states, no residual gate, no step-0 validation; texts without repetition control) are
+#: not reused as if they were today's model.
+GLTA_RECIPE = 2
+
+
 def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
     """What a row's numbers depend on: data, split, budget (and LightGCN+'s text weight); not paths / progress."""
     keep = {k: v for k, v in cfg.items()
-            if k not in ("output_dir", "progress", "show_users", "prefix_cache", "eval_batch_size", "preset")}
+            if k not in ("output_dir", "progress", "show_users", "prefix_cache", "eval_batch_size", "preset",
+                         "text_batch_size")}  # batch sizes change speed, not numbers
     if keep.get("layout") == "paper":  # rows from before the layout option keep their fingerprints
         keep.pop("layout")
     if not keep.get("graph_residual", True):  # likewise for the residual option (a row's own variant sets it)
@@ -157,7 +164,7 @@ def fingerprint(row: str, args, cfg: Dict[str, Any]) -> str:
     if graph is not None and graph.needs_text_embeddings:
         key.update(text_weight=args.text_weight, temperature=args.temperature)
     if row.startswith("glta"):
-        key.update(backbone=args.backbone)
+        key.update(backbone=args.backbone, recipe=GLTA_RECIPE)
         dtype = getattr(args, "llm_dtype", None)
         if dtype is not None:  # absent = the float32 rows of earlier runs keep their fingerprints
             key.update(llm_dtype=str(dtype))

@@ -89,16 +89,16 @@ def test_a_new_argument_field_reaches_every_surface(monkeypatch, tmp_path, align
 
     @dataclasses.dataclass
     class Extended(training_args.GLTATrainingArguments):
-        head_learning_rate: float = dataclasses.field(default=0.5, metadata={"help": "a new option"})
+        example_new_option: float = dataclasses.field(default=0.5, metadata={"help": "a new option"})
 
     monkeypatch.setattr(training_args, "GLTATrainingArguments", Extended)
     parser = _parser(quickstart.configure_parser)
-    cfg = quickstart.config_from_args(parser.parse_args(["--head-learning-rate", "0.25"]))
-    assert cfg.training_arguments(tmp_path).head_learning_rate == 0.25
-    assert cfg.options()["head_learning_rate"] == 0.25
+    cfg = quickstart.config_from_args(parser.parse_args(["--example-new-option", "0.25"]))
+    assert cfg.training_arguments(tmp_path).example_new_option == 0.25
+    assert cfg.options()["example_new_option"] == 0.25
     bench = _parser(benchmark.configure_parser)
-    plain, changed = bench.parse_args([]), bench.parse_args(["--head_learning_rate", "0.25"])
-    assert "head_learning_rate" not in benchmark._config(plain)  # unset: earlier rows keep their fingerprints
+    plain, changed = bench.parse_args([]), bench.parse_args(["--example_new_option", "0.25"])
+    assert "example_new_option" not in benchmark._config(plain)  # unset: earlier rows keep their fingerprints
     assert benchmark.fingerprint("glta", changed, benchmark._config(changed)) != \
         benchmark.fingerprint("glta", plain, benchmark._config(plain))
 
