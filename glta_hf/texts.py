@@ -58,7 +58,7 @@ class TextGenerationConfig:
         "max_items": positive_int, "max_new_tokens": positive_int, "batch_size": positive_int,
         "temperature": positive_float, "top_p": unit_interval, "seed": seed_value,
         "max_item_chars": positive_int, "repetition_penalty": positive_float,
-        "no_repeat_ngram_size": non_negative_int}
+        "no_repeat_ngram_size": non_negative_int, "min_new_tokens": non_negative_int}
 
     # 10 items, not 20: the prompt's item list is most of the cost (prefill) and a 135M model summarizes 10 no
     # worse; 48 new tokens hold two sentences (issue 23).
@@ -82,6 +82,10 @@ class TextGenerationConfig:
         "help": "penalty on tokens already in the prompt or the answer (1 = none)"})
     no_repeat_ngram_size: int = dataclasses.field(default=3, metadata={
         "help": "no n-gram of this size twice in prompt + answer (0 = no limit)"})
+    # Greedy decoding's short answers collapse onto one sentence ("The next item this user will want is a superhero
+    # movie!" for 52 of 610 users: 82% distinct predictions); made to go on for 24 tokens, every answer differs.
+    min_new_tokens: int = dataclasses.field(default=24, metadata={
+        "help": "tokens each answer writes at least, up to max_new_tokens (short greedy answers repeat across users)"})
 
     def __post_init__(self):
         check_values(self, self.VALUE_TYPES)
@@ -449,7 +453,8 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
     kwargs: Dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, use_cache=True,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                   repetition_penalty=config.repetition_penalty,
-                                  no_repeat_ngram_size=config.no_repeat_ngram_size)
+                                  no_repeat_ngram_size=config.no_repeat_ngram_size,
+                                  min_new_tokens=min(config.min_new_tokens, config.max_new_tokens))
     if config.do_sample:
         _set_seed(seed)
         kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)

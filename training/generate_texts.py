@@ -35,7 +35,7 @@ from glta_hf.vocabulary import QUANTIZATIONS  # noqa: E402  (light)
 
 #: the TextGenerationConfig fields that are flags here (their defaults, help and ranges are the dataclass's)
 GENERATION_FLAGS = ("max_items", "max_new_tokens", "batch_size", "seed", "do_sample", "temperature", "top_p",
-                    "max_item_chars", "repetition_penalty", "no_repeat_ngram_size")
+                    "max_item_chars", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
