@@ -313,7 +313,9 @@ class GLTATrainer(Trainer):
         samples = [self.train_dataset[i] for i in range(n)]
         device = next(p for p in model.parameters() if p.requires_grad).device
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.data_collator(samples).items()}
-        report, probe = initial_report(model, batch, samples, return_probe=True)
+        # the share of targets already in the prompt means something in the user stage only: the item stage's
+        # targets are, by design, the items its prompt shows
+        report, probe = initial_report(model, batch, samples if self.stage != "item" else (), return_probe=True)
         self.diagnostics = dict(report)
         callback = UpdateNormCallback(model, probe=probe)
         self.add_callback(callback)
