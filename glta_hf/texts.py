@@ -515,6 +515,9 @@ def generate_user_texts(
     done = read_cache(path, repair=True)
     train = data.matrix(split)
     wanted = [int(u) for u in (users if users is not None else range(data.num_users))]
+    for sibling in skip_users_in:  # another generator's users must not count as done here
+        if meta_path(sibling).is_file():
+            _check_header(read_json(meta_path(sibling)), header, Path(sibling), extending=True)
     done_elsewhere = set().union(*(read_cache(p) for p in skip_users_in)) if skip_users_in else set()
     todo = [u for u in wanted if u not in done and u not in done_elsewhere]
     summary = {"users_cached_before": len([u for u in wanted if u in done]), "users_written": 0,

@@ -216,3 +216,15 @@ def test_text_quality_counts_repeats_echoes_and_loops():
     assert quality["distinct_predictions"] == pytest.approx(1 / 3, abs=1e-3)  # two users share one sentence
     assert quality["echo_profiles"] == pytest.approx(1 / 3, abs=1e-3) and quality["looping_profiles"] == pytest.approx(1 / 3, abs=1e-3)
     assert quality["distinct_profiles"] == 1.0
+
+
+def test_a_shard_refuses_to_skip_users_of_another_generators_cache(tmp_path, data, llm):
+    from glta_hf.texts import shard_path
+
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False, users=[0, 1])
+    other = TextGenerationConfig(max_items=3, max_new_tokens=4, batch_size=5)  # another generator
+    with pytest.raises(TextCacheError, match="generation settings"):
+        generate_user_texts(model, tok, data, shard_path(path, 0, 2), config=other, llm=ref, progress=False,
+                            users=[0, 2], skip_users_in=[path])
