@@ -268,15 +268,16 @@ def _read_lock(path: Path) -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
-def output_lock(folder) -> Iterator[Path]:
+def output_lock(folder, name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold ``folder``'s writer lock (``.glta.lock``: pid, host, start time) for the block; re-entrant in one process.
+    ``name``: another lock file in ``folder``, for one output inside a shared folder (a text cache and its shards).
 
     Another live writer -> :class:`~glta_hf.errors.OutputLockedError` naming it. A lock whose pid is dead on this
     host is taken over with a warning; one from another host is never guessed dead (delete it by hand).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = folder / name
     key = os.path.realpath(path)
     if key in _held_locks:
         _held_locks[key] += 1

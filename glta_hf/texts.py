@@ -34,7 +34,7 @@ import numpy as np
 
 from .cli_args import check_values, non_negative_int, positive_float, positive_int, seed_value, unit_interval
 from .errors import DataFormatError, GLTAError
-from .io_utils import read_json, write_json
+from .io_utils import output_lock, read_json, write_json
 from .prompts import (PREDICTION_ANSWER_PREFIX, PROFILE_ANSWER_PREFIX, prediction_messages, profile_messages,
                       render_generation_prompt)
 
@@ -503,6 +503,14 @@ def generate_user_texts(
     """
     config = config or TextGenerationConfig()
     path = Path(path)
+    with output_lock(path.parent, name=f".{path.name}.lock"):  # one writer per cache (shards have their own)
+        return _generate_user_texts(model, tokenizer, data, path, config=config, llm=llm, split=split, users=users,
+                                    progress=progress, stop_after_batches=stop_after_batches,
+                                    skip_users_in=skip_users_in)
+
+
+def _generate_user_texts(model, tokenizer, data, path: Path, *, config: TextGenerationConfig, llm, split, users,
+                         progress, stop_after_batches, skip_users_in) -> Dict[str, Any]:
     header = build_header(tokenizer=tokenizer, data=data, llm=llm or llm_reference(model), config=config, split=split)
     mpath = meta_path(path)
     found = read_json(mpath) if mpath.is_file() else None

@@ -228,3 +228,34 @@ def test_a_shard_refuses_to_skip_users_of_another_generators_cache(tmp_path, dat
     with pytest.raises(TextCacheError, match="generation settings"):
         generate_user_texts(model, tok, data, shard_path(path, 0, 2), config=other, llm=ref, progress=False,
                             users=[0, 2], skip_users_in=[path])
+
+
+def test_one_writer_per_text_cache(tmp_path, data, llm):
+    """Issue 25: a second generator on the same cache gets a one-line error; a shard beside it has its own lock."""
+    from glta_hf.errors import OutputLockedError
+    from glta_hf.io_utils import output_lock
+    from glta_hf.texts import shard_path
+
+    model, tok, ref = llm
+    path = tmp_path / "texts.jsonl"
+    import multiprocessing
+
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold():
+        with output_lock(path.parent, name=f".{path.name}.lock"):
+            ready.set()
+            release.wait(30)
+
+    other = multiprocessing.get_context("fork").Process(target=hold)
+    other.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(OutputLockedError, match="another run"):
+            generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False, users=[0])
+        generate_user_texts(model, tok, data, shard_path(path, 0, 2), config=CFG, llm=ref, progress=False, users=[0])
+    finally:
+        release.set()
+        other.join(30)
+    generate_user_texts(model, tok, data, path, config=CFG, llm=ref, progress=False, users=[0])  # released
+    assert sorted(read_cache(path)) == [0]
