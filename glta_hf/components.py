@@ -111,9 +111,12 @@ def normalize_head_input(slot_hidden: torch.Tensor, mode: str) -> torch.Tensor:
 class GLTAHead(nn.Module):
     """Base class of GLLM heads: slot hidden states (..., hidden) -> item logits (..., |I|).
 
-    Subclasses read their input through :meth:`head_input` (``config.head_input_norm``)."""
+    Subclasses call ``super().__init__(config)`` and read their input through :meth:`head_input`
+    (``config.head_input_norm``; a head built without a config reads the raw state)."""
 
-    input_norm: str = "none"
+    def __init__(self, config=None):
+        super().__init__()
+        self.input_norm = getattr(config, "head_input_norm", "none")
 
     def head_input(self, slot_hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return normalize_head_input(slot_hidden.to(dtype), self.input_norm)
@@ -137,10 +140,9 @@ class LinearHead(GLTAHead):
     """The paper's head: ``Z = h W_g + b_g`` over the |I| items."""
 
     def __init__(self, config):
-        super().__init__()
+        super().__init__(config)
         layer = nn.Linear(config.llm_hidden_size, config.num_items)  # same parameters (and seeded draws) as before
         self.weight, self.bias = layer.weight, layer.bias
-        self.input_norm = getattr(config, "head_input_norm", "none")
 
     def reset_parameters(self) -> None:
         init_linear(self)
@@ -155,11 +157,10 @@ class FactorizedHead(GLTAHead):
     bias; |I|-free parameters besides the bias, and it starts from the graph's item geometry."""
 
     def __init__(self, config):
-        super().__init__()
+        super().__init__(config)
         layer = nn.Linear(config.llm_hidden_size, config.node_dim)
         self.weight, self.bias = layer.weight, layer.bias
         self.item_bias = nn.Parameter(torch.zeros(config.num_items))
-        self.input_norm = getattr(config, "head_input_norm", "none")
 
     def reset_parameters(self) -> None:
         init_linear(self)

@@ -29,15 +29,6 @@ LOSS_MARGIN = 0.05
 UPDATE_WARNING = 0.25
 
 
-def _table(model, name: str) -> Optional[torch.Tensor]:
-    """A frozen node table of the model (``user_embeddings`` / ``item_embeddings``), wherever the model keeps it."""
-    for owner in (model, getattr(model, "model", None)):
-        table = getattr(owner, name, None) if owner is not None else None
-        if isinstance(table, torch.Tensor):
-            return table
-    return None
-
-
 def _targets_in_history(samples: Sequence[Any]) -> Optional[float]:
     """Share of slot targets that the prompt already shows as history items (``EncodedPrompt`` samples)."""
     shown = total = 0
@@ -67,24 +58,25 @@ def initial_report(model, batch: Dict[str, torch.Tensor], samples: Sequence[Any]
     used = (labels != IGNORE_INDEX) if labels is not None else torch.ones(hidden.shape[:2], dtype=torch.bool)
     hidden = hidden[used.to(hidden.device)]
     head = model.head
+    head_input = head.head_input(hidden, hidden.dtype)
     report: Dict[str, float] = {
         "loss_at_init": float(out.loss) if out.loss is not None else float("nan"),
         "ln_num_items": math.log(num_items),
         "slot_hidden_norm": float(hidden.norm(dim=-1).mean()),
-        "head_input_norm": float(head.head_input(hidden, hidden.dtype).norm(dim=-1).mean()),
+        "head_input_norm": float(head_input.norm(dim=-1).mean()),
     }
     if out.logits is not None:
         report["logit_std"] = float(out.logits.float()[used.to(out.logits.device)].std())
     if hasattr(head, "query"):
         report["query_norm"] = float(head.query(hidden).norm(dim=-1).mean())
-        users = _table(model, "user_embeddings")
-        if users is not None and users.numel():
+        users = model.user_embeddings
+        if users.numel():
             report["user_vector_norm"] = float(users.float().norm(dim=-1).mean())
     share = _targets_in_history(samples)
     if share is not None:
         report["targets_in_history"] = share
     if return_probe:
-        return report, head.head_input(hidden, hidden.dtype)
+        return report, head_input
     return report
 
 
@@ -100,6 +92,8 @@ class UpdateNormCallback(TrainerCallback):
         self.model, self.max_steps, self.probe = model, int(steps), probe
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.part = {n: parameter_part(n) for n in self.params}
+        # the factorized head's query weights, by name, when they train (the query update is measured on them)
+        self.query_names = [next((n for n in self.params if n.endswith(f"head.{w}")), None) for w in ("weight", "bias")]
         self.before: Optional[Dict[str, torch.Tensor]] = None
         self.steps: List[Dict[str, float]] = []
 
@@ -118,15 +112,12 @@ class UpdateNormCallback(TrainerCallback):
             size[part] = size.get(part, 0.0) + float(self.before[name].float().pow(2).sum())
         row = {"step": int(state.global_step)}
         row.update({f"update_{p}": math.sqrt(d) / max(math.sqrt(size[p]), 1e-12) for p, d in delta.items()})
-        head = getattr(self.model, "head", None)
-        if self.probe is not None and hasattr(head, "query"):
-            w0 = self.before.get(next((n for n in self.params if n.endswith("head.weight")), ""), None)
-            b0 = self.before.get(next((n for n in self.params if n.endswith("head.bias")), ""), None)
-            if w0 is not None:
-                dq = self.probe @ (head.weight.detach() - w0).float().t()
-                if b0 is not None:
-                    dq = dq + (head.bias.detach() - b0).float()
-                row["query_update_norm"] = float(dq.norm(dim=-1).mean())
+        weight, bias = self.query_names
+        if self.probe is not None and hasattr(getattr(self.model, "head", None), "query") and weight is not None:
+            dq = self.probe @ (self.params[weight].detach() - self.before[weight]).float().t()
+            if bias is not None:
+                dq = dq + (self.params[bias].detach() - self.before[bias]).float()
+            row["query_update_norm"] = float(dq.norm(dim=-1).mean())
         self.steps.append(row)
         self.before = None
 

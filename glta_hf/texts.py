@@ -316,7 +316,7 @@ def merge_shards(path, num_shards: int, item_texts: Sequence[str]) -> Dict[str, 
     headers = [(p, read_json(meta_path(p))) for p in sources if meta_path(p).is_file()]
     if not headers:
         raise TextCacheError(f"{path}: no cache or shard header to merge")
-    first_path, header = headers[0]
+    header = headers[0][1]
     for other_path, other in headers[1:]:
         _check_header(other, header, other_path, extending=True)
     merged: Dict[int, Dict[str, Any]] = {}
@@ -366,26 +366,26 @@ def _words(text: str) -> List[str]:
     return "".join(c.lower() if c.isalnum() else " " for c in str(text)).split()
 
 
-def _ngrams(words: Sequence[str], n: int) -> set:
-    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)}
+def _word_ngrams(text: str, n: int = ECHO_NGRAM) -> List[tuple]:
+    """The word n-grams of ``text`` in order (lower-cased, punctuation dropped), repeats kept."""
+    words = _words(text)
+    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
 
 
 def echoes_items(text: str, item_texts: Sequence[str]) -> bool:
     """Whether ``text`` mostly copies its prompt (the item list and the request around it, as rendered by
     :func:`~glta_hf.prompts.profile_messages`) instead of describing the items."""
-    words = _words(text)
-    grams = [tuple(words[i: i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1)]
+    grams = _word_ngrams(text)
     if not grams:
         return False
     prompt = " ".join(m["content"] for m in profile_messages(list(item_texts)) if m["role"] == "user")
-    shown = _ngrams(_words(prompt), ECHO_NGRAM)
+    shown = set(_word_ngrams(prompt))
     return sum(g in shown for g in grams) / len(grams) >= ECHO_SHARE
 
 
 def loops(text: str) -> bool:
     """Whether ``text`` repeats itself: fewer than half of its word 4-grams are distinct."""
-    words = _words(text)
-    grams = [tuple(words[i: i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1)]
+    grams = _word_ngrams(text)
     return bool(grams) and len(set(grams)) / len(grams) < 0.5
 
 
@@ -470,7 +470,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
             ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
         n_tokens += len(ids)
         written = tokenizer.decode(ids, skip_special_tokens=True)
-        texts.append((answer_prefix + written).strip() if answer_prefix else written.strip())
+        texts.append((answer_prefix + written).strip())
     return texts, n_tokens, int(enc["attention_mask"].sum())
 
 
@@ -530,8 +530,8 @@ def _generate_user_texts(model, tokenizer, data, path: Path, *, config: TextGene
     todo = [u for u in wanted if u not in done and u not in done_elsewhere]
     summary = {"users_cached_before": len([u for u in wanted if u in done]), "users_written": 0,
                "new_tokens": 0, "prompt_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}
-    if not todo:
-        summary["quality"] = record_quality(path, data.item_texts)
+    if not todo:  # a complete cache: its quality was recorded when its last batch (or merge) was written
+        summary["quality"] = (found or {}).get("quality") or record_quality(path, data.item_texts)
         return summary
     if found is not None:
         _check_header(found, header, path, extending=True)

@@ -47,6 +47,9 @@ from .vocabulary import ALIGNMENT_STAGES, TARGET_POLICIES, Stage
 #: values of ``--stage``: one alignment stage, or ``all`` (both, in order; the user stage only under w/o IA)
 STAGE_PLANS = tuple(Stage)
 SAMPLING_STRATEGIES = ("group_by_length", "random", "sequential")
+#: trainable part (:func:`glta_hf.trainer.parameter_part`) -> the argument holding its own learning rate
+PART_LEARNING_RATES = {"head": "head_learning_rate", "projector": "projector_learning_rate",
+                       "slots": "slot_learning_rate", "residual": "residual_learning_rate"}
 _BASE_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,7 @@ class GLTATrainingArguments(TrainingArguments):
         "samples_per_user": positive_int, "items_per_sample": positive_int, "eval_max_users": non_negative_int,
         "eval_ks": cutoff_list, "item_stage_epochs": positive_float, "item_stage_learning_rate": positive_float,
         "max_length": positive_int, "prefix_cache_max_gb": non_negative_float, "eval_decoding": decoding_name,
-        "head_learning_rate": positive_float, "projector_learning_rate": positive_float,
-        "slot_learning_rate": positive_float, "residual_learning_rate": positive_float,
+        **dict.fromkeys(PART_LEARNING_RATES.values(), positive_float),
         "item_eval_fraction": carve_fraction}
     #: output folders, checked writable by the parsers (not in ``__post_init__``: a library caller may create them)
     PATH_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
@@ -233,9 +235,7 @@ class GLTATrainingArguments(TrainingArguments):
     def part_learning_rates(self) -> Dict[str, float]:
         """Learning rate of each trainable part (:func:`glta_hf.trainer.parameter_part`)."""
         base = self.learning_rate
-        return {"head": self.head_learning_rate or base, "projector": self.projector_learning_rate or base,
-                "slots": self.slot_learning_rate or base, "residual": self.residual_learning_rate or base,
-                "llm": base}
+        return {"llm": base, **{part: getattr(self, name) or base for part, name in PART_LEARNING_RATES.items()}}
 
     def needs_unused_parameter_search(self, stage: str) -> bool:
         """Whether DDP must look for trainable parameters that got no gradient in a step (``find_unused_parameters``).
@@ -271,7 +271,7 @@ class GLTATrainingArguments(TrainingArguments):
         if stage != Stage.ITEM and getattr(args, "samples_per_user", 1) != 1:
             # named only when set, so the records (and fingerprints) of runs from before the option still match
             settings["samples_per_user"] = int(args.samples_per_user)
-        for name in ("head_learning_rate", "projector_learning_rate", "slot_learning_rate", "residual_learning_rate"):
+        for name in PART_LEARNING_RATES.values():
             if getattr(args, name, None) is not None:  # likewise: only when set
                 settings[name] = getattr(args, name)
         settings["train_sampling_strategy"] = sampling_strategy(args)
