@@ -14,7 +14,10 @@ are written), so training, evaluation and ``recommend()`` see the same text.
   ``docs/DESIGN_CHOICES.md`` "Targets"): k items sampled without replacement from the user's training items *not
   shown* in the prompt -- when a user has few items the split between shown history and targets is
   ``h = min(H, max(n - L, n // 2))`` shown and up to L of the other ``n - h`` as targets (a single-item user: no
-  history, that item is the target).
+  history, that item is the target); ``target_policy="held_out"`` (stacking): up to k targets from the user's
+  items in ``held_out`` -- the fold the graph was fit without (:func:`glta_hf.graph.held_out_fold`) -- and the
+  history from the items it saw, so a graph residual learns on edges whose graph scores are not inflated by
+  training (users without held-out items do not train).
   ``samples_per_user=r`` gives every user r samples per epoch, each its own draw (seeded by ``(seed, epoch, user,
   draw)``; draw 0 is the single sample of ``r=1``): r target sets per pass over the users, and the user's cached
   text prefix is reused by all r.
@@ -278,6 +281,7 @@ class UserItemDataset(_EpochDataset):
         user_names: Optional[Sequence[str]] = None,
         seed: int = 0,
         samples_per_user: int = 1,
+        held_out: Optional[Sequence[Sequence[int]]] = None,
     ):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -295,6 +299,11 @@ class UserItemDataset(_EpochDataset):
         self.tokenizer, self.config, self.mode, self.seed = tokenizer, prompt_config, mode, int(seed)
         self.texts = texts or {}
         self.target_policy = target_policy
+        if target_policy == "held_out" and mode == "train":
+            if held_out is None or len(held_out) != len(histories):
+                raise ValueError("target_policy 'held_out' needs held_out= (per user, the items the graph was fit "
+                                 "without: glta_hf.graph.held_out_fold)")
+        self.held_out = None if held_out is None else [set(int(i) for i in items) for items in held_out]
         self.num_targets = prompt_config.num_slots if num_targets is None else int(num_targets)
         if not 1 <= self.num_targets <= prompt_config.num_slots:
             raise ValueError(f"num_targets must be in [1, num_slots={prompt_config.num_slots}], got {num_targets}")
@@ -305,6 +314,8 @@ class UserItemDataset(_EpochDataset):
         self.users = [int(u) for u in users]
         if mode == "train":
             self.users = [u for u in self.users if len(histories[u]) > 0]
+            if target_policy == "held_out":
+                self.users = [u for u in self.users if self.held_out[u]]
         wants_text = prompt_config.include_profile or prompt_config.include_prediction
         missing = sum(1 for u in self.users if u not in self.texts)
         if wants_text and self.texts and missing:
@@ -334,6 +345,12 @@ class UserItemDataset(_EpochDataset):
             history = self.eval_history(user)
             targets = rng.choice(items, size=min(L, n), replace=False)
             return history, [int(t) for t in targets]
+        if self.target_policy == "held_out":
+            held = self.held_out[user]
+            seen = [int(i) for i in items if int(i) not in held]
+            pool = [int(i) for i in items if int(i) in held]
+            history = serving_history(seen, H, self.recent, self.seed, user)[-H:] if H > 0 else []
+            return history, [int(t) for t in rng.choice(pool, size=min(L, len(pool)), replace=False)]
         h = 0 if n <= 1 else min(H, n - 1, max(n - L, n // 2))
         perm = rng.permutation(n)
         shown = np.sort(perm[:h])  # positions, kept in time order

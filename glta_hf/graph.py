@@ -460,8 +460,11 @@ class BPRTrainer:
     stopping on the validation split, best weights restored."""
 
     def __init__(self, model: GraphRecommender, args: GraphTrainingArguments, train: UserItemMatrix,
-                 validation: Optional[UserItemMatrix] = None):
+                 validation: Optional[UserItemMatrix] = None, known: Optional[UserItemMatrix] = None):
+        """``known``: what validation masks, when it is more than ``train`` (a graph fit without a held-out fold
+        is validated as every model is: all training interactions masked)."""
         self.model, self.args, self.train_matrix, self.validation = model, args, train, validation
+        self.known = known
         self.generator = torch.Generator().manual_seed(args.seed)
         self.sampler = NegativeSampler(train, self.generator)
         users, items = train.to_pairs()
@@ -495,7 +498,7 @@ class BPRTrainer:
 
     def evaluate(self, test: UserItemMatrix, train: Optional[UserItemMatrix] = None) -> Dict[str, float]:
         self.model.eval()
-        return evaluate(train=train or self.train_matrix, test=test, scorer=self.model.full_sort_predict,
+        return evaluate(train=train or self.known or self.train_matrix, test=test, scorer=self.model.full_sort_predict,
                         batch_size=self.args.eval_batch_size)
 
     def train(self) -> TrainingResult:
@@ -559,6 +562,37 @@ def build_model(name: str, train: UserItemMatrix, args: GraphTrainingArguments, 
     cls = graph_model_class(name)
     seed_everything(args.seed)
     return cls.from_arguments(train, args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- held-out fold
+#: the key of a node-embedding folder's ``graph_config.json`` that records the edges its graph never saw
+HELD_OUT_KEY = "held_out"
+
+
+def held_out_fold(train: UserItemMatrix, fraction: float, seed: int = 0) -> Tuple[UserItemMatrix, UserItemMatrix]:
+    """``(seen, held)``: ``train`` cut per user into the edges a graph is fit on and ``fraction`` it never sees.
+
+    Stacking an LLM term on a graph's scores (the graph residual) needs targets the graph was not fit on: on its
+    own training edges LightGCN's scores are inflated, so a residual trained there learns to push down the graph's
+    best *unseen* items -- the ones validation asks for (issue 23: the residual fell from LightGCN's validation
+    N@10 every epoch). The fold is the validation carve's per-user rule (:func:`glta_hf.data.split.random_split`:
+    no user is emptied), a pure function of ``(train, fraction, seed)``: the graph records the two numbers and the
+    user stage recomputes the same fold (``target_policy="held_out"``)."""
+    from .data.split import check_fraction, random_split
+
+    fraction = check_fraction(fraction, "held-out fraction")
+    users, items = train.to_pairs()
+    held = random_split(users, items, fraction, int(seed))
+    if not held.any():
+        raise TrainingError(f"held-out fraction {fraction}: no user has 2+ training items to hold one out")
+    seen = UserItemMatrix.from_pairs(users[~held], items[~held], train.num_users, train.num_items)
+    return seen, UserItemMatrix.from_pairs(users[held], items[held], train.num_users, train.num_items)
+
+
+def recorded_held_out(nodes: "NodeEmbeddings") -> Optional[Dict[str, Any]]:
+    """The ``{"fraction", "seed"}`` fold a node-embedding folder's graph was fit without (``None``: every edge)."""
+    record = (nodes.config or {}).get(HELD_OUT_KEY)
+    return dict(record) if record else None
 
 
 # ----------------------------------------------------------------------------------------------- export

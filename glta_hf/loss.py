@@ -130,9 +130,19 @@ def other_targets_mask(labels: torch.LongTensor, num_items: int) -> torch.Tensor
     return mask
 
 
-def masked_slot_loss(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+def masked_slot_loss(logits: torch.Tensor, labels: torch.LongTensor,
+                     known: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean CE over labelled slots of ``logits`` (B, L, |I|), each slot's softmax without the sample's other
-    targets (:func:`other_targets_mask`)."""
+    targets (:func:`other_targets_mask`) and, with ``known`` ((B, |I|) bool: the user's training items), without
+    the user's other training items too -- the items evaluation masks, so the softmax ranks a target against what
+    a recommendation could be. A slot always keeps its own target."""
     labels = check_labels(labels, logits.shape[:2], logits.shape[-1], logits.device)
-    masked = logits.masked_fill(other_targets_mask(labels, logits.shape[-1]), float("-inf"))
+    mask = other_targets_mask(labels, logits.shape[-1])
+    if known is not None:
+        if known.shape != (logits.shape[0], logits.shape[-1]):
+            raise ValueError(f"known items: shape {tuple(known.shape)}, expected {(logits.shape[0], logits.shape[-1])}")
+        mask = mask | known.to(mask.device)[:, None, :]
+        own = labels.clamp(min=0)[..., None]
+        mask.scatter_(-1, own, torch.zeros_like(own, dtype=torch.bool))  # (ignored slots: no loss either way)
+    masked = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(masked.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)

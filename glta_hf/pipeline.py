@@ -80,6 +80,33 @@ def check_node_ids(nodes, data, where="node embeddings") -> None:
                                  "same dataset and split options")
 
 
+def reconcile_held_out(args, graph_dir) -> None:
+    """Make ``args``' held-out fold the one the graph in ``graph_dir`` was fit without (``ValueError`` if not).
+
+    With ``target_policy="held_out"`` the user stage draws its targets from that fold, so the fold must be the
+    graph's own: an unset ``held_out_fraction`` is read from the folder's ``graph_config.json``, a different one is
+    refused (naming both), as is a graph fit on every edge. Reads one small JSON file: runs before any model loads.
+    """
+    from .graph import HELD_OUT_KEY
+
+    if args.target_policy != "held_out":
+        return
+    path = Path(graph_dir) / "graph_config.json"
+    try:
+        record = (json.loads(path.read_text(encoding="utf-8")) or {}).get(HELD_OUT_KEY)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the graph's held-out fold ({err})") from None
+    if not record:
+        raise ValueError(f"target_policy held_out: the graph in {graph_dir} was fit on every training edge "
+                         f"({path} records no {HELD_OUT_KEY!r}); pretrain it with --held-out-fraction")
+    fraction, seed = float(record["fraction"]), int(record.get("seed", 0))
+    if args.held_out_fraction is None:
+        args.held_out_fraction, args.held_out_seed = fraction, seed
+    elif (abs(args.held_out_fraction - fraction) > 1e-12) or args.held_out_seed != seed:
+        raise ValueError(f"held_out_fraction {args.held_out_fraction} / held_out_seed {args.held_out_seed} differ "
+                         f"from the fold the graph in {graph_dir} was fit without ({fraction} / {seed}, {path})")
+
+
 # ----------------------------------------------------------------------------------------------- texts
 
 

@@ -184,6 +184,7 @@ class GLTATrainer(Trainer):
         self._eval_users = eval_users
         self.best_state: Optional[Dict[str, Any]] = None  # {"step", "metric", "value", "params"}, see train()
         self.diagnostics: Dict[str, Any] = {}  # glta_hf.diagnose's report of the last train(), see train()
+        self.data, self._training_items = data, None  # mask_training_items reads data's training split once
 
     @staticmethod
     def _held_out_items(model, args, data, items):
@@ -208,10 +209,19 @@ class GLTATrainer(Trainer):
                                    items_per_sample=args.items_per_sample, seed=args.seed, items=items)
         if histories is None:
             raise TrainingError("the user stage needs histories= (alignment_data.user_histories(data, 'train'))")
+        held_out = None
+        if args.target_policy == "held_out":
+            if args.held_out_fraction is None:
+                raise TrainingError("target_policy held_out needs held_out_fraction (the graph folder's fold, "
+                                    "training/pretrain_graph.py --held-out-fraction)")
+            from .graph import held_out_fold
+
+            fold = held_out_fold(data.matrix("train"), args.held_out_fraction, args.held_out_seed)[1]
+            held_out = [fold.items_of(u) for u in range(fold.num_users)]
         return UserItemDataset(histories, model.tokenizer, model.prompt_config, texts=texts, users=users,
                                mode="train", target_policy=args.target_policy, num_targets=args.num_targets,
                                eval_history=args.eval_history, has_time=has_time, user_names=data.user_ids,
-                               seed=args.seed, samples_per_user=args.samples_per_user)
+                               seed=args.seed, samples_per_user=args.samples_per_user, held_out=held_out)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A Trainer checkpoint holds only what GLTA adds, never the frozen LLM: its keys are missing by design, so
@@ -221,13 +231,17 @@ class GLTATrainer(Trainer):
                                            if hasattr(load_result, "_replace") else load_result)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.stage != "item" and self.args.mask_other_targets and inputs.get("labels") is not None:
+        masking = self.args.mask_other_targets or self.args.mask_training_items
+        if self.stage != "item" and masking and inputs.get("labels") is not None:
             from .loss import masked_slot_loss
 
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             if outputs.logits is None:
-                raise TrainingError("mask_other_targets needs the full logits; it does not run with ce_chunk_size")
-            outputs.loss = masked_slot_loss(outputs.logits, inputs["labels"])
+                raise TrainingError("mask_other_targets / mask_training_items need the full logits; they do not "
+                                    "run with ce_chunk_size")
+            known = self._training_items_mask(inputs["user_ids"], outputs.logits.shape[-1]) \
+                if self.args.mask_training_items else None
+            outputs.loss = masked_slot_loss(outputs.logits, inputs["labels"], known=known)
         else:
             outputs = model(**inputs)
         loss = outputs.loss
@@ -239,6 +253,23 @@ class GLTATrainer(Trainer):
                 f"(epoch {self.state.epoch}); lower the learning rate or check the node embeddings for NaN/inf"
             )
         return (loss, outputs) if return_outputs else loss
+
+    def _training_items_mask(self, user_ids: torch.Tensor, num_items: int) -> torch.Tensor:
+        """(B, |I|) bool: each prompt's user's training items (one ``<user>`` token per user-stage prompt)."""
+        if self._training_items is None:
+            if self.ranking_train is not None:  # validation masks the same items
+                self._training_items = self.ranking_train
+            elif self.data is not None:
+                self._training_items = self.data.matrix("train")
+            else:
+                raise TrainingError("mask_training_items needs the trainer's data= (its training split)")
+        matrix = self._training_items
+        if len(user_ids) == 0:
+            raise TrainingError("mask_training_items needs the prompts' <user> tokens (not with user_as_text)")
+        mask = torch.zeros(len(user_ids), num_items, dtype=torch.bool)
+        for row, user in enumerate(user_ids.tolist()):
+            mask[row, torch.from_numpy(matrix.items_of(int(user)))] = True
+        return mask.to(user_ids.device)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, its groups split by trainable part, each at its part's learning rate."""

@@ -113,7 +113,8 @@ class GLTATrainingArguments(TrainingArguments):
     items_per_sample: int = field(default=5, metadata={"help": "m: items per item-text alignment sample"})
     target_policy: str = field(default="all", metadata={
         "help": "all: targets from all training items (paper-literal; default, chosen on validation, BENCHMARKS.md "
-                "sixth session) | disjoint: training items NOT shown in the prompt (denoising)",
+                "sixth session) | disjoint: training items NOT shown in the prompt (denoising) | held_out: items "
+                "the graph was fit without (held_out_fraction; for the graph residual, docs/TRAINING_MECHANICS.md)",
         "choices": list(TARGET_POLICIES)})
     eval_history: str = field(default="auto", metadata={"help": "auto | recent | sample: history at evaluation",
                                                          "choices": list(EVAL_HISTORIES)})
@@ -141,6 +142,14 @@ class GLTATrainingArguments(TrainingArguments):
     mask_other_targets: bool = field(default=False, metadata={
         "help": "score each slot's target against the non-targets only: the sample's other targets leave its "
                 "softmax (glta_hf.loss.masked_slot_loss; not with ce_chunk_size)"})
+    mask_training_items: bool = field(default=False, metadata={
+        "help": "also leave the user's other training items out of each slot's softmax, as evaluation masks them "
+                "(not with ce_chunk_size)"})
+    held_out_fraction: Optional[float] = field(default=None, metadata={
+        "help": "target_policy held_out: the share of each user's training items the graph was fit without "
+                "(training/pretrain_graph.py --held-out-fraction; read from the graph folder when not given)"})
+    held_out_seed: int = field(default=0, metadata={"help": "the held-out fold's seed (pretrain_graph.py "
+                                                             "--held-out-seed)"})
     item_eval_fraction: float = field(default=0.05, metadata={
         "help": "share of items the item stage holds out to measure itself on (glta_hf.metrics."
                 "evaluate_item_alignment, before and after its steps, against chance); 0 = train on every item"})
@@ -181,6 +190,8 @@ class GLTATrainingArguments(TrainingArguments):
         check_decoding(self.eval_decoding)  # the registry's names (a registered decoder works too)
         if self.target_policy not in TARGET_POLICIES:
             raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {self.target_policy!r}")
+        if self.held_out_fraction is not None and not 0.0 < self.held_out_fraction < 1.0:
+            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
         if self.no_item_alignment and self.stage == Stage.ITEM:
             raise ValueError("no_item_alignment (w/o IA) skips the item stage; use stage=user")
         if sampling_strategy(self) not in SAMPLING_STRATEGIES:
@@ -267,6 +278,10 @@ class GLTATrainingArguments(TrainingArguments):
             keys += ["num_targets", "target_policy", "eval_history"]
             if args.mask_other_targets:  # named only when set (records from before the option still match)
                 keys += ["mask_other_targets"]
+            if args.mask_training_items:
+                keys += ["mask_training_items"]
+            if args.target_policy == "held_out":
+                keys += ["held_out_fraction", "held_out_seed"]
         settings = {k: getattr(args, k, None) for k in keys}
         if stage != Stage.ITEM and getattr(args, "samples_per_user", 1) != 1:
             # named only when set, so the records (and fingerprints) of runs from before the option still match

@@ -10,7 +10,7 @@ from enum import Enum
 #: How the frozen LLM is loaded (``GLTAConfig.quantization``, ``glta_hf.backbone.load_llm``, every ``--quantization``).
 QUANTIZATIONS = ("none", "bnb-4bit", "gptq")
 #: How the user-item stage draws a sample's targets (:class:`glta_hf.alignment_data.UserItemDataset`).
-TARGET_POLICIES = ("disjoint", "all")
+TARGET_POLICIES = ("disjoint", "all", "held_out")
 
 
 class Stage(str, Enum):

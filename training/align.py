@@ -167,6 +167,10 @@ def parse_args(argv=None):
         parser.error("--texts is required unless both --no_profile and --no_prediction are set")
     if not script.graph_dir:
         parser.error("--graph_dir (node embeddings from training/pretrain_graph.py --output-dir) is required")
+    try:
+        pipeline.reconcile_held_out(training_args, script.graph_dir)
+    except ValueError as err:
+        parser.error(f"argument --target_policy: {err}")
     if plan[0] == "user" and not training_args.no_item_alignment and script.init_from is None:
         init = Path(training_args.output_dir) / "item" / "final"
         if not (init / WEIGHTS_NAME).is_file():

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_flags(p, GraphTrainingArguments, dict.fromkeys(TRAINING_FLAGS), group="training", defaults=True)
     p.add_argument("--val-fraction", type=carve_fraction, default=0.1)
     p.add_argument("--val-seed", type=seed_value, default=0)
+    p.add_argument("--held-out-fraction", type=carve_fraction, default=None,
+                   help="fit the graph without this share of each user's training edges (seeded by "
+                        "--held-out-seed), recorded in the folder: the user stage's targets with target_policy "
+                        "held_out, for a graph residual trained on edges its graph never saw (glta_hf.graph."
+                        "held_out_fold)")
+    p.add_argument("--held-out-seed", type=seed_value, default=0)
     p.add_argument("--text-weight", type=non_negative_float, default=0.1, help="LightGCN+: InfoNCE weight")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="LightGCN+: InfoNCE temperature (default 0.2); lightgcn_ce: softmax temperature (default 1.0)")
@@ -86,13 +92,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from glta_hf.backbone import resolve_device
     from glta_hf.data.loaders import load_dataset
-    from glta_hf.graph import (BPRTrainer, GraphTrainingArguments, build_model, encode_item_texts,
-                               export_node_embeddings, graph_model_class, load_node_embeddings)
+    from glta_hf.graph import (HELD_OUT_KEY, BPRTrainer, GraphTrainingArguments, build_model, encode_item_texts,
+                               export_node_embeddings, graph_model_class, held_out_fold, load_node_embeddings)
 
     start = time.perf_counter()
     full = load_dataset(args.dataset, args.data_dir, **dataset_options(args))
     data = full.with_validation(fraction=args.val_fraction, seed=args.val_seed)
     fit, validation = data.matrix("train"), data.matrix("validation")
+    known = fit  # what validation masks: every training interaction, held out or not
+    if args.held_out_fraction is not None:
+        fit = held_out_fold(fit, args.held_out_fraction, args.held_out_seed)[0]
     targs = GraphTrainingArguments(dim=args.dim, layers=args.layers, lr=args.lr, reg=args.reg,
                                    batch_size=args.batch_size, epochs=args.epochs, eval_every=args.eval_every,
                                    patience=args.patience, seed=args.seed, num_negatives=args.num_negatives,
@@ -109,13 +118,15 @@ def main(argv=None) -> int:
         extra.update(text_embeddings=encode_item_texts(data.item_texts, device=targs.device),
                      text_weight=args.text_weight)
     model = build_model(args.model, fit, targs, **extra)
-    trainer = BPRTrainer(model, targs, fit, validation)
+    trainer = BPRTrainer(model, targs, fit, validation, known=known)
     result = trainer.train()
     from glta_hf.run_record import sanitized_run_info
 
     config = sanitized_run_info({k: v for k, v in vars(args).items()  # a record: portable paths
                                  if k not in ("no_progress", "tuning_log", "results_dir")})
     config["command"] = _command(argv)
+    if args.held_out_fraction is not None:
+        config[HELD_OUT_KEY] = {"fraction": args.held_out_fraction, "seed": args.held_out_seed}
     config.update(best_epoch=result.best_epoch, epochs_run=len(result.history),
                   train_wall_time_s=round(result.wall_time_s, 1),
                   validation={k: round(v, 5) for k, v in result.best_validation.items()})
