@@ -11,6 +11,8 @@ that every stage prints them (``GLTATrainingArguments.diagnose``) and every stag
 * :class:`UpdateNormCallback` -- for the first optimizer steps, each trainable part's update norm relative to the
   part's norm (:func:`glta_hf.trainer.parameter_part`), and the factorized head's query update on the report batch.
 * :func:`format_report` -- the lines a person reads, with a ``!`` before every number outside its healthy range.
+* the item stage's record adds its held-out measures (``item_alignment``: order accuracy, title retrieval) and, with
+  ``item_title_warmup_steps``, the warm-up's numbers (``item_title_warmup``; :mod:`glta_hf.item_titles`).
 """
 from __future__ import annotations
 
@@ -140,15 +142,27 @@ def format_report(report: Dict[str, Any], updates: Sequence[Dict[str, float]] = 
     if "targets_in_history" in report:
         flag = "!" if report["targets_in_history"] > 0.1 else " "
         lines.append(f"{flag} share of slot targets already in the prompt {report['targets_in_history']:.3f}")
+    warmup = report.get("item_title_warmup")
+    if warmup:
+        lines.append(f"  title warm-up, {warmup['steps']} steps: loss {warmup['loss_start']:.3f} -> "
+                     f"{warmup['loss_end']:.3f}, training items' own text first {warmup['train_top1_start']:.3f} -> "
+                     f"{warmup['train_top1_end']:.3f}, token / text norm {warmup['norm_ratio_end']:.2f}")
     items = report.get("item_alignment") or {}
-    for when in ("start", "end"):
+    for when in ("start", "after_title_warmup", "end"):
         got = items.get(when)
-        if got:
+        if not got:
+            continue
+        label = when.replace("_", " ")
+        if "item_order_accuracy" in got:
             flag = "!" if when == "end" and got["item_order_accuracy"] <= 1.5 * got["item_order_chance"] else " "
-            lines.append(f"{flag} item stage {when}, held-out items: order accuracy "
+            lines.append(f"{flag} item stage {label}, held-out items: order accuracy "
                          f"{got['item_order_accuracy']:.3f} (chance {got['item_order_chance']:.3f}), catalogue "
                          f"accuracy {got['item_catalogue_accuracy']:.4f} / MRR {got['item_catalogue_mrr']:.4f} "
                          f"(chance {got['item_catalogue_chance']:.4f})")
+        if "item_title_top1" in got:
+            lines.append(f"  item stage {label}, held-out items' own text: top-1 {got['item_title_top1']:.4f} "
+                         f"(chance {got['item_title_chance']:.4f}) / MRR {got['item_title_mrr']:.4f} "
+                         f"(chance {got['item_title_chance_mrr']:.4f})")
     for row in updates:
         parts = {k[len('update_'):]: v for k, v in row.items() if k.startswith("update_")}
         flag = "!" if any(v > UPDATE_WARNING for v in parts.values()) else " "

@@ -563,9 +563,16 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         return model
 
     @torch.no_grad()
+    def token_embedding_norm(self) -> torch.Tensor:
+        """The mean norm of the LLM's input-embedding rows: the scale a frozen LLM reads its tokens at, where the
+        projectors and slot vectors start (``match_embedding_scale``) and the item-title warm-up keeps the
+        ``<item>`` tokens (:mod:`glta_hf.item_titles`)."""
+        return self.llm.get_input_embeddings().weight.float().norm(dim=-1).mean()
+
+    @torch.no_grad()
     def _match_embedding_scale(self) -> None:
         """Rescale the last projector layer and the slot vectors to the LLM's mean token-embedding norm."""
-        target = self.llm.get_input_embeddings().weight.float().norm(dim=-1).mean()
+        target = self.token_embedding_norm()
         for token, projector, table in ((USER_TOKEN, self.user_projector, self.user_embeddings),
                                         (ITEM_TOKEN, self.item_projector, self.item_embeddings)):
             if table.shape[0] == 0:

@@ -208,7 +208,9 @@ def _esc(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-def _neutralize(text: Optional[str]) -> str:
+def neutralize_text(text: Optional[str]) -> str:
+    """Free text as every prompt shows it: stripped, the placeholder strings spelled out (a text never adds a
+    ``<user>`` / ``<item>`` / ``<slot>`` token)."""
     text = "" if text is None else str(text)
     for token, repl in _NEUTRALIZED.items():
         text = text.replace(token, repl)
@@ -242,7 +244,7 @@ def item_text_prompt(
     token_order = list(token_order)
     if sorted(token_order) != list(range(m)):
         raise ValueError(f"token_order must be a permutation of range({m}), got {token_order}")
-    texts = {f"desc_{j}": _neutralize(d) for j, d in enumerate(descriptions)}
+    texts = {f"desc_{j}": neutralize_text(d) for j, d in enumerate(descriptions)}
     listing = "\n".join(f"{j + 1}. {{desc_{j}}}" for j in range(m))
     if config.layout == "text_first":  # every word first, the tokens back to back at the end (see user_item_prompt)
         user = (
@@ -290,7 +292,7 @@ def user_item_prompt(
     if len(targets) > config.num_slots:
         raise ValueError(f"user_item_prompt: {len(targets)} targets > num_slots={config.num_slots}")
     if config.user_as_text:
-        who = f"User {_esc(_neutralize(user_text if user_text is not None else str(user_id)))}"
+        who = f"User {_esc(neutralize_text(user_text if user_text is not None else str(user_id)))}"
         user_ids: List[int] = []
     else:
         who = f"User {USER_TOKEN}"
@@ -311,10 +313,10 @@ def user_item_prompt(
     caps: Dict[str, int] = {}
     text_lines = []
     if config.include_profile and profile:
-        texts["profile"], caps["profile"] = _neutralize(profile), config.max_profile_tokens
+        texts["profile"], caps["profile"] = neutralize_text(profile), config.max_profile_tokens
         text_lines.append("Profile: {profile}")
     if config.include_prediction and prediction:
-        texts["prediction"], caps["prediction"] = _neutralize(prediction), config.max_prediction_tokens
+        texts["prediction"], caps["prediction"] = neutralize_text(prediction), config.max_prediction_tokens
         text_lines.append("Prediction: {prediction}")
     if config.layout == "text_first":
         lines = [instruction, *text_lines, placeholders]
@@ -332,7 +334,7 @@ def user_item_prompt(
 
 
 def _item_listing(item_texts: Sequence[str]) -> str:
-    return "\n".join(f"- {_neutralize(t)}" for t in item_texts)
+    return "\n".join(f"- {neutralize_text(t)}" for t in item_texts)
 
 
 #: The start of each generated answer, written by us after the generation prompt ("prefilled"). A 135M instruct
@@ -360,7 +362,7 @@ def prediction_messages(
     item_texts: Sequence[str], profile: Optional[str] = None, system_prompt: str = TEXT_SYSTEM_PROMPT
 ) -> List[Dict[str, str]]:
     """Fig. 1d: ask the LLM what the user will want next, from their training items (and profile, if any)."""
-    profile_line = f"Their profile: {_neutralize(profile)}\n" if profile else ""
+    profile_line = f"Their profile: {neutralize_text(profile)}\n" if profile else ""
     return [
         {"role": "system", "content": system_prompt},
         {

@@ -185,6 +185,7 @@ class GLTATrainer(Trainer):
         self.best_state: Optional[Dict[str, Any]] = None  # {"step", "metric", "value", "params"}, see train()
         self.diagnostics: Dict[str, Any] = {}  # glta_hf.diagnose's report of the last train(), see train()
         self.data, self._training_items = data, None  # mask_training_items reads data's training split once
+        self._titles: Optional[torch.Tensor] = None  # the catalogue's text embeddings (_title_table), once
 
     @staticmethod
     def _held_out_items(model, args, data, items):
@@ -295,17 +296,28 @@ class GLTATrainer(Trainer):
     def train(self, *args, **kwargs):
         """``Trainer.train``, then (with ``load_best_model_at_end``) the best validated state, step 0 included.
 
-        With ``args.diagnose`` a fresh stage (not a resumed one) first reports :mod:`glta_hf.diagnose`'s numbers
-        on its first batch and measures the first steps' update norms (:attr:`diagnostics`)."""
+        A fresh item stage (not a resumed one) first measures its held-out items and, with
+        ``args.item_title_warmup_steps``, warms its item projector up on the items' texts (:meth:`_title_warmup`;
+        the held-out measure again after it). With ``args.diagnose`` a fresh stage then reports
+        :mod:`glta_hf.diagnose`'s numbers on its first batch and measures the first steps' update norms
+        (:attr:`diagnostics`)."""
         self.best_state = None
         updates = None
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args[0] if args else None))
-        if self.args.diagnose and not resuming:
-            updates = self._start_diagnostics()
         item_start = self._item_alignment() if not resuming else None
+        warmup = after_warmup = None
+        if self.stage == "item" and self.args.item_title_warmup_steps and not resuming:
+            warmup, after_warmup = self._title_warmup()
+        if self.args.diagnose and not resuming:
+            updates = self._start_diagnostics()  # after the warm-up: the state the optimizer steps start from
+        if warmup is not None:
+            self.diagnostics["item_title_warmup"] = warmup
         result = super().train(*args, **kwargs)
         if self.item_eval_dataset is not None:
-            self.diagnostics["item_alignment"] = {"start": item_start, "end": self._item_alignment()}
+            measured = {"start": item_start}
+            if after_warmup is not None:
+                measured["after_title_warmup"] = after_warmup
+            self.diagnostics["item_alignment"] = dict(measured, end=self._item_alignment())
         if updates is not None:
             self.remove_callback(updates)
             self.diagnostics["updates"] = updates.steps
@@ -325,15 +337,52 @@ class GLTATrainer(Trainer):
         return result
 
     def _item_alignment(self) -> Optional[Dict[str, float]]:
-        """The item stage's held-out metric now (None outside the item stage or without held-out items)."""
+        """The item stage's held-out metrics now (None outside the item stage or without held-out items): the
+        slots' order / catalogue accuracy (:func:`glta_hf.metrics.evaluate_item_alignment`) and the items' title
+        retrieval (:func:`glta_hf.item_titles.title_retrieval`)."""
         if self.item_eval_dataset is None:
             return None
         from .metrics import evaluate_item_alignment
 
         metrics = evaluate_item_alignment(self.accelerator.unwrap_model(self.model), self.item_eval_dataset,
                                           batch_size=self.args.per_device_eval_batch_size)
+        metrics.update(self._held_out_title_retrieval())
         logger.info("item stage, held-out items: %s", metrics)
         return metrics
+
+    def _title_table(self):
+        """The catalogue's text embeddings (:func:`glta_hf.item_titles.title_embeddings`), computed once."""
+        if self._titles is None:
+            from .item_titles import title_embeddings
+
+            dataset = self.item_eval_dataset if self.item_eval_dataset is not None else self.train_dataset
+            self._titles = title_embeddings(self.accelerator.unwrap_model(self.model), dataset.item_texts)
+        return self._titles
+
+    def _held_out_title_retrieval(self) -> Dict[str, float]:
+        """The held-out items' own text ranked among the catalogue's by their projected tokens."""
+        from .item_titles import title_retrieval
+
+        return title_retrieval(self.accelerator.unwrap_model(self.model), self._title_table(),
+                               self.item_eval_dataset.items)
+
+    def _title_warmup(self):
+        """``args.item_title_warmup_steps`` steps of :func:`glta_hf.item_titles.warm_up_item_projector` on the
+        stage's training items: ``(its numbers, the held-out title retrieval after it or None)``."""
+        from .item_titles import warm_up_item_projector
+
+        if not isinstance(self.train_dataset, ItemTextDataset):
+            raise TrainingError("item_title_warmup_steps needs the item stage's ItemTextDataset (built from data=): "
+                                f"its items and texts; got a {type(self.train_dataset).__name__}")
+        result = warm_up_item_projector(
+            self.accelerator.unwrap_model(self.model), self._title_table(), self.train_dataset.items,
+            self.args.item_title_warmup_steps, self.args.item_title_learning_rate)
+        logger.info("item stage, title warm-up on %d training items: %s", len(self.train_dataset.items), result)
+        if self.item_eval_dataset is None:
+            return result, None
+        held_out = self._held_out_title_retrieval()
+        logger.info("item stage, held-out items after the title warm-up: %s", held_out)
+        return result, held_out
 
     def _start_diagnostics(self):
         """:func:`glta_hf.diagnose.initial_report` on the first training batch; returns the update-norm callback."""

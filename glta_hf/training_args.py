@@ -92,7 +92,8 @@ class GLTATrainingArguments(TrainingArguments):
         "eval_ks": cutoff_list, "item_stage_epochs": positive_float, "item_stage_learning_rate": positive_float,
         "max_length": positive_int, "prefix_cache_max_gb": non_negative_float, "eval_decoding": decoding_name,
         **dict.fromkeys(PART_LEARNING_RATES.values(), positive_float),
-        "item_eval_fraction": carve_fraction}
+        "item_eval_fraction": carve_fraction, "item_title_warmup_steps": non_negative_int,
+        "item_title_learning_rate": positive_float}
     #: output folders, checked writable by the parsers (not in ``__post_init__``: a library caller may create them)
     PATH_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
         "output_dir": writable_dir, "logging_dir": writable_dir, "prefix_cache_dir": writable_dir}
@@ -153,6 +154,12 @@ class GLTATrainingArguments(TrainingArguments):
     item_eval_fraction: float = field(default=0.05, metadata={
         "help": "share of items the item stage holds out to measure itself on (glta_hf.metrics."
                 "evaluate_item_alignment, before and after its steps, against chance); 0 = train on every item"})
+    item_title_warmup_steps: int = field(default=0, metadata={
+        "help": "item stage: before its steps, this many full-batch Adam steps on the item projector alone (no LLM "
+                "forward) fitting each training item's token to the mean of the LLM's input embeddings of its "
+                "text (glta_hf.item_titles); 0 = off, the paper's stage unchanged"})
+    item_title_learning_rate: float = field(default=1e-2, metadata={
+        "help": "learning rate of the item-title warm-up's Adam (item_title_warmup_steps)"})
     diagnose: bool = field(default=True, metadata={
         "help": "print the stage's diagnostics (loss at init vs ln|I|, query vs user-vector norm, update norms of "
                 "the first steps, targets already in the prompt; glta_hf.diagnose) and keep them in its record"})
@@ -274,6 +281,8 @@ class GLTATrainingArguments(TrainingArguments):
             keys += ["items_per_sample"]
             if args.item_eval_fraction:  # named only when set, like samples_per_user below
                 keys += ["item_eval_fraction"]
+            if args.item_title_warmup_steps:  # likewise; its learning rate matters (and is named) only then
+                keys += ["item_title_warmup_steps", "item_title_learning_rate"]
         else:
             keys += ["num_targets", "target_policy", "eval_history"]
             if args.mask_other_targets:  # named only when set (records from before the option still match)
