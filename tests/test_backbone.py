@@ -268,3 +268,21 @@ def test_load_generator_device_option(tiny_dir):
     assert next(model.parameters()).device.type == "cpu" and reference["dtype"] == "float32"
     with pytest.raises(InvalidArgumentError, match="device"):
         load_generator(tiny_dir, device="tpu-ish")
+
+
+def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from glta_hf.backbone import warn_if_emulated_bfloat16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    with caplog.at_level(logging.WARNING, logger="glta_hf.backbone"):
+        assert warn_if_emulated_bfloat16(torch.bfloat16) is True
+    assert "emulated" in caplog.text
+    assert warn_if_emulated_bfloat16(torch.float32) is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert warn_if_emulated_bfloat16(torch.bfloat16) is False
