@@ -199,6 +199,9 @@ class GraphResidual(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
         self.gate = nn.Parameter(torch.zeros(())) if getattr(config, "residual_gate", False) else None
+        own = getattr(config, "residual_graph_tables", False)  # the graph term's own tables (stacking's refit)
+        self.register_buffer("user_table", torch.zeros(config.num_users, config.node_dim) if own else None)
+        self.register_buffer("item_table", torch.zeros(config.num_items, config.node_dim) if own else None)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.scale)

@@ -44,6 +44,11 @@ class GLTAConfig(PretrainedConfig):
         residual_gate: with ``graph_residual``, the head's logits enter as ``gate * head`` with ``gate`` starting at 0,
             so the model starts at exactly LightGCN's ranking and learns how much of the LLM term to add (True, the
             default); False: no gate (configs saved before the option).
+        residual_graph_tables: with ``graph_residual``, the graph term scores with its own copy of a graph's tables
+            (``GraphResidual.user_table`` / ``item_table``) instead of the tables the projectors read (False, the
+            default). Stacking's refit step: a residual trained on a graph fit without a held-out fold
+            (``--target_policy held_out``) scores with the graph fit on every edge
+            (``GLTAForRecommendation.set_residual_tables``).
         center_node_embeddings: subtract the mean of ``E_u`` (``E_i``) from every user (item) vector before its
             projector (False, the default). LightGCN's vectors share one direction (projected item tokens had mean
             |cos| 0.41 against 0.20 among the LLM's own token embeddings); with a linear projector this only moves
@@ -102,6 +107,7 @@ class GLTAConfig(PretrainedConfig):
         head_input_norm="unit",
         residual_gate=True,
         center_node_embeddings=False,
+        residual_graph_tables=False,
         **kwargs,
     ):
         if quantization not in QUANTIZATIONS:
@@ -145,6 +151,9 @@ class GLTAConfig(PretrainedConfig):
         self.head_input_norm = head_input_norm
         self.residual_gate = bool(residual_gate)
         self.center_node_embeddings = bool(center_node_embeddings)
+        if residual_graph_tables and not graph_residual:
+            raise ValueError("residual_graph_tables is a setting of the graph residual: set graph_residual=True")
+        self.residual_graph_tables = bool(residual_graph_tables)
         self.lora = lora
         self.ce_chunk_size = None if ce_chunk_size is None else int(ce_chunk_size)
         self.rank_chunk_size = None if rank_chunk_size is None else int(rank_chunk_size)

@@ -598,7 +598,8 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         operands = self.head.operands(slot_hidden, self.item_embeddings)
         if graph_users is None or self.graph_residual is None:
             return operands
-        return self.graph_residual.extend(operands, graph_users, self.item_embeddings)
+        items = self.graph_residual.item_table if self.graph_residual.item_table is not None else self.item_embeddings
+        return self.graph_residual.extend(operands, graph_users, items)
 
     def score_slots(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None) -> torch.Tensor:
         """GLLM head: (..., hidden) -> (..., |I|) item logits (+ the graph term of ``graph_users``, see
@@ -623,7 +624,30 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
             return None
         if not bool((per_row == 1).all()):
             raise ValueError(f"graph_residual needs exactly one <user> token per prompt, got {per_row.tolist()}")
+        table = self.graph_residual.user_table
+        if table is not None and user_node_embeddings is None:  # the residual's own graph (stacking's refit)
+            return table[self.model._check_ids(user_ids, self.config.num_users, "user_ids")]
         return self.model.user_nodes(user_ids, user_node_embeddings)
+
+    def set_residual_tables(self, user: torch.Tensor, item: torch.Tensor) -> None:
+        """Score the graph residual with these node tables (a graph refit on every training edge, same id maps)
+        while the projectors keep reading the ones the model was trained on: stacking's refit step for a residual
+        trained with ``target_policy="held_out"`` (``docs/TRAINING_MECHANICS.md``). Sets
+        ``config.residual_graph_tables``; the tables are saved with the model. A fold-in user vector (a user
+        outside the table) is still the projectors' graph's."""
+        if self.graph_residual is None:
+            raise ValueError("set_residual_tables: this model has no graph residual (config.graph_residual=False)")
+        want_user, want_item = tuple(self.user_embeddings.shape), tuple(self.item_embeddings.shape)
+        if tuple(user.shape) != want_user or tuple(item.shape) != want_item:
+            raise ValueError(f"set_residual_tables: tables of shapes {tuple(user.shape)} / {tuple(item.shape)}, "
+                             f"the model's graph has {want_user} / {want_item}")
+        device = self.user_embeddings.device
+        if self.graph_residual.user_table is None:
+            self.graph_residual.register_buffer("user_table", torch.zeros(want_user, device=device))
+            self.graph_residual.register_buffer("item_table", torch.zeros(want_item, device=device))
+        self.graph_residual.user_table.copy_(user.detach().float())
+        self.graph_residual.item_table.copy_(item.detach().float())
+        self.config.residual_graph_tables = True
 
     def forward(
         self,

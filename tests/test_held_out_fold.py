@@ -131,3 +131,33 @@ def test_pretrain_graph_fits_without_the_fold_and_records_it(tmp_path):
                         "--dim", "8", "--layers", "1", "--held-out-fraction", "0.25", "--held-out-seed", "4",
                         "--skip-test", "--no-progress", "--output-dir", str(out)]) == 0
     assert recorded_held_out(load_node_embeddings(out)) == {"fraction": 0.25, "seed": 4}
+
+
+def test_a_residual_can_score_with_a_refit_graph_and_saves_it(tmp_path):
+    from glta_hf import GLTAConfig, GLTAForRecommendation
+
+    tiny = build_tiny(tmp_path, head="factorized", graph_residual=True)
+    model = tiny.model
+    users, histories, targets = (0, 1, 3, 5), ((1, 2), (4,), (6, 7), (9,)), ((5,), (7,), (8,), (10,))
+    batch = {k: v for k, v in tiny.batch(users=users, histories=histories, targets=targets).items() if k != "labels"}
+    refit_user = torch.randn_like(model.user_embeddings)
+    refit_item = torch.randn_like(model.item_embeddings)
+    with torch.no_grad():
+        before = model(**batch).logits[:, 0]
+        model.set_residual_tables(refit_user, refit_item)
+        after = model(**batch).logits[:, 0]
+    # the gate is 0: the model is the refit graph's ranking; the projectors still read the old tables
+    expected = refit_user[list(users)] @ refit_item.T * model.graph_residual.scale.detach()
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, after)
+    assert torch.equal(model.user_embeddings, tiny.user_embeddings)
+    assert model.config.residual_graph_tables
+    model.save_pretrained(tmp_path / "saved")
+    again = GLTAForRecommendation.from_pretrained(tmp_path / "saved", llm=model.llm)
+    torch.testing.assert_close(again.graph_residual.item_table, refit_item)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits[:, 0], after, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        model.set_residual_tables(refit_user[:2], refit_item)
+    with pytest.raises(ValueError, match="graph_residual=True"):
+        GLTAConfig(residual_graph_tables=True)

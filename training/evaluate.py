@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir")
     p.add_argument("--run-name", default="glta")
     p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--residual-graph", default=None, type=existing_dir,
+                   help="a graph residual model scores its graph term with this node-embedding folder (a graph "
+                        "refit on every training edge) while its projectors keep the tables they were trained on: "
+                        "stacking's refit step for a residual trained with --target_policy held_out")
     p.add_argument("--prefix-cache", action="store_true",
                    help="exact cached text prefixes (same metrics; faster with the text_first layout, refused with LoRA)")
     return p
@@ -141,6 +145,16 @@ def main(argv=None) -> int:
     model = GLTAForRecommendation.from_pretrained(folder, llm_name_or_path=args.llm)
     if list(map(str, model.item_catalogue["item_ids"])) != list(map(str, data.item_ids)):
         raise SystemExit(f"{folder}: the model's item catalogue differs from dataset {dataset!r}")
+    if args.residual_graph:
+        from glta_hf.graph import load_node_embeddings
+        from glta_hf.pipeline import check_node_ids
+
+        nodes = load_node_embeddings(args.residual_graph)
+        try:
+            check_node_ids(nodes, data, where=args.residual_graph)
+            model.set_residual_tables(nodes.user, nodes.item)
+        except ValueError as err:
+            raise SystemExit(f"--residual-graph {args.residual_graph}: {err}") from None
     source = full if args.split == "test" else data
     train, truth = source.matrix("train"), source.matrix(args.split)
     histories, _ = user_histories(source, "train")
@@ -164,6 +178,7 @@ def main(argv=None) -> int:
     out = {"model": portable_path(folder), "dataset": dataset, "split": args.split, "split_policy": source.split_policy,
            "metrics": results if args.decoding == "all" else results[args.decoding],
            "users": [source.user_ids[u] for u in users.tolist()], "history_seed": history_seed,
+           "residual_graph": portable_path(Path(args.residual_graph)) if args.residual_graph else None,
            "command": "python " + sanitized_command([sys.argv[0]] + list(argv or sys.argv[1:])),
            "wall_time_s": round(time.perf_counter() - start, 2)}
     output = Path(args.output) if args.output else default_output(folder, args.split)
