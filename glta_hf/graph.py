@@ -565,7 +565,9 @@ def build_model(name: str, train: UserItemMatrix, args: GraphTrainingArguments, 
 
 
 # ----------------------------------------------------------------------------------------------- held-out fold
-#: the key of a node-embedding folder's ``graph_config.json`` that records the edges its graph never saw
+#: a node-embedding folder's record of how its graph was made (``export_node_embeddings``' ``config``)
+GRAPH_CONFIG_NAME = "graph_config.json"
+#: the key of that record naming the edges its graph never saw (``{"fraction", "seed"}``)
 HELD_OUT_KEY = "held_out"
 
 
@@ -589,9 +591,10 @@ def held_out_fold(train: UserItemMatrix, fraction: float, seed: int = 0) -> Tupl
     return seen, UserItemMatrix.from_pairs(users[held], items[held], train.num_users, train.num_items)
 
 
-def recorded_held_out(nodes: "NodeEmbeddings") -> Optional[Dict[str, Any]]:
-    """The ``{"fraction", "seed"}`` fold a node-embedding folder's graph was fit without (``None``: every edge)."""
-    record = (nodes.config or {}).get(HELD_OUT_KEY)
+def recorded_held_out(folder) -> Optional[Dict[str, Any]]:
+    """The ``{"fraction", "seed"}`` fold the graph in node-embedding ``folder`` was fit without (``None``: every
+    edge). Reads its small JSON record only, so a script can check a fold before loading anything."""
+    record = (read_json(Path(folder) / GRAPH_CONFIG_NAME) or {}).get(HELD_OUT_KEY)
     return dict(record) if record else None
 
 
@@ -620,7 +623,7 @@ def save_node_embeddings(folder, user: torch.Tensor, item: torch.Tensor, user_id
     write_json(folder / "item_map.json", [str(i) for i in item_ids])
     config = dict(config or {})
     config.update(num_users=int(user.shape[0]), num_items=int(item.shape[0]), dim=int(user.shape[1]))
-    write_json(folder / "graph_config.json", config)
+    write_json(folder / GRAPH_CONFIG_NAME, config)
     return folder
 
 
@@ -645,7 +648,7 @@ def load_node_embeddings(folder) -> NodeEmbeddings:
     except KeyError as err:
         raise CheckpointError(f"{path}: missing tensor {err}") from None
     user_ids, item_ids = read_json(folder / "user_map.json"), read_json(folder / "item_map.json")
-    config = read_json(folder / "graph_config.json")
+    config = read_json(folder / GRAPH_CONFIG_NAME)
     if user.shape[0] != len(user_ids) or item.shape[0] != len(item_ids):
         raise CheckpointError(f"{folder}: {user.shape[0]} user rows vs {len(user_ids)} ids in user_map.json, "
                               f"{item.shape[0]} item rows vs {len(item_ids)} ids in item_map.json")

@@ -87,13 +87,13 @@ def reconcile_held_out(args, graph_dir) -> None:
     graph's own: an unset ``held_out_fraction`` is read from the folder's ``graph_config.json``, a different one is
     refused (naming both), as is a graph fit on every edge. Reads one small JSON file: runs before any model loads.
     """
-    from .graph import HELD_OUT_KEY
+    from .graph import GRAPH_CONFIG_NAME, HELD_OUT_KEY, recorded_held_out
 
     if args.target_policy != "held_out":
         return
-    path = Path(graph_dir) / "graph_config.json"
+    path = Path(graph_dir) / GRAPH_CONFIG_NAME
     try:
-        record = (json.loads(path.read_text(encoding="utf-8")) or {}).get(HELD_OUT_KEY)
+        record = recorded_held_out(graph_dir)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the graph's held-out fold ({err})") from None
     if not record:
