@@ -138,6 +138,20 @@ def cutoffs(text: str) -> Tuple[int, ...]:
     return tuple(values)
 
 
+def gate_scale_list(text: str) -> Tuple[float, ...]:
+    """Comma-separated multipliers of a graph residual's learned gate, e.g. ``0,0.5,1,2``: distinct finite numbers
+    >= 0 (the rule is ``glta_hf.decoding.check_gate_scales``'s, imported only when the flag is given)."""
+    from .decoding import ArgumentError, check_gate_scales
+
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        return check_gate_scales([float(p) for p in parts])
+    except ValueError as err:  # a part that is not a number, or the rule's ArgumentError
+        detail = str(err).split(": ", 1)[-1] if isinstance(err, ArgumentError) else "not a number"
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated numbers >= 0 such as 0,0.5,1,2 ({detail}), got {text!r}") from None
+
+
 def cutoff_list(text: str) -> str:
     """:func:`cutoffs` kept as the canonical text ``"5,10,20"`` (a dataclass field stored as a string)."""
     return ",".join(str(k) for k in cutoffs(text))
@@ -426,4 +440,5 @@ __all__ = ["USAGE_ERRORS", "run_reporting_errors", "ArgumentBehaviour", "GLTAArg
            "add_field_flags", "given_fields", "field_value_type", "check_values", "decoding_name",
            "add_dataset_arguments", "dataset_options", "positive_int", "non_negative_int", "seed_value", "positive_float",
            "non_negative_float", "open_fraction", "carve_fraction", "unit_interval", "cutoffs", "cutoff_list",
-           "device_name", "writable_dir", "writable_file", "existing_dir", "require_data_dir", "require_llm"]
+           "gate_scale_list", "device_name", "writable_dir", "writable_file", "existing_dir", "require_data_dir",
+           "require_llm"]

@@ -193,6 +193,11 @@ class GraphResidual(nn.Module):
     It joins any head through the operands (:meth:`extend`): ``x' = [gate * x, scale * e_u]``, ``W' = [W, E_i]`` and
     ``b' = gate * b``, so ``F.linear(x', W', b') = gate * (x W^T + b) + scale * e_u E_i^T`` and the chunked loss /
     decoders slice ``W'`` by item rows as before. Cost: ``W'`` is a fresh (|I|, width + d) tensor per call.
+
+    ``gate_scale`` (evaluation only) multiplies the learned gate: ``gate * gate_scale * head + scale * graph``. A gate
+    learned against a graph fit without a held-out fold may not be the best weight of the LLM term once the graph
+    term reads the refit graph (``set_residual_tables``); one LLM forward then serves every scale (``glta_hf.decoding``,
+    ``Decoder.rank_gate_scales``). Scale 1 is exactly the learned model, scale 0 exactly the graph term alone.
     """
 
     def __init__(self, config=None):
@@ -213,12 +218,17 @@ class GraphResidual(nn.Module):
         operands: Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
         user_nodes: torch.Tensor,
         item_embeddings: torch.Tensor,
+        gate_scale: float = 1.0,
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """A head's ``(x, weight, bias)`` (x: (B, ..., width)) plus the graph term of ``user_nodes`` (B, d)."""
+        """A head's ``(x, weight, bias)`` (x: (B, ..., width)) plus the graph term of ``user_nodes`` (B, d); the
+        head's term weighted by ``gate * gate_scale`` (scale 1: the gate itself, bit for bit)."""
         x, weight, bias = operands
+        if self.gate is None and gate_scale != 1:
+            raise ValueError(f"gate_scale={gate_scale!r}: this graph residual has no gate (config.residual_gate=False)")
         if self.gate is not None:
-            x = self.gate.to(x.dtype) * x
-            bias = None if bias is None else self.gate.to(bias.dtype) * bias
+            gate = self.gate if gate_scale == 1 else self.gate * gate_scale
+            x = gate.to(x.dtype) * x
+            bias = None if bias is None else gate.to(bias.dtype) * bias
         if user_nodes.shape[0] != x.shape[0]:
             raise ValueError(f"graph residual: {user_nodes.shape[0]} user vectors for a batch of {x.shape[0]}")
         graph = (self.scale * user_nodes.to(x.dtype)).reshape(x.shape[0], *([1] * (x.dim() - 2)), -1)

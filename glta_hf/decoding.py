@@ -25,12 +25,16 @@ What a score means (every decoder returns scores in rank order, best first, non-
   the log-probability of the generated list so far.
 
 Items are chosen by the raw logit where a score is one slot's log-prob, so softmax rounding never merges two items.
+
+A graph residual model's gate can be re-weighted at evaluation (``Decoder.rank_gate_scales``, ``check_gate_scales``):
+the LLM runs once and every scale decodes its own logits ``gate * s * head + scale * e_u . E_i`` (scale 1: the
+learned model, bit for bit; 0: the graph term alone), so a sweep of the gate costs one evaluation's LLM time.
 Imports only torch and siblings (copied as remote code).
 """
 from __future__ import annotations
 
 import numbers
-from typing import Callable, ClassVar, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +54,7 @@ class ArgumentError(GLTAError, ValueError):
 
 class Decoder:
     """One decoding. Subclasses implement :meth:`decode` (from the head's logit chunks) or, when the LLM must run
-    between slots, :meth:`rank` (from the encoded batch)."""
+    between slots, :meth:`rank_gate_scales` (from the encoded batch)."""
 
     #: the registered name (set by :func:`register_decoder`)
     name: ClassVar[str] = ""
@@ -64,11 +68,20 @@ class Decoder:
     def rank(self, model, batch: Dict[str, Optional[torch.Tensor]], k: int, blocked: torch.Tensor,
              prefix_span: str = "text") -> Tuple[torch.LongTensor, torch.Tensor]:
         """``(items, scores)`` (B, k) for an encoded batch (``input_ids``, ``attention_mask``, ``user_ids``,
-        ``item_ids``, ``user_node_embeddings``) of ``model`` (a ``GLTAForRecommendation``): by default the slot
-        hidden states once, then :meth:`decode` over the head's logits."""
+        ``item_ids``, ``user_node_embeddings``) of ``model`` (a ``GLTAForRecommendation``): the learned model,
+        :meth:`rank_gate_scales` at gate scale 1."""
+        return self.rank_gate_scales(model, batch, k, blocked, (1.0,), prefix_span=prefix_span)[0]
+
+    def rank_gate_scales(self, model, batch: Dict[str, Optional[torch.Tensor]], k: int, blocked: torch.Tensor,
+                         gate_scales: Sequence[float], prefix_span: str = "text"
+                         ) -> List[Tuple[torch.LongTensor, torch.Tensor]]:
+        """One ``(items, scores)`` per multiplier of the graph residual's gate (``GraphResidual.extend``; 1: the
+        learned model). The split: the slot hidden states (the LLM, the cost) once; then per scale the head's logits
+        plus the graph term and :meth:`decode` (a matmul over the catalogue and a top-k)."""
         slot_hidden = model.slot_hidden_states(**batch, prefix_span=prefix_span)
         graph_users = model.graph_user_vectors(batch["input_ids"], batch.get("user_ids"), batch.get("user_node_embeddings"))
-        return self.decode(model.logit_chunks(slot_hidden, graph_users), k, blocked)
+        return [self.decode(model.logit_chunks(slot_hidden, graph_users, gate_scale=scale), k, blocked)
+                for scale in gate_scales]
 
     def decode(self, chunks: LogitChunks, k: int, blocked: torch.Tensor) -> Tuple[torch.LongTensor, torch.Tensor]:
         """``(items, scores)`` (B, k) from the head's logits; ``blocked`` (B, |I|) bool: items never returned."""
@@ -114,6 +127,23 @@ def cutoffs_within(ks: Sequence[int], decoding: str, num_slots: int) -> Tuple[in
     most one item per slot)."""
     limit = get_decoder(decoding).max_items(num_slots)
     return tuple(int(k) for k in ks if limit is None or int(k) <= limit)
+
+
+def check_gate_scales(gate_scales) -> Tuple[float, ...]:
+    """``gate_scales`` (multipliers of a graph residual's learned gate) as a tuple of floats: a non-empty sequence of
+    distinct finite numbers >= 0; anything else is an :class:`ArgumentError` naming ``gate_scales``."""
+    if isinstance(gate_scales, (str, bytes)) or not isinstance(gate_scales, Iterable):
+        raise ArgumentError(f"gate_scales must be a sequence of numbers >= 0, got {gate_scales!r}")
+    scales = []
+    for value in gate_scales:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < float("inf"):
+            raise ArgumentError(f"gate_scales: each must be a finite number >= 0, got {value!r}")
+        scales.append(float(value))
+    if not scales:
+        raise ArgumentError("gate_scales: give at least one scale")
+    if len(set(scales)) != len(scales):
+        raise ArgumentError(f"gate_scales: a scale is repeated in {scales}")
+    return tuple(scales)
 
 
 def check_positive_int(name: str, value) -> int:
@@ -249,7 +279,11 @@ class Autoregressive(Decoder):
 
     one_item_per_slot = True
 
-    def rank(self, model, batch, k, blocked, prefix_span="text"):
+    def rank_gate_scales(self, model, batch, k, blocked, gate_scales, prefix_span="text"):
+        """One LLM pass per scale: the fed-back items, hence the later slots' states, depend on the scale."""
+        return [self.rank_one(model, batch, k, blocked, scale) for scale in gate_scales]
+
+    def rank_one(self, model, batch, k, blocked, gate_scale: float = 1.0):
         base, num_slots = model.model, model.config.num_slots
         input_ids, attention_mask = to_left_padding(batch["input_ids"], batch["attention_mask"])
         user_ids, user_nodes = batch.get("user_ids"), batch.get("user_node_embeddings")
@@ -263,7 +297,8 @@ class Autoregressive(Decoder):
         items, scores = [], []
         for t in range(k):
             hidden = out.last_hidden_state[:, -1:]
-            score, item = slot_candidates(model.logit_chunks(hidden, graph_users), slice(0, 1), 1, blocked)
+            chunks = model.logit_chunks(hidden, graph_users, gate_scale=gate_scale)
+            score, item = slot_candidates(chunks, slice(0, 1), 1, blocked)
             score, item = score[:, 0, 0], item[:, 0, 0]
             blocked[rows, item] = True
             items.append(item)

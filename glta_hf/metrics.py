@@ -18,7 +18,7 @@ arrays with index arithmetic, and hits are found by binary search of the top-k a
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,6 +84,15 @@ def _check_ranking(ranked: torch.Tensor, train_keys: torch.Tensor, users: np.nda
         raise ValueError(f"ranker returned a training item for user {int(users[row])}")
 
 
+def evaluated_users(test: UserItemMatrix, users=None) -> np.ndarray:
+    """The users :func:`evaluate` measures, in its order: ``users`` (default: all) that have a test item."""
+    test_len = test.row_lengths()
+    if users is None:
+        return np.flatnonzero(test_len > 0)
+    users = np.asarray(users, dtype=np.int64).reshape(-1)
+    return users[test_len[users] > 0]
+
+
 @torch.no_grad()
 def evaluate(
     *,
@@ -115,11 +124,7 @@ def evaluate(
     kmax = max(ks)
 
     test_len = test.row_lengths()
-    if users is None:
-        eval_users = np.flatnonzero(test_len > 0)
-    else:
-        eval_users = np.asarray(users, dtype=np.int64).reshape(-1)
-        eval_users = eval_users[test_len[eval_users] > 0]
+    eval_users = evaluated_users(test, users)
 
     discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))
     idcg_table = torch.cumsum(discount, 0)  # idcg_table[n-1] = IDCG with n relevant items
@@ -201,35 +206,122 @@ def evaluate_model(model, *, train, truth, decoding: str = "first_k", ks=DEFAULT
     all-reduced, so the result equals a single-process run.
     """
     ks = usable_ks(ks, decoding, model.config.num_slots)
-    if users is None:
-        users = np.flatnonzero(truth.row_lengths() > 0)
-    users = np.asarray(users, dtype=np.int64)
-    if _dist():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        users = users[rank::world]
+    users = _rank_users(truth, users)
     was_training = model.training
     model.eval()
     try:
         ranker = model.ranker(decoding=decoding, batch_size=batch_size)
         if len(users):
             metrics = evaluate(train=train, test=truth, ranker=ranker, ks=ks, users=users,
-                               batch_size=max(batch_size, 64), progress=progress)
+                               batch_size=_evaluator_batch(batch_size), progress=progress)
         else:
-            metrics = {name: 0.0 for name in metric_names(ks)}
-            metrics["num_users"] = 0
+            metrics = _no_users(ks)
     finally:
         model.train(was_training)
+    return _all_reduced(metrics)
+
+
+@torch.no_grad()
+def evaluate_gate_scales(model, *, train, truth, gate_scales: Sequence[float], decoding: str = "first_k",
+                         ks=DEFAULT_KS, users=None, batch_size: int = 16,
+                         progress: bool = False) -> Dict[float, Dict[str, float]]:
+    """:func:`evaluate_model` of a graph residual model once per multiplier of its learned gate (``gate * s * head +
+    scale * e_u . E_i``): ``{scale: metrics}`` in the order given, the LLM run once per batch of users for all scales.
+
+    Why: a residual's gate is learned against the graph it trained with; evaluated with the refit graph
+    (``set_residual_tables``) the best weight of the LLM term may differ, and a sweep on validation chooses it at
+    the cost of one evaluation (``docs/TRAINING_MECHANICS.md``). Exact: the users, their LLM batches and the
+    evaluator's batches are :func:`evaluate_model`'s, so scale 1 gives its metrics; scale 0 ranks by the graph term
+    alone. The lists (users x max(ks) per scale) are kept, then each scale is measured by :func:`evaluate`.
+    """
+    ks = usable_ks(ks, decoding, model.config.num_slots)
+    scales = model.check_gate_scales(gate_scales)
+    users = evaluated_users(truth, _rank_users(truth, users))
+    step = _evaluator_batch(batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        rank_users = model.gate_scale_ranker(scales, decoding=decoding, batch_size=batch_size)
+        lists = [[] for _ in scales]
+        batches = range(0, len(users), step)  # evaluate()'s batches: the ranker sees what evaluate_model's sees
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="rank", unit="batch")
+        for start in batches:
+            for kept, items in zip(lists, rank_users(torch.from_numpy(users[start : start + step]), max(ks))):
+                kept.append(items)
+        position = np.full(truth.num_users, -1, dtype=np.int64)
+        position[users] = np.arange(len(users))
+        results = {}
+        for scale, kept in zip(scales, lists):
+            if not len(users):
+                results[scale] = _no_users(ks)
+                continue
+            ranked = torch.cat(kept)
+
+            def lookup(batch: torch.Tensor, k: int, ranked=ranked) -> torch.Tensor:
+                return ranked[torch.from_numpy(position[batch.numpy()]).to(ranked.device), :k]
+
+            results[scale] = evaluate(train=train, test=truth, ranker=lookup, ks=ks, users=users, batch_size=step)
+    finally:
+        model.train(was_training)
+    return {scale: _all_reduced(metrics) for scale, metrics in results.items()}
+
+
+def best_gate_scale(per_scale: Dict[float, Dict[str, float]], by: Optional[str] = None) -> Dict[str, Any]:
+    """The scale of :func:`evaluate_gate_scales`' result with the highest ``by`` (default ``ndcg@10``, else the
+    NDCG at the largest cut-off measured); the first listed wins a tie. ``{"scale", "by", <by>: value}``."""
+    if not per_scale:
+        raise ValueError("best_gate_scale: no scale was evaluated")
+    names = next(iter(per_scale.values()))
+    if by is None:
+        cut = [int(n.split("@")[1]) for n in names if n.startswith("ndcg@")]
+        by = "ndcg@10" if 10 in cut else f"ndcg@{max(cut)}"
+    if by not in names:
+        raise ValueError(f"best_gate_scale: no metric {by!r} among {sorted(names)}")
+    scale = max(per_scale, key=lambda s: (per_scale[s][by], -list(per_scale).index(s)))
+    return {"scale": scale, "by": by, by: per_scale[scale][by]}
+
+
+def _rank_users(truth: UserItemMatrix, users=None) -> np.ndarray:
+    """The users this process ranks: ``users`` (default: those with a held-out item), every world_size-th one under
+    torch.distributed."""
+    if users is None:
+        users = np.flatnonzero(truth.row_lengths() > 0)
+    users = np.asarray(users, dtype=np.int64)
     if _dist():
-        names = [k for k in metrics if k != "num_users"]
-        n = float(metrics["num_users"])
-        sums = torch.tensor([metrics[k] * n for k in names] + [n], dtype=torch.float64)
-        if torch.distributed.get_backend() == "nccl":
-            sums = sums.cuda()
-        torch.distributed.all_reduce(sums)
-        sums = sums.cpu()
-        total = float(sums[-1])
-        metrics = {k: (float(sums[i]) / total if total else 0.0) for i, k in enumerate(names)}
-        metrics["num_users"] = int(total)
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        users = users[rank::world]
+    return users
+
+
+def _evaluator_batch(batch_size: int) -> int:
+    """:func:`evaluate`'s user batch for a GLTA model ranked ``batch_size`` users per LLM batch."""
+    return max(batch_size, 64)
+
+
+def _no_users(ks) -> Dict[str, float]:
+    metrics: Dict[str, float] = {name: 0.0 for name in metric_names(ks)}
+    metrics["num_users"] = 0
+    return metrics
+
+
+def _all_reduced(metrics: Dict[str, float]) -> Dict[str, float]:
+    """Per-rank metrics averaged over all ranks' users under torch.distributed (unchanged otherwise): the result
+    equals a single-process run's."""
+    if not _dist():
+        return metrics
+    names = [k for k in metrics if k != "num_users"]
+    n = float(metrics["num_users"])
+    sums = torch.tensor([metrics[k] * n for k in names] + [n], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        sums = sums.cuda()
+    torch.distributed.all_reduce(sums)
+    sums = sums.cpu()
+    total = float(sums[-1])
+    metrics = {k: (float(sums[i]) / total if total else 0.0) for i, k in enumerate(names)}
+    metrics["num_users"] = int(total)
     return metrics
 
 

@@ -60,7 +60,8 @@ from .checkpoint import (
 )
 from .components import GLTAHead, GraphResidual, build_component, init_linear
 from .configuration_glta import PROMPT_DEFAULTS, GLTAConfig
-from .decoding import all_slot_score_chunks, check_k, decode, full_logit_chunks, get_decoder, head_logit_chunks
+from .decoding import (ArgumentError, all_slot_score_chunks, check_gate_scales, check_k, decode, full_logit_chunks,
+                       get_decoder, head_logit_chunks)
 from .errors import CheckpointError
 from .io_utils import replacing_folder, save_safetensors, write_json
 from .loss import slot_loss
@@ -589,24 +590,41 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
     # ------------------------------------------------------------------------------------------- head + loss
 
     def head_operands(
-        self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None
+        self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None, gate_scale: float = 1.0
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """``(x, weight, bias)`` with ``score_slots(slot_hidden, graph_users) == F.linear(x, weight, bias)``
         (``GLTAHead.operands``); rows ``weight[a:b]`` / ``bias[a:b]`` score the catalogue slice ``a:b`` (chunked loss
         and ranking). ``graph_users`` (B, d): the prompts' users' ``E_u`` rows for ``config.graph_residual``
-        (:meth:`graph_user_vectors`); None leaves the graph term out (prompts without a user: the item stage)."""
+        (:meth:`graph_user_vectors`); None leaves the graph term out (prompts without a user: the item stage).
+        ``gate_scale``: a multiplier of the residual's learned gate (evaluation, ``GraphResidual.extend``)."""
+        if gate_scale != 1:
+            self.check_gate_scales((gate_scale,))
         operands = self.head.operands(slot_hidden, self.item_embeddings)
         if graph_users is None or self.graph_residual is None:
             return operands
         items = self.graph_residual.item_table if self.graph_residual.item_table is not None else self.item_embeddings
-        return self.graph_residual.extend(operands, graph_users, items)
+        return self.graph_residual.extend(operands, graph_users, items, gate_scale=gate_scale)
 
-    def score_slots(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def score_slots(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None,
+                    gate_scale: float = 1.0) -> torch.Tensor:
         """GLLM head: (..., hidden) -> (..., |I|) item logits (+ the graph term of ``graph_users``, see
         :meth:`head_operands`)."""
         if graph_users is None or self.graph_residual is None:
+            if gate_scale != 1:
+                self.check_gate_scales((gate_scale,))
             return self.head(slot_hidden, self.item_embeddings)
-        return F.linear(*self.head_operands(slot_hidden, graph_users))
+        return F.linear(*self.head_operands(slot_hidden, graph_users, gate_scale))
+
+    def check_gate_scales(self, gate_scales) -> Tuple[float, ...]:
+        """``gate_scales`` as a tuple of floats (``decoding.check_gate_scales``) for a model whose graph residual has a
+        gate; an :class:`~glta_hf.decoding.ArgumentError` naming ``gate_scales`` otherwise."""
+        scales = check_gate_scales(gate_scales)
+        if self.graph_residual is None or self.graph_residual.gate is None:
+            config = self.config
+            raise ArgumentError(f"gate_scales: multiplies a graph residual's learned gate, and this model has none "
+                                f"(config.graph_residual={config.graph_residual}, "
+                                f"config.residual_gate={config.residual_gate})")
+        return scales
 
     def graph_user_vectors(
         self,
@@ -695,19 +713,21 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         chunk = self.config.rank_chunk_size
         return chunk if chunk and self.config.num_items > chunk else None
 
-    def head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int, graph_users: Optional[torch.Tensor] = None):
+    def head_chunks(self, slot_hidden: torch.Tensor, chunk_size: int, graph_users: Optional[torch.Tensor] = None,
+                    gate_scale: float = 1.0):
         """The head's logits of ``slot_hidden`` streamed ``chunk_size`` items at a time (``decoding.LogitChunks``)."""
-        return head_logit_chunks(partial(self.head_operands, graph_users=graph_users), slot_hidden, chunk_size)
+        operands = partial(self.head_operands, graph_users=graph_users, gate_scale=gate_scale)
+        return head_logit_chunks(operands, slot_hidden, chunk_size)
 
     def logit_chunks(self, slot_hidden: torch.Tensor, graph_users: Optional[torch.Tensor] = None,
-                     chunk_size: Optional[int] = None):
+                     chunk_size: Optional[int] = None, gate_scale: float = 1.0):
         """What every decoder reads (``decoding.LogitChunks``): the head's logits of ``slot_hidden`` streamed
         ``chunk_size`` items at a time (default: ``config.rank_chunk_size`` when smaller than |I|), else the full
-        logits as one chunk."""
+        logits as one chunk. ``gate_scale``: see :meth:`head_operands`."""
         chunk = chunk_size or self._rank_chunk()
         if chunk:
-            return self.head_chunks(slot_hidden, chunk, graph_users)
-        return full_logit_chunks(self.score_slots(slot_hidden, graph_users))
+            return self.head_chunks(slot_hidden, chunk, graph_users, gate_scale=gate_scale)
+        return full_logit_chunks(self.score_slots(slot_hidden, graph_users, gate_scale=gate_scale))
 
     @torch.no_grad()
     def rank(
@@ -732,6 +752,36 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         With ``config.rank_chunk_size`` < |I| the (B, L, |I|) logits are never built (same decoder code, fed chunk
         by chunk).
         """
+        batch, seen_mask = self._rank_inputs(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings,
+                                             k=k, seen=seen, decoding=decoding)
+        return get_decoder(decoding).rank(self, batch, k, seen_mask, prefix_span=prefix_span)
+
+    @torch.no_grad()
+    def rank_gate_scales(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        user_ids: Optional[torch.LongTensor] = None,
+        item_ids: Optional[torch.LongTensor] = None,
+        *,
+        gate_scales: Sequence[float],
+        k: int = 10,
+        seen=None,
+        decoding: str = "first_k",
+        user_node_embeddings: Optional[torch.Tensor] = None,
+        prefix_span: str = "text",
+    ) -> List[Tuple[torch.LongTensor, torch.FloatTensor]]:
+        """:meth:`rank` once per multiplier of the graph residual's learned gate (``gate * s * head + scale * e_u .
+        E_i``), one ``(items, scores)`` per entry of ``gate_scales``, from ONE LLM forward (``autoregressive``: one
+        per scale, its steps depend on the items chosen). Scale 1 is :meth:`rank` exactly; scale 0 ranks by the graph
+        term alone. An :class:`~glta_hf.decoding.ArgumentError` names ``gate_scales`` for a model without a gate."""
+        scales = self.check_gate_scales(gate_scales)
+        batch, seen_mask = self._rank_inputs(input_ids, attention_mask, user_ids, item_ids, user_node_embeddings,
+                                             k=k, seen=seen, decoding=decoding)
+        return get_decoder(decoding).rank_gate_scales(self, batch, k, seen_mask, scales, prefix_span=prefix_span)
+
+    def _rank_inputs(self, input_ids, attention_mask, user_ids, item_ids, user_node_embeddings, *, k, seen, decoding):
+        """``(batch, seen_mask)`` for a decoder, ``k`` checked against the catalogue, the slots and ``seen``."""
         seen_mask = self._seen_mask(seen, input_ids.shape[0], input_ids.device)
         most_seen = int(seen_mask.sum(dim=1).max()) if seen_mask.numel() else 0
         check_k(k, decoding, self.config.num_items, self.config.num_slots, most_seen)
@@ -739,7 +789,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         batch = dict(input_ids=input_ids, attention_mask=attention_mask, user_ids=user_ids, item_ids=item_ids,
                      user_node_embeddings=user_node_embeddings)
-        return get_decoder(decoding).rank(self, batch, k, seen_mask, prefix_span=prefix_span)
+        return batch, seen_mask
 
     @staticmethod
     def rank_from_logits(logits: torch.Tensor, k: int, seen_mask: Optional[torch.Tensor] = None, decoding: str = "first_k"):

@@ -187,6 +187,29 @@ class GLTAServingMixin:
 
         return rank_users
 
+    def gate_scale_ranker(self, gate_scales: Sequence[float], decoding: str = "first_k", batch_size: int = 32
+                          ) -> Callable[[torch.LongTensor, int], List[torch.LongTensor]]:
+        """:meth:`ranker` for every multiplier of a graph residual's gate at once: ``rank(users, k) ->
+        [LongTensor[B, k] per scale]``, the LLM run once per batch of ``batch_size`` users (``rank_gate_scales``).
+        The same batches as :meth:`ranker`'s, so scale 1 returns its lists exactly."""
+        check_decoding(decoding)
+        batch_size = check_positive_int("batch_size", batch_size)
+        scales = self.check_gate_scales(gate_scales)
+
+        def rank_users(users: torch.LongTensor, k: int) -> List[torch.LongTensor]:
+            out = [[] for _ in scales]
+            for start in range(0, len(users), batch_size):
+                chunk = [int(u) for u in users[start : start + batch_size]]
+                batch = self.encode_users(chunk)
+                seen = [self.user_table["histories"][u] for u in chunk]
+                ranked = self.rank_gate_scales(**batch, gate_scales=scales, k=k, seen=seen, decoding=decoding)
+                for lists, (items, _) in zip(out, ranked):
+                    lists.append(items)
+            empty = torch.zeros(0, k, dtype=torch.long, device=self.device)
+            return [torch.cat(lists) if lists else empty for lists in out]
+
+        return rank_users
+
     def scorer(self, batch_size: int = 32) -> Callable[[torch.LongTensor], torch.FloatTensor]:
         """A ``scorer(users) -> FloatTensor[B, |I|]`` for ``evaluate``: the ``all_slots`` score of every item, on
         the model's device (like :meth:`ranker`)."""

@@ -41,7 +41,7 @@ ENTRY_POINTS = {  # name -> the flags fuzzed (each given a value from VALUES) an
                                                                         "--texts", "texts.jsonl", "--backbone",
                                                                         "LLM_FOLDER"]),
     "evaluate": (["--ks", "--batch-size", "--max-users", "--threads", "--split", "--decoding", "--output",
-                  "--split-policy"], ["--model", "tests"]),
+                  "--split-policy", "--gate-scales", "--gate-scale"], ["--model", "tests"]),
     "generate_texts": (["--batch-size", "--max-new-tokens", "--temperature", "--top-p", "--seed", "--val-fraction",
                         "--device", "--output", "--max-users", "--split", "--max-items"],
                        ["--dataset", "ml-latest-small", "--output", "texts.jsonl"]),

@@ -130,8 +130,8 @@ def test_chunked_rank_never_builds_full_logits(models, monkeypatch):
     widths = []
     original = GLTAForRecommendation.head_chunks
 
-    def spy(self, slot_hidden, chunk_size, graph_users=None):
-        chunks = original(self, slot_hidden, chunk_size, graph_users)
+    def spy(self, slot_hidden, chunk_size, graph_users=None, **kwargs):
+        chunks = original(self, slot_hidden, chunk_size, graph_users, **kwargs)
 
         def recorded(slots):
             for start, logits in chunks(slots):

@@ -18,6 +18,12 @@ data folder given by an absolute path outside the working folder is recorded by 
 that way, pass ``--data-dir``.
 ``--split test`` excludes every training interaction (fit + validation) and shows the user's full training
 history; ``--split validation`` excludes the fit interactions only. ``--decoding all`` runs the four decoders.
+``--gate-scales 0,0.5,1,2`` (a graph residual model with a gate) evaluates the model once per multiplier of its
+learned gate -- the LLM runs once per batch, every scale decodes from the same slot states -- and records every scale's
+metrics (``gate_scales``) and the best by NDCG@10 (``best_gate_scale``; ``metrics`` holds the best scale's, and
+``gate_scale`` says which): choose on ``--split validation``. ``--gate-scale X`` evaluates one multiplier (the chosen
+one, on test), recorded as ``gate_scale`` in the output and the result row (run name ``glta_gate<X>`` unless
+``--run-name`` is given). ``docs/TRAINING_MECHANICS.md`` says why.
 Flags are kebab-case; the underscore spelling (``--batch_size``) works too. Invalid values, an unwritable output and
 an LLM override that does not resolve stop at parse time, before the model loads: one ``error:`` line, exit code 2.
 """
@@ -35,8 +41,9 @@ from glta_hf.cpu_threads import prefer_passive_openmp  # noqa: E402  (light; bef
 
 prefer_passive_openmp()
 
-from glta_hf.cli_args import (GLTAArgumentParser, cutoffs, decoding_name, existing_dir, positive_int,  # noqa: E402
-                               require_llm, run_reporting_errors, writable_dir, writable_file)
+from glta_hf.cli_args import (GLTAArgumentParser, cutoffs, decoding_name, existing_dir, gate_scale_list,  # noqa: E402
+                               non_negative_float, positive_int, require_llm, run_reporting_errors, writable_dir,
+                               writable_file)
 
 
 def decoding_or_all(text: str) -> str:
@@ -68,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default=None, type=writable_dir,
                    help="also write <results-dir>/<dataset>/<run-name>.json")
     p.add_argument("--results-name", default=None, help="dataset folder name under --results-dir")
-    p.add_argument("--run-name", default="glta")
+    p.add_argument("--run-name", default=None, help="the result row's name (default glta, glta_gate<X> with "
+                                                     "--gate-scale X)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--residual-graph", default=None, type=existing_dir,
                    help="a graph residual model scores its graph term with this node-embedding folder (a graph "
@@ -76,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "stacking's refit step for a residual trained with --target_policy held_out")
     p.add_argument("--prefix-cache", action="store_true",
                    help="exact cached text prefixes (same metrics; faster with the text_first layout, refused with LoRA)")
+    p.add_argument("--gate-scales", default=None, type=gate_scale_list,
+                   help="comma-separated multipliers of a graph residual's learned gate, e.g. 0,0.5,1,2 (1: the "
+                        "model as trained, 0: its graph term alone): one LLM pass, the metrics of every scale and the "
+                        "best by ndcg@10; choose on --split validation")
+    p.add_argument("--gate-scale", default=None, type=non_negative_float,
+                   help="evaluate one multiplier of the learned gate (the one chosen on validation), recorded in the "
+                        "output and the result row")
     return p
 
 
@@ -87,21 +102,51 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"argument --model: {args.model}: no such folder")
     if args.output is None:  # the default output: ./glta-eval/..., it must be writable
         try:
-            writable_file(str(default_output(Path(args.model), args.split)))
+            writable_file(str(default_output(Path(args.model), args.split, gate_suffix(args))))
         except argparse.ArgumentTypeError as err:
             parser.error(f"argument --output (default): {err}")
     if args.llm is not None:
         require_llm(parser, "--llm", args.llm)
     if args.recorded_users and args.max_users is not None:
         parser.error("argument --recorded-users: not allowed with --max-users")
+    check_gate_flags(parser, args)
     return args
 
 
-def default_output(model: Path, split: str) -> Path:
-    """``glta-eval/<model path>_<split>.json`` in the current directory: outside the model folder and outside the
-    committed ``benchmarks/results`` (those only when asked: ``--output`` / ``--results-dir``)."""
+def check_gate_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--gate-scales`` / ``--gate-scale``: one of them, a model whose config has a gated graph residual (read from
+    its config.json, before the model loads), a sweep of one decoding and never a result row."""
+    flag = "--gate-scales" if args.gate_scales is not None else "--gate-scale" if args.gate_scale is not None else None
+    if flag is None:
+        return
+    if args.gate_scales is not None and args.gate_scale is not None:
+        parser.error("argument --gate-scale: not allowed with --gate-scales")
+    if args.gate_scales is not None and args.decoding == "all":
+        parser.error("argument --gate-scales: not allowed with --decoding all (sweep one decoding at a time)")
+    if args.gate_scales is not None and args.results_dir:
+        parser.error("argument --gate-scales: not allowed with --results-dir (a sweep chooses a scale; write the "
+                     "chosen one's row with --gate-scale X)")
+    if (Path(args.model) / "config.json").is_file():  # otherwise loading the model says what is wrong
+        from glta_hf.configuration_glta import GLTAConfig
+
+        config = GLTAConfig.from_pretrained(args.model)
+        if not (config.graph_residual and config.residual_gate):
+            parser.error(f"argument {flag}: multiplies a graph residual's learned gate, and {args.model} has none "
+                         f"(graph_residual={config.graph_residual}, residual_gate={config.residual_gate})")
+
+
+def gate_suffix(args: argparse.Namespace) -> str:
+    """What the default output / run name add for a gate sweep or a chosen gate scale."""
+    if args.gate_scales is not None:
+        return "_gates"
+    return "" if args.gate_scale is None else f"_gate{args.gate_scale:g}"
+
+
+def default_output(model: Path, split: str, suffix: str = "") -> Path:
+    """``glta-eval/<model path>_<split><suffix>.json`` in the current directory: outside the model folder and outside
+    the committed ``benchmarks/results`` (those only when asked: ``--output`` / ``--results-dir``)."""
     parts = [p for p in model.resolve().parts[-3:] if p not in ("/", "")]
-    return Path("glta-eval") / f"{'_'.join(parts)}_{split}.json"
+    return Path("glta-eval") / f"{'_'.join(parts)}_{split}{suffix}.json"
 
 
 def recorded_users(run: dict, user_ids, folder: Path):
@@ -127,7 +172,7 @@ def main(argv=None) -> int:
     from glta_hf.decoding import decoder_names
     from glta_hf.alignment_data import data_from_record, serving_histories, user_histories
     from glta_hf.io_utils import read_json, write_json
-    from glta_hf.metrics import evaluate_model, sample_eval_users
+    from glta_hf.metrics import best_gate_scale, evaluate_gate_scales, evaluate_model, sample_eval_users
     from glta_hf.modeling_glta import GLTAForRecommendation
     from glta_hf.results import write_run_result
     from glta_hf.run_record import portable_path, sanitized_command
@@ -167,27 +212,50 @@ def main(argv=None) -> int:
     users = recorded_users(run, source.user_ids, folder) if args.recorded_users else \
         sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks
-    results = {}
+    scales = args.gate_scales or ((args.gate_scale,) if args.gate_scale is not None else None)
+    results, gate = {}, {}
     for decoding in (decoder_names() if args.decoding == "all" else (args.decoding,)):
         t0 = time.perf_counter()
-        metrics = evaluate_model(model, train=train, truth=truth, decoding=decoding, ks=ks, users=users,
-                                 batch_size=args.batch_size, progress=True)
+        if scales is None:
+            metrics = evaluate_model(model, train=train, truth=truth, decoding=decoding, ks=ks, users=users,
+                                     batch_size=args.batch_size, progress=True)
+        else:
+            per_scale = evaluate_gate_scales(model, train=train, truth=truth, gate_scales=scales, decoding=decoding,
+                                             ks=ks, users=users, batch_size=args.batch_size, progress=True)
+            best = best_gate_scale(per_scale)
+            gate = {"gate_scale": best["scale"], "learned_gate": float(model.graph_residual.gate),
+                    "residual_scale": float(model.graph_residual.scale)}
+            if args.gate_scales is not None:
+                for scale, scale_metrics in per_scale.items():
+                    print(decoding, f"gate_scale={scale:g}", json.dumps(scale_metrics), flush=True)
+                gate.update(gate_scales={f"{s:g}": m for s, m in per_scale.items()}, best_gate_scale=best)
+                print(f"best gate scale by {best['by']}: {best['scale']:g} ({best[best['by']]:.4f}); learned gate "
+                      f"{gate['learned_gate']:.4g}, residual scale {gate['residual_scale']:.4g}", flush=True)
+                if args.split == "test":
+                    print("note: a gate scale chosen on test is a test-set selection; choose on --split validation "
+                          "and evaluate test once with --gate-scale", flush=True)
+            metrics = dict(per_scale[best["scale"]])
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         results[decoding] = metrics
         print(decoding, json.dumps(metrics), flush=True)
     out = {"model": portable_path(folder), "dataset": dataset, "split": args.split, "split_policy": source.split_policy,
-           "metrics": results if args.decoding == "all" else results[args.decoding],
+           "metrics": results if args.decoding == "all" else results[args.decoding], **gate,
            "users": [source.user_ids[u] for u in users.tolist()], "history_seed": history_seed,
            "residual_graph": portable_path(Path(args.residual_graph)) if args.residual_graph else None,
            "command": "python " + sanitized_command([sys.argv[0]] + list(argv or sys.argv[1:])),
            "wall_time_s": round(time.perf_counter() - start, 2)}
-    output = Path(args.output) if args.output else default_output(folder, args.split)
+    output = Path(args.output) if args.output else default_output(folder, args.split, gate_suffix(args))
     write_json(output, out)
     print(f"metrics written to {output}")
     if args.results_dir:
-        path = write_run_result(args.results_dir, args.results_name or dataset, args.run_name, model="GLTA",
+        run_name = args.run_name or f"glta{gate_suffix(args)}"
+        config = {"run": run, "decoding": args.decoding}
+        if args.gate_scale is not None:
+            config.update(gate_scale=args.gate_scale, learned_gate=gate["learned_gate"],
+                          residual_scale=gate["residual_scale"])
+        path = write_run_result(args.results_dir, args.results_name or dataset, run_name, model="GLTA",
                                 split=source.split_policy, metrics=out["metrics"], command=out["command"],
-                                wall_time_s=out["wall_time_s"], config={"run": run, "decoding": args.decoding})
+                                wall_time_s=out["wall_time_s"], config=config)
         print(f"result written to {path}")
     return 0
 
