@@ -176,14 +176,8 @@ class GLTAServingMixin:
         batch_size = check_positive_int("batch_size", batch_size)
 
         def rank_users(users: torch.LongTensor, k: int) -> torch.LongTensor:
-            out = []
-            for start in range(0, len(users), batch_size):
-                chunk = [int(u) for u in users[start : start + batch_size]]
-                batch = self.encode_users(chunk)
-                seen = [self.user_table["histories"][u] for u in chunk]
-                items, _ = self.rank(**batch, k=k, seen=seen, decoding=decoding)
-                out.append(items)
-            return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long, device=self.device)
+            return self._rank_in_batches(users, k, batch_size, lambda batch, seen: [
+                self.rank(**batch, k=k, seen=seen, decoding=decoding)])[0]
 
         return rank_users
 
@@ -197,18 +191,25 @@ class GLTAServingMixin:
         scales = self.check_gate_scales(gate_scales)
 
         def rank_users(users: torch.LongTensor, k: int) -> List[torch.LongTensor]:
-            out = [[] for _ in scales]
-            for start in range(0, len(users), batch_size):
-                chunk = [int(u) for u in users[start : start + batch_size]]
-                batch = self.encode_users(chunk)
-                seen = [self.user_table["histories"][u] for u in chunk]
-                ranked = self.rank_gate_scales(**batch, gate_scales=scales, k=k, seen=seen, decoding=decoding)
-                for lists, (items, _) in zip(out, ranked):
-                    lists.append(items)
-            empty = torch.zeros(0, k, dtype=torch.long, device=self.device)
-            return [torch.cat(lists) if lists else empty for lists in out]
+            return self._rank_in_batches(users, k, batch_size, lambda batch, seen: self.rank_gate_scales(
+                **batch, gate_scales=scales, k=k, seen=seen, decoding=decoding), outputs=len(scales))
 
         return rank_users
+
+    def _rank_in_batches(self, users: torch.LongTensor, k: int, batch_size: int, rank_batch, outputs: int = 1
+                         ) -> List[torch.LongTensor]:
+        """The loop :meth:`ranker` and :meth:`gate_scale_ranker` share: ``users`` encoded ``batch_size`` at a time
+        from the attached user context, each one's stored (training) history excluded, ``rank_batch(batch, seen)``
+        -> one ``(items, scores)`` per output; the items of every output concatenated over the batches."""
+        out: List[List[torch.LongTensor]] = [[] for _ in range(outputs)]
+        for start in range(0, len(users), batch_size):
+            chunk = [int(u) for u in users[start : start + batch_size]]
+            batch = self.encode_users(chunk)
+            seen = [self.user_table["histories"][u] for u in chunk]
+            for lists, (items, _) in zip(out, rank_batch(batch, seen)):
+                lists.append(items)
+        empty = torch.zeros(0, k, dtype=torch.long, device=self.device)
+        return [torch.cat(lists) if lists else empty for lists in out]
 
     def scorer(self, batch_size: int = 32) -> Callable[[torch.LongTensor], torch.FloatTensor]:
         """A ``scorer(users) -> FloatTensor[B, |I|]`` for ``evaluate``: the ``all_slots`` score of every item, on
