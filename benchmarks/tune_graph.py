@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -107,10 +106,6 @@ def best_trial(rows: List[Dict[str, Any]], model: str) -> Dict[str, Any]:
     return max(mine, key=lambda r: r["val_ndcg@10"])
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 class Harness:
     def __init__(self, args):
         from glta_hf.alignment_data import prepare_data
@@ -144,6 +139,7 @@ class Harness:
 
     def run_trial(self, model: str, setting: Dict[str, Any]) -> Dict[str, Any]:
         from glta_hf.graph import BPRTrainer, export_node_embeddings
+        from glta_hf.results import load_average
 
         key = trial_key(self.args.dataset, model, setting)
         load_before = load_average()

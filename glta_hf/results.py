@@ -27,6 +27,11 @@ def git_commit(cwd=None) -> str:
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
+def load_average() -> str:
+    """The 1 / 5 / 15-minute load averages as ``"2.60 2.89 2.25"``: recorded beside every timing (2-core machines)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def hardware_info() -> Dict[str, Any]:
     """CPU model, core count, torch version and GPU name (if CUDA is available)."""
     import torch

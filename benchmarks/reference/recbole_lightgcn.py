@@ -63,7 +63,6 @@ import argparse
 import contextlib
 import copy
 import logging
-import os
 import platform
 import sys
 import tempfile
@@ -236,10 +235,6 @@ def _config_record(config) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- record
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def versions() -> Dict[str, str]:
     import numpy
     import pandas
@@ -290,7 +285,7 @@ def main(argv: Sequence[str] = None) -> int:
 
     from glta_hf.alignment_data import prepare_data
     from glta_hf.io_utils import write_json
-    from glta_hf.results import git_commit
+    from glta_hf.results import git_commit, load_average
     from glta_hf.run_record import sanitized_command
 
     torch.set_num_threads(args.threads)
