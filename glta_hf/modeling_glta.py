@@ -285,11 +285,16 @@ class GLTAModel(GLTAPreTrainedModel):
     def project(self, token: str, nodes: torch.Tensor) -> torch.Tensor:
         """Node vectors (n, d) of ``<user>`` / ``<item>`` tokens -> the LLM's token space, through their projector
         (after subtracting the table's mean with ``config.center_node_embeddings``)."""
-        table, projector = ((self.user_embeddings, self.user_projector) if token == USER_TOKEN
-                            else (self.item_embeddings, self.item_projector))
+        projector = self.user_projector if token == USER_TOKEN else self.item_projector
+        return projector(self.projector_inputs(token, nodes))
+
+    def projector_inputs(self, token: str, nodes: torch.Tensor) -> torch.Tensor:
+        """What the ``<user>`` / ``<item>`` projector reads for node vectors (n, d): the vectors, minus their
+        table's mean with ``config.center_node_embeddings``."""
+        table = self.user_embeddings if token == USER_TOKEN else self.item_embeddings
         if getattr(self.config, "center_node_embeddings", False) and table.shape[0]:
             nodes = nodes - table.mean(dim=0).to(nodes.dtype)
-        return projector(nodes)
+        return nodes
 
     def _check_ids(self, ids: Optional[torch.Tensor], size: int, name: str) -> torch.LongTensor:
         if ids is None:

@@ -62,6 +62,33 @@ def test_the_warm_up_fits_the_training_items_texts(tmp_path):
     assert fitted["item_title_mrr"] > 2 * fitted["item_title_chance_mrr"] > 0
 
 
+@pytest.mark.parametrize("center", [False, True])
+def test_the_factored_warm_up_takes_the_same_steps_as_the_plain_one(tmp_path, center):
+    """The linear projector's shortcut (logits over the node width) is the same loss and the same Adam steps."""
+    models = [build_tiny(tmp_path / name).model for name in ("plain", "factored")]
+    models[1].load_state_dict(models[0].state_dict())
+    for model in models:
+        model.config.center_node_embeddings = center
+    table = title_embeddings(models[0], TEXTS)
+    start = models[0].item_projector.weight.detach().clone()
+    plain = warm_up_item_projector(models[0], table, TRAIN, steps=30, lr=1e-2, factored=False, chunk_size=3)
+    fast = warm_up_item_projector(models[1], table, TRAIN, steps=30, lr=1e-2, chunk_size=3)  # linear: factored
+    for key in ("loss_start", "loss_end", "nce_end", "scale_end", "norm_ratio_end"):
+        assert fast[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    for (name, a), (_, b) in zip(models[0].item_projector.named_parameters(),
+                                 models[1].item_projector.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+    assert (models[0].item_projector.weight - start).norm() > 1e-3 * start.norm()  # the steps moved it
+
+
+def test_the_factored_warm_up_needs_a_linear_projector(tmp_path):
+    model = build_tiny(tmp_path, projector="mlp").model
+    with pytest.raises(ValueError, match="linear item projector"):
+        warm_up_item_projector(model, title_embeddings(model, TEXTS), TRAIN, steps=1, lr=1e-2, factored=True)
+    result = warm_up_item_projector(model, title_embeddings(model, TEXTS), TRAIN, steps=2, lr=1e-2)  # plain path
+    assert math.isfinite(result["loss_end"])
+
+
 def test_title_retrieval_ranks_against_the_catalogue(tmp_path):
     model = build_tiny(tmp_path).model
     items = [8, 9, 10, 11]

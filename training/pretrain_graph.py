@@ -90,6 +90,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.output_dir and not args.from_embeddings:
+        from glta_hf.io_utils import output_lock
+
+        with output_lock(args.output_dir):  # one writer per graph folder: a second run stops here, before training
+            return _train_and_record(args, argv)
+    return _train_and_record(args, argv)
+
+
+def _train_and_record(args, argv) -> int:
     from glta_hf.backbone import resolve_device
     from glta_hf.data.loaders import load_dataset
     from glta_hf.graph import (HELD_OUT_KEY, BPRTrainer, GraphTrainingArguments, build_model, encode_item_texts,
