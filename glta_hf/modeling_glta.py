@@ -410,6 +410,23 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         self._no_split_modules = self.model._no_split_modules
         self.model.place_on_llm_device(self)
 
+    def add_lora(self, lora: Dict[str, Any]) -> None:
+        """Fresh LoRA adapters (``peft.LoraConfig`` arguments, ``config.lora``'s form) on a model trained without.
+
+        Why: a user stage with LoRA may start from an item stage without it (``align.py --init_from DIR --lora_r
+        R``). PEFT starts every LoRA B at zero, so the model ranks exactly as before until a step moves it. A model
+        that has LoRA already keeps it when asked for the same, and refuses another."""
+        lora = dict(lora)
+        if self.config.lora:
+            if dict(self.config.lora) != lora:
+                raise ValueError(f"the model already has LoRA {dict(self.config.lora)}; asked for {lora}")
+            return
+        if getattr(self.model, "prefix_store", None) is not None:
+            raise ValueError("add_lora: disable the prefix cache first (LoRA trains the LLM the cached prefixes "
+                             "pass through)")
+        self.config.lora = lora
+        self.set_llm(self.llm)
+
     # ------------------------------------------------------------------------------------------- the base model's parts
 
     @property

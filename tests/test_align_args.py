@@ -67,6 +67,19 @@ def test_model_options_from_the_command_line_reach_the_model(align, tmp_path):
     assert any("lora_" in name for name, _ in model.llm.named_parameters())
 
 
+def test_lora_asked_over_an_init_model_without_it_is_added_not_ignored(align, tmp_path):
+    """--init_from an item stage trained without LoRA plus --lora_r: the user stage gets fresh adapters."""
+    plain = _built(align, tmp_path, [])
+    assert plain.config.lora is None
+    plain.save_pretrained(tmp_path / "item_final")
+    script, model_args, args = align.parse_args(["--output_dir", str(tmp_path / "run2"), "--num_slots", "4", "--items_per_sample", "3",
+                                                 *_inputs(tmp_path, stage=("--stage", "user")), "--init_from",
+                                                 str(tmp_path / "item_final"), "--lora_r", "2"])
+    model = align.first_model("user", script, model_args, args, llm=plain.llm, tokenizer=None, nodes=None, data=None,
+                              backbone="tiny", backbone_gguf=None, root=tmp_path / "run2")
+    assert model.config.lora["r"] == 2 and any("lora_" in name for name, _ in model.llm.named_parameters())
+
+
 def test_model_options_from_yaml_reach_the_model(align, tmp_path):
     values = dict(zip(MODEL_FLAGS[::2], MODEL_FLAGS[1::2]))
     lines = [f"{flag[2:]}: {value}" for flag, value in values.items()]

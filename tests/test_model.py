@@ -385,6 +385,24 @@ def test_save_requires_llm_reference(tiny, tmp_path):
         tiny.model.save_pretrained(tmp_path / "ckpt")
 
 
+def test_add_lora_starts_where_the_model_was_and_trains_the_adapters(tmp_path):
+    tiny = build_tiny(tmp_path)
+    model = tiny.model
+    batch = _inputs(tiny.batch())
+    with torch.no_grad():
+        before = model(**batch).logits
+    lora = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}
+    model.add_lora(lora)
+    assert model.config.lora == lora and any("lora_" in n for n in model.set_trainable("user"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, before)  # LoRA B starts at zero
+    model.add_lora(dict(lora))  # the same again: kept
+    with pytest.raises(ValueError, match="already has LoRA"):
+        model.add_lora({**lora, "r": 4})
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "llm_adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_lora_adapter_round_trip(tmp_path):
     tiny = build_tiny(tmp_path, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     model = tiny.model

@@ -204,7 +204,16 @@ def first_model(stage, script, model_args, args, *, llm, tokenizer, nodes, data,
             raise SystemExit(f"stage user continues from the item stage, but {init} does not exist: run "
                              "--stage item first, pass --init_from, or use --no_item_alignment (w/o IA)")
     if init:
-        return checked_slots(pipeline.load_stage(init, llm), init, args)
+        model = checked_slots(pipeline.load_stage(init, llm), init, args)
+        lora = model_args.lora()
+        if lora and not model.config.lora:
+            logger.info("%s has no LoRA: fresh adapters %s (LoRA B = 0: it starts where %s ended)", init, lora, init)
+        if lora:
+            try:
+                model.add_lora(lora)
+            except ValueError as err:
+                raise SystemExit(f"--lora_r: {init}: {err}") from None
+        return model
     prompt = PromptConfig(**model_args.prompt_fields(), **args.prompt_overrides())
     return pipeline.build_model(llm, tokenizer, nodes, data, llm_name_or_path=backbone,
                                 llm_revision=script.backbone_revision, llm_gguf_file=backbone_gguf,
