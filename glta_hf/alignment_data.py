@@ -47,7 +47,8 @@ import torch
 from .data.loaders import load_dataset
 from .data.stats import VAL_FRACTION
 from .errors import DataFormatError, DatasetOptionError
-from .prompts import EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, item_text_prompt, user_item_prompt
+from .prompts import (EncodedPrompt, PromptConfig, collate_prompts, encode_prompt, history_titles_from,
+                      item_text_prompt, user_item_prompt)
 from .vocabulary import TARGET_POLICIES
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,11 @@ class ItemTextDataset(_EpochDataset):
 
 
 class UserItemDataset(_EpochDataset):
-    """User-item alignment samples (``mode="train"``, with targets) or evaluation prompts (``mode="eval"``)."""
+    """User-item alignment samples (``mode="train"``, with targets) or evaluation prompts (``mode="eval"``).
+
+    ``item_titles``: the titles by item row that ``PromptConfig.history_titles`` shows (required then); pass the
+    model's ``item_catalogue["titles"]``, which ``recommend()`` reads, so training and serving render one prompt.
+    """
 
     def __init__(
         self,
@@ -282,6 +287,7 @@ class UserItemDataset(_EpochDataset):
         seed: int = 0,
         samples_per_user: int = 1,
         held_out: Optional[Sequence[Sequence[int]]] = None,
+        item_titles: Optional[Sequence[Optional[str]]] = None,
     ):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -295,6 +301,10 @@ class UserItemDataset(_EpochDataset):
             raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {target_policy!r}")
         if eval_history not in EVAL_HISTORIES:
             raise ValueError(f"eval_history must be one of {EVAL_HISTORIES}, got {eval_history!r}")
+        if prompt_config.history_titles and item_titles is None:
+            raise ValueError("UserItemDataset: prompt_config.history_titles is on but item_titles= was not given "
+                             "(the model's item_catalogue['titles'])")
+        self.item_titles = item_titles
         self.histories = histories
         self.tokenizer, self.config, self.mode, self.seed = tokenizer, prompt_config, mode, int(seed)
         self.texts = texts or {}
@@ -366,7 +376,8 @@ class UserItemDataset(_EpochDataset):
         rec = self.texts.get(user) or {}
         name = None if self.user_names is None else str(self.user_names[user])
         return user_item_prompt(user, history, self.config, profile=rec.get("profile"),
-                                prediction=rec.get("prediction"), targets=targets, user_text=name)
+                                prediction=rec.get("prediction"), targets=targets, user_text=name,
+                                history_titles=history_titles_from(history, self.item_titles, self.config))
 
     def _encode(self, index: int) -> EncodedPrompt:
         try:

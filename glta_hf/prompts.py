@@ -13,7 +13,8 @@ Templates (the paper's Fig. 1c/1d and Fig. 2a/2b; the figures are images, so the
       the descriptions. ``targets`` = ``item_ids`` (slot t must predict the item whose description is t-th).
     * :func:`user_item_prompt` -- user-item alignment: the ``<user>`` token (or the user id as text for the
       "w/o UA" ablation, ``PromptConfig.user_as_text``), up to H history items as ``<item>`` tokens (the last H of
-      the given history), the profile and prediction texts, then the L output slots.
+      the given history), with ``PromptConfig.history_titles`` their titles as text too, the profile and
+      prediction texts, then the L output slots.
     * :func:`profile_messages` / :func:`prediction_messages` -- chat messages for the LLM-generated profile
       ("what this user likes") and prediction ("what this user will want next") texts, built from the texts of
       the user's TRAINING items. Render them with :func:`render_generation_prompt`.
@@ -35,10 +36,10 @@ Encoding
     ``encode_prompt(tokenizer, prompt, config) -> EncodedPrompt`` (``input_ids``, ``user_ids``, ``item_ids``,
     ``targets``, ``num_user_tokens`` / ``num_item_tokens`` / ``num_slot_tokens``, ``prefix_length`` /
     ``prefix_hash``: the leading placeholder-free tokens a frozen LLM's cache may hold, see
-    ``glta_hf.prefix_cache``). Free text is first cut to its
-    per-field cap (``max_description_tokens``, ``max_profile_tokens``, ``max_prediction_tokens``); if the prompt is
-    still longer than ``max_length``, the longest free-text field is shortened until it fits. Placeholders are
-    never dropped: if the template and placeholders alone exceed ``max_length`` a ``ValueError`` is raised.
+    ``glta_hf.prefix_cache``). Free text is first cut to its per-field cap (``max_description_tokens``,
+    ``max_profile_tokens``, ``max_prediction_tokens``, ``max_history_title_tokens``); if the prompt is still longer
+    than ``max_length``, the longest free-text field is shortened until it fits. Placeholders are never dropped:
+    if the template and placeholders alone exceed ``max_length`` a ``ValueError`` is raised.
     ``collate_prompts(encoded, pad_token_id, num_slots)`` pads a batch (left padding by default) and returns the
     ``forward`` inputs: ``input_ids``, ``attention_mask``, ``user_ids`` / ``item_ids`` (flattened over the batch in
     placeholder order) and ``labels`` (B, L) with -100 after each sample's targets.
@@ -88,8 +89,12 @@ class PromptConfig:
     max_profile_tokens: int = 96
     max_prediction_tokens: int = 64
     max_description_tokens: int = 48  # per item description (item-text alignment)
+    max_history_title_tokens: int = 160  # all shown history titles together (history_titles)
     include_profile: bool = True
     include_prediction: bool = True
+    # the shown history items' titles as text too: a frozen LLM may know the titles, and with text_first they are
+    # in the cached prefix (off: the prompts, checkpoints and cached prefixes made before the option)
+    history_titles: bool = False
     user_as_text: bool = False  # "w/o UA" ablation: the user id as text instead of the <user> token
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     # "paper": placeholders early (the paper's Fig. 2); "text_first": every fixed text (system prompt, instruction,
@@ -277,6 +282,7 @@ def user_item_prompt(
     prediction: Optional[str] = None,
     targets: Sequence[int] = (),
     user_text: Optional[str] = None,
+    history_titles: Optional[Sequence[Optional[str]]] = None,
 ) -> Prompt:
     """User-item alignment (Fig. 2b): ``<user>``, the last H history items as ``<item>``, profile, prediction.
 
@@ -287,8 +293,17 @@ def user_item_prompt(
     ``user_id`` is the row in ``E_u``; with ``config.user_as_text`` ("w/o UA") no ``<user>`` token is used and the
     user is named by ``user_text`` (default: ``str(user_id)``). Profile / prediction are left out when None/empty
     or when switched off in the config. ``targets`` (<= L item rows) become the slot labels.
+
+    ``history_titles[j]``: the title of ``history[j]`` (:func:`history_titles_from`); with ``config.history_titles``
+    the shown items' titles are listed in the ``<item>`` order, one free-text field capped at
+    ``max_history_title_tokens`` (a text line: before the placeholders with text_first, so in the cached prefix).
     """
-    history = [int(i) for i in history][-config.max_history:] if config.max_history > 0 else []
+    items = [int(i) for i in history]
+    if history_titles is not None and len(history_titles) != len(items):
+        raise ValueError(f"user_item_prompt: {len(history_titles)} history_titles for {len(items)} history items "
+                         "(one title per history item, in the same order)")
+    first_shown = len(items) - min(len(items), max(config.max_history, 0))
+    history = items[first_shown:]
     if len(targets) > config.num_slots:
         raise ValueError(f"user_item_prompt: {len(targets)} targets > num_slots={config.num_slots}")
     if config.user_as_text:
@@ -312,6 +327,19 @@ def user_item_prompt(
     texts: Dict[str, str] = {}
     caps: Dict[str, int] = {}
     text_lines = []
+    if config.history_titles:
+        if history_titles is None:
+            raise ValueError("user_item_prompt: PromptConfig.history_titles is on but no history_titles were given "
+                             "(the catalogue titles of the history: history_titles_from)")
+        titles = list(history_titles)[first_shown:]
+        untitled = [item for item, title in zip(history, titles) if title is None]
+        if untitled:
+            raise ValueError(f"user_item_prompt: history items {untitled[:5]} have no title, and "
+                             "PromptConfig.history_titles lists the titles of the shown items")
+        if history:
+            texts["history_titles"] = "; ".join(neutralize_text(t) for t in titles)
+            caps["history_titles"] = config.max_history_title_tokens
+            text_lines.append("Titles of the items this user has interacted with: {history_titles}")
     if config.include_profile and profile:
         texts["profile"], caps["profile"] = neutralize_text(profile), config.max_profile_tokens
         text_lines.append("Profile: {profile}")
@@ -331,6 +359,19 @@ def user_item_prompt(
         item_ids=history,
         targets=[int(t) for t in targets],
     )
+
+
+def history_titles_from(history: Sequence[int], item_titles: Optional[Sequence[Optional[str]]],
+                        config: PromptConfig) -> Optional[List[Optional[str]]]:
+    """``user_item_prompt``'s ``history_titles`` for ``history`` (item rows) from the titles by item row -- the
+    model's ``item_catalogue["titles"]``, which training and serving both read, so both render one prompt; None
+    when the config lists no titles."""
+    if not config.history_titles:
+        return None
+    if item_titles is None:
+        raise ValueError("PromptConfig.history_titles is on but no item titles were given (the model's "
+                         "item_catalogue['titles'])")
+    return [item_titles[int(i)] for i in history]
 
 
 def _item_listing(item_texts: Sequence[str]) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from .decoding import ArgumentError, check_decoding, check_k, check_positive_int
 from .errors import UnknownIdError
-from .prompts import collate_prompts, encode_prompt, user_item_prompt
+from .prompts import collate_prompts, encode_prompt, history_titles_from, user_item_prompt
 
 
 def _is_id(value) -> bool:
@@ -129,7 +129,8 @@ class GLTAServingMixin:
     ) -> Dict[str, torch.Tensor]:
         """Encode user-item prompts for internal user rows from the attached user context (the evaluation prompt).
 
-        The prompt shows the last H items of the stored (or given) history; ``fold_in[j]`` means user j has no
+        The prompt shows the last H items of the stored (or given) history (with ``PromptConfig.history_titles``
+        their ``item_catalogue`` titles too, what training shows); ``fold_in[j]`` means user j has no
         ``E_u`` row and gets ``mean(E_i[history])`` as node embedding (returned as ``user_node_embeddings``, with
         the known users' ``E_u`` rows, when the batch folds in a user or shows users as text; otherwise the batch's
         ``user_ids`` select the ``E_u`` rows, the training path).
@@ -137,11 +138,13 @@ class GLTAServingMixin:
         if self.tokenizer is None:
             raise ValueError("the model has no tokenizer attached (build it with from_components or from_pretrained)")
         cfg = self.prompt_config
+        titles = self.item_catalogue["titles"]
         encoded, folded = [], []
         for j, user in enumerate(users):
             history = histories[j] if histories is not None and histories[j] is not None else None
             if fold_in is not None and fold_in[j]:
-                prompt = user_item_prompt(0, history, cfg, user_text="new user")
+                prompt = user_item_prompt(0, history, cfg, user_text="new user",
+                                          history_titles=history_titles_from(history, titles, cfg))
                 if not cfg.user_as_text:  # fold-in: LightGCN-consistent mean of the history's item embeddings
                     folded.append(self.item_embeddings[torch.as_tensor(list(history), dtype=torch.long)].mean(dim=0))
             else:
@@ -154,6 +157,7 @@ class GLTAServingMixin:
                     profile=self.user_table["profiles"][row],
                     prediction=self.user_table["predictions"][row],
                     user_text=str(self.user_table["user_ids"][row]),
+                    history_titles=history_titles_from(hist, titles, cfg),
                 )
                 if not cfg.user_as_text:
                     folded.append(self.user_embeddings[row])

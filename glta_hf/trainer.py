@@ -222,7 +222,8 @@ class GLTATrainer(Trainer):
         return UserItemDataset(histories, model.tokenizer, model.prompt_config, texts=texts, users=users,
                                mode="train", target_policy=args.target_policy, num_targets=args.num_targets,
                                eval_history=args.eval_history, has_time=has_time, user_names=data.user_ids,
-                               seed=args.seed, samples_per_user=args.samples_per_user, held_out=held_out)
+                               seed=args.seed, samples_per_user=args.samples_per_user, held_out=held_out,
+                               item_titles=model.item_catalogue["titles"])
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A Trainer checkpoint holds only what GLTA adds, never the frozen LLM: its keys are missing by design, so

@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 from transformers import TrainingArguments
 
@@ -357,7 +357,11 @@ class GLTAModelArguments:
         "head": lambda text: _registered("head", text), "projector": lambda text: _registered("projector", text),
         "lora_r": non_negative_int, "lora_alpha": positive_int, "lora_dropout": non_negative_float,
         "ce_chunk_size": positive_int, "rank_chunk_size": positive_int, "max_profile_tokens": positive_int,
-        "max_prediction_tokens": positive_int, "max_description_tokens": positive_int}
+        "max_prediction_tokens": positive_int, "max_description_tokens": positive_int,
+        "max_history_title_tokens": positive_int}
+    #: the prompt fields only user-item prompts read: applied over an ``--init_from`` model too (an item stage never
+    #: used them), so ``--stage user --history_titles true`` over a finished item stage is not ignored
+    USER_PROMPT_FIELDS: ClassVar[Tuple[str, ...]] = ("history_titles", "max_history_title_tokens")
 
     head: str = field(default="factorized", metadata={
         "help": "GLLM head, a name registered in glta_hf.components: factorized (default, chosen on validation: "
@@ -393,6 +397,11 @@ class GLTAModelArguments:
     max_profile_tokens: Optional[int] = field(default=None, metadata={"help": "profile text cap in tokens"})
     max_prediction_tokens: Optional[int] = field(default=None, metadata={"help": "prediction text cap in tokens"})
     max_description_tokens: Optional[int] = field(default=None, metadata={"help": "item description cap in tokens"})
+    history_titles: Optional[bool] = field(default=None, metadata={
+        "help": "list the shown history items' titles as text too (default off): a frozen LLM may know the titles; "
+                "with text_first they are in the cached prefix. Over --init_from it is applied, not ignored"})
+    max_history_title_tokens: Optional[int] = field(default=None, metadata={
+        "help": "cap in tokens of the history titles text (all titles together)"})
 
     def __post_init__(self):
         check_values(self, self.VALUE_TYPES)
@@ -404,7 +413,7 @@ class GLTAModelArguments:
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0: no LoRA), got {self.lora_r}")
         for name in ("ce_chunk_size", "rank_chunk_size", "max_profile_tokens", "max_prediction_tokens",
-                     "max_description_tokens"):
+                     "max_description_tokens", "max_history_title_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
@@ -428,5 +437,5 @@ class GLTAModelArguments:
     def prompt_fields(self) -> Dict[str, Any]:
         """The ``PromptConfig`` fields set here (unset ones keep ``PromptConfig``'s defaults)."""
         names = ("use_chat_template", "system_prompt", "layout", "max_profile_tokens", "max_prediction_tokens",
-                 "max_description_tokens")
+                 "max_description_tokens", "history_titles", "max_history_title_tokens")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}

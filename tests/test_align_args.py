@@ -80,6 +80,37 @@ def test_lora_asked_over_an_init_model_without_it_is_added_not_ignored(align, tm
     assert model.config.lora["r"] == 2 and any("lora_" in name for name, _ in model.llm.named_parameters())
 
 
+def test_history_titles_from_the_command_line_and_yaml_reach_the_saved_model(align, tmp_path):
+    from glta_hf import GLTAForRecommendation
+
+    assert _built(align, tmp_path, []).prompt_config.history_titles is False  # off by default
+    (tmp_path / "titles.yaml").write_text("history_titles: true\nmax_history_title_tokens: 40\n")
+    for argv in (["--history_titles", "true", "--max_history_title_tokens", "40"],
+                 ["--config", str(tmp_path / "titles.yaml")]):
+        model = _built(align, tmp_path, argv)
+        assert model.config.prompt["history_titles"] is True and model.config.prompt["max_history_title_tokens"] == 40
+    model.attach_user_context(histories=[[0, 1, 2]] * model.config.num_users)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = GLTAForRecommendation.from_pretrained(tmp_path / "saved", llm=model.llm)
+    assert loaded.prompt_config == model.prompt_config  # recorded: recommend() renders the training prompt
+    served = loaded.encode_users([0])["input_ids"]
+    assert served.tolist() == model.encode_users([0])["input_ids"].tolist()
+    assert "interacted with: " + "; ".join(model.item_catalogue["titles"][:3]) in loaded.tokenizer.decode(served[0])
+
+
+def test_history_titles_asked_over_an_init_model_without_them_are_applied_not_ignored(align, tmp_path):
+    """--stage user over an item stage built without the option: the user stage's prompts list the titles."""
+    plain = _built(align, tmp_path, [])
+    plain.save_pretrained(tmp_path / "item_final")
+    argv = ["--output_dir", str(tmp_path / "run2"), "--num_slots", "4", "--items_per_sample", "3",
+            *_inputs(tmp_path, stage=("--stage", "user")), "--init_from", str(tmp_path / "item_final"),
+            "--history_titles", "true"]
+    script, model_args, args = align.parse_args(argv)
+    model = align.first_model("user", script, model_args, args, llm=plain.llm, tokenizer=None, nodes=None, data=None,
+                              backbone="tiny", backbone_gguf=None, root=tmp_path / "run2")
+    assert model.prompt_config.history_titles is True
+
+
 def test_model_options_from_yaml_reach_the_model(align, tmp_path):
     values = dict(zip(MODEL_FLAGS[::2], MODEL_FLAGS[1::2]))
     lines = [f"{flag[2:]}: {value}" for flag, value in values.items()]

@@ -205,6 +205,11 @@ def first_model(stage, script, model_args, args, *, llm, tokenizer, nodes, data,
                              "--stage item first, pass --init_from, or use --no_item_alignment (w/o IA)")
     if init:
         model = checked_slots(pipeline.load_stage(init, llm), init, args)
+        asked = {k: v for k, v in model_args.prompt_fields().items() if k in model_args.USER_PROMPT_FIELDS}
+        if any(model.config.prompt.get(k) != v for k, v in asked.items()):
+            logger.info("%s: prompt %s as asked (it had %s)", init, asked,
+                        {k: model.config.prompt.get(k) for k in asked})
+            model.config.prompt.update(asked)
         lora = model_args.lora()
         if lora and not model.config.lora:
             logger.info("%s has no LoRA: fresh adapters %s (LoRA B = 0: it starts where %s ended)", init, lora, init)
