@@ -211,9 +211,10 @@ def first_model(stage, script, model_args, args, *, llm, tokenizer, nodes, data,
                         {k: model.config.prompt.get(k) for k in asked})
             model.config.prompt.update(asked)
         lora = model_args.lora()
-        if lora and not model.config.lora:
-            logger.info("%s has no LoRA: fresh adapters %s (LoRA B = 0: it starts where %s ended)", init, lora, init)
         if lora:
+            if not model.config.lora:
+                logger.info("%s has no LoRA: fresh adapters %s (LoRA B = 0: it starts where %s ended)", init, lora,
+                            init)
             try:
                 model.add_lora(lora)
             except ValueError as err:
