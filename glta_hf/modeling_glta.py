@@ -427,6 +427,31 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         self.config.lora = lora
         self.set_llm(self.llm)
 
+    def load_adapter_weights(self, folder) -> None:
+        """Load a checkpoint folder's LoRA weights (``llm_adapter/``) into this model's adapters.
+
+        Why: a Trainer resuming from, or restoring, one of its checkpoints loads ``model.safetensors`` only, which
+        holds GLTA's own weights; without this a resumed LoRA run would go on from fresh adapters (B = 0) and the
+        rest of the model trained against the old ones. A mismatch (adapters on one side only) is an error."""
+        path = Path(folder) / ADAPTER_DIR / "adapter_model.safetensors"
+        has_lora = _is_peft(self.llm)
+        if not path.is_file():
+            if has_lora:
+                raise CheckpointError(f"{folder}: no LoRA weights ({ADAPTER_DIR}/adapter_model.safetensors) for the "
+                                      f"model's LoRA adapters {dict(self.config.lora)}")
+            return
+        if not has_lora:
+            raise CheckpointError(f"{path}: LoRA weights, but the model has no LoRA adapters (config.lora is empty)")
+        from peft import set_peft_model_state_dict
+
+        from .io_utils import load_safetensors
+
+        result = set_peft_model_state_dict(self.llm, load_safetensors(path))
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise CheckpointError(f"{path}: LoRA weights that do not fit the model's adapters "
+                                  f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
+
     # ------------------------------------------------------------------------------------------- the base model's parts
 
     @property

@@ -25,6 +25,9 @@ Overridden Trainer parts:
 * :meth:`GLTATrainer.train` -- keeps the best validated state in memory (from the step-0 evaluation that
   ``eval_on_start`` runs, on) and, with ``load_best_model_at_end``, ends on it: a stage never ends below its own start
   on validation, which Trainer checkpoints alone cannot give (there is no checkpoint of step 0).
+* :meth:`GLTATrainer._load_from_checkpoint` -- a resume also loads the checkpoint's LoRA adapters (``llm_adapter/``;
+  the Trainer reads ``model.safetensors`` only) and the best validated state logged before it, so a resumed stage
+  ends where an uninterrupted one would; :meth:`GLTATrainer._load_best_model` defers to that in-memory best.
 * :meth:`GLTATrainer._get_train_sampler` -- an :class:`~glta_hf.alignment_data.EpochSampler`, so the per-epoch
   target draws and the order depend on the epoch only and ``--resume_from_checkpoint`` replays the same batches.
   With ``train_sampling_strategy="group_by_length"`` (the GLTA default) the epoch order is length-grouped
@@ -49,7 +52,7 @@ from transformers.trainer_callback import ProgressCallback, TrainerCallback
 from .alignment_data import EpochSampler, GLTACollator, ItemTextDataset, UserItemDataset
 from .checkpoint import LLM_PREFIX
 from .errors import TrainingError
-from .io_utils import write_json
+from .io_utils import read_json, write_json
 from .metrics import evaluate_model, sample_eval_users
 from .training_args import ALIGNMENT_STAGES, sampling_strategy
 
@@ -412,10 +415,58 @@ class GLTATrainer(Trainer):
         best = self.best_state
         better = best is None or (value > best["value"] if self.args.greater_is_better else value < best["value"])
         if better:
-            model = self.accelerator.unwrap_model(self.model)
             self.best_state = {"step": int(self.state.global_step), "metric": key, "value": float(value),
-                               "params": {n: p.detach().clone() for n, p in model.named_parameters()
-                                          if p.requires_grad}}
+                               "params": _trainable_copy(self.accelerator.unwrap_model(self.model))}
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """``Trainer``'s load of GLTA's weights, plus the checkpoint's LoRA adapters, and the best validated state
+        before it (:meth:`_best_state_before`), so a resumed stage still ends on its best state overall."""
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        best = self._best_state_before(resume_from_checkpoint, target, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target.load_adapter_weights(resume_from_checkpoint)
+        if best is not None and best["params"] is None:  # the resumed checkpoint is the best one
+            best["params"] = _trainable_copy(target)
+        self.best_state = best
+
+    def _best_state_before(self, folder, target, model) -> Optional[Dict[str, Any]]:
+        """The best validation in ``folder``'s ``trainer_state.json`` log, with its trainable parameters: read from
+        its sibling checkpoint, or, for step 0, the model as built before the load (a resumed run builds it as the
+        first run did: ``--init_from``, fresh LoRA). ``params`` None = the resumed checkpoint itself."""
+        state_file = Path(folder) / "trainer_state.json"
+        if not state_file.is_file():
+            return None
+        name = self.args.metric_for_best_model or "ndcg@10"
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        best = None
+        for entry in read_json(state_file).get("log_history", []):
+            value = entry.get(key)
+            if value is not None and (best is None or (value > best["value"] if self.args.greater_is_better
+                                                       else value < best["value"])):
+                best = {"step": int(entry.get("step", 0)), "metric": key, "value": float(value), "params": None}
+        if best is None:
+            return None
+        source = Path(folder).parent / f"checkpoint-{best['step']}"
+        if best["step"] == 0:
+            best["params"] = _trainable_copy(target)
+        elif source.resolve() != Path(folder).resolve():
+            if not source.is_dir():
+                logger.warning("stage %s: the best validated state before %s (step %d, %s %.4f) has no checkpoint "
+                               "left; the stage will end on its best state from the resumed step on", self.stage,
+                               folder, best["step"], key, best["value"])
+                return None
+            super()._load_from_checkpoint(str(source), model)
+            target.load_adapter_weights(source)
+            best["params"] = _trainable_copy(target)
+        return best
+
+    def _load_best_model(self) -> None:
+        """``Trainer``'s reload of the best checkpoint: skipped when :meth:`train` holds the best state in memory
+        (step 0 included, which no checkpoint has), else the checkpoint's GLTA weights and LoRA adapters."""
+        if self.best_state is not None:
+            return
+        super()._load_best_model()
+        self.accelerator.unwrap_model(self.model).load_adapter_weights(self.state.best_model_checkpoint)
 
     def _get_train_sampler(self, train_dataset=None):
         """An :class:`EpochSampler` following ``args.train_sampling_strategy``: ``group_by_length`` (the GLTA
@@ -468,3 +519,8 @@ class GLTATrainer(Trainer):
 
         return push_trainer_to_hub(self, commit_message=commit_message, blocking=blocking, token=token,
                                    revision=revision, private=private, **kwargs)
+
+
+def _trainable_copy(model) -> Dict[str, torch.Tensor]:
+    """A copy of ``model``'s trainable parameters (the stage's; LoRA included): a best state to end on."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -418,3 +418,31 @@ def test_lora_adapter_round_trip(tmp_path):
     assert (tmp_path / "ckpt" / "llm_adapter" / "adapter_model.safetensors").is_file()
     loaded = GLTAForRecommendation.from_pretrained(tmp_path / "ckpt")
     torch.testing.assert_close(loaded(**batch).logits, ref)
+
+
+def test_load_adapter_weights_refuses_a_mismatch(tmp_path):
+    from glta_hf.errors import CheckpointError
+
+    lora = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}
+    with_lora = build_tiny(tmp_path / "a", lora=lora).model
+    plain = build_tiny(tmp_path / "b").model
+    with torch.no_grad():  # a non-trivial adapter (LoRA B starts at zero)
+        for name, param in with_lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    saved = {n: p.detach().clone() for n, p in with_lora.named_parameters() if "lora_" in n}
+    with_lora.save_pretrained(tmp_path / "a" / "ckpt")
+    plain.save_pretrained(tmp_path / "b" / "ckpt")
+    with pytest.raises(CheckpointError, match="no LoRA weights"):
+        with_lora.load_adapter_weights(tmp_path / "b" / "ckpt")
+    with pytest.raises(CheckpointError, match="has no LoRA adapters"):
+        plain.load_adapter_weights(tmp_path / "a" / "ckpt")
+    plain.load_adapter_weights(tmp_path / "b" / "ckpt")  # neither side has adapters: nothing to load
+    with torch.no_grad():
+        for name, param in with_lora.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    with_lora.load_adapter_weights(tmp_path / "a" / "ckpt")
+    for name, param in with_lora.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(param, saved[name], msg=name)

@@ -107,3 +107,66 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     for k, v in resumed.model.glta_state_dict().items():
         assert torch.equal(v, reference[k]), k
 
+
+def _trained_state(model):
+    """GLTA's weights and the LLM's LoRA weights: what a stage trains."""
+    state = dict(model.glta_state_dict())
+    state.update({n: p for n, p in model.named_parameters() if "lora_" in n})
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_resume_with_lora_goes_on_from_the_saved_adapters(tmp_path):
+    from conftest import build_tiny
+
+    lora = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}
+    full = build_tiny(tmp_path / "a", lora=lora)
+    _trainer(full, _args(tmp_path / "a", max_steps=6, save_steps=3, prefix_cache=False)).train()
+    reference = _trained_state(full.model)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in reference.items())  # the adapters did train
+
+    resumed = build_tiny(tmp_path / "b", lora=lora)
+    with torch.no_grad():  # other adapters than the first run's: all must come from the checkpoint
+        for name, param in resumed.model.named_parameters():
+            if "lora_" in name:
+                param.normal_(std=0.1)
+    args = _args(tmp_path / "a", max_steps=6, save_steps=3, output_dir=str(tmp_path / "a" / "out"), prefix_cache=False)
+    _trainer(resumed, args).train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    state = _trained_state(resumed.model)
+    assert set(state) == set(reference)
+    for k, v in state.items():
+        torch.testing.assert_close(v, reference[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("best_step", [0, 3])
+def test_a_resumed_stage_ends_on_the_best_state_validated_before_it(tmp_path, best_step):
+    """The best validation may come before the resumed checkpoint (step 0 included, which has no checkpoint): the
+    resumed stage must still end on it, as an uninterrupted run would."""
+    from conftest import build_tiny
+
+    from glta_hf.io_utils import read_json, write_json
+
+    kw = dict(max_steps=9, save_steps=3, eval_strategy="steps", eval_steps=3, eval_on_start=True,
+              load_best_model_at_end=True, metric_for_best_model="ndcg@4", save_total_limit=5)
+    first = build_tiny(tmp_path / "a")
+    built = _trained_state(first.model)
+    _trainer(first, _args(tmp_path / "a", **kw)).train()
+    out = tmp_path / "a" / "out"
+    state_file = out / "checkpoint-6" / "trainer_state.json"
+    state = read_json(state_file)
+    evals = [e for e in state["log_history"] if "eval_ndcg@4" in e]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    for entry in evals:  # make best_step's validation unbeatable
+        if entry["step"] == best_step:
+            entry["eval_ndcg@4"] = 2.0
+    write_json(state_file, state)
+    expected = built if best_step == 0 else {
+        k: v for k, v in load_safetensors(out / f"checkpoint-{best_step}" / "model.safetensors").items()}
+
+    resumed = build_tiny(tmp_path / "b")
+    trainer = _trainer(resumed, _args(tmp_path / "a", output_dir=str(out), **kw))
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    assert trainer.state.global_step == 9 and trainer.best_state["step"] == best_step
+    final = resumed.model.glta_state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(final[k], v, atol=1e-6, rtol=1e-5, msg=k)
+
