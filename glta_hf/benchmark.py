@@ -28,7 +28,9 @@ from typing import Any, Callable, Dict, List
 GLTA_ROWS = {
     "glta": ("glta", {}, "first_k"),
     "glta_wo_ia": ("wo_ia", {"no_item_alignment": True}, "first_k"),
-    "glta_wo_ua": ("wo_ua", {"user_as_text": True}, "first_k"),
+    # w/o UA trains without the softmax mask: the mask finds each sample's user by its <user> token, which w/o UA
+    # lacks (GLTATrainingArguments refuses the pair); so this row differs from glta in the mask too, when it is on
+    "glta_wo_ua": ("wo_ua", {"user_as_text": True, "mask_training_items": False}, "first_k"),
     "glta_wo_pf": ("wo_pf", {"no_profile": True}, "first_k"),
     "glta_wo_pd": ("wo_pd", {"no_prediction": True}, "first_k"),
     "glta_wo_both": ("wo_both", {"no_profile": True, "no_prediction": True}, "first_k"),

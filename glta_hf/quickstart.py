@@ -141,9 +141,14 @@ class QuickstartConfig:
     graph: Dict[str, Any] = field(default_factory=lambda: dict(
         epochs=10, lr=1e-2, batch_size=8192, patience=3))
     texts: Dict[str, Any] = field(default_factory=lambda: dict(max_new_tokens=24, max_items=5, max_item_chars=120))
+    # Issue 23's training recipe (training/configs/*.yaml; BENCHMARKS.md, issue 23 third / fourth session): the head's
+    # own learning rate, the user's other training items out of each slot's softmax, a cosine lr, the item projector
+    # warmed up on the items' texts (500 full-batch steps: ~1.3 s on one CPU thread for the small budget's 30 items,
+    # ~30 min for all 9,724 of ml-latest-small, the large budget's). Every budget starts from these values.
     training: Dict[str, Any] = field(default_factory=lambda: dict(
         num_train_epochs=1.0, item_stage_epochs=1.0, learning_rate=1e-3, per_device_train_batch_size=8, max_history=5,
-        max_length=256, items_per_sample=3))
+        max_length=256, items_per_sample=3, head_learning_rate=1e-2, mask_training_items=True,
+        lr_scheduler_type="cosine", item_title_warmup_steps=500))
     model: Dict[str, Any] = field(default_factory=lambda: dict(max_description_tokens=24))
 
     def __post_init__(self):
@@ -258,11 +263,13 @@ def budget_config(budget: str = "small", **options) -> QuickstartConfig:
 
 def _budget_help() -> str:
     d = QuickstartConfig().options()
+    masked = "the user's other training items masked" if d["mask_training_items"] else "no softmax mask"
     lines = [f"small (default; {SMALL_BUDGET_TIME}): LightGCN <= {d['graph_epochs']} epochs; texts for "
              f"{d['text_users']} users x {d['text_max_new_tokens']} tokens; item stage {d['item_items']} items x "
              f"{d['item_epochs']:g} epoch; user stage {d['train_users']} users x {d['epochs']:g} epoch, "
              f"H={d['max_history']}, {d['target_policy']} targets, batch {d['batch_size']}; "
-             f"{d['eval_users']} test users."]
+             f"{d['eval_users']} test users. Every budget: head lr {d['head_learning_rate']:g}, "
+             f"{masked}, {d['lr_scheduler_type']} lr, {d['item_title_warmup_steps']}-step title warm-up."]
     for name in ("tiny", "medium", "large"):
         values = ", ".join(f"{k}={'all' if v is None else v}" for k, v in BUDGETS[name].items())
         lines.append(f"{name}: {values}.")

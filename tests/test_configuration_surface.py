@@ -113,3 +113,21 @@ def test_stage_is_one_type():
     assert args.stage is Stage.ALL and args.stage_plan() == [Stage.ITEM, Stage.USER]
     assert args.stage_plan() == ["item", "user"] and f"{Stage.USER}" == "user"  # plain names in records and paths
     assert args.to_dict()["stage"] == "all"
+
+
+def test_every_shipped_glta_config_carries_issue_23s_recipe():
+    """The training recipe of the tested ml-100k row (BENCHMARKS.md, issue 23) in every shipped GLTA config, as in the
+    quickstart's budgets (tests/test_quickstart.py): one recipe, not one per surface."""
+    import yaml
+
+    from glta_hf.quickstart import QuickstartConfig
+
+    recipe = {"head_learning_rate": 1e-2, "mask_training_items": True, "lr_scheduler_type": "cosine",
+              "item_title_warmup_steps": 500}
+    assert {k: QuickstartConfig().training[k] for k in recipe} == recipe
+    configs = sorted((ROOT / "training" / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    for config in configs:
+        values = yaml.safe_load(config.read_text())
+        assert {k: values.get(k) for k in recipe} == recipe, config.name
+        assert not values.get("ce_chunk_size"), config.name  # the mask needs the full logits

@@ -285,3 +285,40 @@ def test_real_quickstart_command_minimal_budget(tmp_path):
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "model-index" in card
+
+
+def test_every_budget_trains_with_issue_23s_recipe(tmp_path):
+    """The quickstart's budgets carry the recipe of the tested ml-100k row and training/configs (head lr 1e-2, the
+    user's other training items out of each slot's softmax, cosine lr, a 500-step title warm-up); flags undo each."""
+    import argparse
+
+    from glta_hf.quickstart import BUDGETS, budget_config, config_from_args, configure_parser
+
+    recipe = {"head_learning_rate": 1e-2, "mask_training_items": True, "lr_scheduler_type": "cosine",
+              "item_title_warmup_steps": 500}
+    for budget in BUDGETS:
+        args = budget_config(budget).training_arguments(tmp_path)
+        got = {k: getattr(args, k) for k in recipe}
+        got["lr_scheduler_type"] = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+        assert got == recipe, budget
+        assert args.part_learning_rates()["head"] == 1e-2 and args.part_learning_rates()["projector"] == 1e-3
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    off = config_from_args(parser.parse_args(["--no-mask-training-items", "--head-learning-rate", "1e-3",
+                                              "--item-title-warmup-steps", "0"])).training_arguments(tmp_path)
+    assert (off.mask_training_items, off.head_learning_rate, off.item_title_warmup_steps) == (False, 1e-3, 0)
+    # the mask finds each sample's user by its <user> token: w/o UA has none, so the pair is refused before any work
+    with pytest.raises(ValueError, match="mask_training_items"):
+        config_from_args(parser.parse_args(["--user-as-text"])).check()
+    config_from_args(parser.parse_args(["--user-as-text", "--no-mask-training-items"])).check()
+
+
+def test_every_benchmark_row_builds_its_training_arguments(tmp_path):
+    """Each GLTA row's variant flags on the default budget give arguments that can run (w/o UA turns the mask off)."""
+    from glta_hf.benchmark import GLTA_ROWS, VARIANT_OPTIONS
+    from glta_hf.quickstart import QuickstartConfig
+
+    for row, (variant, flags, _decoding) in GLTA_ROWS.items():
+        cfg = QuickstartConfig().with_options(**VARIANT_OPTIONS.get(variant, {}))
+        args = cfg.training_arguments(tmp_path, flags)
+        assert args.mask_training_items is (not args.user_as_text), row
