@@ -468,23 +468,37 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class GLTACollator:
-    """Pads a list of :class:`EncodedPrompt` (left padding) into ``GLTAForRecommendation.forward`` inputs.
+    """Pads a list of :class:`EncodedPrompt` (left padding) into ``GLTAForRecommendation.forward`` inputs, plus
+    ``sample_users``.
 
     ``user_ids`` / ``item_ids`` are flattened over the batch in placeholder order (row-major), ``labels`` is
-    ``(B, L)`` with -100 after each sample's targets (only when some sample has targets).
+    ``(B, L)`` with -100 after each sample's targets (only when some sample has targets). ``sample_users`` (B,): each
+    row's user (``EncodedPrompt.user``), found without the ``<user>`` token, which w/o UA's prompts lack; only when
+    the samples are user-item prompts (item-text ones have no user). It is no ``forward`` input:
+    :class:`~glta_hf.trainer.GLTATrainer` takes it out for ``mask_training_items``; pass ``sample_users=False`` to
+    feed the batch to the model directly.
     """
 
-    def __init__(self, pad_token_id: int, num_slots: int, padding_side: str = "left"):
+    def __init__(self, pad_token_id: int, num_slots: int, padding_side: str = "left", sample_users: bool = True):
         self.pad_token_id, self.num_slots, self.padding_side = int(pad_token_id), int(num_slots), padding_side
+        self.sample_users = bool(sample_users)
 
     def __call__(self, features: Sequence[Any]) -> Dict[str, torch.Tensor]:
         encoded = [f if isinstance(f, EncodedPrompt) else _from_mapping(f) for f in features]
-        return collate_prompts(encoded, self.pad_token_id, self.num_slots, padding_side=self.padding_side)
+        batch = collate_prompts(encoded, self.pad_token_id, self.num_slots, padding_side=self.padding_side)
+        users = [e.user for e in encoded]
+        if self.sample_users and any(u is not None for u in users):
+            if any(u is None for u in users):
+                raise ValueError(f"GLTACollator: rows {[row for row, u in enumerate(users) if u is None]} have no "
+                                 "user (item-text prompts) beside user-item prompts; a batch holds one stage's samples")
+            batch["sample_users"] = torch.tensor(users, dtype=torch.long)
+        return batch
 
 
 def _from_mapping(f: Mapping[str, Any]) -> EncodedPrompt:
     ids = list(f["input_ids"])
     users, items, targets = list(f.get("user_ids", [])), list(f.get("item_ids", [])), list(f.get("targets", []))
+    user = f.get("user")
     return EncodedPrompt(input_ids=ids, user_ids=users, item_ids=items, targets=targets,
                          num_user_tokens=len(users), num_item_tokens=len(items),
-                         num_slot_tokens=int(f.get("num_slot_tokens", 0)))
+                         num_slot_tokens=int(f.get("num_slot_tokens", 0)), user=None if user is None else int(user))

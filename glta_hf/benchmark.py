@@ -28,9 +28,7 @@ from typing import Any, Callable, Dict, List
 GLTA_ROWS = {
     "glta": ("glta", {}, "first_k"),
     "glta_wo_ia": ("wo_ia", {"no_item_alignment": True}, "first_k"),
-    # w/o UA trains without the softmax mask: the mask finds each sample's user by its <user> token, which w/o UA
-    # lacks (GLTATrainingArguments refuses the pair); so this row differs from glta in the mask too, when it is on
-    "glta_wo_ua": ("wo_ua", {"user_as_text": True, "mask_training_items": False}, "first_k"),
+    "glta_wo_ua": ("wo_ua", {"user_as_text": True}, "first_k"),
     "glta_wo_pf": ("wo_pf", {"no_profile": True}, "first_k"),
     "glta_wo_pd": ("wo_pd", {"no_prediction": True}, "first_k"),
     "glta_wo_both": ("wo_both", {"no_profile": True, "no_prediction": True}, "first_k"),
@@ -352,10 +350,16 @@ class Benchmark:
                 else:
                     results[row] = existing
                 continue
-            if existing and (existing.get("config") or {}).get("fingerprint") == fp:
-                self.echo(f"{row}: skipped (finished, fingerprint {fp})")
-                results[row] = dict(existing, skipped=True)
-                continue
+            recorded = (existing or {}).get("config") or {}
+            if existing and recorded.get("fingerprint") == fp:
+                if row in GLTA_ROWS and recorded.get("flags", GLTA_ROWS[row][1]) != GLTA_ROWS[row][1]:
+                    # the fingerprint holds the shared config, not a row's flags (glta_wo_ua once had the mask off)
+                    self.echo(f"{row}: retrained (its result was trained with flags {recorded['flags']}, the row's "
+                              f"are {GLTA_ROWS[row][1]})")
+                else:
+                    self.echo(f"{row}: skipped (finished, fingerprint {fp})")
+                    results[row] = dict(existing, skipped=True)
+                    continue
             start = time.perf_counter()
             graph = graph_rows().get(row)
             metrics, info = self.run_graph(row) if graph is not None else self.run_glta(row)

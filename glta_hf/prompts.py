@@ -132,6 +132,9 @@ class Prompt:
     user_ids: List[int] = field(default_factory=list)
     item_ids: List[int] = field(default_factory=list)
     targets: List[int] = field(default_factory=list)
+    # the user row a user-item prompt is about, with or without a <user> token (w/o UA names the user in text);
+    # None for item-text prompts. Not rendered: what the trainer's mask_training_items reads.
+    user: Optional[int] = None
 
 
 @dataclass
@@ -147,6 +150,7 @@ class EncodedPrompt:
     # states over them are a function of these ids alone (cacheable); prefix_hash identifies those ids.
     prefix_length: int = 0
     prefix_hash: str = ""
+    user: Optional[int] = None  # Prompt.user: the sample's user, <user> token or not (None: item-text prompt)
 
     @property
     def num_placeholders(self) -> Dict[str, int]:
@@ -358,6 +362,7 @@ def user_item_prompt(
         user_ids=user_ids,
         item_ids=history,
         targets=[int(t) for t in targets],
+        user=int(user_id),
     )
 
 
@@ -493,6 +498,7 @@ def encode_prompt(tokenizer, prompt: Prompt, config: PromptConfig, max_length: O
         num_slot_tokens=counts[SLOT_TOKEN],
         prefix_length=prefix_length,
         prefix_hash=prefix_hash(input_ids[:prefix_length]),
+        user=prompt.user,
     )
 
 

@@ -14,7 +14,10 @@ As TRL's trainers do, it is given the model, the arguments and the stage, and pr
 Overridden Trainer parts:
 
 * :meth:`GLTATrainer.compute_loss` -- the model's own GLLM loss (paper eq. 3); a non-finite loss raises
-  :class:`~glta_hf.errors.TrainingError` naming the global step instead of silently corrupting the weights.
+  :class:`~glta_hf.errors.TrainingError` naming the global step instead of silently corrupting the weights. The
+  batch's ``sample_users`` (each row's user, :class:`~glta_hf.alignment_data.GLTACollator`) leave it (and
+  :meth:`GLTATrainer.prediction_step`'s unlabelled batches) before the model's forward: ``mask_training_items``
+  reads them, so the mask works without ``<user>`` tokens (w/o UA) too.
 * :meth:`GLTATrainer.evaluate` -- ranking metrics on a validation split carved from TRAIN data, through the one
   evaluator (:func:`glta_hf.metrics.evaluate_model`; ``eval_ndcg@10``, ...), so ``load_best_model_at_end``,
   ``metric_for_best_model="ndcg@10"`` and ``EarlyStoppingCallback`` work unchanged. Under DDP every rank ranks a
@@ -236,6 +239,9 @@ class GLTATrainer(Trainer):
                                            if hasattr(load_result, "_replace") else load_result)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # each row's user (GLTACollator's sample_users) is the mask's, never a forward input
+        inputs = dict(inputs)
+        sample_users = inputs.pop("sample_users", None)
         masking = self.args.mask_other_targets or self.args.mask_training_items
         if self.stage != "item" and masking and inputs.get("labels") is not None:
             from .loss import masked_slot_loss
@@ -244,8 +250,10 @@ class GLTATrainer(Trainer):
             if outputs.logits is None:
                 raise TrainingError("mask_other_targets / mask_training_items need the full logits; they do not "
                                     "run with ce_chunk_size")
-            known = self._training_items_mask(inputs["user_ids"], outputs.logits.shape[-1]) \
-                if self.args.mask_training_items else None
+            known = None
+            if self.args.mask_training_items:
+                users = sample_users if sample_users is not None else self._users_from_placeholders(inputs)
+                known = self._training_items_mask(users, outputs.logits.shape[-1])
             outputs.loss = masked_slot_loss(outputs.logits, inputs["labels"], known=known)
         else:
             outputs = model(**inputs)
@@ -259,8 +267,26 @@ class GLTATrainer(Trainer):
             )
         return (loss, outputs) if return_outputs else loss
 
-    def _training_items_mask(self, user_ids: torch.Tensor, num_items: int) -> torch.Tensor:
-        """(B, |I|) bool: each prompt's user's training items (one ``<user>`` token per user-stage prompt)."""
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """``Trainer.prediction_step``; without labels it calls the model itself, so ``sample_users`` leaves first
+        (with labels :meth:`compute_loss` takes it out)."""
+        if "labels" not in inputs:
+            inputs = {k: v for k, v in inputs.items() if k != "sample_users"}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    @staticmethod
+    def _users_from_placeholders(inputs) -> torch.Tensor:
+        """Each row's user from its ``<user>`` token, for a collator without ``sample_users`` (one per prompt)."""
+        user_ids = inputs["user_ids"]
+        if len(user_ids) != len(inputs["input_ids"]):
+            raise TrainingError(
+                f"mask_training_items needs each sample's user: the batch has no sample_users (GLTACollator's) and "
+                f"{len(user_ids)} <user> tokens for {len(inputs['input_ids'])} prompts (user_as_text prompts have "
+                "none); use GLTACollator or give the batch sample_users")
+        return user_ids
+
+    def _training_items_mask(self, users: torch.Tensor, num_items: int) -> torch.Tensor:
+        """(B, |I|) bool: row b's user ``users[b]``'s training items."""
         if self._training_items is None:
             if self.ranking_train is not None:  # validation masks the same items
                 self._training_items = self.ranking_train
@@ -269,12 +295,10 @@ class GLTATrainer(Trainer):
             else:
                 raise TrainingError("mask_training_items needs the trainer's data= (its training split)")
         matrix = self._training_items
-        if len(user_ids) == 0:
-            raise TrainingError("mask_training_items needs the prompts' <user> tokens (not with user_as_text)")
-        mask = torch.zeros(len(user_ids), num_items, dtype=torch.bool)
-        for row, user in enumerate(user_ids.tolist()):
+        mask = torch.zeros(len(users), num_items, dtype=torch.bool)
+        for row, user in enumerate(users.tolist()):
             mask[row, torch.from_numpy(matrix.items_of(int(user)))] = True
-        return mask.to(user_ids.device)
+        return mask.to(users.device)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, its groups split by trainable part, each at its part's learning rate."""
@@ -396,7 +420,8 @@ class GLTATrainer(Trainer):
         n = min(len(self.train_dataset), self.args.per_device_train_batch_size)
         samples = [self.train_dataset[i] for i in range(n)]
         device = next(p for p in model.parameters() if p.requires_grad).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.data_collator(samples).items()}
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.data_collator(samples).items()
+                 if k != "sample_users"}  # the model's forward inputs only
         # the share of targets already in the prompt means something in the user stage only: the item stage's
         # targets are, by design, the items its prompt shows
         report, probe = initial_report(model, batch, samples if self.stage != "item" else (), return_probe=True)

@@ -199,10 +199,6 @@ class GLTATrainingArguments(TrainingArguments):
             raise ValueError(f"target_policy must be one of {TARGET_POLICIES}, got {self.target_policy!r}")
         if self.held_out_fraction is not None and not 0.0 < self.held_out_fraction < 1.0:
             raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
-        if self.mask_training_items and self.user_as_text:
-            # GLTATrainer finds each sample's user by its <user> token, which w/o UA's prompts do not have
-            raise ValueError("mask_training_items needs the prompts' <user> tokens (each sample's user) and "
-                             "user_as_text (w/o UA) has none: set mask_training_items false with user_as_text")
         if self.no_item_alignment and self.stage == Stage.ITEM:
             raise ValueError("no_item_alignment (w/o IA) skips the item stage; use stage=user")
         if sampling_strategy(self) not in SAMPLING_STRATEGIES:

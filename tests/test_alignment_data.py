@@ -145,6 +145,41 @@ def test_collator_flattens_in_placeholder_order_and_pads_labels(tok):
         assert batch["attention_mask"][row, -1] == 1  # left padding: every prompt ends at the last column
 
 
+def test_collator_stacks_each_samples_user_beside_unchanged_forward_inputs(tok):
+    """``sample_users`` (B,): each row's user, with a ``<user>`` token or without one (w/o UA), what the trainer's
+    mask_training_items reads; the forward inputs are collate_prompts' own (the model receives what it did), the
+    prompts' ids do not depend on it, and item-text batches have no user."""
+    import dataclasses
+
+    from glta_hf.prompts import collate_prompts, encode_prompt
+
+    hist = _histories()
+    collate = GLTACollator(tok.pad_token_id, 4)
+    for cfg in (PromptConfig(num_slots=4, max_history=5), PromptConfig(num_slots=4, max_history=5, user_as_text=True)):
+        ds = UserItemDataset(hist, tok, cfg, mode="train", seed=0, samples_per_user=2)
+        samples = [ds[i] for i in range(len(ds))]
+        batch = collate(samples)
+        assert batch["sample_users"].dtype == torch.long
+        assert batch["sample_users"].tolist() == [ds.user_and_draw(i)[0] for i in range(len(ds))]
+        assert len(batch["user_ids"]) == (0 if cfg.user_as_text else len(samples))
+        plain = collate_prompts(samples, tok.pad_token_id, 4)
+        assert set(batch) == set(plain) | {"sample_users"}
+        assert all(torch.equal(batch[k], plain[k]) for k in plain)
+        assert set(GLTACollator(tok.pad_token_id, 4, sample_users=False)(samples)) == set(plain)
+        as_maps = [dict(input_ids=s.input_ids, user_ids=s.user_ids, item_ids=s.item_ids, targets=s.targets,
+                        user=s.user) for s in samples]
+        assert torch.equal(collate(as_maps)["sample_users"], batch["sample_users"])
+        prompt = ds.prompt(3)
+        assert prompt.user == ds.user_and_draw(3)[0]
+        assert encode_prompt(tok, prompt, cfg).input_ids == encode_prompt(
+            tok, dataclasses.replace(prompt, user=None), cfg).input_ids  # not rendered: the prefix keys stay
+    item = ItemTextDataset(ITEM_TEXTS, tok, PromptConfig(num_slots=4), items_per_sample=3)
+    item_samples = [item[i] for i in range(3)]
+    assert all(s.user is None for s in item_samples) and "sample_users" not in collate(item_samples)
+    with pytest.raises(ValueError, match="no user"):
+        collate(item_samples[:1] + samples[:1])
+
+
 def test_truncation_never_drops_placeholders(tok):
     cfg = PromptConfig(num_slots=4, max_history=20, max_length=60)
     hist = [np.arange(20)]

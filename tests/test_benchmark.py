@@ -178,3 +178,33 @@ def test_residual_row_trains_a_residual_model_and_keeps_other_fingerprints(tmp_p
     bench.run(parse_rows("glta_residual"))
     model = bench._glta_models["residual"]
     assert model.config.graph_residual and model.graph_residual is not None
+
+
+def test_wo_ua_keeps_the_mask_and_a_result_trained_without_it_is_not_reused(tmp_path, monkeypatch):
+    """glta_wo_ua differs from glta in the user token alone (the mask finds each sample's user in the batch). The
+    fingerprint holds the shared config, not a row's flags, so a result file whose recorded flags are not the row's
+    (w/o UA trained with the mask off, as it once was) is retrained, not skipped."""
+    from glta_hf.benchmark import GLTA_ROWS, Benchmark, parse_rows
+    from glta_hf.io_utils import read_json, write_json
+
+    assert GLTA_ROWS["glta_wo_ua"] == ("wo_ua", {"user_as_text": True}, "first_k")
+    write_tiny_movielens(tmp_path / "data")
+    trained = []
+
+    def run_glta(self, row):
+        trained.append(row)
+        variant, flags, decoding = GLTA_ROWS[row]
+        return {"precision@5": 0.1, "ndcg@10": 0.2}, {"variant": variant, "flags": flags, "decoding": decoding}
+
+    monkeypatch.setattr(Benchmark, "run_glta", run_glta)
+    path = tmp_path / "results" / "ml-latest-small" / "glta_wo_ua.json"
+    for expected, line in ((["glta_wo_ua"], "s on "), ([], "skipped"), (["glta_wo_ua"], "retrained")):
+        if line == "retrained":  # the file of a run with the mask off: the same fingerprint, other flags
+            record = read_json(path)
+            record["config"]["flags"] = {"user_as_text": True, "mask_training_items": False}
+            write_json(path, record)
+        trained.clear()
+        lines = []
+        Benchmark(_args(tmp_path, tmp_path / "no-llm", "glta_wo_ua"), echo=lines.append).run(parse_rows("glta_wo_ua"))
+        assert trained == expected and any(line in echoed for echoed in lines), lines
+    assert read_json(path)["config"]["flags"] == {"user_as_text": True}

@@ -170,3 +170,60 @@ def test_a_resumed_stage_ends_on_the_best_state_validated_before_it(tmp_path, be
     for k, v in expected.items():
         torch.testing.assert_close(final[k], v, atol=1e-6, rtol=1e-5, msg=k)
 
+
+
+def test_mask_training_items_finds_each_user_without_the_user_token(tiny, tmp_path, monkeypatch):
+    """w/o UA (``user_as_text``) prompts have no ``<user>`` token: the mask reads the batch's ``sample_users`` and
+    masks exactly what the ``<user>``-token path masks on the same samples (each row's user's training items), the
+    model's forward never sees ``sample_users``, and such a stage trains (it failed at its first step before)."""
+    import glta_hf.loss as loss_module
+    from glta_hf.prompts import PromptConfig
+
+    model = tiny.model
+    model.set_trainable("user")
+    token_cfg = model.prompt_config
+    text_cfg = PromptConfig.from_dict(dict(token_cfg.to_dict(), user_as_text=True))
+    collate = GLTACollator(tiny.tokenizer.pad_token_id, model.config.num_slots)
+    with_token = UserItemDataset(HISTORIES, tiny.tokenizer, token_cfg, mode="train", seed=0)
+    as_text = UserItemDataset(HISTORIES, tiny.tokenizer, text_cfg, mode="train", seed=0)
+    order = [4, 0, 5, 2]  # rows out of user order
+    token_batch = collate([with_token[i] for i in order])
+    text_batch = collate([as_text[i] for i in order])
+    assert len(text_batch["user_ids"]) == 0 and text_batch["sample_users"].tolist() == order
+    assert torch.equal(text_batch["labels"], token_batch["labels"])  # the same draws, only the user shown differs
+    train = UserItemMatrix.from_pairs(*zip(*[(u, i) for u, h in enumerate(HISTORIES) for i in h]), 6, 12)
+    model.attach_user_context(histories=[h.tolist() for h in HISTORIES])
+
+    received, masks = [], []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kw: received.append(set(kw)) or forward(**kw))
+    masked = loss_module.masked_slot_loss
+    monkeypatch.setattr(loss_module, "masked_slot_loss",
+                        lambda logits, labels, known=None: masks.append(known) or masked(logits, labels, known=known))
+    args = _args(tmp_path, user_as_text=True, mask_training_items=True, max_steps=2)
+    trainer = GLTATrainer(model=model, args=args, train_dataset=as_text, data_collator=collate, ranking_train=train)
+    trainer.compute_loss(model, text_batch)
+    placeholders_only = {k: v for k, v in token_batch.items() if k != "sample_users"}  # another collator's batch
+    trainer.compute_loss(model, placeholders_only)
+    assert torch.equal(masks[0], masks[1])
+    assert [row.nonzero().flatten().tolist() for row in masks[0]] == [sorted(HISTORIES[u].tolist()) for u in order]
+    assert received == [{"input_ids", "attention_mask", "user_ids", "item_ids"}] * 2
+    assert "sample_users" in text_batch  # the caller's batch is left as it was
+    with pytest.raises(TrainingError, match="sample_users"):  # no user anywhere: named, not a shape error
+        trainer.compute_loss(model, {k: v for k, v in text_batch.items() if k != "sample_users"})
+
+    received.clear()
+    serving = UserItemDataset(HISTORIES, tiny.tokenizer, text_cfg, mode="eval")
+    unlabelled = collate([serving[i] for i in range(3)])  # trainer.predict's path: the model is called directly
+    assert "labels" not in unlabelled and unlabelled["sample_users"].tolist() == [0, 1, 2]
+    _loss, outputs, _labels = trainer.prediction_step(model, unlabelled, prediction_loss_only=False)
+    assert outputs[0].shape[:2] == (3, model.config.num_slots)  # the logits, then the slot states
+    assert received == [{"input_ids", "attention_mask", "user_ids", "item_ids"}]
+
+    received.clear()
+    unmasked = GLTATrainer(model=model, args=_args(tmp_path, user_as_text=True, max_steps=2), train_dataset=as_text,
+                           data_collator=collate, ranking_train=train)
+    unmasked.compute_loss(model, text_batch)
+    assert received == [{"input_ids", "attention_mask", "user_ids", "item_ids", "labels"}]
+    trainer.train()
+    assert trainer.state.global_step == 2 and len(masks) > 3

@@ -313,7 +313,7 @@ def child_perf(cfg) -> None:
                               has_time=has_time, user_names=data.user_ids, seed=0)
     encoded = [samples[i] for i in range(min(len(samples), max(p["train_batches"]) * (p["train_steps"] + 2)))]
     encoded.sort(key=lambda e: len(e.input_ids))
-    collate = GLTACollator(tokenizer.pad_token_id, model.config.num_slots)
+    collate = GLTACollator(tokenizer.pad_token_id, model.config.num_slots, sample_users=False)  # model(**batch)
     n_params = sum(t.numel() for n, t in model.llm.named_parameters() if "embed_tokens" not in n)
     hidden, layers = model.config.llm_hidden_size, len(model.llm.layers)
     peak = next((v for k, v in DATASHEET_BF16_FLOPS.items() if metrics["gpu_name"] and k in metrics["gpu_name"]),
