@@ -94,7 +94,8 @@ def warn_if_emulated_bfloat16(dtype: Optional[torch.dtype]) -> bool:
     """Warn (and return True) when bfloat16 is asked for on a machine that would emulate it.
 
     Without a GPU, bfloat16 matmuls are fast only on CPUs with AMX or AVX512-BF16: SmolLM2 in bfloat16 ran ~3.7x
-    faster than float32 on a Xeon with AMX, and ~5.6x slower on an AMD EPYC with AVX2 only (BENCHMARKS.md)."""
+    faster than float32 on a Xeon with AMX, and ~5.6x slower on an AMD EPYC with AVX2 only
+    (docs/experiments/notebook.md, issue 23 first / second session)."""
     if dtype != torch.bfloat16 or torch.cuda.is_available():
         return False
     cpu = getattr(torch, "cpu", None)

@@ -116,8 +116,8 @@ def test_stage_is_one_type():
 
 
 def test_every_shipped_glta_config_carries_issue_23s_recipe():
-    """The training recipe of the tested ml-100k row (BENCHMARKS.md, issue 23) in every shipped GLTA config, as in the
-    quickstart's budgets (tests/test_quickstart.py): one recipe, not one per surface."""
+    """The training recipe of the tested ml-100k row (docs/experiments/notebook.md, issue 23 third session) in every
+    shipped GLTA config, as in the quickstart's budgets (tests/test_quickstart.py): one recipe, not one per surface."""
     import yaml
 
     from glta_hf.quickstart import QuickstartConfig
