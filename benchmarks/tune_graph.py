@@ -112,9 +112,11 @@ class Harness:
 
         self.args = args
         self.data, self.full = prepare_data(args.dataset, args.data_dir, val_fraction=0.1, val_seed=0)
+        # folders and trial keys by the dataset's name, not the loader's (amazon-json reads amazon-scientific/)
+        self.name = self.full.name
         self.fit, self.validation = self.data.matrix("train"), self.data.matrix("validation")
-        self.log = Path(args.log or ROOT / "benchmarks/results" / args.dataset / "tuning/graph.jsonl")
-        self.trials_dir = ROOT / "runs/tuning" / args.dataset
+        self.log = Path(args.log or ROOT / "benchmarks/results" / self.name / "tuning/graph.jsonl")
+        self.trials_dir = ROOT / "runs/tuning" / self.name
         self._text_embeddings = None
 
     def text_embeddings(self):
@@ -141,11 +143,11 @@ class Harness:
         from glta_hf.graph import BPRTrainer, export_node_embeddings
         from glta_hf.results import load_average
 
-        key = trial_key(self.args.dataset, model, setting)
+        key = trial_key(self.name, model, setting)
         load_before = load_average()
         net, targs = self.build(model, setting)
         result = BPRTrainer(net, targs, self.fit, self.validation).train()
-        row = {"key": key, "dataset": self.args.dataset, "model": model, "setting": setting,
+        row = {"key": key, "dataset": self.name, "model": model, "setting": setting,
                "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                "val_ndcg@10": round(result.best_metric, 5),
                "validation": {k: round(v, 5) for k, v in result.best_validation.items()},
@@ -161,7 +163,7 @@ class Harness:
             rows = read_log(self.log)
             chosen = best_trial(rows, "lightgcn")["setting"] if _uses_lightgcn_setting(model) else {}
             for setting in grid(model, chosen, self.args.plus_text_weights):
-                key = trial_key(self.args.dataset, model, setting)
+                key = trial_key(self.name, model, setting)
                 if key in {r["key"] for r in read_log(self.log)}:  # re-read: another job may share the log
                     continue
                 row = self.run_trial(model, setting)
@@ -183,7 +185,7 @@ class Harness:
             self.run_trial(model, trial["setting"])
         saved = load_node_embeddings(folder)
         if saved.user_ids != self.data.user_ids or saved.item_ids != self.data.item_ids:
-            raise SystemExit(f"{folder}: id maps do not match dataset {self.args.dataset!r}")
+            raise SystemExit(f"{folder}: id maps do not match dataset {self.name!r}")
         return (lambda users: saved.user[users] @ saved.item.T), folder
 
     def test(self) -> None:
@@ -194,8 +196,8 @@ class Harness:
         results_dir = Path(self.args.results_dir)
         for model in self.args.models:
             trial = best_trial(rows, model)
-            out = results_dir / self.args.dataset / f"{model}.json"
-            export = ROOT / "runs/graph" / self.args.dataset / "lightgcn" if model == "lightgcn" else None
+            out = results_dir / self.name / f"{model}.json"
+            export = ROOT / "runs/graph" / self.name / "lightgcn" if model == "lightgcn" else None
             if out.is_file() and json.loads(out.read_text()).get("config", {}).get("trial") == trial["key"]:
                 print(f"{out}: already holds the test of trial {trial['key']}; not re-evaluated")
                 if export is not None and not export.is_dir():  # a fresh checkout: rebuild the GLTA input
@@ -213,7 +215,7 @@ class Harness:
                       "validation_split": "10% of each user's train interactions, seed 0 (prepare_data)"}
             command = ("OMP_NUM_THREADS=1 python benchmarks/tune_graph.py " + " ".join(
                 shlex.quote(a) for a in sys.argv[1:]))
-            path = write_run_result(results_dir, self.args.dataset, model, model=model,
+            path = write_run_result(results_dir, self.name, model, model=model,
                                     split=f"{self.full.split_policy} (validation 10% of train, seed 0)",
                                     metrics=metrics, command=command,
                                     wall_time_s=trial["wall_time_s"] + time.perf_counter() - start, config=config)
@@ -277,7 +279,10 @@ def _threads() -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="ml-latest-small (bundled) or ml-100k, ...")
+    p.add_argument("--dataset", required=True,
+                   help="the loader: ml-latest-small (bundled), ml-100k, amazon-json, ...; results go under the "
+                        "dataset's own name (amazon-json in amazon-scientific/ -> amazon-scientific); with --phase "
+                        "report, that name")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the bundled copy)")
     p.add_argument("--phase", choices=["tune", "test", "all", "report"], default="all",
                    help="report: print the markdown tuning / test tables from the log and result files")

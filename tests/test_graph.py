@@ -326,6 +326,21 @@ def test_tuning_grid_keys_and_log(tmp_path):
         tune.read_log(log)
 
 
+def test_tuning_files_a_loader_run_under_the_dataset_name(tmp_path):
+    """``--dataset amazon-json`` reading ``amazon-toy/``: log, trial tables and results under ``amazon-toy``."""
+    import argparse
+
+    from glta_hf.data.examples import write_example
+
+    folder = write_example("amazon-json", tmp_path / "amazon-toy")
+    tune = _tune_graph_module()
+    args = argparse.Namespace(dataset="amazon-json", data_dir=str(folder), log=None)
+    harness = tune.Harness(args)
+    assert harness.name == harness.full.name == "amazon-toy"
+    assert harness.log.parts[-3:] == ("amazon-toy", "tuning", "graph.jsonl")
+    assert harness.trials_dir.name == "amazon-toy"
+
+
 def test_the_graph_baselines_load_no_prompt_or_llm_code():
     """graph -> metrics stays clear of GLTA's prompt / alignment / model modules (a baseline is no LLM client)."""
     import subprocess

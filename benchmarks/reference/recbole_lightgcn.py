@@ -251,12 +251,12 @@ def compare(ours: Dict[str, float], theirs: Dict[str, float]) -> Dict[str, float
     return {m: round(ours[m] - float(theirs[m]), 6) + 0.0 for m in REPORTED}  # + 0.0: no "-0.0"
 
 
-def output_path(args) -> Path:
+def output_path(args, dataset_name: str) -> Path:
+    """``--output``, else ``<results-dir>/<dataset name>/reference/``: the loaded dataset's name (``amazon-json``
+    from ``amazon-scientific/`` is ``amazon-scientific``), the folder our rows of that dataset are in."""
     if args.output:
         return Path(args.output)
-    if args.results_dir:
-        return Path(args.results_dir) / args.dataset / "reference" / "recbole_lightgcn.json"
-    raise SystemExit("error: give --output FILE or --results-dir DIR")
+    return Path(args.results_dir) / dataset_name / "reference" / "recbole_lightgcn.json"
 
 
 def main(argv: Sequence[str] = None) -> int:
@@ -279,7 +279,8 @@ def main(argv: Sequence[str] = None) -> int:
     for flag in ("epochs", "eval_step", "stopping_step", "threads"):
         if getattr(args, flag) < 1:
             p.error(f"argument --{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
-    out = output_path(args)
+    if not (args.output or args.results_dir):
+        p.error("give --output FILE or --results-dir DIR")
 
     import torch
 
@@ -296,6 +297,7 @@ def main(argv: Sequence[str] = None) -> int:
         handler.addFilter(RemoveColorFilter())
     start, load_before = time.perf_counter(), load_average()
     data, full = prepare_data(args.dataset, args.data_dir, val_fraction=0.1, val_seed=0)
+    out = output_path(args, full.name)
     with contextlib.ExitStack() as stack:
         work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
@@ -303,7 +305,7 @@ def main(argv: Sequence[str] = None) -> int:
         run = train_recbole(args, data, work.resolve())
     ours = evaluate_ours(run["user"], run["item"], data, full)
     record = {
-        "model": "recbole_lightgcn", "dataset": args.dataset,
+        "model": "recbole_lightgcn", "dataset": full.name,
         "split": f"{data.split_policy} (prepare_data; RecBole fit on train minus validation, as our rows)",
         "command": "OMP_NUM_THREADS=1 python " + sanitized_command(
             [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)),
