@@ -142,9 +142,10 @@ class QuickstartConfig:
         epochs=10, lr=1e-2, batch_size=8192, patience=3))
     texts: Dict[str, Any] = field(default_factory=lambda: dict(max_new_tokens=24, max_items=5, max_item_chars=120))
     # Issue 23's training recipe (training/configs/*.yaml; docs/experiments/notebook.md, issue 23 third / fourth
-    # session): the head's own learning rate, the user's other training items out of each slot's softmax, a cosine lr,
-    # the item projector warmed up on the items' texts (500 full-batch steps: ~1.3 s on one CPU thread for the small budget's 30 items,
-    # ~30 min for all 9,724 of ml-latest-small, the large budget's). Every budget starts from these values.
+    # session): the head's own learning rate, the user's other training items out of each slot's softmax, a cosine
+    # lr, the item projector warmed up on the items' texts (500 full-batch steps: ~1.3 s on one CPU thread for the
+    # small budget's 30 items, ~30 min for all 9,724 of ml-latest-small, the large budget's). Every budget starts
+    # from these values.
     training: Dict[str, Any] = field(default_factory=lambda: dict(
         num_train_epochs=1.0, item_stage_epochs=1.0, learning_rate=1e-3, per_device_train_batch_size=8, max_history=5,
         max_length=256, items_per_sample=3, head_learning_rate=1e-2, mask_training_items=True,
