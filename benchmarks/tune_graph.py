@@ -18,6 +18,9 @@ already records the same trial is not re-evaluated. The chosen LightGCN's tables
 
     OMP_NUM_THREADS=1 python benchmarks/tune_graph.py --dataset ml-latest-small --phase all
     OMP_NUM_THREADS=1 python benchmarks/tune_graph.py --dataset ml-100k --data-dir ../shared/data/ml-100k --phase all
+    OMP_NUM_THREADS=1 python benchmarks/tune_graph.py --dataset amazon-json --data-dir ../shared/data/amazon-scientific
+
+``<dataset>`` in these paths is the loaded dataset's name (the last example's is ``amazon-scientific``).
 """
 from __future__ import annotations
 
