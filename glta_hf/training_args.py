@@ -378,7 +378,8 @@ class GLTAModelArguments:
         "help": "with graph_residual: the head's logits enter through a gate starting at 0 (the model starts at "
                 "exactly LightGCN)"})
     center_node_embeddings: bool = field(default=False, metadata={
-        "help": "subtract the table mean from E_u / E_i before projection (a validation choice)"})
+        "help": "subtract the table mean from E_u / E_i before projection (ml-100k validation: no preference, so off; "
+                "docs/TRAINING_MECHANICS.md)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA, the LLM stays frozen)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
