@@ -32,7 +32,15 @@ DATASET_ORDER = ("ml-latest-small", "ml-100k", "ml-1m", "amazon-scientific")
 ROW_ORDER = ("pop", "mf", "lightgcn", "lightgcn_plus", "lightgcn_ce", "glta", "glta_residual")
 COLUMNS = (("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10"))
 RATIOS = (("P@10", "precision@10"), ("N@10", "ndcg@10"))
-TABLES = ("summary", "variants")
+TABLES = ("summary", "variants", "paper")
+#: the paper's printed numbers (Tables 2 and 3) and which of its datasets each of ours stands for
+PAPER = ROOT / "benchmarks" / "reference" / "paper_glta_www2025.json"
+#: the paper table's ratios: (label, row, reference rows: the per-metric best of them is the denominator)
+COMPARISONS = (("GLTA / LightGCN", "glta", ("lightgcn",)),
+               ("GLTA / best of LightGCN, LightGCN+", "glta", ("lightgcn", "lightgcn_plus")),
+               ("w/o PF / GLTA", "glta_wo_pf", ("glta",)),
+               ("w/o PD / GLTA", "glta_wo_pd", ("glta",)),
+               ("w/o both / GLTA", "glta_wo_both", ("glta",)))
 
 
 def _ordered(names, order) -> List[str]:
@@ -111,6 +119,35 @@ def render(results_dir: Path, table: str, relative_to: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative(rows: Dict[str, dict], row: str, references, key: str) -> Optional[float]:
+    """``rows[row][key]`` over the best of ``references`` at ``key``; None when a number is missing."""
+    base = [rows[r][key] for r in references if r in rows and rows[r].get(key)]
+    if row not in rows or rows[row].get(key) is None or len(base) != len(references):
+        return None
+    return rows[row][key] / max(base)
+
+
+def render_paper(results_dir: Path, paper_file: Path = PAPER) -> str:
+    """The paper's relative gains beside ours: each ratio of :data:`COMPARISONS` per metric, the paper's from its
+    printed tables, ours from our result files of the dataset standing for the paper's (``not run``: our row does not
+    exist yet; ``–``: the paper prints no such number)."""
+    paper = json.loads(Path(paper_file).read_text(encoding="utf-8"))
+    results = load_results(results_dir)
+    head = ["dataset (paper's)", "ratio"] + [f"{name} {who}" for name, _ in COLUMNS for who in ("paper", "ours")]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for dataset, paper_name in paper["our_datasets"].items():
+        ours = {row: record["metrics"] for row, (_, record) in results.get(dataset, {"rows": {}})["rows"].items()}
+        theirs = paper["rows"][paper_name]
+        for text, row, references in COMPARISONS:
+            cells = [f"{dataset} ({paper_name})", text]
+            for _, key in COLUMNS:
+                for rows, missing in ((theirs, "–"), (ours, "not run")):
+                    value = _relative(rows, row, references, key)
+                    cells.append(missing if value is None else f"{value:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markers(table: str) -> Tuple[str, str]:
     return (f"<!-- {table} table: rendered by benchmarks/summarize.py --write; do not edit by hand -->",
             f"<!-- end of {table} table -->")
@@ -129,7 +166,8 @@ def replace_tables(text: str, tables: Dict[str, str], where: str = "BENCHMARKS.m
 
 def render_document(text: str, results_dir: Path, document: Path) -> str:
     """``text`` (the document's content) with both tables re-rendered from ``results_dir``."""
-    tables = {table: render(results_dir, table, document.parent) for table in TABLES}
+    tables = {table: render_paper(results_dir) if table == "paper" else render(results_dir, table, document.parent)
+              for table in TABLES}
     return replace_tables(text, tables, where=str(document))
 
 
@@ -143,7 +181,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.write and not args.check:
         for table in TABLES:
-            print(render(args.results_dir, table, args.document.parent))
+            print(render_paper(args.results_dir) if table == "paper" else render(args.results_dir, table,
+                                                                                  args.document.parent))
         return 0
     current = args.document.read_text(encoding="utf-8")
     rendered = render_document(current, args.results_dir, args.document)

@@ -98,6 +98,29 @@ def test_ratios_missing_values_order_and_escaping(tmp_path):
                            "0.2500 | 0.25x | 0.50x | 7 |")
 
 
+def test_paper_table_sets_the_papers_ratios_beside_ours(tmp_path):
+    summarize = _summarize()
+    paper = tmp_path / "paper.json"
+    _write(paper, {"our_datasets": {"ml-100k": "MovieLens"}, "rows": {"MovieLens": {
+        "lightgcn": {"precision@5": 0.05, "precision@10": 0.04, "ndcg@5": 0.05, "ndcg@10": 0.05},
+        "lightgcn_plus": {"precision@5": 0.04, "precision@10": 0.05, "ndcg@5": 0.05, "ndcg@10": 0.05},
+        "glta": {"precision@5": 0.10, "precision@10": 0.10, "ndcg@5": 0.10, "ndcg@10": 0.10},
+        "glta_wo_both": {"precision@5": 0.08, "ndcg@5": 0.05}}}})
+    results = tmp_path / "results"
+    _write(results / "ml-100k" / "lightgcn.json", _record(0.4, 0.5, **{"precision@5": 0.5, "ndcg@5": 0.5}))
+    _write(results / "ml-100k" / "lightgcn_plus.json", _record(0.5, 0.4, **{"precision@5": 0.4, "ndcg@5": 0.5}))
+    _write(results / "ml-100k" / "glta.json", _record(0.45, 0.45, **{"precision@5": 0.45, "ndcg@5": 0.45}))
+    rows = {line.split(" | ")[1]: line for line in summarize.render_paper(results, paper).splitlines()[2:]}
+    assert rows["GLTA / LightGCN"] == ("| ml-100k (MovieLens) | GLTA / LightGCN | 2.00x | 0.90x | 2.50x | 1.12x | "
+                                       "2.00x | 0.90x | 2.00x | 0.90x |")
+    # the per-metric best of LightGCN and LightGCN+ is the denominator
+    assert rows["GLTA / best of LightGCN, LightGCN+"].startswith("| ml-100k (MovieLens) | GLTA / best of LightGCN, "
+                                                                 "LightGCN+ | 2.00x | 0.90x | 2.00x | 0.90x |")
+    # the paper prints no P@10 for an ablation; our ablation row does not exist
+    assert rows["w/o both / GLTA"] == ("| ml-100k (MovieLens) | w/o both / GLTA | 0.80x | not run | – | not run | "
+                                       "0.50x | not run | – | not run |")
+
+
 @pytest.mark.parametrize("record, message", [({"command": "x", "metrics": {"ndcg@10": 0.1}}, "precision@10"),
                                              (_record(0.1, 0.1, command=" "), "command")])
 def test_a_result_file_without_metrics_or_command_is_named(tmp_path, record, message):

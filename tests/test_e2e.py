@@ -87,6 +87,15 @@ def test_pipeline_texts_item_user_evaluate(workdir, tmp_path):
         "--output", w / "metrics_cached.json", "--ks", "5,10", "--prefix-cache")  # exact: the same ranking metrics
     cached = json.loads((w / "metrics_cached.json").read_text())["metrics"]
     assert {k: v for k, v in cached.items() if k != "seconds"} == {k: v for k, v in metrics.items() if k != "seconds"}
+    entries = []
+    for name in ("stored_first", "stored_again"):  # a persistent store: written by the first run, read by the second
+        run(ROOT / "training" / "evaluate.py", "--model", final, "--split", "test", "--decoding", "first_k",
+            "--output", w / f"metrics_{name}.json", "--ks", "5,10", "--prefix-cache-dir", w / "prefixes")
+        again = json.loads((w / f"metrics_{name}.json").read_text())["metrics"]
+        assert again.keys() == metrics.keys()
+        assert all(abs(again[k] - metrics[k]) < 1e-9 for k in metrics if k != "seconds"), (again, metrics)
+        entries.append(len(json.loads((w / "prefixes" / "prefix_index.json").read_text())["entries"]))
+    assert entries[0] > 0 and entries[1] == entries[0], entries  # the second run computed nothing new
     # its wall time (~2 min on an idle 2-core CPU) is a benchmark's business, not a pass/fail condition: under load
     # it took 3.5 min and failed a machine that computed every number right
 

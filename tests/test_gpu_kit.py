@@ -82,6 +82,28 @@ def _tiny_kit(tmp_path, budget_s):
     return run_kit.Kit(cfg, tmp_path, budget_s, tmp_path / "kit.log")
 
 
+def test_real_text_settings_are_those_of_the_committed_caches():
+    """The kit extends the committed CPU caches (a cache of other settings is refused): every generation setting
+    the kit would use for a real dataset equals the committed cache header's."""
+    import argparse
+    import dataclasses
+
+    cfg = run_kit.real_config(argparse.Namespace(data_root=str(ROOT.parent / "shared" / "data"), datasets=None))
+    checked = 0
+    for dataset in cfg["datasets"]:
+        folder = ROOT / "benchmarks" / "texts" / dataset["name"]
+        headers = sorted(folder.glob("texts*.jsonl.meta.json"))
+        if not headers:
+            continue
+        settings = dataclasses.asdict(run_kit.text_settings(cfg, dataset, 32))
+        for header in headers:
+            generation = json.loads(header.read_text())["generation"]
+            differ = {k: (settings[k], v) for k, v in generation.items() if k in settings and settings[k] != v}
+            assert not differ, (header.name, differ)
+            checked += 1
+    assert checked, "no committed cache of ml-1m / amazon-scientific to compare with"
+
+
 def test_time_guard_stops_an_overrunning_step_and_does_not_start_one_that_cannot_fit(tmp_path):
     kit = _tiny_kit(tmp_path, run_kit.PACK_RESERVE_S + 2)
     t0 = time.monotonic()

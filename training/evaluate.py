@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "stacking's refit step for a residual trained with --target_policy held_out")
     p.add_argument("--prefix-cache", action="store_true",
                    help="exact cached text prefixes (same metrics; faster with the text_first layout, refused with LoRA)")
+    p.add_argument("--prefix-cache-dir", default=None, type=writable_dir,
+                   help="a persistent prefix store (implies --prefix-cache), e.g. the training run's "
+                        "--prefix_cache_dir: prefixes computed in training are read back instead of recomputed (the "
+                        "text_first prefix is the user's texts, the same in training and test), new ones are added")
+    p.add_argument("--prefix-cache-max-gb", default=2.0, type=non_negative_float,
+                   help="memory budget of the prefix store in GiB (the rest is memory-mapped from disk)")
     p.add_argument("--gate-scales", default=None, type=gate_scale_list,
                    help="comma-separated multipliers of a graph residual's learned gate, e.g. 0,0.5,1,2 (1: the "
                         "model as trained, 0: its graph term alone): one LLM pass, the metrics of every scale and the "
@@ -207,8 +213,8 @@ def main(argv=None) -> int:
     history_seed = int((run.get("eval") or {}).get("history_seed") or 0)  # the order the recorded evaluation used
     model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent,
                                                           history_seed))
-    if args.prefix_cache:
-        model.enable_prefix_cache()
+    if args.prefix_cache or args.prefix_cache_dir:
+        model.enable_prefix_cache(max_bytes=int(args.prefix_cache_max_gb * (1 << 30)), folder=args.prefix_cache_dir)
     users = recorded_users(run, source.user_ids, folder) if args.recorded_users else \
         sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks

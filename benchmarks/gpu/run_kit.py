@@ -6,7 +6,8 @@ where the last one stopped):
 
 (a) ``texts``  -- profile / prediction texts for every user of ml-1m and amazon-scientific into
     ``benchmarks/texts/<dataset>/texts.jsonl`` (``glta_hf.texts``, the library path of training/generate_texts.py,
-    with the settings of the ``large`` budget the rows use: 20 items, 64 new tokens, greedy, float32 LLM); a
+    with the settings the rows use: the ``large`` budget's, then the text settings of the dataset's CPU recipe
+    ``training/configs/<dataset>.yaml`` (10 items, 48 new tokens, greedy, float32 LLM: the committed caches'); a
     partial cache resumes, a full one is skipped;
 (b) ``rows``   -- the GLTA rows through ``python -m glta_hf.cli benchmark`` (one subprocess per dataset and group:
     ``glta,glta_fl,glta_ar`` on both datasets first -- FL / AR are decodings of the trained ``glta`` model, so they
@@ -64,9 +65,24 @@ REAL_DATASETS = [
 # ----------------------------------------------------------------------------------------------- configuration
 
 
+#: the text settings of a dataset's CPU recipe (``training/configs/<dataset>.yaml``) the kit takes over, so its texts
+#: extend the committed caches (a cache written with other settings is refused, not mixed: ``glta_hf.texts``)
+RECIPE_TEXT_OPTIONS = ("text_max_items", "text_max_new_tokens", "text_max_item_chars")
+
+
+def recipe_text_options(name: str) -> Dict[str, Any]:
+    """``{option: value}`` of :data:`RECIPE_TEXT_OPTIONS` set in ``training/configs/<name>.yaml`` (quickstart names)."""
+    import yaml
+
+    path = ROOT / "training" / "configs" / f"{name}.yaml"
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {key: recipe[key] for key in RECIPE_TEXT_OPTIONS if key in recipe}
+
+
 def real_config(args) -> Dict[str, Any]:
     datasets = [dict(d, data_dir=str(Path(args.data_root) / d["data"]),
-                     nodes=str(ROOT / "benchmarks" / "gpu" / "nodes" / f"{d['name']}-lightgcn"))
+                     nodes=str(ROOT / "benchmarks" / "gpu" / "nodes" / f"{d['name']}-lightgcn"),
+                     text_options=recipe_text_options(d["name"]))
                 for d in REAL_DATASETS if not args.datasets or d["name"] in args.datasets]
     return {
         "dry_run": False, "root": str(ROOT), "datasets": datasets, "backbone": None, "device": "cuda",
@@ -134,11 +150,12 @@ def texts_path(cfg, dataset) -> Path:
     return Path(cfg["root"]) / "benchmarks" / "texts" / dataset["name"] / "texts.jsonl"
 
 
-def text_settings(cfg, batch_size: int):
-    """The rows' text settings (their budget's), so the rows reuse the cache the texts step writes."""
+def text_settings(cfg, dataset, batch_size: int):
+    """The rows' text settings (their budget's, then the dataset's recipe's), so the rows reuse the cache the texts
+    step writes."""
     from glta_hf.quickstart import budget_config
 
-    tcfg = budget_config(cfg["budget"]).text_config()
+    tcfg = budget_config(cfg["budget"], **dataset.get("text_options", {})).text_config()
     tcfg.batch_size = batch_size
     return tcfg
 
@@ -169,6 +186,8 @@ def bench_argv(cfg, dataset, rows: List[str]) -> List[str]:
              "--output-dir", str(Path(cfg["work"]) / "bench" / dataset["name"]),
              "--results-dir", str(root / "benchmarks" / "results"),
              "--figures-dir", str(root / "benchmarks" / "figures"), "--no-progress"]
+    for key, value in dataset.get("text_options", {}).items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
     if cfg["backbone"]:
         argv += ["--backbone", cfg["backbone"]]
     return argv + list(cfg["row_flags"])
@@ -224,8 +243,9 @@ def child_texts(cfg) -> None:
         print(f"texts {dataset['name']}: {missing} of {data.num_users} users to write", flush=True)
         path = texts_path(cfg, dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
-        summary = generate_user_texts(model, tokenizer, data, path, config=text_settings(cfg, cfg["text_batch_size"]),
-                                      llm=ref, users=range(data.num_users), progress=False)
+        summary = generate_user_texts(model, tokenizer, data, path, llm=ref,
+                                      config=text_settings(cfg, dataset, cfg["text_batch_size"]),
+                                      users=range(data.num_users), progress=False)
         print(f"texts {dataset['name']}: {json.dumps(summary)}", flush=True)
 
 
@@ -286,7 +306,7 @@ def child_perf(cfg) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _sync(device)
         summary = generate_user_texts(gen, tokenizer, data, Path(tmp) / "texts.jsonl", llm=ref, users=users,
-                                      config=text_settings(cfg, cfg["text_batch_size"]), progress=False)
+                                      config=text_settings(cfg, dataset, cfg["text_batch_size"]), progress=False)
     metrics.update(generation_tokens_per_s=round(summary["tokens_per_s"], 1), generation_users=len(users),
                    generation_batch_size=cfg["text_batch_size"], generation_new_tokens=summary["new_tokens"],
                    generation_prompt_tokens=summary["prompt_tokens"], generation_dtype=str(gen.dtype))
@@ -295,7 +315,8 @@ def child_perf(cfg) -> None:
     dtype = getattr(torch, cfg["llm_dtype"]) if cfg["llm_dtype"] else torch.float32
     decoder = gen.get_decoder().to(dtype)
     nodes = load_node_embeddings(dataset["nodes"])
-    budget = budget_config(cfg["budget"])  # the rows' model and prompt settings (quickstart.train_alignment)
+    # the rows' model and prompt settings (quickstart.train_alignment)
+    budget = budget_config(cfg["budget"], **dataset.get("text_options", {}))
     args = budget.training_arguments(tempfile.gettempdir())
     model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=cfg["backbone"] or SMOLLM2_REFERENCE,
                                  prompt=budget.prompt_config(args), num_slots=args.num_slots,
@@ -463,6 +484,10 @@ class Kit:
             self.note(f"graph {dataset['name']}", f"not started: {path} missing")
             return
         record = json.loads(path.read_text(encoding="utf-8"))
+        if not (record.get("config") or {}).get("command"):  # a row tune_graph.py tested: its tables are committed
+            self.note(f"graph {dataset['name']}", f"not started: {path} has no pretrain_graph.py command; commit its "
+                      f"tables (tune_graph.py --phase test exports them to runs/graph/) to {nodes}")
+            return
         script = [sys.executable, str(ROOT / "training" / "pretrain_graph.py")]
         train = _retarget(record["config"]["command"], {"--data-dir": dataset["data_dir"], "--output-dir": str(nodes),
                                                         "--device": self.cfg["device"]}, drop=("--tuning-log",))

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The paper's GLTA rows on CPU (issue 24), one row at a time, with the recipe of training/configs/$DATASET.yaml (the
+# tables of the committed lightgcn row, the committed texts, a persistent exact prefix store): train with every
+# epoch validated (the best epoch loaded), append the epochs to the tuning log, then test once and write the row's
+# result file benchmarks/results/$DATASET/<row>.json (the test command inside).
+#   glta          both stages; then three test rows from the one model: glta (first_k), glta_fl (first_logit),
+#                 glta_ar (autoregressive)
+#   glta_wo_ia    both projectors in the user stage, no item stage (--no_item_alignment)
+#   glta_wo_ua    user ids as text (--user_as_text)       } user stage only, from glta's item stage
+#   glta_wo_pf / glta_wo_pd / glta_wo_both                } (the item stage does not see the texts)
+# Resumable: rerun the same command after a kill (align.py resumes at the last epoch's checkpoint, the prefix store
+# and finished test rows are kept). Usage: bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]
+#   e.g. nice -n 2 bash benchmarks/quality/paper_rows.sh ml-1m glta
+set -eo pipefail
+DATASET=${1:?DATASET (ml-1m, amazon-scientific, ...: training/configs/DATASET.yaml)}
+ROW=${2:?ROW (glta, glta_wo_ia, glta_wo_ua, glta_wo_pf, glta_wo_pd, glta_wo_both)}
+shift 2
+CONFIG=training/configs/$DATASET.yaml
+OUT=runs/$DATASET/paper/$ROW
+# the LLM's states over each user's texts (the config's prefix_cache_dir): shared by every row of the dataset
+STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+case $ROW in
+  glta) STAGE=(--stage all) ;;
+  glta_wo_ia) STAGE=(--stage all --no_item_alignment true) ;;
+  glta_wo_ua) STAGE=(--stage user --init_from "runs/$DATASET/paper/glta/item/final" --user_as_text true) ;;
+  glta_wo_pf) STAGE=(--stage user --init_from "runs/$DATASET/paper/glta/item/final" --no_profile true) ;;
+  glta_wo_pd) STAGE=(--stage user --init_from "runs/$DATASET/paper/glta/item/final" --no_prediction true) ;;
+  glta_wo_both) STAGE=(--stage user --init_from "runs/$DATASET/paper/glta/item/final" --no_profile true
+                       --no_prediction true) ;;
+  *) echo "paper_rows.sh: unknown row '$ROW'" >&2; exit 2 ;;
+esac
+if [ "${STAGE[1]}" = user ] && [ ! -f "runs/$DATASET/paper/glta/item/final/model.safetensors" ]; then
+  echo "paper_rows.sh: $ROW starts from glta's item stage: run 'paper_rows.sh $DATASET glta' first" >&2; exit 2
+fi
+python training/align.py --config "$CONFIG" "${STAGE[@]}" --generate_missing_texts false \
+  --eval_strategy epoch --save_strategy epoch \
+  --load_best_model_at_end true --output_dir "$OUT" --threads 1 --disable_tqdm true --resume_from_checkpoint true "$@"
+python benchmarks/quality/collect_tuning.py "$OUT" --run "paper_$ROW" --log "benchmarks/results/$DATASET/tuning/glta.jsonl"
+test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists)
+  if [ -f "benchmarks/results/$DATASET/$1.json" ]; then echo "$1: exists, not re-tested"; return; fi
+  python training/evaluate.py --model "$OUT/user/final" --split test --decoding "$2" --batch-size 32 --threads 1 \
+    --prefix-cache-dir "$STORE" --results-dir benchmarks/results --results-name "$DATASET" --run-name "$1" \
+    --output "$OUT/metrics_test_$2.json"
+}
+test_row "$ROW" first_k
+if [ "$ROW" = glta ]; then
+  test_row glta_fl first_logit
+  test_row glta_ar autoregressive
+fi
