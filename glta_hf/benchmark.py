@@ -406,7 +406,7 @@ def render_tables(dataset: str, results: Dict[str, Any]) -> str:
     return out
 
 
-def _bar(path, dataset, results, rows, title):
+def _bar(path, dataset, results, rows, title, reference=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,7 +419,9 @@ def _bar(path, dataset, results, rows, title):
     x = np.arange(len(metrics))
     for i, row in enumerate(rows):
         m = results[row].get("metrics") or {}
-        ax.bar(x + i * width, [m.get(k, 0.0) for _, k in metrics], width, label=label(row))
+        hatch = {"hatch": "//", "fill": False} if row == reference else {}
+        ax.bar(x + i * width, [m.get(k, 0.0) for _, k in metrics], width,
+               label=label(row) + (" (reference)" if row == reference else ""), **hatch)
     ax.set_xticks(x + width * (len(rows) - 1) / 2)
     ax.set_xticklabels([n for n, _ in metrics])
     ax.set_title(f"{title} ({dataset})")
@@ -431,14 +433,23 @@ def _bar(path, dataset, results, rows, title):
     return path
 
 
+#: the paper's figures: name -> (GLTA and the variants it compares, title)
+FIGURES = {"fig3": (["glta", "glta_wo_ia", "glta_wo_ua"], "Alignment ablation (paper Figure 3)"),
+           "fig4": (["glta", "glta_ar", "glta_fl"], "Decoding (paper Figure 4)")}
+
+
 def render_figures(dataset: str, results: Dict[str, Any], folder) -> List[str]:
-    """Figure 3 style (GLTA vs w/o IA vs w/o UA) and Figure 4 style (GLTA vs AR vs FL), with the rows present."""
+    """Figure 3 (GLTA vs w/o IA vs w/o UA) and Figure 4 (GLTA vs AR vs FL) with the rows present, each once GLTA and
+    at least one of its variants exist; the dataset's LightGCN, when present, as a hatched reference bar (the
+    paper's figures have none; here it answers whether any variant beats the graph it starts from)."""
     made = []
-    for name, rows, title in (("fig3", ["glta", "glta_wo_ia", "glta_wo_ua"], "Alignment ablation"),
-                              ("fig4", ["glta", "glta_ar", "glta_fl"], "Decoding")):
+    for name, (rows, title) in FIGURES.items():
         present = [r for r in rows if r in results]
-        if "glta" in present and len(present) >= 2 or (len(present) >= 1 and name == "fig3"):
-            made.append(str(_bar(Path(folder) / f"{name}_{dataset}.png", dataset, results, present, title)))
+        if "glta" not in present or len(present) < 2:
+            continue
+        reference = "lightgcn" if "lightgcn" in results else None
+        made.append(str(_bar(Path(folder) / f"{name}_{dataset}.png", dataset, results,
+                             present + ([reference] if reference else []), title, reference=reference)))
     return made
 
 

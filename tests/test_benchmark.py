@@ -52,6 +52,7 @@ def test_benchmark_rows_tables_figure_resume(tmp_path):
     assert sum("s on " in line for line in lines) == 4  # a wall-time / hardware line per row
     png = tmp_path / "figures" / "fig4_ml-latest-small.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "figures" / "fig3_ml-latest-small.png").exists()  # GLTA alone: no ablation to compare
 
     # training/evaluate.py reads the benchmark checkpoint's split from its glta_run.json: no extra flags
     from test_quickstart import _script

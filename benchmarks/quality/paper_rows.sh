@@ -8,17 +8,23 @@
 #   glta_wo_ia    both projectors in the user stage, no item stage (--no_item_alignment)
 #   glta_wo_ua    user ids as text (--user_as_text)       } user stage only, from glta's item stage
 #   glta_wo_pf / glta_wo_pd / glta_wo_both                } (the item stage does not see the texts)
+#   glta_residual GLTA + the frozen LightGCN score (not the paper's method; issue 23's recipe): both stages on a graph
+#                 fit without 20% of each user's training edges, which become the targets (--target_policy
+#                 held_out), ranked with the graph refit on every edge (the config's graph_dir)
 # Resumable: rerun the same command after a kill (align.py resumes at the last epoch's checkpoint, the prefix store
 # and finished test rows are kept). Usage: bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]
 #   e.g. nice -n 2 bash benchmarks/quality/paper_rows.sh ml-1m glta
 set -eo pipefail
 DATASET=${1:?DATASET (ml-1m, amazon-scientific, ...: training/configs/DATASET.yaml)}
-ROW=${2:?ROW (glta, glta_wo_ia, glta_wo_ua, glta_wo_pf, glta_wo_pd, glta_wo_both)}
+ROW=${2:?ROW (glta, glta_residual, glta_wo_ia, glta_wo_ua, glta_wo_pf, glta_wo_pd, glta_wo_both)}
 shift 2
 CONFIG=training/configs/$DATASET.yaml
 OUT=runs/$DATASET/paper/$ROW
 # the LLM's states over each user's texts (the config's prefix_cache_dir): shared by every row of the dataset
 STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")
+GRAPH=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['graph_dir'])" "$CONFIG")
+HELD_OUT_GRAPH=runs/graph/$DATASET/lightgcn_ho20
+TEST_FLAGS=()
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 case $ROW in
   glta) STAGE=(--stage all) ;;
@@ -28,6 +34,13 @@ case $ROW in
   glta_wo_pd) STAGE=(--stage user --init_from "runs/$DATASET/paper/glta/item/final" --no_prediction true) ;;
   glta_wo_both) STAGE=(--stage user --init_from "runs/$DATASET/paper/glta/item/final" --no_profile true
                        --no_prediction true) ;;
+  glta_residual) STAGE=(--stage all --graph_dir "$HELD_OUT_GRAPH" --graph_residual true --target_policy held_out)
+                 TEST_FLAGS=(--residual-graph "$GRAPH")
+                 if [ ! -f "$HELD_OUT_GRAPH/node_embeddings.safetensors" ]; then
+                   echo "paper_rows.sh: glta_residual needs $HELD_OUT_GRAPH: training/pretrain_graph.py with the" \
+                        "settings of $GRAPH/graph_config.json plus --held-out-fraction 0.2 --held-out-seed 0" \
+                        "--skip-test --output-dir $HELD_OUT_GRAPH" >&2; exit 2
+                 fi ;;
   *) echo "paper_rows.sh: unknown row '$ROW'" >&2; exit 2 ;;
 esac
 if [ "${STAGE[1]}" = user ] && [ ! -f "runs/$DATASET/paper/glta/item/final/model.safetensors" ]; then
@@ -40,7 +53,7 @@ python benchmarks/quality/collect_tuning.py "$OUT" --run "paper_$ROW" --log "ben
 test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists)
   if [ -f "benchmarks/results/$DATASET/$1.json" ]; then echo "$1: exists, not re-tested"; return; fi
   python training/evaluate.py --model "$OUT/user/final" --split test --decoding "$2" --batch-size 32 --threads 1 \
-    --prefix-cache-dir "$STORE" --results-dir benchmarks/results --results-name "$DATASET" --run-name "$1" \
+    --prefix-cache-dir "$STORE" "${TEST_FLAGS[@]}" --results-dir benchmarks/results --results-name "$DATASET" --run-name "$1" \
     --output "$OUT/metrics_test_$2.json"
 }
 test_row "$ROW" first_k
