@@ -18,7 +18,7 @@ set -eo pipefail
 DATASET=${1:?DATASET (ml-1m, amazon-scientific, ...: training/configs/DATASET.yaml)}
 ROW=${2:?ROW (glta, glta_residual, glta_wo_ia, glta_wo_ua, glta_wo_pf, glta_wo_pd, glta_wo_both)}
 shift 2
-CONFIG=training/configs/$DATASET.yaml
+CONFIG=${CONFIG:-training/configs/$DATASET.yaml}  # CONFIG=path: another recipe file (a rehearsal on tiny data)
 OUT=runs/$DATASET/paper/$ROW
 # the LLM's states over each user's texts (the config's prefix_cache_dir): shared by every row of the dataset
 STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")
