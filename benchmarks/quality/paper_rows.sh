@@ -11,7 +11,7 @@
 #   glta_residual GLTA + the frozen LightGCN score (not the paper's method; issue 23's recipe): both stages on a graph
 #                 fit without 20% of each user's training edges, which become the targets (--target_policy
 #                 held_out), ranked with the graph refit on every edge (the config's graph_dir)
-# Resumable: rerun the same command after a kill (align.py resumes at the last epoch's checkpoint, the prefix store
+# Resumable: rerun the same command after a kill (align.py resumes at the last epoch's checkpoint, the prefix stores
 # and finished test rows are kept). Usage: bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]
 #   e.g. nice -n 2 bash benchmarks/quality/paper_rows.sh ml-1m glta
 set -eo pipefail
@@ -20,9 +20,13 @@ ROW=${2:?ROW (glta, glta_residual, glta_wo_ia, glta_wo_ua, glta_wo_pf, glta_wo_p
 shift 2
 CONFIG=${CONFIG:-training/configs/$DATASET.yaml}  # CONFIG=path: another recipe file (a rehearsal on tiny data)
 OUT=runs/$DATASET/paper/$ROW
-# the LLM's states over each user's texts (the config's prefix_cache_dir): shared by every row of the dataset
-STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")
+# The LLM's states over each user's prompt text (under the config's prefix_cache_dir), one store per prompt: glta,
+# glta_residual and glta_wo_ia share the full prompt's; each other ablation's prompt differs (no profile, no
+# prediction, the user id as text) and has its own. ml-1m's full store is ~42 GB: delete a store when its rows are done.
+case $ROW in glta|glta_residual|glta_wo_ia) PROMPT=full ;; *) PROMPT=$ROW ;; esac
+STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")/$PROMPT
 GRAPH=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['graph_dir'])" "$CONFIG")
+DATA_DIR=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data_dir'])" "$CONFIG")
 HELD_OUT_GRAPH=runs/graph/$DATASET/lightgcn_ho20
 TEST_FLAGS=()
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -47,12 +51,13 @@ if [ "${STAGE[1]}" = user ] && [ ! -f "runs/$DATASET/paper/glta/item/final/model
   echo "paper_rows.sh: $ROW starts from glta's item stage: run 'paper_rows.sh $DATASET glta' first" >&2; exit 2
 fi
 python training/align.py --config "$CONFIG" "${STAGE[@]}" --generate_missing_texts false \
-  --eval_strategy epoch --save_strategy epoch \
+  --prefix_cache_dir "$STORE" --eval_strategy epoch --save_strategy epoch \
   --load_best_model_at_end true --output_dir "$OUT" --threads 1 --disable_tqdm true --resume_from_checkpoint true "$@"
 python benchmarks/quality/collect_tuning.py "$OUT" --run "paper_$ROW" --log "benchmarks/results/$DATASET/tuning/glta.jsonl"
 test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists)
   if [ -f "benchmarks/results/$DATASET/$1.json" ]; then echo "$1: exists, not re-tested"; return; fi
-  python training/evaluate.py --model "$OUT/user/final" --split test --decoding "$2" --batch-size 32 --threads 1 \
+  python training/evaluate.py --model "$OUT/user/final" --data-dir "$DATA_DIR" --split test --decoding "$2" \
+    --batch-size 32 --threads 1 \
     --prefix-cache-dir "$STORE" "${TEST_FLAGS[@]}" --results-dir benchmarks/results --results-name "$DATASET" --run-name "$1" \
     --output "$OUT/metrics_test_$2.json"
 }
