@@ -104,6 +104,20 @@ def test_real_text_settings_are_those_of_the_committed_caches():
     assert checked, "no committed cache of ml-1m / amazon-scientific to compare with"
 
 
+def test_rows_tested_on_cpu_are_kept_and_stale_kit_rows_rerun(tmp_path):
+    """A row benchmarks/quality/paper_rows.sh tested on CPU (no benchmark fingerprint) is never replaced by the kit;
+    a kit row of other settings is."""
+    import argparse
+
+    cfg = run_kit.real_config(argparse.Namespace(data_root=str(ROOT.parent / "shared" / "data"), datasets=["ml-1m"]))
+    cfg.update(root=str(tmp_path), work=str(tmp_path / "work"))
+    results = tmp_path / "benchmarks" / "results" / "ml-1m"
+    results.mkdir(parents=True)
+    (results / "glta.json").write_text(json.dumps({"config": {"run": {"dataset": "ml-1m"}}, "metrics": {}}))
+    (results / "glta_fl.json").write_text(json.dumps({"config": {"fingerprint": "0" * 16}, "metrics": {}}))
+    assert run_kit.rows_to_run(cfg, cfg["datasets"][0], ["glta", "glta_fl", "glta_ar"]) == ["glta_fl", "glta_ar"]
+
+
 def test_time_guard_stops_an_overrunning_step_and_does_not_start_one_that_cannot_fit(tmp_path):
     kit = _tiny_kit(tmp_path, run_kit.PACK_RESERVE_S + 2)
     t0 = time.monotonic()

@@ -194,7 +194,9 @@ def bench_argv(cfg, dataset, rows: List[str]) -> List[str]:
 
 
 def rows_to_run(cfg, dataset, rows: List[str]) -> List[str]:
-    """The rows of a group without a result of the same fingerprint (the benchmark would skip the others)."""
+    """The rows of a group without a result of the same fingerprint (the benchmark would skip the others); a row
+    whose result came from the CPU path (no benchmark fingerprint: ``benchmarks/quality/paper_rows.sh``, epochs chosen
+    on validation) is never replaced."""
     from glta_hf import benchmark
 
     parser = argparse.ArgumentParser()
@@ -205,7 +207,10 @@ def rows_to_run(cfg, dataset, rows: List[str]) -> List[str]:
     for row in rows:
         path = Path(cfg["root"]) / "benchmarks" / "results" / dataset["name"] / f"{row}.json"
         found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        if (found.get("config") or {}).get("fingerprint") != benchmark.fingerprint(row, args, settings):
+        recorded = (found.get("config") or {}).get("fingerprint")
+        if found and recorded is None:  # a row tested on CPU (benchmarks/quality/paper_rows.sh): validated, kept
+            continue
+        if recorded != benchmark.fingerprint(row, args, settings):
             todo.append(row)
     return todo
 
