@@ -18,6 +18,7 @@ Pieces (the model calls them in this order)
     * :class:`PrefixStore` -- per-prefix :class:`PrefixKV` entries keyed by :class:`PrefixKey` (user, prefix
       hash, LLM, dtype, layout): an LRU in memory under a byte budget, spilled to memory-mapped safetensors
       shards on disk; :meth:`PrefixStore.get_or_compute` computes only the missing prefixes, in one batched call.
+      The common start of many prefixes (a shared head) is kept once.
     * :func:`cached_prefix` -- the two above together: the batch's prefixes from the store, left-padded.
     * :func:`forward_with_prefix` -- the suffix through the LLM (with grad), attending to the prefix through a
       fresh ``DynamicCache`` -> the suffix's last hidden states.
@@ -45,6 +46,16 @@ Serving span (``cached_slot_hidden_states(..., span="slots")``, what ``recommend
     pass through a cached placeholder, so this span is refused with gradients enabled; training and evaluation
     keep the text span (their projectors change every step, the entries would only fill the store).
 
+Shared heads (how the store keeps entries; what it returns is unchanged)
+    Most prompts of a dataset start with the same tokens (chat template, system prompt, instruction: 53 of
+    ml-1m's ~162 prefix tokens), and a causal LLM's states at positions 0..h-1 depend on those h tokens alone
+    (positions come from the mask), so they are the same in every prefix that starts with them. The store learns
+    such a head from the token ids of the prefixes it computes (:func:`cached_prefix` passes them): the longest
+    common start of a computed batch, if at least ``MIN_HEAD_TOKENS`` long. An entry that starts with a head's
+    ids (same LLM, dtype, layout) is kept, in memory and on disk, as its tail plus a reference; a lookup returns
+    head + tail, the whole prefix (equal to a full computation within float rounding across batches). That cuts
+    ml-1m's float32 SmolLM2 store by about a third (42 -> ~28 GB).
+
 A :class:`PrefixKV` never leaves this module inside a cache object: every forward builds a new ``DynamicCache``
 from the stored tensors (``DynamicCache`` grows by concatenation, so the stored tensors are never modified).
 """
@@ -70,6 +81,13 @@ from .prompts import prefix_hash
 
 INDEX_NAME = "prefix_index.json"
 SHARD_PATTERN = "prefix-{:05d}.safetensors"
+INDEX_FORMAT = "glta-prefix-index-2"  # + shared heads (entries may be tails); format 1 stores still read
+INDEX_FORMATS = ("glta-prefix-index-1", INDEX_FORMAT)
+#: The shortest common start of a computed batch that becomes a shared head. Shorter ones save little (a chat
+#: template's opening) and are often chance agreements of a few prompts, each of which would add a head.
+MIN_HEAD_TOKENS = 16
+#: At most this many heads per store (one per prompt family is expected): every new entry is matched against each.
+MAX_HEADS = 16
 
 
 class PrefixCacheError(GLTAError, ValueError):
@@ -494,6 +512,38 @@ def llm_fingerprint(llm: nn.Module, reference: str) -> str:
     return f"{reference}|{type(llm).__name__}|{n_layers}x{config.hidden_size}|{digest.hexdigest()[:16]}"
 
 
+class _Head:
+    """A shared head: the states of the token ids ``ids`` (one unpadded row) for one (llm, dtype, layout), kept once;
+    ``kv`` is None until read from ``where`` (shard, tensor name) of a reopened store."""
+
+    def __init__(self, ids: Sequence[int], parts: Sequence[str], kv: Optional[PrefixKV] = None,
+                 where: Optional[Tuple[str, str]] = None):
+        self.ids, self.parts, self.kv, self.where = tuple(ids), tuple(parts), kv, where
+        self.name = _head_name(self.ids, self.parts)
+
+
+def _head_name(ids: Sequence[int], parts: Sequence[str]) -> str:
+    """A file-safe digest of a head's token ids and key parts (its tensor names, its name in the index)."""
+    return "head-" + hashlib.sha256(json.dumps([list(ids), *parts]).encode("utf-8")).hexdigest()[:40]
+
+
+def _common_length(rows: Sequence[Tuple[int, ...]]) -> int:
+    """The length of the longest token prefix all ``rows`` share."""
+    length = min(len(row) for row in rows)
+    for row in rows[1:]:
+        same = 0
+        while same < length and row[same] == rows[0][same]:
+            same += 1
+        length = same
+    return length
+
+
+def _columns(entry: PrefixKV, start: int, stop: Optional[int] = None) -> PrefixKV:
+    """Sequence positions ``start:stop`` of a single-row entry, copied (a view would keep the whole row alive)."""
+    cols = slice(start, stop)
+    return PrefixKV(entry.keys[:, :, :, cols].clone(), entry.values[:, :, :, cols].clone(), entry.mask[:, cols].clone())
+
+
 class PrefixStore:
     """Prefix key/value states for one run (training, evaluation and ``recommend()`` share it).
 
@@ -505,6 +555,9 @@ class PrefixStore:
       at once and indexed in ``prefix_index.json``, so a later run (or a server) reuses them. The index records
       each shard's size and sha256, checked when the shard is first opened: a damaged index or shard is a
       :class:`PrefixCacheError` naming the file (delete the folder to rebuild it), never a served wrong prefix.
+    * Shared heads: given the prefixes' token ids (``get_or_compute(..., ids=...)``), an entry that starts with a
+      head's ids is kept (in memory and on disk) as its tail and a reference; the head is kept once, in memory for
+      the store's life (its bytes count against ``max_bytes``; a few per store). See the module docstring.
 
     Keys are complete (:class:`PrefixKey`): a changed user, text, LLM, dtype or layout misses and is recomputed.
     """
@@ -517,12 +570,14 @@ class PrefixStore:
         self.persistent = folder is not None
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
         self.folder: Optional[Path] = Path(folder) if folder is not None else None
-        self._memory: "OrderedDict[PrefixKey, PrefixKV]" = OrderedDict()
+        self._memory: "OrderedDict[PrefixKey, PrefixKV]" = OrderedDict()  # a shared entry: its tail only
         self._memory_bytes = 0
         self._disk: Dict[PrefixKey, Tuple[str, str]] = {}  # key -> (shard file name, tensor name)
+        self._heads: Dict[str, _Head] = {}  # head name -> shared head
+        self._head_of: Dict[PrefixKey, str] = {}  # key of an entry kept as a tail -> its head's name
         self._shards: Dict[str, object] = {}  # open safe_open handles (memory-mapped)
         self._checksums: Dict[str, Dict[str, object]] = {}  # shard -> {"size", "sha256"} (persistent folders)
-        self.stats = {"hits_memory": 0, "hits_disk": 0, "computed": 0, "evicted": 0, "spilled": 0}
+        self.stats = {"hits_memory": 0, "hits_disk": 0, "computed": 0, "evicted": 0, "spilled": 0, "shared": 0}
         if self.folder is not None and (self.folder / INDEX_NAME).exists():
             self._load_index()
 
@@ -538,10 +593,19 @@ class PrefixStore:
     def memory_bytes(self) -> int:
         return self._memory_bytes
 
-    def get_or_compute(self, keys: Sequence[PrefixKey], compute_fn: Callable[[List[int]], PrefixKV]) -> List[PrefixKV]:
-        """The entry of every key, in order; ``compute_fn(positions)`` is called at most once, with the positions
-        (into ``keys``, first occurrence of each missing key) to compute, and must return their rows in that order."""
+    def get_or_compute(self, keys: Sequence[PrefixKey], compute_fn: Callable[[List[int]], PrefixKV],
+                       ids: Optional[Sequence[Sequence[int]]] = None) -> List[PrefixKV]:
+        """The entry of every key (the whole prefix), in order; ``compute_fn(positions)`` is called at most once,
+        with the positions (into ``keys``, first occurrence of each missing key) to compute, and must return their
+        rows in that order.
+
+        ``ids`` (aligned with ``keys``): each prefix's token ids, what ``compute_fn`` computes from. With them a
+        computed entry starting with a stored head's ids is kept as its tail, and a batch of new prefixes with a
+        long common start (>= ``MIN_HEAD_TOKENS``) makes that start a head. Without them (the serving span, whose
+        input is vectors, not ids) every entry is kept whole."""
         keys = [self._checked(k) for k in keys]
+        if ids is not None and len(ids) != len(keys):
+            raise PrefixCacheError(f"get_or_compute got {len(ids)} rows of token ids for {len(keys)} keys")
         found: Dict[PrefixKey, PrefixKV] = {}
         missing: List[int] = []
         pending = set()
@@ -563,10 +627,12 @@ class PrefixStore:
                 )
             new = {keys[pos]: row for pos, row in zip(missing, batch.rows())}
             self.stats["computed"] += len(new)
+            kept = dict(new) if ids is None else self._share_heads(new, {keys[pos]: ids[pos] for pos in missing})
             if self.persistent:
-                self._write_shard(new)
+                self._write_shard(kept)
             for key, row in new.items():
-                found[key] = self._remember(key, row)
+                entry = self._remember(key, kept[key])
+                found[key] = row.to(self.device) if key in self._head_of else entry
         self._evict()
         return [found[k] for k in keys]
 
@@ -577,6 +643,8 @@ class PrefixStore:
             self._tmp.cleanup()
             self._tmp, self.folder = None, None
             self._disk.clear()
+            for head in self._heads.values():  # in memory since they were made; their shard is gone
+                head.where = None
 
     def __enter__(self) -> "PrefixStore":
         return self
@@ -610,15 +678,18 @@ class PrefixStore:
         if entry is not None:
             self._memory.move_to_end(key)
             self.stats["hits_memory"] += 1
-            return entry
+            return self._whole(key, entry)
         if key in self._disk:
             self.stats["hits_disk"] += 1
-            return self._remember(key, self._read(key))
+            if key in self._head_of:  # a damaged head shard fails before the tail is kept
+                self._head_states(self._heads[self._head_of[key]])
+            return self._whole(key, self._remember(key, self._read(key)))
         return None
 
     def _evict(self) -> None:
         """Drop least recently used entries until the budget holds; write those not yet on disk to a new shard.
-        Entries of the current batch stay valid for the caller (they are returned before eviction matters)."""
+        Entries of the current batch stay valid for the caller (they are returned before eviction matters).
+        Heads stay: every tail needs its head, and they are few."""
         spill: Dict[PrefixKey, PrefixKV] = {}
         while self._memory_bytes > self.max_bytes and self._memory:
             key, entry = self._memory.popitem(last=False)
@@ -630,6 +701,86 @@ class PrefixStore:
             self.stats["spilled"] += len(spill)
             self._write_shard(spill)
 
+    # -- shared heads
+
+    def _share_heads(self, new: Dict[PrefixKey, PrefixKV],
+                     ids: Dict[PrefixKey, Sequence[int]]) -> Dict[PrefixKey, PrefixKV]:
+        """What to keep of each newly computed entry: its tail after the longest stored head it starts with, else
+        after a head learned from the new entries that match none (their common start, cut back to where they
+        part from a stored head), else the whole entry."""
+        ids = {key: tuple(int(t) for t in row) for key, row in ids.items()}
+        for key, row in new.items():
+            if len(ids[key]) != row.keys.shape[3]:
+                raise PrefixCacheError(f"prefix {key.name()} has {len(ids[key])} token ids but {row.keys.shape[3]} "
+                                       "computed positions")
+        heads = {key: self._matching_head(key, ids[key]) for key in new}
+        unmatched: Dict[Tuple[str, ...], List[PrefixKey]] = {}
+        for key, head in heads.items():
+            if head is None:
+                unmatched.setdefault(tuple(key[2:]), []).append(key)
+        for parts, group in unmatched.items():
+            # a stored head may have gone too far (a few prompts agreeing by chance beyond the real head): cut back
+            # to where the new prefixes part from the closest one, which a lone new prefix can do too
+            length = _common_length([ids[key] for key in group]) if len(group) >= 2 else 0
+            starts = [_common_length([ids[group[0]], head.ids]) for head in self._heads.values() if head.parts == parts]
+            if starts and max(starts) >= MIN_HEAD_TOKENS:
+                length = max(starts) if len(group) == 1 else min(length, max(starts))
+            if length < MIN_HEAD_TOKENS or len(self._heads) >= MAX_HEADS:
+                continue
+            head = _Head(ids[group[0]][:length], parts)
+            self._heads[head.name] = head
+            self._remember_head(head, _columns(new[group[0]], 0, length))
+            for key in group:  # a prefix that IS the head (every user's, under a profile-free layout): empty tail
+                heads[key] = head
+        kept = {}
+        for key, row in new.items():
+            head = heads[key]
+            if head is None:
+                self._head_of.pop(key, None)
+                kept[key] = row
+            else:
+                self._head_of[key] = head.name
+                kept[key] = _columns(row, len(head.ids))
+                self.stats["shared"] += 1
+        return kept
+
+    def _matching_head(self, key: PrefixKey, ids: Tuple[int, ...]) -> Optional[_Head]:
+        """The longest stored head of ``key``'s LLM, dtype and layout that ``ids`` start with (or equal)."""
+        best = None
+        for head in self._heads.values():
+            length = len(head.ids)
+            if (head.parts == tuple(key[2:]) and length <= len(ids) and ids[:length] == head.ids
+                    and (best is None or length > len(best.ids))):
+                best = head
+        return best
+
+    def _remember_head(self, head: _Head, states: PrefixKV) -> None:
+        if self.device is None:
+            self.device = states.keys.device
+        head.kv = states.to(self.device)
+        self._memory_bytes += head.kv.nbytes
+
+    def _head_states(self, head: _Head) -> PrefixKV:
+        if head.kv is None:
+            self._remember_head(head, self._read_tensors(*head.where))
+        return head.kv
+
+    def _whole(self, key: PrefixKey, entry: PrefixKV) -> PrefixKV:
+        """A kept entry as the whole prefix: its head's states and its tail's, along the sequence."""
+        name = self._head_of.get(key)
+        if name is None:
+            return entry
+        head = self._head_states(self._heads[name])
+        shape, want = entry.keys.shape, head.keys.shape
+        if (shape[:3], shape[4], entry.keys.dtype) != (want[:3], want[4], head.keys.dtype):
+            raise PrefixCacheError(f"cached prefix {key.name()} ({tuple(shape)}, {entry.keys.dtype}) does not fit its "
+                                   f"head {name} ({tuple(want)}, {head.keys.dtype}); delete {self.folder} to rebuild "
+                                   "the store")
+        length = want[3] + shape[3]
+        return PrefixKV(torch.cat([head.keys, entry.keys.to(head.keys.device)], dim=3),
+                        torch.cat([head.values, entry.values.to(head.keys.device)], dim=3),
+                        torch.ones(1, length, dtype=entry.mask.dtype, device=head.keys.device))
+
     # -- disk
 
     def _spill_folder(self) -> Path:
@@ -640,33 +791,49 @@ class PrefixStore:
         return self.folder
 
     def _write_shard(self, entries: Dict[PrefixKey, PrefixKV]) -> None:
+        """Write kept entries (tails of shared ones), and the heads they need that are not on disk yet, to a new
+        shard; a persistent store rewrites its index."""
         folder = self._spill_folder()
         number = 0
         while (folder / SHARD_PATTERN.format(number)).exists():
             number += 1
         shard = SHARD_PATTERN.format(number)
-        tensors = {}
+        tensors, heads = {}, {}
         for key, entry in entries.items():
             name = key.name()
             tensors[f"{name}.keys"], tensors[f"{name}.values"] = entry.keys, entry.values
             tensors[f"{name}.mask"] = entry.mask
+            head = self._heads.get(self._head_of.get(key, ""))
+            if head is not None and head.where is None:
+                heads[head.name] = head
+        for name, head in heads.items():
+            tensors[f"{name}.keys"], tensors[f"{name}.values"] = head.kv.keys, head.kv.values
+            tensors[f"{name}.mask"] = head.kv.mask
         save_safetensors(tensors, folder / shard, metadata={"format": "glta-prefix-kv-1"})
         for key in entries:
             self._disk[key] = (shard, key.name())
+        for name, head in heads.items():
+            head.where = (shard, name)
         if self.persistent:
             from .checkpoint import file_sha256
 
             self._checksums[shard] = {"size": (folder / shard).stat().st_size, "sha256": file_sha256(folder / shard)}
             write_json(folder / INDEX_NAME, {
-                "format": "glta-prefix-index-1",
-                "entries": [{"key": list(k), "shard": s, "name": n} for k, (s, n) in self._disk.items()],
+                "format": INDEX_FORMAT,
+                "entries": [{"key": list(k), "shard": s, "name": n,
+                             **({"head": self._head_of[k]} if k in self._head_of else {})}
+                            for k, (s, n) in self._disk.items()],
+                "heads": [{"name": h.name, "ids": list(h.ids), "parts": list(h.parts), "shard": h.where[0]}
+                          for h in self._heads.values() if h.where is not None],
                 "shards": self._checksums,
             })
 
     def _read(self, key: PrefixKey) -> PrefixKV:
+        return self._read_tensors(*self._disk[key])
+
+    def _read_tensors(self, shard: str, name: str) -> PrefixKV:
         from safetensors import safe_open
 
-        shard, name = self._disk[key]
         handle = self._shards.get(shard)
         if handle is None:
             path = self.folder / shard
@@ -698,24 +865,43 @@ class PrefixStore:
                                    f"delete {self.folder} to rebuild the store")
 
     def _load_index(self) -> None:
+        """Read ``prefix_index.json``: format 2, or format 1 (written before heads were shared: no heads)."""
         path = self.folder / INDEX_NAME
         try:
             index = read_json(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise PrefixCacheError(f"{path}: unreadable prefix index ({err}); delete {self.folder} to rebuild the "
                                    "store") from None
-        if not isinstance(index, dict) or index.get("format") != "glta-prefix-index-1":
+        if not isinstance(index, dict) or index.get("format") not in INDEX_FORMATS:
             raise PrefixCacheError(f"{path}: not a glta prefix index (format {index.get('format') if isinstance(index, dict) else None!r})")
+        heads: Dict[str, _Head] = {}
+        head_of: Dict[PrefixKey, str] = {}
         try:
             checksums = index.get("shards") or {}
             for shard, recorded in checksums.items():
                 if not isinstance(recorded, dict):
                     raise TypeError(f"shard {shard!r}: {recorded!r}")
+            for record in index.get("heads") or []:
+                head = _Head([int(t) for t in record["ids"]], [str(p) for p in record["parts"]])
+                shard = str(record["shard"])
+                if head.name != record["name"] or len(head.parts) != 3 or "/" in shard or "\\" in shard:
+                    raise PrefixCacheError(f"{path}: head {record['name']} does not match its token ids")
+                if not (self.folder / shard).is_file():
+                    raise PrefixCacheError(f"{self.folder / shard}: missing (it holds the shared head {head.name} of "
+                                           f"{path}); delete {self.folder} to rebuild the store")
+                head.where = (shard, head.name)
+                heads[head.name] = head
             for record in index["entries"]:
                 key = PrefixKey(*record["key"])
                 shard, name = str(record["shard"]), record["name"]
                 if key.name() != name or not (self.folder / shard).is_file() or "/" in shard or "\\" in shard:
                     raise PrefixCacheError(f"{path}: entry {name} does not match its key or its shard is missing")
+                head = record.get("head")
+                if head is not None:
+                    if head not in heads or heads[head].parts != tuple(key[2:]):
+                        raise PrefixCacheError(f"{path}: entry {name} refers to head {head!r}, not one of this index's "
+                                               "heads for its LLM, dtype and layout")
+                    head_of[key] = head
                 self._disk[key] = (shard, name)
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             if isinstance(err, PrefixCacheError):
@@ -723,6 +909,8 @@ class PrefixStore:
             raise PrefixCacheError(f"{path}: malformed prefix index ({type(err).__name__}: {err}); delete "
                                    f"{self.folder} to rebuild the store") from None
         self._checksums = dict(checksums)
+        self._heads.update(heads)
+        self._head_of.update(head_of)
 
 
 def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[PrefixKey],
@@ -744,7 +932,10 @@ def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[Pr
             return prefix_key_values(llm, split.prefix_ids[rows][:, cols], mask)
         return prefix_key_values_from_embeds(llm, prefix_embeds[rows][:, cols], mask)
 
-    entries = store.get_or_compute(keys, compute)
+    ids = None  # the serving span's input is vectors: token ids do not describe it, so nothing is shared
+    if prefix_embeds is None:
+        ids = [row[len(row) - n:] for row, n in zip(split.prefix_ids.tolist(), split.prefix_lengths)]
+    entries = store.get_or_compute(keys, compute, ids=ids)
     return PrefixKV.concat(entries, device=llm.get_input_embeddings().weight.device)
 
 
