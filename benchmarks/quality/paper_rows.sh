@@ -22,7 +22,7 @@ CONFIG=${CONFIG:-training/configs/$DATASET.yaml}  # CONFIG=path: another recipe 
 OUT=runs/$DATASET/paper/$ROW
 # The LLM's states over each user's prompt text (under the config's prefix_cache_dir), one store per prompt: glta,
 # glta_residual and glta_wo_ia share the full prompt's; each other ablation's prompt differs (no profile, no
-# prediction, the user id as text) and has its own. ml-1m's full store is ~42 GB: delete a store when its rows are done.
+# prediction, the user id as text) and has its own. ml-1m's full store is ~29 GB: delete a store when its rows are done.
 case $ROW in glta|glta_residual|glta_wo_ia) PROMPT=full ;; *) PROMPT=$ROW ;; esac
 STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")/$PROMPT
 GRAPH=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['graph_dir'])" "$CONFIG")
