@@ -89,3 +89,9 @@ def tiny_llama(seed: int = 0, **config_kwargs) -> Tuple["transformers.PreTrained
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config(**config_kwargs)).eval()
     return model, tokenizer
+
+
+def frozen_tiny_decoder(seed: int = 0):
+    """The decoder (``LlamaModel``) of :func:`tiny_llama` with every weight frozen: what a prefix cache may serve."""
+    causal, _ = tiny_llama(seed=seed)
+    return causal.model.requires_grad_(False)

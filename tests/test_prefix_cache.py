@@ -21,7 +21,7 @@ from glta_hf.prefix_cache import (
     split_prompt_batch,
 )
 from glta_hf.prompts import collate_prompts, encode_prompt, item_text_prompt, placeholder_token_ids, user_item_prompt
-from glta_hf.testing import tiny_llama
+from glta_hf.testing import frozen_tiny_decoder, tiny_llama
 
 from conftest import build_tiny
 
@@ -30,10 +30,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 @pytest.fixture(scope="module")
 def llm():
-    causal, _ = tiny_llama(seed=1)
-    for param in causal.parameters():
-        param.requires_grad_(False)
-    return causal.model
+    return frozen_tiny_decoder(seed=1)
 
 
 def _left_padded(rows, width, fill):

@@ -17,7 +17,7 @@ from glta_hf.prefix_cache import (
     prefix_key_values,
     split_prompt_batch,
 )
-from glta_hf.testing import tiny_llama
+from glta_hf.testing import frozen_tiny_decoder
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 PLACEHOLDER = 383  # stands for <user>: where each prompt's prefix ends
@@ -26,10 +26,7 @@ HEAD = 40  # tokens every prompt below starts with (a chat template + system pro
 
 @pytest.fixture(scope="module")
 def llm():
-    causal, _ = tiny_llama(seed=3)
-    for param in causal.parameters():
-        param.requires_grad_(False)
-    return causal.model
+    return frozen_tiny_decoder(seed=3)
 
 
 def _prefixes(tails, seed=0):
