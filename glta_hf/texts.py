@@ -8,7 +8,10 @@ validation or test items, so no evaluation item leaks into the prompt) and write
   shown the profile, as in Fig. 1d where the prediction builds on the profile).
 
 Generation is batched (left padding so every row's next token is at the same column, KV cache on, greedy by
-default, seeded) and the users are sorted by prompt length before batching so a batch wastes little padding.
+default, seeded) and the users are sorted by prompt length before batching so a batch wastes little padding. A
+user's two prompts share their start (template, system prompt, item list: most of their tokens); greedy generation
+prefills it once per batch and continues both prompts from its key/value states (:func:`_batch_texts`), which writes
+the texts of full prefills up to float rounding.
 
 Cache format: ``texts.jsonl`` -- one JSON object per line and per user ``{"user_idx", "user_id", "profile",
 "prediction"}`` -- and a sidecar ``texts.jsonl.meta.json`` written atomically before the first line, recording the
@@ -433,23 +436,17 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0,
-                   answer_prefix: str = ""):
-    """Generate one batch (left padding, KV cache). Returns (texts, new non-pad tokens, prompt non-pad tokens).
+def _add_special_tokens(tokenizer, config: TextGenerationConfig) -> bool:
+    """A chat-template prompt already holds its special tokens; a plain one gets the tokenizer's (BOS)."""
+    return not (config.use_chat_template and getattr(tokenizer, "chat_template", None))
 
-    ``prompts`` end with ``answer_prefix`` (the prefilled start of the answer); each text is that prefix followed
-    by what the LLM wrote, so the cached text reads as one answer."""
-    import torch
 
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not (
-            config.use_chat_template and getattr(tokenizer, "chat_template", None)))
-    finally:
-        tokenizer.padding_side = old_side
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+def _encode(tokenizer, prompts: Sequence[str], config: TextGenerationConfig) -> List[List[int]]:
+    """Each prompt's token ids, exactly as a padded batch of them holds them (padding aside)."""
+    return tokenizer(list(prompts), add_special_tokens=_add_special_tokens(tokenizer, config))["input_ids"]
+
+
+def _generate_kwargs(tokenizer, config: TextGenerationConfig, seed: int) -> Dict[str, Any]:
     kwargs: Dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, use_cache=True,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                   repetition_penalty=config.repetition_penalty,
@@ -460,9 +457,11 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
         kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    with torch.inference_mode():
-        out = model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
+    return kwargs
+
+
+def _decode_answers(tokenizer, new, answer_prefix: str):
+    """(texts, new tokens) of the generated columns ``new``: each row cut after its first eos."""
     texts, n_tokens = [], 0
     for row in new:
         ids = row.tolist()
@@ -471,7 +470,197 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerat
         n_tokens += len(ids)
         written = tokenizer.decode(ids, skip_special_tokens=True)
         texts.append((answer_prefix + written).strip())
-    return texts, n_tokens, int(enc["attention_mask"].sum())
+    return texts, n_tokens
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int):
+    """(ids, attention mask) of ``rows`` left-padded to the longest row (what a left-padding tokenizer makes)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0,
+                   answer_prefix: str = ""):
+    """Generate one batch (left padding, KV cache). Returns (texts, new non-pad tokens, prompt non-pad tokens).
+
+    ``prompts`` end with ``answer_prefix`` (the prefilled start of the answer); each text is that prefix followed
+    by what the LLM wrote, so the cached text reads as one answer."""
+    return _generate_rows(model, tokenizer, _encode(tokenizer, prompts, config), config, seed=seed,
+                          answer_prefix=answer_prefix)
+
+
+def _generate_rows(model, tokenizer, rows: Sequence[Sequence[int]], config: TextGenerationConfig, *, seed: int,
+                   answer_prefix: str):
+    """:func:`generate_batch` from token ids: every prompt prefilled in full."""
+    import torch
+
+    ids, mask = _left_padded(rows, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             **_generate_kwargs(tokenizer, config, seed))
+    texts, n_tokens = _decode_answers(tokenizer, out[:, ids.shape[1]:], answer_prefix)
+    return texts, n_tokens, int(mask.sum())
+
+
+# ----------------------------------------------------------------------------------------------- shared start
+#
+# A user's profile prompt and prediction prompt start alike (chat template, system prompt, the item list: most of
+# their tokens). Greedy generation computes that start once per batch and continues both prompts from a copy of its
+# key/value states, so the texts are those of full prefills (up to float rounding) for about half the prefill work.
+
+#: Off: every prompt is prefilled in full (the path the texts were first written with; the tests compare the two).
+_SHARE_PROMPT_START = True
+
+
+def _shared_start_lengths(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]]) -> List[int]:
+    """Per row, the longest common token prefix of the two prompts, at most each prompt's length - 1 (the last
+    token of a prompt is fed to ``generate``: its logits give the first new token)."""
+    out = []
+    for a, b in zip(firsts, seconds):
+        limit = min(len(a), len(b)) - 1
+        n = 0
+        while n < limit and a[n] == b[n]:
+            n += 1
+        out.append(max(n, 0))
+    return out
+
+
+class _SharedStart:
+    """The key/value states of each row's shared start, left-padded to one width ``S`` (one prefill)."""
+
+    def __init__(self, model, starts: Sequence[Sequence[int]], pad_id: int):
+        import torch
+
+        from .decoding import llm_cache
+        from .prefix_cache import cache_kwarg, positions_from_mask
+
+        self.starts = [list(s) for s in starts]
+        self.ids, self.mask = _left_padded(self.starts, pad_id)
+        device = next(model.parameters()).device
+        decoder = model.get_decoder()  # no LM head: only the states are wanted
+        with torch.inference_mode():  # positions as generate gives them (the mask's running count)
+            out = decoder(input_ids=self.ids.to(device), attention_mask=self.mask.to(device),
+                          position_ids=positions_from_mask(self.mask).to(device), use_cache=True,
+                          **{cache_kwarg(decoder): None})
+        self.cache = llm_cache(out)
+        self.cache_arg = cache_kwarg(model)  # generate's name for it (cache / past_key_values by version)
+
+
+def _continue_rows(model, tokenizer, start: _SharedStart, rows: Sequence[Sequence[int]],
+                   config: TextGenerationConfig, *, answer_prefix: str, last_use: bool):
+    """Greedy :func:`_generate_rows` of ``rows`` (each begins with its row of ``start``) from ``start``'s states.
+
+    ``generate`` sees ``[left pad][shared start][middle pad][rest of the prompt]`` and prefills only the rest: its
+    position ids come from the attention mask's running count, so every real token keeps the position it has in its
+    unpadded prompt. The repetition penalty and the n-gram ban read the prompt's tokens, so they are applied to each
+    row as the full-prefill path lays it out (:class:`_AsFullPrompt`), where no middle padding splits an n-gram.
+    ``last_use``: continue in ``start``'s cache itself (``generate`` extends it) instead of a copy."""
+    import copy
+
+    import torch
+    from transformers import LogitsProcessorList
+
+    if config.do_sample:
+        raise ValueError("the shared-start path is greedy only (sampling's warpers must follow the penalties)")
+    rests = []
+    for i, (row, head) in enumerate(zip(rows, start.starts)):
+        if list(row[: len(head)]) != head or len(row) <= len(head):
+            raise ValueError(f"row {i} does not continue its shared start")
+        rests.append(row[len(head):])
+    rest_ids, rest_mask = _left_padded(rests, tokenizer.pad_token_id)
+    ids = torch.cat([start.ids, rest_ids], dim=1)
+    mask = torch.cat([start.mask, rest_mask], dim=1)
+    kwargs = _generate_kwargs(tokenizer, config, seed=0)
+    kwargs.update(repetition_penalty=1.0, no_repeat_ngram_size=0, logits_processor=LogitsProcessorList(
+        [_AsFullPrompt(rows, tokenizer.pad_token_id, ids.shape[1], config)]))
+    device = next(model.parameters()).device
+    cache = start.cache if last_use else copy.deepcopy(start.cache)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             **{start.cache_arg: cache}, **kwargs)
+    texts, n_tokens = _decode_answers(tokenizer, out[:, ids.shape[1]:], answer_prefix)
+    return texts, n_tokens, sum(len(r) for r in rows)
+
+
+class _AsFullPrompt:
+    """The repetition penalty and the n-gram ban of ``generate``, applied to each row's prompt laid out as the
+    full-prefill path's left-padded batch (``prompt_ids``) followed by the tokens generated so far. Greedy only:
+    these two and ``generate``'s own processors (min new tokens) commute, so where they stand in the list does not
+    matter (sampling's warpers, which must follow them, would)."""
+
+    def __init__(self, rows: Sequence[Sequence[int]], pad_id: int, seen_width: int, config: TextGenerationConfig):
+        from transformers.generation.logits_process import (NoRepeatNGramLogitsProcessor,
+                                                            RepetitionPenaltyLogitsProcessor)
+
+        self.prompt_ids, mask = _left_padded(rows, pad_id)
+        self.seen_width = int(seen_width)
+        self.inner: List[Any] = []
+        if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+            # generate's rule: the left padding is not penalized; no padding at all -> nothing ignored
+            pad_lengths = None if bool((mask == 1).all()) else (mask != 0).int().argmax(dim=1)
+            self.inner.append(RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty),
+                                                               prompt_ignore_length=pad_lengths))
+        if config.no_repeat_ngram_size:
+            self.inner.append(NoRepeatNGramLogitsProcessor(int(config.no_repeat_ngram_size)))
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        ids = torch.cat([self.prompt_ids.to(input_ids.device), input_ids[:, self.seen_width:]], dim=1)
+        for processor in self.inner:
+            scores = processor(ids, scores)
+        return scores
+
+
+def _batch_texts(model, tokenizer, profile_prompts: Sequence[str], item_lists: Sequence[Sequence[str]],
+                 config: TextGenerationConfig, *, seed: int):
+    """One batch's (profiles, predictions, new tokens of each, prompt tokens of each); predictions None without
+    ``with_prediction``.
+
+    Greedy with predictions: the start each user's two prompts share is prefilled once (:class:`_SharedStart`) and
+    both generations continue from it. The prediction prompt holds the profile, unknown before the profiles are
+    written, so the shared start is found with a stand-in profile (the answer prefix every profile starts with) and
+    checked against the real prompts; a batch where one does not continue it prefills its predictions in full."""
+    def prediction_prompts(profiles):
+        return [render_generation_prompt(
+            tokenizer, prediction_messages(items, profile=p if config.prediction_sees_profile else None),
+            config.use_chat_template, answer_prefix=PREDICTION_ANSWER_PREFIX) for items, p in zip(item_lists, profiles)]
+
+    n = len(profile_prompts)
+    if not config.with_prediction:
+        profiles, n1, p1 = generate_batch(model, tokenizer, profile_prompts, config, seed=seed,
+                                          answer_prefix=PROFILE_ANSWER_PREFIX)
+        return profiles, [None] * n, n1, 0, p1, 0
+    profile_rows = _encode(tokenizer, profile_prompts, config)
+    lengths = _shared_start_lengths(profile_rows, _encode(tokenizer, prediction_prompts([PROFILE_ANSWER_PREFIX] * n),
+                                                          config))
+    if not _SHARE_PROMPT_START or config.do_sample or min(lengths) == 0:
+        profiles, n1, p1 = _generate_rows(model, tokenizer, profile_rows, config, seed=seed,
+                                          answer_prefix=PROFILE_ANSWER_PREFIX)
+        predictions, n2, p2 = generate_batch(model, tokenizer, prediction_prompts(profiles), config, seed=seed + 1,
+                                             answer_prefix=PREDICTION_ANSWER_PREFIX)
+        return profiles, predictions, n1, n2, p1, p2
+    start = _SharedStart(model, [row[:k] for row, k in zip(profile_rows, lengths)], tokenizer.pad_token_id)
+    profiles, n1, p1 = _continue_rows(model, tokenizer, start, profile_rows, config,
+                                      answer_prefix=PROFILE_ANSWER_PREFIX, last_use=False)
+    prediction_rows = _encode(tokenizer, prediction_prompts(profiles), config)
+    if all(len(row) > len(head) and row[: len(head)] == head for row, head in zip(prediction_rows, start.starts)):
+        predictions, n2, p2 = _continue_rows(model, tokenizer, start, prediction_rows, config,
+                                             answer_prefix=PREDICTION_ANSWER_PREFIX, last_use=True)
+    else:
+        logger.info("a prediction prompt does not continue its shared start: prefilling this batch's in full")
+        predictions, n2, p2 = _generate_rows(model, tokenizer, prediction_rows, config, seed=seed + 1,
+                                             answer_prefix=PREDICTION_ANSWER_PREFIX)
+    return profiles, predictions, n1, n2, p1, p2
 
 
 def _length_sorted_batches(users: Sequence[int], lengths: Mapping[int, int], batch_size: int) -> List[List[int]]:
@@ -561,20 +750,9 @@ def _generate_user_texts(model, tokenizer, data, path: Path, *, config: TextGene
                 if stop_after_batches is not None and b >= stop_after_batches:
                     break
                 batch_seed = config.seed * 1_000_003 + batch[0]
-                profiles, n1, p1 = generate_batch(model, tokenizer, [profile_prompts[u] for u in batch], config,
-                                                  seed=batch_seed, answer_prefix=PROFILE_ANSWER_PREFIX)
-                predictions, n2, p2 = [None] * len(batch), 0, 0
-                if config.with_prediction:
-                    pred_prompts = [
-                        render_generation_prompt(
-                            tokenizer,
-                            prediction_messages(_item_texts(catalogue, shown[u], config.max_item_chars),
-                                                profile=p if config.prediction_sees_profile else None),
-                            config.use_chat_template, answer_prefix=PREDICTION_ANSWER_PREFIX)
-                        for u, p in zip(batch, profiles)
-                    ]
-                    predictions, n2, p2 = generate_batch(model, tokenizer, pred_prompts, config, seed=batch_seed + 1,
-                                                         answer_prefix=PREDICTION_ANSWER_PREFIX)
+                profiles, predictions, n1, n2, p1, p2 = _batch_texts(
+                    model, tokenizer, [profile_prompts[u] for u in batch],
+                    [_item_texts(catalogue, shown[u], config.max_item_chars) for u in batch], config, seed=batch_seed)
                 lines = "".join(
                     json.dumps({"user_idx": u, "user_id": str(data.user_ids[u]), "profile": p, "prediction": q,
                                 "items_shown": shown[u]}, ensure_ascii=False) + "\n"
