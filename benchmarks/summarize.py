@@ -148,6 +148,11 @@ def render_paper(results_dir: Path, paper_file: Path = PAPER) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_table(results_dir: Path, table: str, relative_to: Path) -> str:
+    """One of :data:`TABLES` as Markdown."""
+    return render_paper(results_dir) if table == "paper" else render(results_dir, table, relative_to)
+
+
 def markers(table: str) -> Tuple[str, str]:
     return (f"<!-- {table} table: rendered by benchmarks/summarize.py --write; do not edit by hand -->",
             f"<!-- end of {table} table -->")
@@ -165,9 +170,8 @@ def replace_tables(text: str, tables: Dict[str, str], where: str = "BENCHMARKS.m
 
 
 def render_document(text: str, results_dir: Path, document: Path) -> str:
-    """``text`` (the document's content) with both tables re-rendered from ``results_dir``."""
-    tables = {table: render_paper(results_dir) if table == "paper" else render(results_dir, table, document.parent)
-              for table in TABLES}
+    """``text`` (the document's content) with every table re-rendered from ``results_dir``."""
+    tables = {table: render_table(results_dir, table, document.parent) for table in TABLES}
     return replace_tables(text, tables, where=str(document))
 
 
@@ -181,8 +185,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.write and not args.check:
         for table in TABLES:
-            print(render_paper(args.results_dir) if table == "paper" else render(args.results_dir, table,
-                                                                                  args.document.parent))
+            print(render_table(args.results_dir, table, args.document.parent))
         return 0
     current = args.document.read_text(encoding="utf-8")
     rendered = render_document(current, args.results_dir, args.document)

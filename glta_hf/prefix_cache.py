@@ -432,10 +432,10 @@ class PromptSplit:
         rows = [values[row][attention_mask[row].bool()] for row in range(values.shape[0])]
         prefixes = [r[:n] for r, n in zip(rows, self.prefix_lengths)]
         suffixes = [r[n:] for r, n in zip(rows, self.prefix_lengths)]
-        return _left_pad(prefixes, 0, values.device)[0], _left_pad(suffixes, 0, values.device)[0]
+        return left_pad(prefixes, 0, values.device)[0], left_pad(suffixes, 0, values.device)[0]
 
 
-def _left_pad(rows: Sequence[torch.Tensor], fill, device) -> Tuple[torch.Tensor, torch.LongTensor]:
+def left_pad(rows: Sequence[torch.Tensor], fill, device) -> Tuple[torch.Tensor, torch.LongTensor]:
     """Rows of (length, ...) stacked into (batch, width, ...) with ``fill`` on the left, and the (batch, width) mask."""
     width = max((len(r) for r in rows), default=0)
     trailing, dtype = (rows[0].shape[1:], rows[0].dtype) if rows else ((), torch.long)
@@ -467,8 +467,8 @@ def split_prompt_batch(
         cut = int(hits[0])
         prefixes.append(tokens[:cut])
         suffixes.append(tokens[cut:])
-    prefix_ids, prefix_mask = _left_pad(prefixes, pad_token_id, input_ids.device)
-    suffix_ids, suffix_mask = _left_pad(suffixes, pad_token_id, input_ids.device)
+    prefix_ids, prefix_mask = left_pad(prefixes, pad_token_id, input_ids.device)
+    suffix_ids, suffix_mask = left_pad(suffixes, pad_token_id, input_ids.device)
     return PromptSplit(
         prefix_ids, prefix_mask, suffix_ids, suffix_mask,
         prefix_lengths=[len(p) for p in prefixes],
@@ -527,7 +527,7 @@ def _head_name(ids: Sequence[int], parts: Sequence[str]) -> str:
     return "head-" + hashlib.sha256(json.dumps([list(ids), *parts]).encode("utf-8")).hexdigest()[:40]
 
 
-def _common_length(rows: Sequence[Tuple[int, ...]]) -> int:
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """The length of the longest token prefix all ``rows`` share."""
     length = min(len(row) for row in rows)
     for row in rows[1:]:
@@ -721,8 +721,8 @@ class PrefixStore:
         for parts, group in unmatched.items():
             # a stored head may have gone too far (a few prompts agreeing by chance beyond the real head): cut back
             # to where the new prefixes part from the closest one, which a lone new prefix can do too
-            length = _common_length([ids[key] for key in group]) if len(group) >= 2 else 0
-            starts = [_common_length([ids[group[0]], head.ids]) for head in self._heads.values() if head.parts == parts]
+            length = common_prefix_length([ids[key] for key in group]) if len(group) >= 2 else 0
+            starts = [common_prefix_length([ids[group[0]], head.ids]) for head in self._heads.values() if head.parts == parts]
             if starts and max(starts) >= MIN_HEAD_TOKENS:
                 length = max(starts) if len(group) == 1 else min(length, max(starts))
             if length < MIN_HEAD_TOKENS or len(self._heads) >= MAX_HEADS:

@@ -474,17 +474,13 @@ def _decode_answers(tokenizer, new, answer_prefix: str):
 
 
 def _left_padded(rows: Sequence[Sequence[int]], pad_id: int):
-    """(ids, attention mask) of ``rows`` left-padded to the longest row (what a left-padding tokenizer makes)."""
+    """(ids, attention mask) of token-id ``rows`` left-padded to the longest row (what a left-padding tokenizer
+    makes), on the CPU."""
     import torch
 
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids, mask
+    from .prefix_cache import left_pad
+
+    return left_pad([torch.tensor(list(r), dtype=torch.long) for r in rows], int(pad_id), "cpu")
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[str], config: TextGenerationConfig, *, seed: int = 0,
@@ -524,14 +520,9 @@ _SHARE_PROMPT_START = True
 def _shared_start_lengths(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]]) -> List[int]:
     """Per row, the longest common token prefix of the two prompts, at most each prompt's length - 1 (the last
     token of a prompt is fed to ``generate``: its logits give the first new token)."""
-    out = []
-    for a, b in zip(firsts, seconds):
-        limit = min(len(a), len(b)) - 1
-        n = 0
-        while n < limit and a[n] == b[n]:
-            n += 1
-        out.append(max(n, 0))
-    return out
+    from .prefix_cache import common_prefix_length
+
+    return [max(min(common_prefix_length([a, b]), min(len(a), len(b)) - 1), 0) for a, b in zip(firsts, seconds)]
 
 
 class _SharedStart:

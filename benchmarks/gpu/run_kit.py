@@ -150,12 +150,17 @@ def texts_path(cfg, dataset) -> Path:
     return Path(cfg["root"]) / "benchmarks" / "texts" / dataset["name"] / "texts.jsonl"
 
 
-def text_settings(cfg, dataset, batch_size: int):
-    """The rows' text settings (their budget's, then the dataset's recipe's), so the rows reuse the cache the texts
-    step writes."""
+def rows_config(cfg, dataset):
+    """The rows' :class:`~glta_hf.quickstart.QuickstartConfig`: their budget's, then the dataset's recipe's text
+    settings (``bench_argv`` passes the same as flags)."""
     from glta_hf.quickstart import budget_config
 
-    tcfg = budget_config(cfg["budget"], **dataset.get("text_options", {})).text_config()
+    return budget_config(cfg["budget"], **dataset.get("text_options", {}))
+
+
+def text_settings(cfg, dataset, batch_size: int):
+    """The rows' text settings, so the rows reuse the cache the texts step writes."""
+    tcfg = rows_config(cfg, dataset).text_config()
     tcfg.batch_size = batch_size
     return tcfg
 
@@ -294,7 +299,6 @@ def child_perf(cfg) -> None:
     from glta_hf.alignment_data import GLTACollator, UserItemDataset, user_histories
     from glta_hf.graph import load_node_embeddings
     from glta_hf.backbone import SMOLLM2_REFERENCE
-    from glta_hf.quickstart import budget_config
     from glta_hf.results import hardware_info, write_run_result
     from glta_hf.texts import generate_user_texts, load_texts
 
@@ -320,8 +324,7 @@ def child_perf(cfg) -> None:
     dtype = getattr(torch, cfg["llm_dtype"]) if cfg["llm_dtype"] else torch.float32
     decoder = gen.get_decoder().to(dtype)
     nodes = load_node_embeddings(dataset["nodes"])
-    # the rows' model and prompt settings (quickstart.train_alignment)
-    budget = budget_config(cfg["budget"], **dataset.get("text_options", {}))
+    budget = rows_config(cfg, dataset)  # the rows' model and prompt settings (quickstart.train_alignment)
     args = budget.training_arguments(tempfile.gettempdir())
     model = pipeline.build_model(decoder, tokenizer, nodes, data, llm_name_or_path=cfg["backbone"] or SMOLLM2_REFERENCE,
                                  prompt=budget.prompt_config(args), num_slots=args.num_slots,
