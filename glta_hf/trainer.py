@@ -91,6 +91,20 @@ class _StageCheckpointCallback(TrainerCallback):
                 write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step)))
 
 
+class _ResumeCheckpointCallback(TrainerCallback):
+    """Asks for a checkpoint every ``every`` optimizer steps, on top of ``save_strategy``'s (``resume_save_steps``):
+    ``load_best_model_at_end`` ties the save strategy to the evaluation's, and an epoch-long gap between resume
+    points loses hours when a long CPU epoch is killed."""
+
+    def __init__(self, every: int):
+        self.every = int(every)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            control.should_save = True
+        return control
+
+
 def parameter_part(name: str) -> str:
     """The trainable part a GLTA parameter belongs to, from its name: ``head``, ``projector``, ``slots``,
     ``residual`` or ``llm`` (LoRA weights; anything else)."""
@@ -166,6 +180,8 @@ class GLTATrainer(Trainer):
                 raise ValueError("early stopping needs validation: set eval_strategy (and load_best_model_at_end)")
             callbacks.append(EarlyStoppingCallback(early_stopping_patience))
         callbacks.append(_StageCheckpointCallback(stage, fingerprint))
+        if args.resume_save_steps:
+            callbacks.append(_ResumeCheckpointCallback(args.resume_save_steps))
         eval_users = None
         if ranking_truth is not None:
             eval_users = sample_eval_users(ranking_truth, args.eval_max_users, args.seed)

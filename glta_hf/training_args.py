@@ -93,7 +93,7 @@ class GLTATrainingArguments(TrainingArguments):
         "max_length": positive_int, "prefix_cache_max_gb": non_negative_float, "eval_decoding": decoding_name,
         **dict.fromkeys(PART_LEARNING_RATES.values(), positive_float),
         "item_eval_fraction": carve_fraction, "item_title_warmup_steps": non_negative_int,
-        "item_title_learning_rate": positive_float}
+        "item_title_learning_rate": positive_float, "resume_save_steps": positive_int}
     #: output folders, checked writable by the parsers (not in ``__post_init__``: a library caller may create them)
     PATH_TYPES: ClassVar[Dict[str, Callable[[str], Any]]] = {
         "output_dir": writable_dir, "logging_dir": writable_dir, "prefix_cache_dir": writable_dir}
@@ -160,6 +160,11 @@ class GLTATrainingArguments(TrainingArguments):
                 "text (glta_hf.item_titles); 0 = off, the paper's stage unchanged"})
     item_title_learning_rate: float = field(default=1e-2, metadata={
         "help": "learning rate of the item-title warm-up's Adam (item_title_warmup_steps)"})
+    resume_save_steps: Optional[int] = field(default=None, metadata={
+        "help": "also save a checkpoint every N optimizer steps between save_strategy's own saves: resume points, so "
+                "a stage killed mid-epoch (an epoch of ml-1m is hours on a CPU) resumes near where it stopped; the "
+                "Trainer's rotation (save_total_limit) still keeps the best checkpoint and the newest. Not a "
+                "training setting: the stage's fingerprint ignores it"})
     diagnose: bool = field(default=True, metadata={
         "help": "print the stage's diagnostics (loss at init vs ln|I|, query vs user-vector norm, update norms of "
                 "the first steps, targets already in the prompt; glta_hf.diagnose) and keep them in its record"})

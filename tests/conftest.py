@@ -7,6 +7,20 @@ from typing import Any
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A script of the repository (``training/align.py``, ``benchmarks/quality/carry_run.py``: files, not a
+    package), imported from its path."""
+    import importlib.util
+
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 @dataclass
 class Tiny:

@@ -2,6 +2,8 @@
 resume."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,49 @@ def test_a_resumed_stage_ends_on_the_best_state_validated_before_it(tmp_path, be
     final = resumed.model.glta_state_dict()
     for k, v in expected.items():
         torch.testing.assert_close(final[k], v, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_change_the_fingerprint(tmp_path):
+    """Checkpoints between evaluations (an ml-1m epoch is hours on a CPU): the rotation keeps the best and the
+    newest, a run stopped between evaluations resumes from the newest to the uninterrupted run's weights."""
+    from conftest import build_tiny, load_script
+    from transformers import TrainerCallback
+
+    kw = dict(max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3, eval_on_start=True,
+              load_best_model_at_end=True, metric_for_best_model="ndcg@4", save_total_limit=2, resume_save_steps=1)
+    assert _args(tmp_path, **kw).stage_fingerprint("user") == _args(
+        tmp_path, **dict(kw, resume_save_steps=None)).stage_fingerprint("user")
+    full = build_tiny(tmp_path / "a")
+    _trainer(full, _args(tmp_path / "a", **kw)).train()
+    reference = _trained_state(full.model)
+
+    class StopAt4(TrainerCallback):  # a kill between the evaluations at steps 3 and 6
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                control.should_training_stop = True
+
+    stopped = build_tiny(tmp_path / "b")
+    out = tmp_path / "b" / "run" / "user"
+    trainer = _trainer(stopped, _args(tmp_path / "b", output_dir=str(out), **kw))
+    trainer.add_callback(StopAt4())
+    trainer.train()
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert kept == ["checkpoint-3", "checkpoint-4"]  # the best validated (step 3 here) and the newest
+
+    # the next machine: benchmarks/quality/carry_run.py carries the resume point through a committed folder
+    carry_run = load_script("benchmarks/quality/carry_run.py")
+    carried = carry_run.save(out.parent, tmp_path / "carried")
+    assert carried == [Path("user", "checkpoint-3"), Path("user", "checkpoint-4")]
+    assert not list((tmp_path / "carried").rglob("training_args.bin"))
+    fresh = tmp_path / "c" / "run"
+    assert carry_run.restore(tmp_path / "carried", fresh) == carried
+    assert carry_run.restore(tmp_path / "carried", fresh) == []  # never over what the run folder has
+    resumed = build_tiny(tmp_path / "c")
+    trainer = _trainer(resumed, _args(tmp_path / "c", output_dir=str(fresh / "user"), **kw))
+    trainer.train(resume_from_checkpoint=str(fresh / "user" / "checkpoint-4"))
+    assert trainer.state.global_step == 6
+    for k, v in _trained_state(resumed.model).items():
+        torch.testing.assert_close(v, reference[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
 

@@ -11,8 +11,12 @@
 #   glta_residual GLTA + the frozen LightGCN score (not the paper's method; issue 23's recipe): both stages on a graph
 #                 fit without 20% of each user's training edges, which become the targets (--target_policy
 #                 held_out), ranked with the graph refit on every edge (the config's graph_dir)
-# Resumable: rerun the same command after a kill (align.py resumes at the last epoch's checkpoint, the prefix stores
-# and finished test rows are kept). Usage: bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]
+# Resumable: rerun the same command after a kill (align.py resumes at the last checkpoint: one every
+# RESUME_SAVE_STEPS steps, default 25, between the epochs' own; the prefix stores and finished test rows are kept).
+# On another machine (runs/ is not committed): benchmarks/quality/carry_run.py save runs/$DATASET/paper/$ROW
+# benchmarks/checkpoints/$DATASET/$ROW, commit that folder; this script restores it before it trains (glta's too,
+# for the rows that start from its item stage); the prefix store is recomputed (the same numbers).
+# Usage: bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]
 #   e.g. nice -n 2 bash benchmarks/quality/paper_rows.sh ml-1m glta
 set -eo pipefail
 DATASET=${1:?DATASET (ml-1m, amazon-scientific, ...: training/configs/DATASET.yaml)}
@@ -20,6 +24,7 @@ ROW=${2:?ROW (glta, glta_residual, glta_wo_ia, glta_wo_ua, glta_wo_pf, glta_wo_p
 shift 2
 CONFIG=${CONFIG:-training/configs/$DATASET.yaml}  # CONFIG=path: another recipe file (a rehearsal on tiny data)
 OUT=runs/$DATASET/paper/$ROW
+CARRIED=benchmarks/checkpoints/$DATASET
 # The LLM's states over each user's prompt text (under the config's prefix_cache_dir), one store per prompt: glta,
 # glta_residual and glta_wo_ia share the full prompt's; each other ablation's prompt differs (no profile, no
 # prediction, the user id as text) and has its own. ml-1m's full store is ~29 GB: delete a store when its rows are done.
@@ -47,12 +52,18 @@ case $ROW in
                  fi ;;
   *) echo "paper_rows.sh: unknown row '$ROW'" >&2; exit 2 ;;
 esac
+python benchmarks/quality/carry_run.py restore "$CARRIED/$ROW" "$OUT"
+if [ "${STAGE[1]}" = user ]; then
+  python benchmarks/quality/carry_run.py restore "$CARRIED/glta" "runs/$DATASET/paper/glta"
+fi
 if [ "${STAGE[1]}" = user ] && [ ! -f "runs/$DATASET/paper/glta/item/final/model.safetensors" ]; then
   echo "paper_rows.sh: $ROW starts from glta's item stage: run 'paper_rows.sh $DATASET glta' first" >&2; exit 2
 fi
 python training/align.py --config "$CONFIG" "${STAGE[@]}" --generate_missing_texts false \
   --prefix_cache_dir "$STORE" --eval_strategy epoch --save_strategy epoch \
-  --load_best_model_at_end true --output_dir "$OUT" --threads 1 --disable_tqdm true --resume_from_checkpoint true "$@"
+  --load_best_model_at_end true --output_dir "$OUT" --threads 1 --disable_tqdm true --resume_from_checkpoint true \
+  --resume_save_steps "${RESUME_SAVE_STEPS:-25}" "$@"
+python benchmarks/quality/carry_run.py save "$OUT" "$CARRIED/$ROW"
 python benchmarks/quality/collect_tuning.py "$OUT" --run "paper_$ROW" --log "benchmarks/results/$DATASET/tuning/glta.jsonl"
 test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists)
   if [ -f "benchmarks/results/$DATASET/$1.json" ]; then echo "$1: exists, not re-tested"; return; fi
