@@ -1,6 +1,7 @@
 """Shared fixtures: ``tiny`` is a small GLTA model on a random LLaMA, saved-LLM folder included (seconds to build)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ def load_script(relative: str):
     path = ROOT / relative
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

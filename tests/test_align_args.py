@@ -2,12 +2,11 @@
 invalid values are argparse errors (exit code 2) before anything loads."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import load_script
 from _tiny_data import write_tiny_movielens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,11 +17,7 @@ MODEL_FLAGS = ["--lora_r", "8", "--ce_chunk_size", "1024", "--rank_chunk_size", 
 
 @pytest.fixture(scope="module")
 def align():
-    spec = importlib.util.spec_from_file_location("glta_training_align", ROOT / "training" / "align.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training/align.py")
 
 
 def _inputs(tmp_path, *, stage=("--stage", "all")):

@@ -2,13 +2,13 @@
 stale), every file at the top of a dataset folder is a benchmark row, and the paths and links the docs cite exist."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -18,10 +18,7 @@ NOT_RUN_YET = {"benchmarks/results/performance/gpu.json"}
 
 
 def _summarize():
-    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/summarize.py")
 
 
 def _record(p10, n10, command="python x.py", **extra):

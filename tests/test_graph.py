@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from glta_hf.data.schema import UserItemMatrix
 from glta_hf.errors import CheckpointError
@@ -272,9 +273,6 @@ def random_baseline():
 
 
 def test_a_graph_baseline_registered_outside_the_library_reaches_every_entry_point(random_baseline):
-    import importlib.util
-    from pathlib import Path
-
     from glta_hf.benchmark import label, parse_rows
 
     train, _, test = planted()
@@ -288,22 +286,12 @@ def test_a_graph_baseline_registered_outside_the_library_reaches_every_entry_poi
     # the graph tuning script and training/pretrain_graph.py
     tune = _tune_graph_module()
     assert "test_random" in tune.models() and tune.grid("test_random", {}) == [{}]
-    path = Path(__file__).resolve().parents[1] / "training" / "pretrain_graph.py"
-    spec = importlib.util.spec_from_file_location("pretrain_graph", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("training/pretrain_graph.py")
     assert script.parse_args(["--dataset", "ml-latest-small", "--model", "test_random"]).model == "test_random"
 
 
 def _tune_graph_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_graph.py"
-    spec = importlib.util.spec_from_file_location("tune_graph", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/tune_graph.py")
 
 
 def test_tuning_grid_keys_and_log(tmp_path):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, load_script
 
 from glta_hf.alignment_data import UserItemDataset
 from glta_hf.data.schema import UserItemMatrix
@@ -117,15 +117,9 @@ def test_align_takes_the_fold_from_the_graph_folder_and_refuses_another(tmp_path
 
 
 def test_pretrain_graph_fits_without_the_fold_and_records_it(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
     from glta_hf.graph import recorded_held_out
 
-    path = Path(__file__).resolve().parents[1] / "training" / "pretrain_graph.py"
-    spec = importlib.util.spec_from_file_location("pretrain_graph", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("training/pretrain_graph.py")
     out = tmp_path / "graph"
     assert script.main(["--dataset", "ml-latest-small", "--model", "lightgcn", "--epochs", "1", "--eval-every", "1",
                         "--dim", "8", "--layers", "1", "--held-out-fraction", "0.25", "--held-out-seed", "4",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from _tiny_data import save_tiny_llama, write_tiny_movielens
 
 from glta_hf.cli import main as cli_main
@@ -21,13 +22,7 @@ _MODEL_FILES = ("config.json", "model.safetensors", "item_catalogue.json", "user
 
 def _script(name: str):
     """A training script of this checkout as a module (``main(argv)`` runs it in-process)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"glta_training_{name}", ROOT / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"training/{name}.py")
 
 
 def _tiny_config(tmp_path, llm_dir):

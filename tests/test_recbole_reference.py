@@ -3,21 +3,17 @@ ids map back to our indices, and our evaluator masks what the graph rows mask. R
 the project's environment (the script runs in its own venv), so training is not tested here."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 import torch
 
 from _tiny_data import write_tiny_movielens
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "recbole_lightgcn.py"
-    spec = importlib.util.spec_from_file_location("recbole_lightgcn", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/reference/recbole_lightgcn.py")
 
 
 @pytest.fixture(scope="module")
