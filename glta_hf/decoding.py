@@ -269,8 +269,10 @@ class Autoregressive(Decoder):
     with the cache whose input at slot t's position is ``s_t + V_i[i_{t-1}]`` -- slot t's own vector plus the
     projected item token just chosen, the way an LM feeds back its generated token -- and slot t's hidden state
     picks i_t among items neither seen nor chosen. Training never shows fed-back items, the train/inference
-    mismatch the paper blames for AR's weak results. Scores: the cumulative log-probability. Always uncached
-    (``enable_prefix_cache`` does not apply): the steps extend the LLM's own KV cache.
+    mismatch the paper blames for AR's weak results. Scores: the cumulative log-probability. With
+    ``enable_prefix_cache`` the text prefix comes from the store (the training run's: a test pass over a large
+    catalogue's users computes no prefix twice) and only the rest runs, then the steps; the same items and scores
+    within float rounding.
 
     Each step scores one slot row per user through :func:`slot_candidates`, chunked over the items when
     ``config.rank_chunk_size`` < |I| (B x chunk logits per step; the LLM steps themselves are not chunked). The
@@ -283,17 +285,36 @@ class Autoregressive(Decoder):
         """One LLM pass per scale: the fed-back items, hence the later slots' states, depend on the scale."""
         return [self.rank_one(model, batch, k, blocked, scale) for scale in gate_scales]
 
-    def rank_one(self, model, batch, k, blocked, gate_scale: float = 1.0):
-        base, num_slots = model.model, model.config.num_slots
-        input_ids, attention_mask = to_left_padding(batch["input_ids"], batch["attention_mask"])
+    @staticmethod
+    def through_first_slot(base, batch, num_slots: int):
+        """The LLM over each prompt through slot 1 with its KV cache kept: ``(output, attention mask, positions,
+        columns run)``, the mask and positions covering the whole prompt (cached prefix included) so the steps
+        extend them."""
         user_ids, user_nodes = batch.get("user_ids"), batch.get("user_node_embeddings")
-        B = input_ids.shape[0]
+        if base.prefix_store is not None:
+            split, prefix, suffix = base.serve_prefixes(batch["input_ids"], batch["attention_mask"], user_ids,
+                                                        batch.get("item_ids"), user_nodes)
+            prefix = prefix.to(suffix.device)
+            attention_mask = torch.cat([prefix.mask.long(), split.suffix_mask.to(suffix.device).long()], dim=1)
+            positions = positions_from_mask(attention_mask)
+            width, first = prefix.mask.shape[1], suffix.shape[1] - num_slots + 1
+            out = base.run_llm(suffix[:, :first], attention_mask[:, : width + first], positions[:, width : width + first],
+                               cache=prefix.to_cache(base.llm_config), use_cache=True)
+            return out, attention_mask, positions, width + first
+        input_ids, attention_mask = to_left_padding(batch["input_ids"], batch["attention_mask"])
         embeds = base.get_inputs_embeds(input_ids, user_ids, batch.get("item_ids"), user_nodes)
         positions = positions_from_mask(attention_mask)
-        prefix = input_ids.shape[1] - num_slots + 1  # everything through slot 1
-        out = base.run_llm(embeds[:, :prefix], attention_mask[:, :prefix], positions[:, :prefix], use_cache=True)
-        blocked, rows = blocked.clone(), torch.arange(B, device=input_ids.device)
-        graph_users = model.graph_user_vectors(input_ids, user_ids, user_nodes)
+        first = input_ids.shape[1] - num_slots + 1  # everything through slot 1
+        out = base.run_llm(embeds[:, :first], attention_mask[:, :first], positions[:, :first], use_cache=True)
+        return out, attention_mask, positions, first
+
+    def rank_one(self, model, batch, k, blocked, gate_scale: float = 1.0):
+        base, num_slots = model.model, model.config.num_slots
+        out, attention_mask, positions, ran = self.through_first_slot(base, batch, num_slots)
+        B, dtype = attention_mask.shape[0], base.get_input_embeddings().weight.dtype
+        blocked, rows = blocked.clone(), torch.arange(B, device=attention_mask.device)
+        graph_users = model.graph_user_vectors(batch["input_ids"], batch.get("user_ids"),
+                                               batch.get("user_node_embeddings"))
         items, scores = [], []
         for t in range(k):
             hidden = out.last_hidden_state[:, -1:]
@@ -305,10 +326,10 @@ class Autoregressive(Decoder):
             scores.append(score)
             if t + 1 == k:
                 break
-            col = prefix + t
+            col = ran + t
             step = base.slot_embeddings[t + 1] + base.item_input_vectors(item)
             out = base.run_llm(
-                step.to(embeds.dtype).unsqueeze(1),
+                step.to(dtype).unsqueeze(1),
                 attention_mask[:, : col + 1],
                 positions[:, col : col + 1],
                 cache=llm_cache(out),

@@ -65,8 +65,8 @@ from .decoding import (ArgumentError, all_slot_score_chunks, check_gate_scales, 
 from .errors import CheckpointError
 from .io_utils import replacing_folder, save_safetensors, write_json
 from .loss import slot_loss
-from .prefix_cache import (PrefixStore, cache_kwarg, cached_slot_hidden_states, call_llm, check_cacheable,
-                           check_prefix_span, llm_fingerprint)
+from .prefix_cache import (PrefixCacheError, PrefixStore, cache_kwarg, cached_slot_hidden_states, call_llm,
+                           check_cacheable, check_prefix_span, llm_fingerprint, serve_prefixes)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .run_record import sanitized_run_info
 from .serving import GLTAServingMixin
@@ -195,7 +195,7 @@ class GLTAModel(GLTAPreTrainedModel):
         :meth:`slot_hidden_states` -- the training loss, ``rank`` / ``ranker`` / ``scorer`` -- runs only the suffix
         (placeholders, slots) through the LLM; ``recommend`` goes further and caches everything before the slots,
         placeholder vectors included, under a content key (``prefix_span="slots"``), so only the slots run per
-        request. Autoregressive decoding stays uncached.
+        request. Autoregressive decoding reads the text prefixes (:meth:`serve_prefixes`), then runs its steps.
 
         ``store``: one shared by a whole run (training, evaluation, serving); by default a new
         :class:`~glta_hf.prefix_cache.PrefixStore` under ``max_bytes`` (spilling to ``folder`` / a temporary folder)
@@ -338,6 +338,15 @@ class GLTAModel(GLTAPreTrainedModel):
         hidden = self.run_llm(inputs_embeds, attention_mask).last_hidden_state
         slot_mask = input_ids == self.config.slot_token_id
         return hidden[slot_mask].view(input_ids.shape[0], self.config.num_slots, -1)
+
+    def serve_prefixes(self, input_ids, attention_mask, user_ids=None, item_ids=None, user_node_embeddings=None):
+        """With :meth:`enable_prefix_cache`: the batch's text prefixes served from the store and its suffix's input
+        vectors, ``(split, prefix, suffix_embeds)`` (:func:`glta_hf.prefix_cache.serve_prefixes`), for a caller
+        that runs the suffix itself (autoregressive decoding)."""
+        if self.prefix_store is None:
+            raise PrefixCacheError("serve_prefixes needs a prefix store: call enable_prefix_cache() first")
+        return serve_prefixes(self, self.prefix_store, input_ids, attention_mask, user_ids, item_ids,
+                              user_node_embeddings, llm_key=self._prefix_llm_key, layout=self.prompt_config.layout)
 
     def forward(
         self,

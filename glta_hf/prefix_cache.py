@@ -966,7 +966,7 @@ def slot_span_hash(prefix_ids: torch.Tensor, placeholder_vectors: torch.Tensor) 
     return "slots:" + digest.hexdigest()[:40]
 
 
-def cached_slot_hidden_states(
+def serve_prefixes(
     model: nn.Module,
     store: PrefixStore,
     input_ids: torch.LongTensor,
@@ -979,9 +979,11 @@ def cached_slot_hidden_states(
     layout: str,
     users: Optional[Sequence[Union[int, str]]] = None,
     span: str = "text",
-) -> torch.Tensor:
-    """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` -- equal to
-    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding.
+) -> Tuple[PromptSplit, PrefixKV, torch.Tensor]:
+    """A GLTA batch cut for the cache: ``(split, prefix, suffix_embeds)`` -- the prompt split, the prefixes'
+    states served from ``store`` (missing ones computed once) and the suffix's input vectors, both parts
+    left-padded (the slots end every suffix row). :func:`cached_slot_hidden_states` runs the suffix once; the
+    autoregressive decoder runs it through slot 1, then step by step.
 
     ``span="text"`` (training, evaluation, ``rank``): the store holds the placeholder-free text before the first
     placeholder, keyed by its token ids; the rest runs through the LLM with gradients, so the loss's gradients are
@@ -1025,6 +1027,29 @@ def cached_slot_hidden_states(
         suffix_embeds = model.get_inputs_embeds(split.suffix_ids, user_ids, item_ids, user_node_embeddings)
     dtype = str(suffix_embeds.dtype)
     keys = [PrefixKey(user, text_hash, llm_key, dtype, layout) for user, text_hash in zip(users, text_hashes)]
-    prefix = cached_prefix(model, store, split, keys, prefix_embeds)
+    return split, cached_prefix(model, store, split, keys, prefix_embeds), suffix_embeds
+
+
+def cached_slot_hidden_states(
+    model: nn.Module,
+    store: PrefixStore,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    user_ids: Optional[torch.LongTensor] = None,
+    item_ids: Optional[torch.LongTensor] = None,
+    user_node_embeddings: Optional[torch.Tensor] = None,
+    *,
+    llm_key: str,
+    layout: str,
+    users: Optional[Sequence[Union[int, str]]] = None,
+    span: str = "text",
+) -> torch.Tensor:
+    """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` (:func:`serve_prefixes`,
+    whose docstring says what each ``span`` caches and how rows are keyed) -- equal to
+    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding."""
+    split, prefix, suffix_embeds = serve_prefixes(model, store, input_ids, attention_mask, user_ids, item_ids,
+                                                  user_node_embeddings, llm_key=llm_key, layout=layout, users=users,
+                                                  span=span)
     hidden = forward_with_prefix(model, prefix, suffix_embeds, split.suffix_mask)
+    config = model.config
     return hidden[split.suffix_ids == config.slot_token_id].view(input_ids.shape[0], config.num_slots, -1)

@@ -54,12 +54,21 @@ def test_forward_rank_scorer_and_recommend_are_cached_and_unchanged(tmp_path):
     assert store.stats["computed"] == computed + 1 and store.stats["hits_memory"] == hits + 1  # ... and reused
 
 
-def test_autoregressive_decoding_stays_uncached(tmp_path):
-    model = _texts_first(tmp_path).model.eval()
-    want = model.recommend(["u0", "u1"], k=3, decoding="autoregressive")
+@pytest.mark.parametrize("layout", ["text_first", "paper"])
+def test_autoregressive_decoding_reads_the_store_with_unchanged_results(tmp_path, layout):
+    """AR runs the cached text prefix's states, then the rest through slot 1, then its steps: the same items and
+    scores as the uncached pass (mixed prompt lengths: the left padding of both parts must line up)."""
+    model = build_tiny(tmp_path, prompt={"layout": layout}).model.eval()
+    users = ["u0", "u1", "u2", "u5"]
+    want = model.recommend(users, k=4, decoding="autoregressive")
     store = model.enable_prefix_cache()
-    assert model.recommend(["u0", "u1"], k=3, decoding="autoregressive") == want
-    assert store.stats["computed"] == 0 and len(store) == 0
+    got = model.recommend(users, k=4, decoding="autoregressive")
+    assert store.stats["computed"] == len(users)  # every prefix came from the store
+    assert [r["items"] for r in got] == [r["items"] for r in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]), **TOL)
+    again = model.recommend(users, k=4, decoding="autoregressive")
+    assert store.stats["computed"] == len(users) and [r["items"] for r in again] == [r["items"] for r in want]
 
 
 def test_store_is_runtime_state_never_saved(tmp_path):
