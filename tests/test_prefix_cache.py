@@ -324,6 +324,32 @@ def test_llm_fingerprint_tells_truncated_or_other_weights_apart():
     three, _ = tiny_llama(seed=0, num_layers=3)
     keys = {llm_fingerprint(m.model, "ref") for m in (a, b, three)}
     assert len(keys) == 3 and llm_fingerprint(a.model, "ref") == llm_fingerprint(tiny_llama(seed=0)[0].model, "ref")
+    with torch.no_grad():  # one changed weight (the first: always in the sample) is another LLM
+        a.model.get_input_embeddings().weight[0, 0] += 1e-6
+    assert llm_fingerprint(a.model, "ref") != llm_fingerprint(tiny_llama(seed=0)[0].model, "ref")
+
+
+def test_llm_fingerprint_is_the_same_in_every_process():
+    """The training process writes the prefix store, the test process reads it: the key must not depend on the
+    thread count or where the weights sit in memory (a float sum's last bits do; the byte digest does not)."""
+    import copy
+
+    llm, _ = tiny_llama(seed=0)
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            keys.add(llm_fingerprint(copy.deepcopy(llm).model, "ref"))
+        embeddings = llm.model.get_input_embeddings().weight
+        shifted = torch.empty(embeddings.numel() + 3)[3:].view_as(embeddings)  # another alignment, same values
+        shifted.copy_(embeddings)
+        with torch.no_grad():
+            llm.model.get_input_embeddings().weight = torch.nn.Parameter(shifted)
+        keys.add(llm_fingerprint(llm.model, "ref"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 1
 
 
 def _assert_quantized_cached_equals_full(llm, hidden):

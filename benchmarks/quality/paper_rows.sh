@@ -16,7 +16,8 @@
 # On another machine (runs/ is not committed): benchmarks/quality/carry_run.py save runs/$DATASET/paper/$ROW
 # benchmarks/checkpoints/$DATASET/$ROW, commit that folder; this script restores it before it trains (glta's too,
 # for the rows that start from its item stage); the prefix store is recomputed (the same numbers).
-# Usage: bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]
+# Usage: [THREADS=2] bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]  (THREADS: torch threads of
+# training and test, default 1)
 #   e.g. nice -n 2 bash benchmarks/quality/paper_rows.sh ml-1m glta
 set -eo pipefail
 DATASET=${1:?DATASET (ml-1m, amazon-scientific, ...: training/configs/DATASET.yaml)}
@@ -61,14 +62,14 @@ if [ "${STAGE[1]}" = user ] && [ ! -f "runs/$DATASET/paper/glta/item/final/model
 fi
 python training/align.py --config "$CONFIG" "${STAGE[@]}" --generate_missing_texts false \
   --prefix_cache_dir "$STORE" --eval_strategy epoch --save_strategy epoch \
-  --load_best_model_at_end true --output_dir "$OUT" --threads 1 --disable_tqdm true --resume_from_checkpoint true \
+  --load_best_model_at_end true --output_dir "$OUT" --threads "${THREADS:-1}" --disable_tqdm true --resume_from_checkpoint true \
   --resume_save_steps "${RESUME_SAVE_STEPS:-25}" "$@"
 python benchmarks/quality/carry_run.py save "$OUT" "$CARRIED/$ROW"
 python benchmarks/quality/collect_tuning.py "$OUT" --run "paper_$ROW" --log "benchmarks/results/$DATASET/tuning/glta.jsonl"
 test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists)
   if [ -f "benchmarks/results/$DATASET/$1.json" ]; then echo "$1: exists, not re-tested"; return; fi
   python training/evaluate.py --model "$OUT/user/final" --data-dir "$DATA_DIR" --split test --decoding "$2" \
-    --batch-size 32 --threads 1 \
+    --batch-size 32 --threads "${THREADS:-1}" \
     --prefix-cache-dir "$STORE" "${TEST_FLAGS[@]}" --results-dir benchmarks/results --results-name "$DATASET" --run-name "$1" \
     --output "$OUT/metrics_test_$2.json"
 }
