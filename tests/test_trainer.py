@@ -179,6 +179,8 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     from conftest import build_tiny, load_script
     from transformers import TrainerCallback
 
+    from glta_hf.checkpoint import verify_manifest
+
     kw = dict(max_steps=6, save_steps=3, eval_strategy="steps", eval_steps=3, eval_on_start=True,
               load_best_model_at_end=True, metric_for_best_model="ndcg@4", save_total_limit=2, resume_save_steps=1)
     assert _args(tmp_path, **kw).stage_fingerprint("user") == _args(
@@ -204,7 +206,8 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     carry_run = load_script("benchmarks/quality/carry_run.py")
     carried = carry_run.save(out.parent, tmp_path / "carried")
     assert carried == [Path("user", "checkpoint-3"), Path("user", "checkpoint-4")]
-    assert not list((tmp_path / "carried").rglob("training_args.bin"))
+    assert not list((tmp_path / "carried").rglob("training_args.bin")) and not list((tmp_path / "carried").rglob("*.py"))
+    assert all(verify_manifest(tmp_path / "carried" / folder) for folder in carried)  # the copies list their files
     fresh = tmp_path / "c" / "run"
     assert carry_run.restore(tmp_path / "carried", fresh) == carried
     assert carry_run.restore(tmp_path / "carried", fresh) == []  # never over what the run folder has

@@ -6,7 +6,10 @@ restarts a row from scratch. ``save`` copies what a resume needs from the run fo
 fresh checkout's run folder, never over a file the run folder already has. What is carried, per stage folder
 (``item`` / ``user``): a finished ``final`` model, the newest complete Trainer checkpoint and the best validated one
 before it (``GLTATrainer`` ends a resumed stage on its best state overall). Left behind: ``training_args.bin`` (a
-pickle the Trainer never reads back), the prefix store (GBs; recomputed on the next machine, the same numbers).
+pickle the Trainer never reads back), the remote-code copies of ``glta_hf``'s modules (``*.py``: the package loads
+the folder without them, and committed they would be stale twins of the library; the copy's manifest lists what it
+holds, after the source was checked against its own), the prefix store (GBs; recomputed on the next machine, the
+same numbers).
 A GLTA checkpoint holds only what the method trains (projectors, head, slots) and the tables it serves with; the
 optimizer, scheduler and RNG files are read back by ``transformers.Trainer`` with ``torch.load(weights_only=True)``.
 
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from glta_hf.checkpoint import MANIFEST_NAME, verify_manifest, write_manifest
 from glta_hf.pipeline import checkpoint_problem, last_complete_checkpoint, stage_done
 
 STAGES = ("item", "user")
@@ -57,10 +61,20 @@ def carried_folders(run_dir: Path) -> List[Path]:
     return folders
 
 
+def _left_behind(_folder, names) -> List[str]:
+    return [n for n in names if n in LEFT_BEHIND or n.endswith(".py")]
+
+
 def _copy_folder(source: Path, target: Path) -> None:
+    """``source`` copied to ``target`` (via a sibling, swapped in when complete), checked against its manifest
+    first; the copy gets a manifest of what it holds."""
+    if (source / MANIFEST_NAME).is_file():
+        verify_manifest(source)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=lambda _dir, names: [n for n in names if n in LEFT_BEHIND])
+    shutil.copytree(source, partial, ignore=_left_behind)
+    if (source / MANIFEST_NAME).is_file():
+        write_manifest(partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
 
