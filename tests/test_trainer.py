@@ -206,10 +206,15 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     carry_run = load_script("benchmarks/quality/carry_run.py")
     carried = carry_run.save(out.parent, tmp_path / "carried")
     assert carried == [Path("user", "checkpoint-3"), Path("user", "checkpoint-4")]
-    assert not list((tmp_path / "carried").rglob("training_args.bin")) and not list((tmp_path / "carried").rglob("*.py"))
-    assert all(verify_manifest(tmp_path / "carried" / folder) for folder in carried)  # the copies list their files
+    packed = sorted(p.relative_to(tmp_path / "carried") for p in (tmp_path / "carried").rglob("*") if p.is_file())
+    assert packed == [Path("user", "checkpoint-3.tar.xz"), Path("user", "checkpoint-4.tar.xz")]
     fresh = tmp_path / "c" / "run"
     assert carry_run.restore(tmp_path / "carried", fresh) == carried
+    names = {p.name for p in (fresh / "user" / "checkpoint-4").iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= names  # what a resume reads ...
+    assert not names & {"training_args.bin", "user_table.json", "tokenizer.json"} and not any(
+        n.endswith(".py") for n in names)  # ... and not what it does not
+    assert all(verify_manifest(fresh / folder) for folder in carried)  # each copy lists what it holds
     assert carry_run.restore(tmp_path / "carried", fresh) == []  # never over what the run folder has
     resumed = build_tiny(tmp_path / "c")
     trainer = _trainer(resumed, _args(tmp_path / "c", output_dir=str(fresh / "user"), **kw))

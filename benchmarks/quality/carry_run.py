@@ -1,17 +1,22 @@
 """Carries a long CPU training run (a paper row of ml-1m: hours per epoch) from one machine to the next in git.
 
 ``runs/`` is not committed, and a working machine is replaced between sessions: without this, every session
-restarts a row from scratch. ``save`` copies what a resume needs from the run folder into a committed folder
-(default ``benchmarks/checkpoints/<dataset>/<row>``), replacing its previous copy; ``restore`` copies it back into a
-fresh checkout's run folder, never over a file the run folder already has. What is carried, per stage folder
-(``item`` / ``user``): a finished ``final`` model, the newest complete Trainer checkpoint and the best validated one
-before it (``GLTATrainer`` ends a resumed stage on its best state overall). Left behind: ``training_args.bin`` (a
-pickle the Trainer never reads back), the remote-code copies of ``glta_hf``'s modules (``*.py``: the package loads
-the folder without them, and committed they would be stale twins of the library; the copy's manifest lists what it
-holds, after the source was checked against its own), the prefix store (GBs; recomputed on the next machine, the
-same numbers).
-A GLTA checkpoint holds only what the method trains (projectors, head, slots) and the tables it serves with; the
-optimizer, scheduler and RNG files are read back by ``transformers.Trainer`` with ``torch.load(weights_only=True)``.
+restarts a row from scratch. ``save`` packs what a resume needs from the run folder into a committed folder
+(default ``benchmarks/checkpoints/<dataset>/<row>``), one ``<stage>/<name>.tar.xz`` per carried folder, replacing
+its previous content; ``restore`` unpacks them into a fresh checkout's run folder, never over a folder it already
+has. What is carried, per stage (``item`` / ``user``; ``--stages`` narrows it): a finished ``final`` model, else
+the newest complete Trainer checkpoint and the best validated one before it (``GLTATrainer`` ends a resumed stage on
+its best state overall).
+
+Small, because the working tree is what a GPU session's device calls carry (``benchmarks/gpu/carry.py``: 64 MiB a
+call): xz-compressed (a 20 MB ``final`` packs to ~4.5 MB), and left behind are ``training_args.bin`` (a pickle the
+Trainer never reads back), the remote-code copies of ``glta_hf``'s modules (``*.py``: the package loads the folder
+without them, and committed they would be stale twins of the library), in a checkpoint also the tokenizer and user
+table (a resume reads weights, optimizer, scheduler, RNG and trainer state only; 17 of its 20 MB), and the prefix
+store (GBs; recomputed on the next machine, the same numbers). Each packed folder was checked against its manifest
+first and gets a manifest of what it holds. A GLTA checkpoint holds only what the method trains (projectors, head,
+slots) and the tables it serves with; the optimizer, scheduler and RNG files are read back by
+``transformers.Trainer`` with ``torch.load(weights_only=True)``.
 
     python benchmarks/quality/carry_run.py save runs/ml-1m/paper/glta benchmarks/checkpoints/ml-1m/glta
     python benchmarks/quality/carry_run.py restore benchmarks/checkpoints/ml-1m/glta runs/ml-1m/paper/glta
@@ -22,6 +27,7 @@ import argparse
 import json
 import shutil
 import sys
+import tarfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,6 +36,10 @@ from glta_hf.pipeline import checkpoint_problem, last_complete_checkpoint, stage
 
 STAGES = ("item", "user")
 LEFT_BEHIND = {"training_args.bin"}
+#: what a Trainer checkpoint (not a ``final`` model) also leaves behind: a resume does not read them
+NOT_FOR_RESUME = {"user_table.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                  "special_tokens_map.json", "README.md"}
+ARCHIVE = ".tar.xz"
 
 
 def best_checkpoint(newest: Path) -> Optional[Path]:
@@ -43,10 +53,10 @@ def best_checkpoint(newest: Path) -> Optional[Path]:
     return best if step and best != newest and checkpoint_problem(best) is None else None
 
 
-def carried_folders(run_dir: Path) -> List[Path]:
+def carried_folders(run_dir: Path, stages=STAGES) -> List[Path]:
     """The folders of ``run_dir`` a resume on another machine needs (relative paths)."""
     folders = []
-    for stage in STAGES:
+    for stage in stages:
         stage_dir = run_dir / stage
         if not stage_dir.is_dir():
             continue
@@ -61,33 +71,35 @@ def carried_folders(run_dir: Path) -> List[Path]:
     return folders
 
 
-def _left_behind(_folder, names) -> List[str]:
-    return [n for n in names if n in LEFT_BEHIND or n.endswith(".py")]
-
-
-def _copy_folder(source: Path, target: Path) -> None:
-    """``source`` copied to ``target`` (via a sibling, swapped in when complete), checked against its manifest
-    first; the copy gets a manifest of what it holds."""
+def _pack(source: Path, archive: Path) -> None:
+    """``source`` (checked against its manifest) packed into ``archive`` (written beside, swapped in when complete)
+    without what is left behind; the packed folder's manifest lists what it holds."""
     if (source / MANIFEST_NAME).is_file():
         verify_manifest(source)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=_left_behind)
+    skip = set(LEFT_BEHIND) | (set() if source.name == "final" else NOT_FOR_RESUME)
+    staging = archive.with_name(archive.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging / source.name,
+                    ignore=lambda _dir, names: [n for n in names if n in skip or n.endswith(".py")])
     if (source / MANIFEST_NAME).is_file():
-        write_manifest(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+        write_manifest(staging / source.name)
+    packed = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(packed, "w:xz") as tar:
+        tar.add(staging / source.name, arcname=source.name)
+    shutil.rmtree(staging)
+    packed.replace(archive)
 
 
-def save(run_dir: Path, carry_dir: Path) -> List[Path]:
-    """Replace ``carry_dir``'s copy with the folders :func:`carried_folders` names; returns them."""
-    folders = carried_folders(run_dir)
+def save(run_dir: Path, carry_dir: Path, stages=STAGES) -> List[Path]:
+    """Replace ``carry_dir``'s content with the folders :func:`carried_folders` names, packed; returns them."""
+    folders = carried_folders(run_dir, stages)
     if not folders:
         raise SystemExit(f"carry_run.py save: {run_dir} has no finished stage and no complete checkpoint to carry")
     for folder in folders:
-        _copy_folder(run_dir / folder, carry_dir / folder)
-    keep = {carry_dir / f for f in folders}
-    for stage in STAGES:  # copies of earlier checkpoints (and of a stage now finished) go
+        (carry_dir / folder.parent).mkdir(parents=True, exist_ok=True)
+        _pack(run_dir / folder, carry_dir / folder.parent / (folder.name + ARCHIVE))
+    keep = {carry_dir / folder.parent / (folder.name + ARCHIVE) for folder in folders}
+    for stage in STAGES:  # packs of earlier checkpoints, of a stage now finished or not asked for, go
         for old in (carry_dir / stage).glob("*") if (carry_dir / stage).is_dir() else ():
             if old not in keep:
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
@@ -95,17 +107,24 @@ def save(run_dir: Path, carry_dir: Path) -> List[Path]:
 
 
 def restore(carry_dir: Path, run_dir: Path) -> List[Path]:
-    """Copy each carried folder into ``run_dir`` where the run folder lacks it; returns those copied."""
-    copied = []
+    """Unpack each carried folder into ``run_dir`` where the run folder lacks it; returns those unpacked."""
+    unpacked = []
     for stage in STAGES:
-        for folder in sorted((carry_dir / stage).glob("*")) if (carry_dir / stage).is_dir() else ():
-            target = run_dir / stage / folder.name
+        packs = sorted((carry_dir / stage).glob("*" + ARCHIVE)) if (carry_dir / stage).is_dir() else ()
+        for archive in packs:
+            name = archive.name[: -len(ARCHIVE)]
+            target = run_dir / stage / name
             if target.exists():
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_folder(folder, target)
-            copied.append(Path(stage) / folder.name)
-    return copied
+            staging = run_dir / stage / (name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(staging, filter="data")  # plain files inside the folder only
+            (staging / name).rename(target)
+            staging.rmdir()
+            unpacked.append(Path(stage) / name)
+    return unpacked
 
 
 def main(argv=None) -> int:
@@ -113,13 +132,19 @@ def main(argv=None) -> int:
     parser.add_argument("action", choices=("save", "restore"))
     parser.add_argument("source", type=Path, help="save: the run folder; restore: the carried folder")
     parser.add_argument("target", type=Path, help="save: the carried folder; restore: the run folder")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="save: the stages to carry (default both; 'item' keeps a finished row's item stage, "
+                             "which other rows start from)")
     args = parser.parse_args(argv)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    if not stages or set(stages) - set(STAGES):
+        parser.error(f"--stages: some of {STAGES}, got {args.stages!r}")
     if not args.source.is_dir():
         if args.action == "restore":
             print(f"carry_run.py: nothing carried at {args.source}")
             return 0
         parser.error(f"{args.source}: no such folder")
-    done = save(args.source, args.target) if args.action == "save" else restore(args.source, args.target)
+    done = save(args.source, args.target, stages) if args.action == "save" else restore(args.source, args.target)
     print(f"carry_run.py {args.action}: {', '.join(map(str, done)) or 'nothing new'}")
     return 0
 
