@@ -14,8 +14,9 @@
 # Resumable: rerun the same command after a kill (align.py resumes at the last checkpoint: one every
 # RESUME_SAVE_STEPS steps, default 25, between the epochs' own; the prefix stores and finished test rows are kept).
 # On another machine (runs/ is not committed): benchmarks/quality/carry_run.py save runs/$DATASET/paper/$ROW
-# benchmarks/checkpoints/$DATASET/$ROW, commit that folder; this script restores it before it trains (glta's too,
-# for the rows that start from its item stage); the prefix store is recomputed (the same numbers).
+# benchmarks/checkpoints/$DATASET/$ROW, commit that folder (a few MB: packed); this script restores it before it
+# trains (glta's too, for the rows that start from its item stage), saves it again after training and, when the
+# row is tested, drops it (glta keeps its item stage); the prefix store is recomputed (the same numbers).
 # Usage: [THREADS=2] bash benchmarks/quality/paper_rows.sh DATASET ROW [align.py flags ...]  (THREADS: torch threads of
 # training and test, default 1)
 #   e.g. nice -n 2 bash benchmarks/quality/paper_rows.sh ml-1m glta
@@ -33,7 +34,7 @@ case $ROW in glta|glta_residual|glta_wo_ia) PROMPT=full ;; *) PROMPT=$ROW ;; esa
 STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")/$PROMPT
 GRAPH=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['graph_dir'])" "$CONFIG")
 DATA_DIR=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data_dir'])" "$CONFIG")
-HELD_OUT_GRAPH=runs/graph/$DATASET/lightgcn_ho20
+HELD_OUT_GRAPH=benchmarks/gpu/nodes/$DATASET-lightgcn_ho20  # committed (ml-1m); the script says how to make one
 TEST_FLAGS=()
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 case $ROW in
@@ -77,4 +78,10 @@ test_row "$ROW" first_k
 if [ "$ROW" = glta ]; then
   test_row glta_fl first_logit
   test_row glta_ar autoregressive
+fi
+# The row is done: nothing of it needs carrying, but glta's item stage, which the other rows start from
+if [ "$ROW" = glta ]; then
+  python benchmarks/quality/carry_run.py save "$OUT" "$CARRIED/$ROW" --stages item
+else
+  rm -rf "${CARRIED:?}/$ROW"
 fi
