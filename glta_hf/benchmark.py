@@ -414,7 +414,7 @@ def _bar(path, dataset, results, rows, title, reference=None):
     import numpy as np
 
     metrics = [("P@5", "precision@5"), ("P@10", "precision@10"), ("N@5", "ndcg@5"), ("N@10", "ndcg@10")]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     width = 0.8 / len(rows)
     x = np.arange(len(metrics))
     for i, row in enumerate(rows):
@@ -425,7 +425,7 @@ def _bar(path, dataset, results, rows, title, reference=None):
     ax.set_xticks(x + width * (len(rows) - 1) / 2)
     ax.set_xticklabels([n for n, _ in metrics])
     ax.set_title(f"{title} ({dataset})")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never over them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
