@@ -1038,26 +1038,12 @@ def serve_prefixes(
     return split, cached_prefix(model, store, split, keys, prefix_embeds), suffix_embeds
 
 
-def cached_slot_hidden_states(
-    model: nn.Module,
-    store: PrefixStore,
-    input_ids: torch.LongTensor,
-    attention_mask: torch.Tensor,
-    user_ids: Optional[torch.LongTensor] = None,
-    item_ids: Optional[torch.LongTensor] = None,
-    user_node_embeddings: Optional[torch.Tensor] = None,
-    *,
-    llm_key: str,
-    layout: str,
-    users: Optional[Sequence[Union[int, str]]] = None,
-    span: str = "text",
-) -> torch.Tensor:
-    """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` (:func:`serve_prefixes`,
-    whose docstring says what each ``span`` caches and how rows are keyed) -- equal to
-    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding."""
-    split, prefix, suffix_embeds = serve_prefixes(model, store, input_ids, attention_mask, user_ids, item_ids,
-                                                  user_node_embeddings, llm_key=llm_key, layout=layout, users=users,
-                                                  span=span)
+def cached_slot_hidden_states(model: nn.Module, store: PrefixStore, *batch, **options) -> torch.Tensor:
+    """(B, L, hidden) slot states of a GLTA batch with the prefixes served from ``store`` -- equal to
+    ``model.slot_hidden_states(...)`` (the uncached forward) within float rounding. The batch tensors and options
+    (``llm_key``, ``layout``, ``users``, ``span``) are :func:`serve_prefixes`' (its docstring says what each span
+    caches and how rows are keyed)."""
+    split, prefix, suffix_embeds = serve_prefixes(model, store, *batch, **options)
     hidden = forward_with_prefix(model, prefix, suffix_embeds, split.suffix_mask)
     config = model.config
-    return hidden[split.suffix_ids == config.slot_token_id].view(input_ids.shape[0], config.num_slots, -1)
+    return hidden[split.suffix_ids == config.slot_token_id].view(suffix_embeds.shape[0], config.num_slots, -1)
