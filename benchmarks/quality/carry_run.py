@@ -90,14 +90,21 @@ def _pack(source: Path, archive: Path) -> None:
     packed.replace(archive)
 
 
-def save(run_dir: Path, carry_dir: Path, stages=STAGES) -> List[Path]:
-    """Replace ``carry_dir``'s content with the folders :func:`carried_folders` names, packed; returns them."""
-    folders = carried_folders(run_dir, stages)
-    if not folders:
-        raise SystemExit(f"carry_run.py save: {run_dir} has no finished stage and no complete checkpoint to carry")
-    for folder in folders:
-        (carry_dir / folder.parent).mkdir(parents=True, exist_ok=True)
-        _pack(run_dir / folder, carry_dir / folder.parent / (folder.name + ARCHIVE))
+def save(run_dir: Path, carry_dir: Path, stages=STAGES, attempts: int = 3) -> List[Path]:
+    """Replace ``carry_dir``'s content with the folders :func:`carried_folders` names, packed; returns them. A
+    training run may be saving meanwhile: a checkpoint its rotation deletes under the copy is looked up again."""
+    for attempt in range(attempts):
+        folders = carried_folders(run_dir, stages)
+        if not folders:
+            raise SystemExit(f"carry_run.py save: {run_dir} has no finished stage and no complete checkpoint to carry")
+        try:
+            for folder in folders:
+                (carry_dir / folder.parent).mkdir(parents=True, exist_ok=True)
+                _pack(run_dir / folder, carry_dir / folder.parent / (folder.name + ARCHIVE))
+            break
+        except FileNotFoundError:
+            if attempt + 1 == attempts:
+                raise
     keep = {carry_dir / folder.parent / (folder.name + ARCHIVE) for folder in folders}
     for stage in STAGES:  # packs of earlier checkpoints, of a stage now finished or not asked for, go
         for old in (carry_dir / stage).glob("*") if (carry_dir / stage).is_dir() else ():
