@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import GLTAError
-from .prefix_cache import positions_from_mask
+from .prefix_cache import positions_from_mask, run_with_prefix
 
 LogitChunks = Callable[[slice], Iterable[Tuple[int, torch.Tensor]]]
 
@@ -294,13 +294,11 @@ class Autoregressive(Decoder):
         if base.prefix_store is not None:
             split, prefix, suffix = base.serve_prefixes(batch["input_ids"], batch["attention_mask"], user_ids,
                                                         batch.get("item_ids"), user_nodes)
-            prefix = prefix.to(suffix.device)
-            attention_mask = torch.cat([prefix.mask.long(), split.suffix_mask.to(suffix.device).long()], dim=1)
-            positions = positions_from_mask(attention_mask)
-            width, first = prefix.mask.shape[1], suffix.shape[1] - num_slots + 1
-            out = base.run_llm(suffix[:, :first], attention_mask[:, : width + first], positions[:, width : width + first],
-                               cache=prefix.to_cache(base.llm_config), use_cache=True)
-            return out, attention_mask, positions, width + first
+            first = suffix.shape[1] - num_slots + 1
+            out = run_with_prefix(base, prefix, suffix[:, :first], split.suffix_mask[:, :first])
+            attention_mask = torch.cat([prefix.mask.to(suffix.device).long(), split.suffix_mask.to(suffix.device).long()],
+                                       dim=1)  # the whole prompt's, which the steps extend
+            return out, attention_mask, positions_from_mask(attention_mask), prefix.mask.shape[1] + first
         input_ids, attention_mask = to_left_padding(batch["input_ids"], batch["attention_mask"])
         embeds = base.get_inputs_embeds(input_ids, user_ids, batch.get("item_ids"), user_nodes)
         positions = positions_from_mask(attention_mask)

@@ -385,8 +385,9 @@ def _run_prefix(runner, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTens
     return PrefixKV(keys, values, prefix_mask)
 
 
-def forward_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (B, S, hidden) of the suffix, which attends to the cached prefix (same rows).
+def run_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor):
+    """The LLM's output over the suffix, which attends to the cached prefix (same rows): ``last_hidden_state``
+    (B, S, hidden) and the cache, prefix and suffix, that later steps extend (autoregressive decoding).
 
     Runs with gradients w.r.t. ``suffix_embeds`` (placeholder / slot vectors); positions continue each row's
     prefix (cumsum of the combined mask), and padding in either part is masked. ``llm``: a ``GLTAModel`` or a bare
@@ -406,9 +407,14 @@ def forward_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suff
         raise PrefixCacheError(f"cached prefix dtype {prefix.keys.dtype} differs from the suffix's {suffix_embeds.dtype}")
     attention_mask = torch.cat([prefix.mask.long(), suffix_mask.to(device).long()], dim=1)
     positions = positions_from_mask(attention_mask)[:, prefix.mask.shape[1] :]
-    out = runner.run_llm(suffix_embeds, attention_mask, positions, cache=prefix.to_cache(runner.llm_config),
-                         use_cache=True)
-    return out.last_hidden_state
+    return runner.run_llm(suffix_embeds, attention_mask, positions, cache=prefix.to_cache(runner.llm_config),
+                          use_cache=True)
+
+
+def forward_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, S, hidden) of the suffix, which attends to the cached prefix (same rows); see
+    :func:`run_with_prefix`."""
+    return run_with_prefix(llm, prefix, suffix_embeds, suffix_mask).last_hidden_state
 
 
 # ----------------------------------------------------------------------------------------------- batches
