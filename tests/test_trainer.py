@@ -208,6 +208,9 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     assert carried == [Path("user", "checkpoint-3"), Path("user", "checkpoint-4")]
     packed = sorted(p.relative_to(tmp_path / "carried") for p in (tmp_path / "carried").rglob("*") if p.is_file())
     assert packed == [Path("user", "checkpoint-3.tar.xz"), Path("user", "checkpoint-4.tar.xz")]
+    first = {p: (tmp_path / "carried" / p).read_bytes() for p in packed}
+    carry_run.save(out.parent, tmp_path / "carried")  # saved again, unchanged: the same bytes (git stores it once)
+    assert all((tmp_path / "carried" / p).read_bytes() == data for p, data in first.items())
     fresh = tmp_path / "c" / "run"
     assert carry_run.restore(tmp_path / "carried", fresh) == carried
     names = {p.name for p in (fresh / "user" / "checkpoint-4").iterdir()}

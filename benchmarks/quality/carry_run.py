@@ -71,6 +71,13 @@ def carried_folders(run_dir: Path, stages=STAGES) -> List[Path]:
     return folders
 
 
+def _reproducible(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """No time or owner in the archive: an unchanged folder packs to the same bytes (git stores it once, however
+    often a run is saved)."""
+    member.mtime, member.uid, member.gid, member.uname, member.gname = 0, 0, 0, "", ""
+    return member
+
+
 def _pack(source: Path, archive: Path) -> None:
     """``source`` (checked against its manifest) packed into ``archive`` (written beside, swapped in when complete)
     without what is left behind; the packed folder's manifest lists what it holds."""
@@ -85,7 +92,7 @@ def _pack(source: Path, archive: Path) -> None:
         write_manifest(staging / source.name)
     packed = archive.with_name(archive.name + ".tmp")
     with tarfile.open(packed, "w:xz") as tar:
-        tar.add(staging / source.name, arcname=source.name)
+        tar.add(staging / source.name, arcname=source.name, filter=_reproducible)
     shutil.rmtree(staging)
     packed.replace(archive)
 
