@@ -968,6 +968,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         local_files_only: bool = False,
         device_map=None,
         revision: Optional[str] = None,
+        subfolder: str = "",
         trust_remote_code: Optional[bool] = None,
         **kwargs,
     ) -> "GLTAForRecommendation":
@@ -978,8 +979,9 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         (``glta_hf.checkpoint.read_checkpoint``) pickle files, safetensors header and size, tensor names and shapes against the config, catalogue / user table JSON and
         ids; then the tokenizer's placeholders. Each failure is a ``CheckpointError`` naming the file; an LLM whose
         hidden size differs from the projectors' is one too. ``dtype`` / ``torch_dtype`` (as transformers spells them) set
-        the LLM's dtype; ``token`` / ``cache_dir`` / ``force_download`` / ``proxies`` reach the Hub download; any other
-        argument is a TypeError (nothing is ignored silently).
+        the LLM's dtype; ``token`` / ``cache_dir`` / ``force_download`` / ``proxies`` reach the Hub download;
+        ``subfolder`` names the checkpoint's folder inside the local folder or repo (the Auto classes always pass it,
+        ``""`` when unset); any other argument is a TypeError (nothing is ignored silently).
         """
         unused = set(kwargs) - _HUB_KWARGS - _DTYPE_KWARGS - _AUTO_INTERNAL_KWARGS
         if unused or model_args:
@@ -990,8 +992,10 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         folder = local_checkpoint_folder(pretrained_model_name_or_path)
         if folder is None:
             folder = _download_checkpoint(str(pretrained_model_name_or_path), revision=revision,
-                                          local_files_only=local_files_only,
+                                          local_files_only=local_files_only, subfolder=subfolder,
                                           **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
+        if subfolder:
+            folder = local_checkpoint_folder(folder / subfolder)
         verify_manifest(folder)
         if not isinstance(config, GLTAConfig):
             config = load_config(folder, GLTAConfig, PROMPT_DEFAULTS)
@@ -1049,14 +1053,16 @@ _DTYPE_KWARGS = {"dtype", "torch_dtype"}
 _AUTO_INTERNAL_KWARGS = {"_from_auto", "_commit_hash", "code_revision", "adapter_kwargs", "_from_pipeline"}
 
 
-def _download_checkpoint(repo_id: str, **kwargs) -> Path:
-    """A Hub repo's snapshot (pickle files never downloaded); an id that is neither a local folder nor a valid repo
-    id is a CheckpointError saying both."""
+def _download_checkpoint(repo_id: str, subfolder: str = "", **kwargs) -> Path:
+    """A Hub repo's snapshot (pickle files never downloaded; only ``subfolder`` when one is named); an id that is
+    neither a local folder nor a valid repo id is a CheckpointError saying both."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
+    allow = [f"{subfolder.strip('/')}/*"] if subfolder else None
     try:
-        return Path(snapshot_download(repo_id, ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES], **kwargs))
+        return Path(snapshot_download(repo_id, allow_patterns=allow,
+                                      ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES], **kwargs))
     except HFValidationError as err:
         raise CheckpointError(f"{repo_id!r} is neither a local checkpoint folder nor a Hub repo id ({err})") from None
 

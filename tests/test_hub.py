@@ -206,12 +206,16 @@ def test_from_pretrained_resolves_a_repo_id_from_the_offline_hf_cache(tmp_path):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(sha)
     shutil.copytree(saved, repo / "snapshots" / sha)
+    shutil.copytree(saved, repo / "snapshots" / sha / "glta")  # the same checkpoint again, in a subfolder
     assert not (tmp_path / "org" / "glta-tiny").exists()  # not resolvable as a local folder
 
     script = textwrap.dedent("""
         import json
         from glta_hf import GLTAForRecommendation
         model = GLTAForRecommendation.from_pretrained("org/glta-tiny")
+        nested = GLTAForRecommendation.from_pretrained("org/glta-tiny", subfolder="glta")
+        for a, b in zip(nested.recommend(["u1", "u3"], k=3), model.recommend(["u1", "u3"], k=3)):
+            assert a["items"] == b["items"] and max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 1e-5
         print(json.dumps({"recs": model.recommend(["u1", "u3"], k=3), "run_info": model.run_info,
                           "llm": model.config.llm_name_or_path}))
     """)

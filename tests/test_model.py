@@ -338,6 +338,21 @@ def test_auto_classes_registered(tiny, tmp_path):
     assert torch.equal(model(**batch).logits, tiny.model(**batch).logits)
 
 
+def test_subfolder_names_the_checkpoint_inside_a_folder(tiny, tmp_path):
+    """``subfolder`` (which the Auto classes always pass, ``""`` when unset) selects a checkpoint inside a folder;
+    a missing one is a CheckpointError naming it, not a load of the parent."""
+    from transformers import AutoModel
+
+    tiny.model.save_pretrained(tmp_path / "repo" / "glta")
+    batch = _inputs(tiny.batch())
+    model = GLTAForRecommendation.from_pretrained(tmp_path / "repo", subfolder="glta")
+    assert torch.equal(model(**batch).logits, tiny.model(**batch).logits)
+    base = AutoModel.from_pretrained(tmp_path / "repo", subfolder="glta")
+    assert type(base) is GLTAModel
+    with pytest.raises(CheckpointError, match="missing"):
+        GLTAForRecommendation.from_pretrained(tmp_path / "repo", subfolder="missing")
+
+
 def test_tokenizer_missing_placeholders_is_checkpoint_error(tiny, tmp_path):
     tiny.model.save_pretrained(tmp_path / "ckpt")
     tiny_tokenizer().save_pretrained(tmp_path / "ckpt")  # overwrite with a tokenizer lacking <user>/<item>/<slot>
