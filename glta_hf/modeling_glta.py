@@ -65,8 +65,8 @@ from .decoding import (ArgumentError, all_slot_score_chunks, check_gate_scales, 
 from .errors import CheckpointError
 from .io_utils import replacing_folder, save_safetensors, write_json
 from .loss import slot_loss
-from .prefix_cache import (PrefixCacheError, PrefixStore, cache_kwarg, cached_slot_hidden_states, call_llm,
-                           check_cacheable, check_prefix_span, llm_fingerprint, serve_prefixes)
+from .prefix_cache import (DEFAULT_MAX_BYTES, PrefixCacheError, PrefixStore, cache_kwarg, cached_slot_hidden_states,
+                           call_llm, check_cacheable, check_prefix_span, llm_fingerprint, serve_prefixes)
 from .prompts import ITEM_TOKEN, SLOT_TOKEN, USER_TOKEN, PromptConfig, add_placeholder_tokens, placeholder_token_ids
 from .run_record import sanitized_run_info
 from .serving import GLTAServingMixin
@@ -189,7 +189,7 @@ class GLTAModel(GLTAPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- cached prefixes
 
-    def enable_prefix_cache(self, store: Optional[PrefixStore] = None, *, max_bytes: int = 2 << 30,
+    def enable_prefix_cache(self, store: Optional[PrefixStore] = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
                             folder=None) -> PrefixStore:
         """Serve every prompt's placeholder-free prefix from ``store`` (exact: the LLM is frozen), so
         :meth:`slot_hidden_states` -- the training loss, ``rank`` / ``ranker`` / ``scorer`` -- runs only the suffix

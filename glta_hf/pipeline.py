@@ -161,7 +161,8 @@ def attach_complete_histories(model, data, *, eval_history: str = "auto", seed: 
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def _checkpoint_step(path: Path) -> Optional[int]:
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The global step a Trainer ``checkpoint-N`` folder is named by (None for any other name)."""
     try:
         return int(path.name.split("-")[-1])
     except ValueError:
@@ -198,7 +199,7 @@ def last_complete_checkpoint(stage_dir, *, fingerprint: Optional[str] = None) ->
     """The newest complete ``checkpoint-N`` of ``stage_dir`` (see :func:`checkpoint_problem`); with ``fingerprint``,
     checkpoints written under other stage settings are skipped (they belong to an invalidated run)."""
     found = [(step, path) for path in Path(stage_dir).glob("checkpoint-*")
-             if (step := _checkpoint_step(path)) is not None]
+             if (step := checkpoint_step(path)) is not None]
     for _, path in sorted(found, reverse=True):
         problem = checkpoint_problem(path)
         if problem:

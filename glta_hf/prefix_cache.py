@@ -79,6 +79,10 @@ from .errors import GLTAError
 from .io_utils import read_json, save_safetensors, write_json
 from .prompts import prefix_hash
 
+#: A store's memory budget unless told otherwise (align.py's ``--prefix_cache_max_gb``, evaluate.py's
+#: ``--prefix-cache-max-gb``); prefixes beyond it are memory-mapped from disk.
+DEFAULT_MAX_BYTES = 2 << 30
+
 INDEX_NAME = "prefix_index.json"
 SHARD_PATTERN = "prefix-{:05d}.safetensors"
 INDEX_FORMAT = "glta-prefix-index-2"  # + shared heads (entries may be tails); format 1 stores still read
@@ -576,7 +580,7 @@ class PrefixStore:
     Keys are complete (:class:`PrefixKey`): a changed user, text, LLM, dtype or layout misses and is recomputed.
     """
 
-    def __init__(self, max_bytes: int = 2 << 30, folder=None, device=None):
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, folder=None, device=None):
         if max_bytes < 0:
             raise PrefixCacheError(f"PrefixStore max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)

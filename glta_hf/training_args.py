@@ -41,6 +41,7 @@ from .cli_args import (carve_fraction, check_values, cutoff_list, decoding_name,
 from .alignment_data import EVAL_HISTORIES
 from .components import HEAD_INPUT_NORMS, component_names
 from .decoding import check_decoding
+from .prefix_cache import DEFAULT_MAX_BYTES
 from .prompts import PROMPT_LAYOUTS
 from .vocabulary import ALIGNMENT_STAGES, TARGET_POLICIES, Stage
 
@@ -177,7 +178,8 @@ class GLTATrainingArguments(TrainingArguments):
                 "prediction are in the prefix"})
     prefix_cache_dir: Optional[str] = field(default=None, metadata={
         "help": "folder for prefixes beyond the memory budget (kept for later runs; default: a temporary folder)"})
-    prefix_cache_max_gb: float = field(default=2.0, metadata={"help": "memory budget of the prefix store in GiB"})
+    prefix_cache_max_gb: float = field(default=DEFAULT_MAX_BYTES / (1 << 30),
+                                      metadata={"help": "memory budget of the prefix store in GiB"})
 
     # TrainingArguments defaults that do not fit GLTA
     remove_unused_columns: bool = field(default=False, metadata={"help": "samples are encoded prompts"})

@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a persistent prefix store (implies --prefix-cache), e.g. the training run's "
                         "--prefix_cache_dir: prefixes computed in training are read back instead of recomputed (the "
                         "text_first prefix is the user's texts, the same in training and test), new ones are added")
-    p.add_argument("--prefix-cache-max-gb", default=2.0, type=non_negative_float,
-                   help="memory budget of the prefix store in GiB (the rest is memory-mapped from disk)")
+    p.add_argument("--prefix-cache-max-gb", default=None, type=non_negative_float,
+                   help="memory budget of the prefix store in GiB (the rest is memory-mapped from disk; default: the "
+                        "store's, glta_hf.prefix_cache.DEFAULT_MAX_BYTES)")
     p.add_argument("--gate-scales", default=None, type=gate_scale_list,
                    help="comma-separated multipliers of a graph residual's learned gate, e.g. 0,0.5,1,2 (1: the "
                         "model as trained, 0: its graph term alone): one LLM pass, the metrics of every scale and the "
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
     model.attach_user_context(histories=serving_histories(histories, model.prompt_config.max_history, recent,
                                                           history_seed))
     if args.prefix_cache or args.prefix_cache_dir:
-        model.enable_prefix_cache(max_bytes=int(args.prefix_cache_max_gb * (1 << 30)), folder=args.prefix_cache_dir)
+        budget = {} if args.prefix_cache_max_gb is None else {"max_bytes": int(args.prefix_cache_max_gb * (1 << 30))}
+        model.enable_prefix_cache(folder=args.prefix_cache_dir, **budget)
     users = recorded_users(run, source.user_ids, folder) if args.recorded_users else \
         sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from glta_hf.checkpoint import MANIFEST_NAME, verify_manifest, write_manifest
-from glta_hf.pipeline import checkpoint_problem, last_complete_checkpoint, stage_done
+from glta_hf.pipeline import checkpoint_problem, checkpoint_step, last_complete_checkpoint, stage_done
 
 STAGES = ("item", "user")
 LEFT_BEHIND = {"training_args.bin"}
@@ -48,7 +48,7 @@ def best_checkpoint(newest: Path) -> Optional[Path]:
     state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
     step = state.get("best_global_step")
     if step is None and state.get("best_model_checkpoint"):  # transformers releases before best_global_step
-        step = int(Path(state["best_model_checkpoint"]).name.split("-")[-1])
+        step = checkpoint_step(Path(state["best_model_checkpoint"]))
     best = newest.parent / f"checkpoint-{step}"
     return best if step and best != newest and checkpoint_problem(best) is None else None
 
