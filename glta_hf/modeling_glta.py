@@ -983,7 +983,7 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
         ``subfolder`` names the checkpoint's folder inside the local folder or repo (the Auto classes always pass it,
         ``""`` when unset); any other argument is a TypeError (nothing is ignored silently).
         """
-        unused = set(kwargs) - _HUB_KWARGS - _DTYPE_KWARGS - _AUTO_INTERNAL_KWARGS
+        unused = {k for k in kwargs if not k.startswith("_")} - _HUB_KWARGS - _DTYPE_KWARGS - _AUTO_INTERNAL_KWARGS
         if unused or model_args:
             raise TypeError(f"from_pretrained got unexpected arguments {sorted(unused) or list(model_args)}")
         for name in _DTYPE_KWARGS & set(kwargs):  # AutoModel.from_pretrained(folder, dtype=...): the LLM's dtype
@@ -1049,8 +1049,9 @@ class GLTAForRecommendation(GLTAServingMixin, GLTAPreTrainedModel):
 _HUB_KWARGS = {"cache_dir", "force_download", "token", "proxies"}
 #: ``from_pretrained(..., dtype=...)`` as transformers spells it: the LLM's dtype (``llm_dtype``).
 _DTYPE_KWARGS = {"dtype", "torch_dtype"}
-#: Arguments the Auto classes add to every call (``AutoModel.from_pretrained`` with remote code); not settings.
-_AUTO_INTERNAL_KWARGS = {"_from_auto", "_commit_hash", "code_revision", "adapter_kwargs", "_from_pipeline"}
+#: Arguments the Auto classes add to every call (``AutoModel.from_pretrained`` with remote code); not settings. Their
+#: private ones (``_from_auto``, ``_commit_hash``, ...: a leading underscore) are all accepted, since releases add them.
+_AUTO_INTERNAL_KWARGS = {"code_revision", "adapter_kwargs"}
 
 
 def _download_checkpoint(repo_id: str, subfolder: str = "", **kwargs) -> Path:

@@ -351,6 +351,10 @@ def test_subfolder_names_the_checkpoint_inside_a_folder(tiny, tmp_path):
     assert type(base) is GLTAModel
     with pytest.raises(CheckpointError, match="missing"):
         GLTAForRecommendation.from_pretrained(tmp_path / "repo", subfolder="missing")
+    # a transformers release's private plumbing (a leading underscore) is accepted; an unknown setting is not
+    GLTAForRecommendation.from_pretrained(tmp_path / "repo", subfolder="glta", _from_auto=True, _a_future_flag=1)
+    with pytest.raises(TypeError, match="output_loading_info"):
+        GLTAForRecommendation.from_pretrained(tmp_path / "repo", subfolder="glta", output_loading_info=True)
 
 
 def test_tokenizer_missing_placeholders_is_checkpoint_error(tiny, tmp_path):
