@@ -26,7 +26,6 @@ import contextlib
 import copy
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -341,9 +340,8 @@ def run_stage(model, stage: str, args, *, data, histories, has_time: bool, texts
     checkpoint = resolve_resume(resume, args.output_dir, stage=stage, model=model, fingerprint=fingerprint)
     if checkpoint:
         logger.info("stage %s: resuming from %s", stage, checkpoint)
-    t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - t0
+    seconds = trainer.train_seconds()  # over every run that resumed the stage
     global_step = int(trainer.state.global_step)
     if global_step <= 0:
         raise TrainingError(f"stage {stage} trained zero steps (epochs {args.num_train_epochs}, max_steps "

@@ -44,6 +44,7 @@ fingerprint), which resuming checks.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -79,16 +80,19 @@ class StageProgressCallback(ProgressCallback):
 
 
 class _StageCheckpointCallback(TrainerCallback):
-    """Writes :data:`CHECKPOINT_STAGE_NAME` into each checkpoint folder (main process), after the Trainer's files."""
+    """Writes :data:`CHECKPOINT_STAGE_NAME` into each checkpoint folder (main process), after the Trainer's files,
+    with the seconds the stage has trained so far (``train_seconds``: a resumed stage's time goes on from there)."""
 
-    def __init__(self, stage: str, fingerprint: Optional[str]):
+    def __init__(self, stage: str, fingerprint: Optional[str], seconds):
         self.record = {"stage": stage, "fingerprint": fingerprint}
+        self.seconds = seconds
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step)))
+                write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step),
+                                                                train_seconds=round(self.seconds(), 1)))
 
 
 class _ResumeCheckpointCallback(TrainerCallback):
@@ -179,7 +183,8 @@ class GLTATrainer(Trainer):
             if ranking_truth is None or args.eval_strategy == "no":
                 raise ValueError("early stopping needs validation: set eval_strategy (and load_best_model_at_end)")
             callbacks.append(EarlyStoppingCallback(early_stopping_patience))
-        callbacks.append(_StageCheckpointCallback(stage, fingerprint))
+        self._seconds_before, self._started = 0.0, None  # see train_seconds
+        callbacks.append(_StageCheckpointCallback(stage, fingerprint, self.train_seconds))
         if args.resume_save_steps:
             callbacks.append(_ResumeCheckpointCallback(args.resume_save_steps))
         eval_users = None
@@ -337,6 +342,22 @@ class GLTATrainer(Trainer):
             optimizer.add_param_group(group)
         return optimizer
 
+    def train_seconds(self) -> float:
+        """Wall seconds this stage has trained, over every run that resumed it (each checkpoint carries the count;
+        a checkpoint written before it counts as 0), title warm-up and evaluations included."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self._seconds_before + running
+
+    def _trained_seconds(self, checkpoint) -> float:
+        if checkpoint is True:  # Trainer.train(resume_from_checkpoint=True): the newest checkpoint of output_dir
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        record = Path(checkpoint) / CHECKPOINT_STAGE_NAME if checkpoint else None
+        if record is None or not record.is_file():
+            return 0.0
+        return float(read_json(record).get("train_seconds", 0.0))
+
     def train(self, *args, **kwargs):
         """``Trainer.train``, then (with ``load_best_model_at_end``) the best validated state, step 0 included.
 
@@ -347,7 +368,10 @@ class GLTATrainer(Trainer):
         (:attr:`diagnostics`)."""
         self.best_state = None
         updates = None
-        resuming = bool(kwargs.get("resume_from_checkpoint") or (args[0] if args else None))
+        checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        resuming = bool(checkpoint)
+        self._seconds_before = self._trained_seconds(checkpoint) if resuming else 0.0
+        self._started = time.perf_counter()
         item_start = self._item_alignment() if not resuming else None
         warmup = after_warmup = None
         if self.stage == "item" and self.args.item_title_warmup_steps and not resuming:
@@ -378,6 +402,7 @@ class GLTATrainer(Trainer):
                     params[name].copy_(value)
             logger.info("stage %s: ends on its best validated state, step %d (%s %.4f)", self.stage, best["step"],
                         best["metric"], best["value"])
+        self._seconds_before, self._started = self.train_seconds(), None  # the clock stops with the stage
         return result
 
     def _item_alignment(self) -> Optional[Dict[str, float]]:

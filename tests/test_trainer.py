@@ -2,6 +2,8 @@
 resume."""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +103,25 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     t.train()
     reference = {k: v.clone() for k, v in full.model.glta_state_dict().items()}
 
+    out = tmp_path / "a" / "out"
+    record = json.loads((out / "checkpoint-3" / "glta_stage.json").read_text())
+    assert 0 < record["train_seconds"] <= t.train_seconds()
+    record["train_seconds"] = 1000.0  # as if the first three steps had taken 1000 s on another machine
+    (out / "checkpoint-3" / "glta_stage.json").write_text(json.dumps(record))
+
     resumed = build_tiny(tmp_path / "b")
-    args = _args(tmp_path / "a", max_steps=6, save_steps=3, output_dir=str(tmp_path / "a" / "out"))
+    args = _args(tmp_path / "a", max_steps=6, save_steps=3, output_dir=str(out))
     t2 = _trainer(resumed, args)
-    t2.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    started = time.perf_counter()
+    t2.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    elapsed = time.perf_counter() - started
     assert t2.state.global_step == 6
     for k, v in resumed.model.glta_state_dict().items():
         assert torch.equal(v, reference[k]), k
+    # the stage's time goes on from the checkpoint's (a run record of a resumed stage counts every run)
+    assert 1000.0 < t2.train_seconds() <= 1000.0 + elapsed
+    assert 1000.0 < json.loads((out / "checkpoint-6" / "glta_stage.json").read_text())["train_seconds"] <= (
+        1000.0 + elapsed + 0.05)  # written rounded to 0.1 s
 
 
 def _trained_state(model):
