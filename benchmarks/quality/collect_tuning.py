@@ -54,21 +54,21 @@ def epoch_rows(run_dir: Path, run: str) -> list[dict]:
         "seed": settings["seed"],
         "user_stage_s": user["wall_time_s"],
         "command": record["command"],
-        "eval": "validation, all users, first_k",
     }
     rows, epochs = [], set()
     for entry in user["log_history"]:  # the best-model re-evaluation at the end repeats an epoch: kept once
         if "eval_ndcg@10" not in entry or entry["epoch"] in epochs:
             continue
         epochs.add(entry["epoch"])
-        row = dict(base, epoch=entry["epoch"])
+        row = dict(base, epoch=entry["epoch"], eval=f"validation, {entry.get('eval_num_users', 'all')} users, first_k")
         row.update({name: round(entry[f"eval_{name}"], 5) if name != "num_users" else entry[f"eval_{name}"]
                     for name in METRICS if f"eval_{name}" in entry})
         rows.append(row)
     final = run_dir / "metrics_validation.json"  # glta_val_run.sh FINAL_VAL=1: the final model, by evaluate.py
     if not rows and final.exists():
         metrics = json.loads(final.read_text(encoding="utf-8"))["metrics"]
-        row = dict(base, epoch=settings["num_train_epochs"], eval="validation, all users, first_k (evaluate.py)")
+        row = dict(base, epoch=settings["num_train_epochs"],
+                   eval=f"validation, {metrics.get('num_users', 'all')} users, first_k (evaluate.py)")
         row.update({name: round(metrics[name], 5) if name != "num_users" else metrics[name]
                     for name in METRICS if name in metrics})
         rows.append(row)
