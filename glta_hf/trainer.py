@@ -352,7 +352,8 @@ class GLTATrainer(Trainer):
         if checkpoint is True:  # Trainer.train(resume_from_checkpoint=True): the newest checkpoint of output_dir
             from transformers.trainer_utils import get_last_checkpoint
 
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+            output_dir = self.args.output_dir
+            checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None  # Trainer says why
         record = Path(checkpoint) / CHECKPOINT_STAGE_NAME if checkpoint else None
         if record is None or not record.is_file():
             return 0.0
