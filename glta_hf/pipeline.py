@@ -39,7 +39,7 @@ from .io_utils import output_lock, read_json
 from .model_card import stage_record, stage_records
 from .modeling_glta import RUN_INFO_NAME, WEIGHTS_NAME, GLTAForRecommendation
 from .texts import generate_user_texts, load_texts
-from .trainer import CHECKPOINT_STAGE_NAME, GLTATrainer
+from .trainer import GLTATrainer, checkpoint_stage
 from .training_args import ALIGNMENT_STAGES
 
 logger = logging.getLogger(__name__)
@@ -181,17 +181,6 @@ def checkpoint_problem(path) -> Optional[str]:
     except (OSError, ValueError):
         return "no readable trainer_state.json (interrupted while saving?)"
     return None
-
-
-def checkpoint_stage(path) -> Dict[str, Any]:
-    """The ``{"stage", "fingerprint"}`` a GLTATrainer wrote into the checkpoint (empty for older checkpoints)."""
-    record = Path(path) / CHECKPOINT_STAGE_NAME
-    if not record.is_file():
-        return {}
-    try:
-        return dict(read_json(record))
-    except ValueError as err:
-        raise CheckpointError(f"{record}: unreadable ({err})") from None
 
 
 def last_complete_checkpoint(stage_dir, *, fingerprint: Optional[str] = None) -> Optional[str]:

@@ -55,7 +55,7 @@ from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 from .alignment_data import EpochSampler, GLTACollator, ItemTextDataset, UserItemDataset
 from .checkpoint import LLM_PREFIX
-from .errors import TrainingError
+from .errors import CheckpointError, TrainingError
 from .io_utils import read_json, write_json
 from .metrics import evaluate_model, sample_eval_users
 from .training_args import ALIGNMENT_STAGES, sampling_strategy
@@ -93,6 +93,18 @@ class _StageCheckpointCallback(TrainerCallback):
             if folder.is_dir():
                 write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step),
                                                                 train_seconds=round(self.seconds(), 1)))
+
+
+def checkpoint_stage(path) -> Dict[str, Any]:
+    """The ``{"stage", "fingerprint", "global_step", "train_seconds"}`` a GLTATrainer wrote into the checkpoint
+    (:class:`_StageCheckpointCallback`; empty for older checkpoints, keys missing from older records)."""
+    record = Path(path) / CHECKPOINT_STAGE_NAME
+    if not record.is_file():
+        return {}
+    try:
+        return dict(read_json(record))
+    except ValueError as err:
+        raise CheckpointError(f"{record}: unreadable ({err})") from None
 
 
 class _ResumeCheckpointCallback(TrainerCallback):
@@ -354,10 +366,7 @@ class GLTATrainer(Trainer):
 
             output_dir = self.args.output_dir
             checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None  # Trainer says why
-        record = Path(checkpoint) / CHECKPOINT_STAGE_NAME if checkpoint else None
-        if record is None or not record.is_file():
-            return 0.0
-        return float(read_json(record).get("train_seconds", 0.0))
+        return float(checkpoint_stage(checkpoint).get("train_seconds", 0.0)) if checkpoint else 0.0
 
     def train(self, *args, **kwargs):
         """``Trainer.train``, then (with ``load_best_model_at_end``) the best validated state, step 0 included.
