@@ -34,7 +34,7 @@ case $ROW in glta|glta_residual|glta_wo_ia) PROMPT=full ;; *) PROMPT=$ROW ;; esa
 STORE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['prefix_cache_dir'])" "$CONFIG")/$PROMPT
 GRAPH=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['graph_dir'])" "$CONFIG")
 DATA_DIR=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data_dir'])" "$CONFIG")
-HELD_OUT_GRAPH=benchmarks/gpu/nodes/$DATASET-lightgcn_ho20  # committed (ml-1m); the script says how to make one
+HELD_OUT_GRAPH=benchmarks/gpu/nodes/$DATASET-lightgcn_ho20  # committed (ml-1m, amazon-scientific); the script says how to make one
 TEST_FLAGS=()
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 case $ROW in
