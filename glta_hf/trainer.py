@@ -26,8 +26,9 @@ Overridden Trainer parts:
   (:func:`parameter_part`: head, projectors, slots, residual, LoRA) at its own learning rate
   (:meth:`GLTATrainingArguments.part_learning_rates`), decay / no-decay kept.
 * :meth:`GLTATrainer.train` -- keeps the best validated state in memory (from the step-0 evaluation that
-  ``eval_on_start`` runs, on) and, with ``load_best_model_at_end``, ends on it: a stage never ends below its own start
-  on validation, which Trainer checkpoints alone cannot give (there is no checkpoint of step 0).
+  ``eval_on_start`` runs, on; a resumed run does not validate its start again) and, with ``load_best_model_at_end``,
+  ends on it: a stage never ends below its own start on validation, which Trainer checkpoints alone cannot give
+  (there is no checkpoint of step 0).
 * :meth:`GLTATrainer._load_from_checkpoint` -- a resume also loads the checkpoint's LoRA adapters (``llm_adapter/``;
   the Trainer reads ``model.safetensors`` only) and the best validated state logged before it, so a resumed stage
   ends where an uninterrupted one would; :meth:`GLTATrainer._load_best_model` defers to that in-memory best.
@@ -390,7 +391,14 @@ class GLTATrainer(Trainer):
             updates = self._start_diagnostics()  # after the warm-up: the state the optimizer steps start from
         if warmup is not None:
             self.diagnostics["item_title_warmup"] = warmup
-        result = super().train(*args, **kwargs)
+        # the start was validated by the run that wrote the checkpoint (its log holds it): evaluating again on
+        # resume would add a mid-epoch validation an uninterrupted run never has (another candidate for the best)
+        eval_on_start = self.args.eval_on_start
+        self.args.eval_on_start = eval_on_start and not resuming
+        try:
+            result = super().train(*args, **kwargs)
+        finally:
+            self.args.eval_on_start = eval_on_start
         if self.item_eval_dataset is not None:
             measured = {"start": item_start}
             if after_warmup is not None:

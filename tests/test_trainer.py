@@ -182,6 +182,9 @@ def test_a_resumed_stage_ends_on_the_best_state_validated_before_it(tmp_path, be
     trainer = _trainer(resumed, _args(tmp_path / "a", output_dir=str(out), **kw))
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
     assert trainer.state.global_step == 9 and trainer.best_state["step"] == best_step
+    # the validations of an uninterrupted run, none added at the resumed step
+    assert [e["step"] for e in trainer.state.log_history if "eval_ndcg@4" in e] == [0, 3, 6, 9]
+    assert trainer.args.eval_on_start  # the user's setting is left as it was
     final = resumed.model.glta_state_dict()
     for k, v in expected.items():
         torch.testing.assert_close(final[k], v, atol=1e-6, rtol=1e-5, msg=k)
@@ -237,6 +240,8 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     trainer = _trainer(resumed, _args(tmp_path / "c", output_dir=str(fresh / "user"), **kw))
     trainer.train(resume_from_checkpoint=str(fresh / "user" / "checkpoint-4"))
     assert trainer.state.global_step == 6
+    # no validation at the resume point (step 4): the tuning log gets the uninterrupted run's rows only
+    assert [e["step"] for e in trainer.state.log_history if "eval_ndcg@4" in e] == [0, 3, 6]
     for k, v in _trained_state(resumed.model).items():
         torch.testing.assert_close(v, reference[k], atol=1e-6, rtol=1e-5, msg=k)
 
