@@ -40,7 +40,7 @@ Overridden Trainer parts:
 
 Checkpoints: the Trainer calls ``model.save_pretrained``, which writes only GLTA's weights (never the LLM's); each
 ``checkpoint-N`` also gets ``glta_stage.json`` (:data:`CHECKPOINT_STAGE_NAME`: the stage and its settings'
-fingerprint), which resuming checks.
+fingerprint, which resuming checks; the seconds trained and the start's diagnostics, which a resumed stage carries on).
 """
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ from .training_args import ALIGNMENT_STAGES, sampling_strategy
 
 logger = logging.getLogger(__name__)
 
-#: written into every Trainer checkpoint folder: ``{"stage", "fingerprint"}``
+#: written into every Trainer checkpoint folder: ``{"stage", "fingerprint", "global_step", "train_seconds"}`` and,
+#: once measured, ``"diagnostics"`` (see :func:`checkpoint_stage`)
 CHECKPOINT_STAGE_NAME = "glta_stage.json"
 
 
@@ -82,23 +83,26 @@ class StageProgressCallback(ProgressCallback):
 
 class _StageCheckpointCallback(TrainerCallback):
     """Writes :data:`CHECKPOINT_STAGE_NAME` into each checkpoint folder (main process), after the Trainer's files,
-    with the seconds the stage has trained so far (``train_seconds``: a resumed stage's time goes on from there)."""
+    with the seconds the stage has trained so far (``train_seconds``: a resumed stage's time goes on from there) and
+    the diagnostics measured so far (``diagnostics``: only a fresh stage measures them; a resumed one carries them)."""
 
-    def __init__(self, stage: str, fingerprint: Optional[str], seconds):
+    def __init__(self, stage: str, fingerprint: Optional[str], seconds, diagnostics):
         self.record = {"stage": stage, "fingerprint": fingerprint}
-        self.seconds = seconds
+        self.seconds, self.diagnostics = seconds, diagnostics
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                write_json(folder / CHECKPOINT_STAGE_NAME, dict(self.record, global_step=int(state.global_step),
-                                                                train_seconds=round(self.seconds(), 1)))
+                diagnostics = self.diagnostics()
+                write_json(folder / CHECKPOINT_STAGE_NAME, dict(
+                    self.record, global_step=int(state.global_step), train_seconds=round(self.seconds(), 1),
+                    **({"diagnostics": diagnostics} if diagnostics else {})))
 
 
 def checkpoint_stage(path) -> Dict[str, Any]:
-    """The ``{"stage", "fingerprint", "global_step", "train_seconds"}`` a GLTATrainer wrote into the checkpoint
-    (:class:`_StageCheckpointCallback`; empty for older checkpoints, keys missing from older records)."""
+    """The ``{"stage", "fingerprint", "global_step", "train_seconds", "diagnostics"}`` a GLTATrainer wrote into the
+    checkpoint (:class:`_StageCheckpointCallback`; empty for older checkpoints, keys missing from older records)."""
     record = Path(path) / CHECKPOINT_STAGE_NAME
     if not record.is_file():
         return {}
@@ -197,7 +201,8 @@ class GLTATrainer(Trainer):
                 raise ValueError("early stopping needs validation: set eval_strategy (and load_best_model_at_end)")
             callbacks.append(EarlyStoppingCallback(early_stopping_patience))
         self._seconds_before, self._started = 0.0, None  # see train_seconds
-        callbacks.append(_StageCheckpointCallback(stage, fingerprint, self.train_seconds))
+        self._update_norms = None  # the running UpdateNormCallback of a fresh stage with args.diagnose, see train()
+        callbacks.append(_StageCheckpointCallback(stage, fingerprint, self.train_seconds, self._diagnostics_so_far))
         if args.resume_save_steps:
             callbacks.append(_ResumeCheckpointCallback(args.resume_save_steps))
         eval_users = None
@@ -361,13 +366,20 @@ class GLTATrainer(Trainer):
         running = time.perf_counter() - self._started if self._started is not None else 0.0
         return self._seconds_before + running
 
-    def _trained_seconds(self, checkpoint) -> float:
+    def _resumed_record(self, checkpoint) -> Dict[str, Any]:
+        """:func:`checkpoint_stage` of the checkpoint ``train(resume_from_checkpoint=...)`` resumes from."""
         if checkpoint is True:  # Trainer.train(resume_from_checkpoint=True): the newest checkpoint of output_dir
             from transformers.trainer_utils import get_last_checkpoint
 
             output_dir = self.args.output_dir
             checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None  # Trainer says why
-        return float(checkpoint_stage(checkpoint).get("train_seconds", 0.0)) if checkpoint else 0.0
+        return checkpoint_stage(checkpoint) if checkpoint else {}
+
+    def _diagnostics_so_far(self) -> Dict[str, Any]:
+        """:attr:`diagnostics` with the update norms measured so far (what a checkpoint carries to a resume)."""
+        if self._update_norms is None or not self._update_norms.steps:
+            return dict(self.diagnostics)
+        return dict(self.diagnostics, updates=list(self._update_norms.steps))
 
     def train(self, *args, **kwargs):
         """``Trainer.train``, then (with ``load_best_model_at_end``) the best validated state, step 0 included.
@@ -376,21 +388,28 @@ class GLTATrainer(Trainer):
         ``args.item_title_warmup_steps``, warms its item projector up on the items' texts (:meth:`_title_warmup`;
         the held-out measure again after it). With ``args.diagnose`` a fresh stage then reports
         :mod:`glta_hf.diagnose`'s numbers on its first batch and measures the first steps' update norms
-        (:attr:`diagnostics`)."""
+        (:attr:`diagnostics`); a resumed stage takes them from its checkpoint (the update norms measured before it)."""
         self.best_state = None
-        updates = None
+        self._update_norms = None
         checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         resuming = bool(checkpoint)
-        self._seconds_before = self._trained_seconds(checkpoint) if resuming else 0.0
+        resumed = self._resumed_record(checkpoint) if resuming else {}
+        self._seconds_before = float(resumed.get("train_seconds", 0.0))
         self._started = time.perf_counter()
-        item_start = self._item_alignment() if not resuming else None
-        warmup = after_warmup = None
-        if self.stage == "item" and self.args.item_title_warmup_steps and not resuming:
-            warmup, after_warmup = self._title_warmup()
-        if self.args.diagnose and not resuming:
-            updates = self._start_diagnostics()  # after the warm-up: the state the optimizer steps start from
-        if warmup is not None:
-            self.diagnostics["item_title_warmup"] = warmup
+        # a resumed stage carries the diagnostics its fresh start measured (the checkpoint has them): its record
+        # then holds the same numbers an uninterrupted run's does
+        self.diagnostics = dict(resumed.get("diagnostics") or {})
+        if not resuming:
+            start = self._item_alignment()
+            if start is not None:
+                self.diagnostics["item_alignment"] = {"start": start}
+            if self.stage == "item" and self.args.item_title_warmup_steps:
+                warmup, after_warmup = self._title_warmup()
+                if after_warmup is not None:
+                    self.diagnostics.setdefault("item_alignment", {})["after_title_warmup"] = after_warmup
+                self.diagnostics["item_title_warmup"] = warmup
+            if self.args.diagnose:  # after the warm-up: the state the optimizer steps start from
+                self._update_norms = self._start_diagnostics()
         # the start was validated by the run that wrote the checkpoint (its log holds it): evaluating again on
         # resume would add a mid-epoch validation an uninterrupted run never has (another candidate for the best)
         eval_on_start = self.args.eval_on_start
@@ -400,18 +419,16 @@ class GLTATrainer(Trainer):
         finally:
             self.args.eval_on_start = eval_on_start
         if self.item_eval_dataset is not None:
-            measured = {"start": item_start}
-            if after_warmup is not None:
-                measured["after_title_warmup"] = after_warmup
-            self.diagnostics["item_alignment"] = dict(measured, end=self._item_alignment())
-        if updates is not None:
-            self.remove_callback(updates)
-            self.diagnostics["updates"] = updates.steps
-            if self.is_world_process_zero():
-                from .diagnose import format_report
+            self.diagnostics.setdefault("item_alignment", {})["end"] = self._item_alignment()
+        if self._update_norms is not None:
+            self.remove_callback(self._update_norms)
+            self.diagnostics = self._diagnostics_so_far()
+            self._update_norms = None
+        if self.diagnostics.get("updates") is not None and self.is_world_process_zero():
+            from .diagnose import format_report
 
-                print(f"[{self.stage} stage diagnostics]\n{format_report(self.diagnostics, updates.steps)}",
-                      flush=True)
+            print(f"[{self.stage} stage diagnostics]\n{format_report(self.diagnostics, self.diagnostics['updates'])}",
+                  flush=True)
         best = self.best_state
         if best is not None and self.args.load_best_model_at_end and best["step"] != self.state.global_step:
             params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
@@ -484,7 +501,7 @@ class GLTATrainer(Trainer):
         # the share of targets already in the prompt means something in the user stage only: the item stage's
         # targets are, by design, the items its prompt shows
         report, probe = initial_report(model, batch, samples if self.stage != "item" else (), return_probe=True)
-        self.diagnostics = dict(report)
+        self.diagnostics.update(report)
         callback = UpdateNormCallback(model, probe=probe)
         self.add_callback(callback)
         return callback

@@ -203,7 +203,8 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     assert _args(tmp_path, **kw).stage_fingerprint("user") == _args(
         tmp_path, **dict(kw, resume_save_steps=None)).stage_fingerprint("user")
     full = build_tiny(tmp_path / "a")
-    _trainer(full, _args(tmp_path / "a", **kw)).train()
+    uninterrupted = _trainer(full, _args(tmp_path / "a", **kw))
+    uninterrupted.train()
     reference = _trained_state(full.model)
 
     class StopAt4(TrainerCallback):  # a kill between the evaluations at steps 3 and 6
@@ -244,6 +245,16 @@ def test_resume_save_steps_adds_resume_points_that_resume_exactly_and_do_not_cha
     assert [e["step"] for e in trainer.state.log_history if "eval_ndcg@4" in e] == [0, 3, 6]
     for k, v in _trained_state(resumed.model).items():
         torch.testing.assert_close(v, reference[k], atol=1e-6, rtol=1e-5, msg=k)
+    # the diagnostics of the fresh start come with the checkpoint: the resumed stage's record has the uninterrupted
+    # run's numbers (the update norms of the steps before the kill: 4 of the 5 measured)
+    expected, carried_over = uninterrupted.diagnostics, trainer.diagnostics
+    assert set(carried_over) == set(expected) and {"loss_at_init", "ln_num_items", "updates"} <= set(expected)
+    assert len(expected["updates"]) == 5 and [u["step"] for u in carried_over["updates"]] == [1, 2, 3, 4]
+    for key, value in expected.items():
+        if key != "updates":
+            assert carried_over[key] == pytest.approx(value, rel=1e-5), key
+    for got, want in zip(carried_over["updates"], expected["updates"]):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-7)
 
 
 
