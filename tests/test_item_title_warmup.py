@@ -158,7 +158,9 @@ def test_the_item_stage_warms_up_before_its_steps(tmp_path, capsys):
                             max_steps=2)
     resumed._title_warmup = lambda: pytest.fail("warmed up on resume")
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
-    assert "item_title_warmup" not in resumed.diagnostics
+    # ... and its record carries the warm-up of its fresh start from the checkpoint, as an uninterrupted run's does
+    assert resumed.diagnostics["item_title_warmup"] == pytest.approx(warmup)
+    assert list(resumed.diagnostics["item_alignment"]) == ["start", "after_title_warmup", "end"]
 
 
 def test_the_held_out_items_never_enter_the_fit(tmp_path, monkeypatch):
