@@ -31,6 +31,7 @@ DEFAULT_KS: Tuple[int, ...] = (5, 10, 20)
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 Ranker = Callable[[torch.Tensor, int], torch.Tensor]
+PerUser = Dict[str, np.ndarray]  # "users": evaluated user rows; each metric: one value per user, in that order
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS):
@@ -104,13 +105,17 @@ def evaluate(
     batch_size: int = 1024,
     users=None,
     progress: bool = False,
-) -> Dict[str, float]:
+    return_per_user: bool = False,
+):
     """Full-ranking evaluation of ``scorer`` (scores every item) or ``ranker`` (returns top-k lists).
 
     ``scorer(users) -> FloatTensor[B, num_items]``: the evaluator masks the users' train items.
     ``ranker(users, k) -> LongTensor[B, k]``: best first, train items already excluded (checked: a ranker that
     returns a train item, a duplicate or an out-of-range index raises ``ValueError`` naming the user).
-    Returns ``{"precision@k", "recall@k", "ndcg@k", "hit_rate@k" for each k, "num_users"}``.
+    Returns ``{"precision@k", "recall@k", "ndcg@k", "hit_rate@k" for each k, "num_users"}``; with
+    ``return_per_user`` also each evaluated user's values (:data:`PerUser`: ``{"users": rows, <metric>: values}``, in
+    evaluation order), whose means are the metrics: what a paired comparison of two models needs
+    (:func:`paired_bootstrap`).
     """
     if (scorer is None) == (ranker is None):
         raise ValueError("evaluate() needs exactly one of scorer= or ranker=")
@@ -129,6 +134,7 @@ def evaluate(
     discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))
     idcg_table = torch.cumsum(discount, 0)  # idcg_table[n-1] = IDCG with n relevant items
     sums = {name: 0.0 for name in metric_names(ks)}
+    kept: Dict[str, list] = {name: [] for name in sums} if return_per_user else {}
 
     batches = range(0, len(eval_users), batch_size)
     if progress:
@@ -163,15 +169,21 @@ def evaluate(
         for k in ks:
             h = cum_hits[:, k - 1]
             idcg = idcg_table[(torch.clamp(n_test, max=k) - 1).long()]
-            sums[f"precision@{k}"] += float((h / k).sum())
-            sums[f"recall@{k}"] += float((h / n_test).sum())
-            sums[f"ndcg@{k}"] += float((dcg[:, k - 1] / idcg).sum())
-            sums[f"hit_rate@{k}"] += float((h > 0).to(torch.float64).sum())
+            values = {f"precision@{k}": h / k, f"recall@{k}": h / n_test, f"ndcg@{k}": dcg[:, k - 1] / idcg,
+                      f"hit_rate@{k}": (h > 0).to(torch.float64)}
+            for name, value in values.items():
+                sums[name] += float(value.sum())
+                if return_per_user:
+                    kept[name].append(value.numpy())
 
     n = len(eval_users)
     result: Dict[str, float] = {name: (value / n if n else 0.0) for name, value in sums.items()}
     result["num_users"] = int(n)
-    return result
+    if not return_per_user:
+        return result
+    per_user: PerUser = {"users": np.asarray(eval_users, dtype=np.int64)}
+    per_user.update((name, np.concatenate(v) if v else np.zeros(0)) for name, v in kept.items())
+    return result, per_user
 
 
 # ----------------------------------------------------------------------------------------------- GLTA models
@@ -198,27 +210,33 @@ def _dist() -> bool:
 
 @torch.no_grad()
 def evaluate_model(model, *, train, truth, decoding: str = "first_k", ks=DEFAULT_KS, users=None,
-                   batch_size: int = 16, progress: bool = False) -> Dict[str, float]:
+                   batch_size: int = 16, progress: bool = False, return_per_user: bool = False):
     """Full-ranking metrics of a GLTA model whose user context (histories, texts) is attached.
 
     ``train`` is the matrix of interactions to exclude (the evaluator also checks none is recommended), ``truth``
     the held-out one. Under torch.distributed each rank takes every world_size-th user and the per-rank sums are
-    all-reduced, so the result equals a single-process run.
+    all-reduced, so the result equals a single-process run. ``return_per_user``: also the per-user values
+    (:func:`evaluate`'s), gathered from every rank into the single-process order.
     """
     ks = usable_ks(ks, decoding, model.config.num_slots)
-    users = _rank_users(truth, users)
+    ranked_here = _rank_users(truth, users)
     was_training = model.training
     model.eval()
     try:
         ranker = model.ranker(decoding=decoding, batch_size=batch_size)
-        if len(users):
-            metrics = evaluate(train=train, test=truth, ranker=ranker, ks=ks, users=users,
-                               batch_size=_evaluator_batch(batch_size), progress=progress)
+        if len(ranked_here):
+            out = evaluate(train=train, test=truth, ranker=ranker, ks=ks, users=ranked_here,
+                           batch_size=_evaluator_batch(batch_size), progress=progress, return_per_user=return_per_user)
         else:
-            metrics = _no_users(ks)
+            out = _no_users(ks)
+            if return_per_user:
+                out = out, {"users": np.zeros(0, dtype=np.int64), **{k: np.zeros(0) for k in metric_names(ks)}}
     finally:
         model.train(was_training)
-    return _all_reduced(metrics)
+    if not return_per_user:
+        return _all_reduced(out)
+    metrics, per_user = out
+    return _all_reduced(metrics), _all_gathered(per_user, evaluated_users(truth, _all_users(truth, users)))
 
 
 @torch.no_grad()
@@ -284,12 +302,17 @@ def best_gate_scale(per_scale: Dict[float, Dict[str, float]], by: Optional[str] 
     return {"scale": scale, "by": by, by: per_scale[scale][by]}
 
 
+def _all_users(truth: UserItemMatrix, users=None) -> np.ndarray:
+    """``users``, default those with a held-out item: what every process together ranks."""
+    if users is None:
+        users = np.flatnonzero(truth.row_lengths() > 0)
+    return np.asarray(users, dtype=np.int64)
+
+
 def _rank_users(truth: UserItemMatrix, users=None) -> np.ndarray:
     """The users this process ranks: ``users`` (default: those with a held-out item), every world_size-th one under
     torch.distributed."""
-    if users is None:
-        users = np.flatnonzero(truth.row_lengths() > 0)
-    users = np.asarray(users, dtype=np.int64)
+    users = _all_users(truth, users)
     if _dist():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         users = users[rank::world]
@@ -325,6 +348,59 @@ def _all_reduced(metrics: Dict[str, float]) -> Dict[str, float]:
     return metrics
 
 
+def _all_gathered(per_user: PerUser, order: np.ndarray) -> PerUser:
+    """Every rank's per-user values in ``order`` (the single-process evaluation order) under torch.distributed
+    (unchanged otherwise)."""
+    if not _dist():
+        return per_user
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, per_user)
+    merged = {name: np.concatenate([part[name] for part in parts]) for name in per_user}
+    position = {int(u): i for i, u in enumerate(merged["users"])}
+    index = np.asarray([position[int(u)] for u in order], dtype=np.int64)
+    return {name: values[index] for name, values in merged.items()}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10000, seed: int = 0,
+                     confidence: float = 0.95, chunk: int = 256) -> Dict[str, float]:
+    """How sure a difference between two models is: ``a`` and ``b`` are one metric per user for the same users in
+    the same order (:func:`evaluate`'s ``return_per_user``); users are resampled with replacement, both models' values
+    together, so what the two share (easy and hard users) cancels.
+
+    Returns the means, ``ratio`` = mean(a) / mean(b) and ``difference`` = mean(a) - mean(b) with percentile
+    intervals at ``confidence``, and ``share_a_not_above_b``: the share of resamples where mean(a) <= mean(b) (a
+    one-sided bootstrap p-value of "a is better").
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_bootstrap: a and b must be 1-d and of one length, got {a.shape} and {b.shape}")
+    if not len(a):
+        raise ValueError("paired_bootstrap: no users")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"paired_bootstrap: resamples must be >= 1 and confidence in (0, 1), got {resamples}, "
+                         f"{confidence}")
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    means_a, means_b = [], []
+    for start in range(0, resamples, chunk):  # chunks: resamples x users indices would not fit at scale
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        means_a.append(a[idx].mean(axis=1))
+        means_b.append(b[idx].mean(axis=1))
+    ma, mb = np.concatenate(means_a), np.concatenate(means_b)
+    tail = (1 - confidence) / 2 * 100
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = ma / mb
+    mean_a, mean_b = float(a.mean()), float(b.mean())
+    return {"users": n, "resamples": int(resamples), "seed": int(seed), "confidence": float(confidence),
+            "mean_a": mean_a, "mean_b": mean_b,
+            "ratio": mean_a / mean_b if mean_b else float("nan"),
+            "ratio_low": float(np.nanpercentile(ratios, tail)), "ratio_high": float(np.nanpercentile(ratios, 100 - tail)),
+            "difference": mean_a - mean_b,
+            "difference_low": float(np.percentile(ma - mb, tail)),
+            "difference_high": float(np.percentile(ma - mb, 100 - tail)),
+            "share_a_not_above_b": float(np.mean(ma <= mb))}
+
+
 def sample_eval_users(truth: UserItemMatrix, max_users: Optional[int], seed: int = 0) -> np.ndarray:
     """Users with a held-out item; a seeded sample of ``max_users`` of them (validation during training)."""
     users = np.flatnonzero(truth.row_lengths() > 0)
@@ -358,11 +434,12 @@ def evaluate_glta(model, full, *, users=None, decoding: str = "first_k", ks=DEFA
                           users=users, batch_size=batch_size, progress=progress)
 
 
-def evaluate_graph(nodes, full, *, users=None, ks=DEFAULT_KS, progress: bool = False) -> Dict[str, float]:
-    """Test metrics of the node embeddings' dot-product scores (LightGCN), same protocol as :func:`evaluate_glta`."""
+def evaluate_graph(nodes, full, *, users=None, ks=DEFAULT_KS, progress: bool = False, return_per_user: bool = False):
+    """Test metrics of the node embeddings' dot-product scores (LightGCN), same protocol as :func:`evaluate_glta`
+    (``return_per_user``: :func:`evaluate`'s)."""
     user_emb, item_emb = nodes.user, nodes.item
     return evaluate(train=full.matrix("train"), test=full.matrix("test"), scorer=lambda u: user_emb[u] @ item_emb.T,
-                    ks=ks, users=users, progress=progress)
+                    ks=ks, users=users, progress=progress, return_per_user=return_per_user)
 
 
 @torch.no_grad()

@@ -44,3 +44,29 @@ def save_tiny_llama(folder, seed: int = 0) -> Path:
     tokenizer.save_pretrained(folder)
     return folder
 
+
+
+def tiny_model_on_movielens(tmp_path, **options):
+    """A tiny GLTA model over :func:`write_tiny_movielens` data (16 users, 24 items; random 8-d graph tables, 5 slots,
+    the train histories attached), its LLM saved under ``tmp_path / "llm"``. ``options``: further
+    ``GLTAForRecommendation.from_components`` keywords. Returns ``(model, data, full, data_dir, generator)``: the
+    seeded generator that drew the tables, for whatever else a test draws (refit tables)."""
+    import torch
+
+    from glta_hf import GLTAForRecommendation
+    from glta_hf.alignment_data import prepare_data, user_histories
+    from glta_hf.testing import tiny_llama
+
+    folder = write_tiny_movielens(Path(tmp_path) / "ds", num_users=16, num_items=24, per_user=6)
+    data, full = prepare_data("ml-latest-small", folder)
+    llm, tok = tiny_llama(seed=0)
+    llm.save_pretrained(Path(tmp_path) / "llm")
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = GLTAForRecommendation.from_components(
+        llm.model, tok, torch.randn(data.num_users, 8, generator=gen), torch.randn(data.num_items, 8, generator=gen),
+        item_ids=list(data.item_ids), llm_name_or_path=str(Path(tmp_path) / "llm"), head="factorized",
+        prompt={"num_slots": 5, "max_history": 4, "max_length": 512}, **options)
+    histories, _ = user_histories(data, "train")
+    model.attach_user_context(user_ids=list(data.user_ids), histories=histories)
+    return model, data, full, folder, gen

@@ -107,24 +107,10 @@ L = 5
 @pytest.fixture
 def saved(tmp_path):
     """A tiny residual model over a tiny dataset, saved, with refit tables of its own (stacking's refit)."""
-    from _tiny_data import write_tiny_movielens
+    from _tiny_data import tiny_model_on_movielens
 
-    from glta_hf import GLTAForRecommendation
-    from glta_hf.alignment_data import prepare_data, user_histories
-    from glta_hf.testing import tiny_llama
-
-    folder = write_tiny_movielens(tmp_path / "ds", num_users=16, num_items=24, per_user=6)
-    data, full = prepare_data("ml-latest-small", folder)
-    llm, tok = tiny_llama(seed=0)
-    llm.save_pretrained(tmp_path / "llm")
-    gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = GLTAForRecommendation.from_components(
-        llm.model, tok, torch.randn(data.num_users, 8, generator=gen), torch.randn(data.num_items, 8, generator=gen),
-        item_ids=list(data.item_ids), llm_name_or_path=str(tmp_path / "llm"), head="factorized", graph_residual=True,
-        prompt={"num_slots": L, "max_history": 4, "max_length": 512})
-    histories, _ = user_histories(data, "train")
-    model.attach_user_context(user_ids=list(data.user_ids), histories=histories)
+    model, data, _, folder, gen = tiny_model_on_movielens(tmp_path, graph_residual=True)
+    assert model.config.num_slots == L
     refit = torch.randn(data.num_users, 8, generator=gen), torch.randn(data.num_items, 8, generator=gen)
     model.set_residual_tables(*refit)
     with torch.no_grad():

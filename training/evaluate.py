@@ -23,7 +23,8 @@ learned gate -- the LLM runs once per batch, every scale decodes from the same s
 metrics (``gate_scales``) and the best by NDCG@10 (``best_gate_scale``; ``metrics`` holds the best scale's, and
 ``gate_scale`` says which): choose on ``--split validation``. ``--gate-scale X`` evaluates one multiplier (the chosen
 one, on test), recorded as ``gate_scale`` in the output and the result row (run name ``glta_gate<X>`` unless
-``--run-name`` is given). ``docs/TRAINING_MECHANICS.md`` says why.
+``--run-name`` is given). ``docs/TRAINING_MECHANICS.md`` says why. ``--per-user`` adds each user's metrics (``per_user``), for a paired comparison
+of two models on the same users (``benchmarks/quality/paired_compare.py``).
 Flags are kebab-case; the underscore spelling (``--batch_size``) works too. Invalid values, an unwritable output and
 an LLM override that does not resolve stop at parse time, before the model loads: one ``error:`` line, exit code 2.
 """
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated multipliers of a graph residual's learned gate, e.g. 0,0.5,1,2 (1: the "
                         "model as trained, 0: its graph term alone): one LLM pass, the metrics of every scale and the "
                         "best by ndcg@10; choose on --split validation")
+    p.add_argument("--per-user", action="store_true",
+                   help="also write each user's metrics into the output (per_user: users and one list per metric, "
+                        "in that order): what benchmarks/quality/paired_compare.py needs to say how sure a "
+                        "difference between two models is")
     p.add_argument("--gate-scale", default=None, type=non_negative_float,
                    help="evaluate one multiplier of the learned gate (the one chosen on validation), recorded in the "
                         "output and the result row")
@@ -130,6 +135,8 @@ def check_gate_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("argument --gate-scale: not allowed with --gate-scales")
     if args.gate_scales is not None and args.decoding == "all":
         parser.error("argument --gate-scales: not allowed with --decoding all (sweep one decoding at a time)")
+    if args.per_user:
+        parser.error(f"argument --per-user: not allowed with {flag} (per-user values of a gate sweep are not kept)")
     if args.gate_scales is not None and args.results_dir:
         parser.error("argument --gate-scales: not allowed with --results-dir (a sweep chooses a scale; write the "
                      "chosen one's row with --gate-scale X)")
@@ -169,6 +176,12 @@ def recorded_users(run: dict, user_ids, folder: Path):
     if missing:
         raise SystemExit(f"{folder}: recorded user {missing[0]!r} is not in the dataset")
     return np.asarray([rows[str(u)] for u in listed])
+
+
+def per_user_record(values, user_ids) -> dict:
+    """:func:`glta_hf.metrics.evaluate`'s per-user values as JSON: user ids, then one list per metric (6 decimals)."""
+    return {"users": [user_ids[u] for u in values["users"].tolist()],
+            **{name: [round(float(v), 6) for v in column] for name, column in values.items() if name != "users"}}
 
 
 def main(argv=None) -> int:
@@ -221,12 +234,15 @@ def main(argv=None) -> int:
         sample_eval_users(truth, args.max_users, seed=0)
     ks = args.ks
     scales = args.gate_scales or ((args.gate_scale,) if args.gate_scale is not None else None)
-    results, gate = {}, {}
+    results, gate, per_user = {}, {}, {}
     for decoding in (decoder_names() if args.decoding == "all" else (args.decoding,)):
         t0 = time.perf_counter()
         if scales is None:
             metrics = evaluate_model(model, train=train, truth=truth, decoding=decoding, ks=ks, users=users,
-                                     batch_size=args.batch_size, progress=True)
+                                     batch_size=args.batch_size, progress=True, return_per_user=args.per_user)
+            if args.per_user:
+                metrics, values = metrics
+                per_user[decoding] = per_user_record(values, source.user_ids)
         else:
             per_scale = evaluate_gate_scales(model, train=train, truth=truth, gate_scales=scales, decoding=decoding,
                                              ks=ks, users=users, batch_size=args.batch_size, progress=True)
@@ -252,6 +268,8 @@ def main(argv=None) -> int:
            "residual_graph": portable_path(Path(args.residual_graph)) if args.residual_graph else None,
            "command": "python " + sanitized_command([sys.argv[0]] + list(argv or sys.argv[1:])),
            "wall_time_s": round(time.perf_counter() - start, 2)}
+    if args.per_user:
+        out["per_user"] = per_user if args.decoding == "all" else per_user[args.decoding]
     output = Path(args.output) if args.output else default_output(folder, args.split, gate_suffix(args))
     write_json(output, out)
     print(f"metrics written to {output}")

@@ -67,12 +67,15 @@ python training/align.py --config "$CONFIG" "${STAGE[@]}" --generate_missing_tex
   --resume_save_steps "${RESUME_SAVE_STEPS:-25}" "$@"
 python benchmarks/quality/carry_run.py save "$OUT" "$CARRIED/$ROW"
 python benchmarks/quality/collect_tuning.py "$OUT" --run "paper_$ROW" --log "benchmarks/results/$DATASET/tuning/glta.jsonl"
-test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists)
+test_row() {  # NAME DECODING: the chosen model tested once (skipped when the row's file exists); its per-user
+  # values kept beside the row (benchmarks/results/$DATASET/per_user/NAME.json) for benchmarks/quality/paired_compare.py
   if [ -f "benchmarks/results/$DATASET/$1.json" ]; then echo "$1: exists, not re-tested"; return; fi
   python training/evaluate.py --model "$OUT/user/final" --data-dir "$DATA_DIR" --split test --decoding "$2" \
-    --batch-size 32 --threads "${THREADS:-1}" \
+    --batch-size 32 --threads "${THREADS:-1}" --per-user \
     --prefix-cache-dir "$STORE" "${TEST_FLAGS[@]}" --results-dir benchmarks/results --results-name "$DATASET" --run-name "$1" \
     --output "$OUT/metrics_test_$2.json"
+  mkdir -p "benchmarks/results/$DATASET/per_user"
+  cp "$OUT/metrics_test_$2.json" "benchmarks/results/$DATASET/per_user/$1.json"
 }
 test_row "$ROW" first_k
 if [ "$ROW" = glta ]; then
