@@ -158,3 +158,27 @@ def test_per_user_is_refused_with_a_gate_sweep(tmp_path, capsys, monkeypatch):
         _script("training/evaluate.py").parse_args(["--model", "m", "--gate-scale", "1", "--per-user"])
     assert exit_info.value.code == 2
     assert "argument --per-user: not allowed with --gate-scale" in capsys.readouterr().err
+
+
+def _gather_on_rank(rank, world, init_file, order, out_dir):
+    import torch.distributed as dist
+
+    from glta_hf.metrics import _all_gathered
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mine = order[rank::world]  # what evaluate_model's rank ranks
+        gathered = _all_gathered({"users": mine, "ndcg@10": mine * 0.5}, order)
+        np.save(Path(out_dir) / f"rank{rank}.npy", np.stack([gathered["users"], gathered["ndcg@10"]]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_per_user_values_are_gathered_from_every_rank_in_the_single_process_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    order = np.asarray([9, 3, 7, 1, 12, 5, 0], dtype=np.int64)  # not sorted: the order the caller gave
+    mp.spawn(_gather_on_rank, args=(2, str(tmp_path / "init"), order, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        users, values = np.load(tmp_path / f"rank{rank}.npy")
+        assert users.tolist() == order.tolist() and values.tolist() == (order * 0.5).tolist()
