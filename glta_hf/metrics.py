@@ -224,19 +224,16 @@ def evaluate_model(model, *, train, truth, decoding: str = "first_k", ks=DEFAULT
     model.eval()
     try:
         ranker = model.ranker(decoding=decoding, batch_size=batch_size)
-        if len(ranked_here):
-            out = evaluate(train=train, test=truth, ranker=ranker, ks=ks, users=ranked_here,
-                           batch_size=_evaluator_batch(batch_size), progress=progress, return_per_user=return_per_user)
-        else:
-            out = _no_users(ks)
-            if return_per_user:
-                out = out, {"users": np.zeros(0, dtype=np.int64), **{k: np.zeros(0) for k in metric_names(ks)}}
+        # a rank with no users still returns zeros (and, asked, empty per-user arrays) for the all-reduce / gather
+        out = evaluate(train=train, test=truth, ranker=ranker, ks=ks, users=ranked_here,
+                       batch_size=_evaluator_batch(batch_size), progress=progress and len(ranked_here) > 0,
+                       return_per_user=return_per_user)
     finally:
         model.train(was_training)
     if not return_per_user:
         return _all_reduced(out)
     metrics, per_user = out
-    return _all_reduced(metrics), _all_gathered(per_user, evaluated_users(truth, _all_users(truth, users)))
+    return _all_reduced(metrics), _all_gathered(per_user, truth, users)
 
 
 @torch.no_grad()
@@ -348,11 +345,12 @@ def _all_reduced(metrics: Dict[str, float]) -> Dict[str, float]:
     return metrics
 
 
-def _all_gathered(per_user: PerUser, order: np.ndarray) -> PerUser:
-    """Every rank's per-user values in ``order`` (the single-process evaluation order) under torch.distributed
+def _all_gathered(per_user: PerUser, truth: UserItemMatrix, users=None) -> PerUser:
+    """Every rank's per-user values in the single-process evaluation order of ``users`` under torch.distributed
     (unchanged otherwise)."""
     if not _dist():
         return per_user
+    order = evaluated_users(truth, _all_users(truth, users))
     parts = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(parts, per_user)
     merged = {name: np.concatenate([part[name] for part in parts]) for name in per_user}

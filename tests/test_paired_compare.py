@@ -168,7 +168,8 @@ def _gather_on_rank(rank, world, init_file, order, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         mine = order[rank::world]  # what evaluate_model's rank ranks
-        gathered = _all_gathered({"users": mine, "ndcg@10": mine * 0.5}, order)
+        truth = matrix([[0] for _ in range(int(order.max()) + 1)], 2)  # every user has a held-out item
+        gathered = _all_gathered({"users": mine, "ndcg@10": mine * 0.5}, truth, order)
         np.save(Path(out_dir) / f"rank{rank}.npy", np.stack([gathered["users"], gathered["ndcg@10"]]))
     finally:
         dist.destroy_process_group()

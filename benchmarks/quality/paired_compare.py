@@ -95,10 +95,10 @@ def graph_values(args, record: dict, users: list, metric: str) -> list:
     missing = [u for u in users if u not in rows]
     if missing:
         raise SystemExit(f"{args.a}: user {missing[0]!r} is not in dataset {full.name!r}")
-    k = int(metric.split("@")[1]) if "@" in metric and metric.split("@")[1].isdigit() else None
-    if k is None:
+    cutoff = metric.partition("@")[2]
+    if not cutoff.isdigit():
         raise SystemExit(f"--metric {metric}: expected <name>@<k>, e.g. ndcg@10")
-    _, per_user = evaluate_graph(nodes, full, users=[rows[u] for u in users], ks=sorted({k, *DEFAULT_KS}),
+    _, per_user = evaluate_graph(nodes, full, users=[rows[u] for u in users], ks=sorted({int(cutoff), *DEFAULT_KS}),
                                  return_per_user=True)
     if metric not in per_user:
         raise SystemExit(f"--metric {metric}: the evaluator measures {sorted(n for n in per_user if n != 'users')}")
