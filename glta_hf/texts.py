@@ -589,17 +589,16 @@ class _AsFullPrompt:
     matter (sampling's warpers, which must follow them, would)."""
 
     def __init__(self, rows: Sequence[Sequence[int]], pad_id: int, seen_width: int, config: TextGenerationConfig):
-        from transformers.generation.logits_process import (NoRepeatNGramLogitsProcessor,
-                                                            RepetitionPenaltyLogitsProcessor)
+        from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
         self.prompt_ids, mask = _left_padded(rows, pad_id)
         self.seen_width = int(seen_width)
-        self.inner: List[Any] = []
+        self.penalty: Optional[float] = None
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
-            # generate's rule: the left padding is not penalized; no padding at all -> nothing ignored
-            pad_lengths = None if bool((mask == 1).all()) else (mask != 0).int().argmax(dim=1)
-            self.inner.append(RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty),
-                                                               prompt_ignore_length=pad_lengths))
+            self.penalty = float(config.repetition_penalty)
+            # generate's rule: the left padding is not penalized
+            self.pad_lengths = (mask != 0).int().argmax(dim=1)
+        self.inner: List[Any] = []
         if config.no_repeat_ngram_size:
             self.inner.append(NoRepeatNGramLogitsProcessor(int(config.no_repeat_ngram_size)))
 
@@ -607,9 +606,26 @@ class _AsFullPrompt:
         import torch
 
         ids = torch.cat([self.prompt_ids.to(input_ids.device), input_ids[:, self.seen_width:]], dim=1)
+        if self.penalty is not None:
+            scores = _penalize_repeats(ids, scores, self.penalty, self.pad_lengths.to(ids.device))
         for processor in self.inner:
             scores = processor(ids, scores)
         return scores
+
+
+def _penalize_repeats(ids, scores, penalty: float, ignore_lengths):
+    """``RepetitionPenaltyLogitsProcessor`` with a per-row count of leading tokens ignored, written out here because
+    older transformers 5.x (5.17, the GPU machine's) takes only one int for all rows as ``prompt_ignore_length``:
+    ignored positions point at an extra column that is dropped afterwards."""
+    import torch
+
+    vocab = scores.shape[-1]
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    ids = ids.clamp(max=vocab).masked_fill(positions[None, :] < ignore_lengths[:, None], vocab)
+    padded = torch.nn.functional.pad(scores, (0, 1))
+    seen = torch.gather(padded, 1, ids)
+    padded = padded.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
+    return padded[:, :vocab]
 
 
 def _batch_texts(model, tokenizer, profile_prompts: Sequence[str], item_lists: Sequence[Sequence[str]],
