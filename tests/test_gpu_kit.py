@@ -185,6 +185,11 @@ def test_unpack_fills_the_commit_and_refuses_what_it_must_not_write(tmp_path):
                                                            "benchmarks/texts/d/texts.jsonl"]
     assert json.loads((home / "benchmarks/results/d/glta.json").read_text())["commit"] == "c0ffee"
     assert not (home / "run").exists()
+    stale = dict(record, commit="078d02e-dirty")  # the device copy's .git: the session's first commit, not the run's
+    unpack.unpack(_archive(tmp_path / "stale.tar.gz", {"benchmarks/results/d/glta.json": json.dumps(stale).encode()}),
+                  home, commit="c0ffee")
+    written = json.loads((home / "benchmarks/results/d/glta.json").read_text())
+    assert (written["commit"], written["device_commit"]) == ("c0ffee", "078d02e-dirty")
     shrunk = _archive(tmp_path / "shrunk.tar.gz", {"benchmarks/texts/d/texts.jsonl": lines.split(b"\n")[0] + b"\n"})
     with pytest.raises(unpack.UnpackError, match="lacks 2 users"):
         unpack.unpack(shrunk, home)

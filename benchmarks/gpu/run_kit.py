@@ -581,7 +581,7 @@ class Kit:
 
     def pack(self) -> Path:
         """Every result / text / figure file written since the kit started, as one archive (unpack.py fills in the
-        commit at home: no .git travels)."""
+        commit at home from ``COMMIT``: the device copy's own git state is not the run's)."""
         root = Path(self.cfg["root"])
         archive = self.out / "kit_results.tar.gz"
         members = []

@@ -3,9 +3,10 @@
 
 Only files under ``benchmarks/results/``, ``benchmarks/texts/``, ``benchmarks/figures/`` and ``benchmarks/gpu/nodes/``
 (LightGCN tables the kit had to train) are written (``run/``
-members, the per-dataset ``tables.md``, are printed). No ``.git`` travels to the device, so result JSONs whose
-``commit`` reads ``unknown`` get the commit the run was made from (``--commit``, default: the ``COMMIT`` file
-``carry.py prepare`` wrote for the last call). A returned text cache must hold every user of the local one (the
+members, the per-dataset ``tables.md``, are printed). Result JSONs get the commit the run was made from
+(``--commit``, default: the ``COMMIT`` file ``carry.py prepare`` wrote for the last call): what the device's copy
+records is not it (``unknown`` without a ``.git``; on 2026-12-04 the copy's ``.git`` was the session's first
+commit, ``-dirty``), and is kept as ``device_commit``. A returned text cache must hold every user of the local one (the
 device resumed the committed cache, so it only grows); anything else is refused.
 
     python benchmarks/gpu/unpack.py /work/.device/<...>/kit_results.tar.gz
@@ -33,14 +34,17 @@ def recorded_commit() -> Optional[str]:
 
 
 def fill_commit(data: bytes, commit: Optional[str]) -> bytes:
-    """A result JSON with ``"commit": "unknown"`` gets ``commit``; anything else is returned unchanged."""
+    """A result JSON (a dict with a ``commit``) gets ``commit``, the device's value kept as ``device_commit``
+    unless it was ``unknown``; anything else is returned unchanged."""
     if not commit:
         return data
     try:
         record = json.loads(data.decode("utf-8"))
     except ValueError:
         return data
-    if isinstance(record, dict) and record.get("commit") == "unknown":
+    if isinstance(record, dict) and "commit" in record and record["commit"] != commit:
+        if record["commit"] != "unknown":
+            record["device_commit"] = record["commit"]
         record["commit"] = commit
         return (json.dumps(record, indent=2) + "\n").encode("utf-8")
     return data
