@@ -261,8 +261,9 @@ class GLTAServingMixin:
         if isinstance(histories, Mapping):
             histories = _histories_by_user(histories, users)
         elif histories is not None:
-            if isinstance(histories, (str, bytes)):
-                raise ArgumentError("histories must be a dict by user or a list of item-id lists, got a string")
+            if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
+                raise ArgumentError("histories must be a dict by user or a list of item-id lists, got "
+                                    f"{histories!r}")
             histories = list(histories)
             if len(histories) != len(users):
                 raise ArgumentError(f"histories: {len(histories)} histories for {len(users)} users")

@@ -202,6 +202,8 @@ def test_recommend_bare_string_is_one_user(model):
         ({"decoding": "nosuch"}, "decoding must be one of"),
         ({"exclude_seen": "no"}, "exclude_seen must be a bool"),
         ({"histories": "i1"}, "histories must be"),
+        ({"histories": False}, "histories must be a dict by user or a list of item-id lists, got False"),  # fuzz
+        ({"histories": 3}, "histories must be"),
         ({"histories": [["i1"], ["i2"]]}, "histories: 2 histories for 1 users"),
     ],
 )
