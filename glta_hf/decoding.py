@@ -129,10 +129,15 @@ def cutoffs_within(ks: Sequence[int], decoding: str, num_slots: int) -> Tuple[in
     return tuple(int(k) for k in ks if limit is None or int(k) <= limit)
 
 
+def is_sequence_argument(value) -> bool:
+    """An iterable that is not text: a str or bytes is one value, never a sequence of its characters."""
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+
+
 def check_gate_scales(gate_scales) -> Tuple[float, ...]:
     """``gate_scales`` (multipliers of a graph residual's learned gate) as a tuple of floats: a non-empty sequence of
     distinct finite numbers >= 0; anything else is an :class:`ArgumentError` naming ``gate_scales``."""
-    if isinstance(gate_scales, (str, bytes)) or not isinstance(gate_scales, Iterable):
+    if not is_sequence_argument(gate_scales):
         raise ArgumentError(f"gate_scales must be a sequence of numbers >= 0, got {gate_scales!r}")
     scales = []
     for value in gate_scales:

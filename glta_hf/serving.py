@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
-from .decoding import ArgumentError, check_decoding, check_k, check_positive_int
+from .decoding import ArgumentError, check_decoding, check_k, check_positive_int, is_sequence_argument
 from .errors import UnknownIdError
 from .prompts import collate_prompts, encode_prompt, history_titles_from, user_item_prompt
 
@@ -261,7 +261,7 @@ class GLTAServingMixin:
         if isinstance(histories, Mapping):
             histories = _histories_by_user(histories, users)
         elif histories is not None:
-            if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
+            if not is_sequence_argument(histories):
                 raise ArgumentError("histories must be a dict by user or a list of item-id lists, got "
                                     f"{histories!r}")
             histories = list(histories)
@@ -271,7 +271,7 @@ class GLTAServingMixin:
         for j, user in enumerate(users):
             given = histories[j] if histories is not None else None
             if given is not None:
-                if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+                if not is_sequence_argument(given):
                     raise ArgumentError(f"histories: user {user!r}: expected a list of item ids, got {given!r}")
                 given = list(given)
                 missing = [i for i in given if str(i) not in item_index]

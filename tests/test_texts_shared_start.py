@@ -106,9 +106,9 @@ def test_penalties_read_the_prompt_as_the_full_prefill_lays_it_out():
     scores = torch.linspace(-2.0, 3.0, vocab).repeat(2, 1)
     got = processor(torch.cat([seen, generated], dim=1), scores.clone())
     full = torch.tensor([[0, 0, 5, 6, 7, 8, 9, 6, 7], [3, 4, 6, 7, 8, 10, 11, 6, 7]])  # left padding only
+    # row by row: transformers 5.17 (the GPU kit's) takes one int, not a per-row tensor
     want = torch.cat([RepetitionPenaltyLogitsProcessor(1.5, prompt_ignore_length=pad_length)(row, row_scores)
                       for row, row_scores, pad_length in zip(full.split(1), scores.clone().split(1), (2, 0))])
-    # row by row: transformers 5.17 (the GPU kit's) takes one int, not a per-row tensor
     want = NoRepeatNGramLogitsProcessor(3)(full, want)
     assert torch.equal(got, want)
     assert torch.isinf(got[:, 8]).all()  # (6, 7) -> 8 banned, as in the prompt, though a pad splits it in `seen`
