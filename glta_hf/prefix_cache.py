@@ -17,8 +17,8 @@ Pieces (the model calls them in this order)
       vectors) through the frozen LLM (no grad) -> :class:`PrefixKV`.
     * :class:`PrefixStore` -- per-prefix :class:`PrefixKV` entries keyed by :class:`PrefixKey` (user, prefix
       hash, LLM, dtype, layout): an LRU in memory under a byte budget, spilled to memory-mapped safetensors
-      shards on disk; :meth:`PrefixStore.get_or_compute` computes only the missing prefixes, in one batched call.
-      The common start of many prefixes (a shared head) is kept once.
+      shards on disk; :meth:`PrefixStore.get_or_compute` computes only the missing prefixes, in one batched call
+      per shared head. The common start of many prefixes (a shared head) is kept, and computed, once.
     * :func:`cached_prefix` -- the two above together: the batch's prefixes from the store, left-padded.
     * :func:`forward_with_prefix` -- the suffix through the LLM (with grad), attending to the prefix through a
       fresh ``DynamicCache`` -> the suffix's last hidden states.
@@ -54,7 +54,9 @@ Shared heads (how the store keeps entries; what it returns is unchanged)
     common start of a computed batch, if at least ``MIN_HEAD_TOKENS`` long. An entry that starts with a head's
     ids (same LLM, dtype, layout) is kept, in memory and on disk, as its tail plus a reference; a lookup returns
     head + tail, the whole prefix (equal to a full computation within float rounding across batches). That cuts
-    ml-1m's float32 SmolLM2 store by about a third (42 -> ~28 GB).
+    ml-1m's float32 SmolLM2 store by about a third (42 -> ~28 GB). A new prefix that starts with a stored head is
+    computed from its tail only, attending to the head's states (:func:`tail_key_values`): the head's share of
+    the LLM's work on new prefixes is saved too (the first epoch of a run, where prefixes are computed, not read).
 
 A :class:`PrefixKV` never leaves this module inside a cache object: every forward builds a new ``DynamicCache``
 from the stored tensors (``DynamicCache`` grows by concatenation, so the stored tensors are never modified).
@@ -389,6 +391,33 @@ def _run_prefix(runner, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTens
     return PrefixKV(keys, values, prefix_mask)
 
 
+@torch.no_grad()
+def tail_key_values(llm, head: PrefixKV, tail_ids: torch.LongTensor, tail_mask: torch.Tensor) -> PrefixKV:
+    """:func:`prefix_key_values` of prefixes that all start with ``head`` (one unpadded row of states), computed
+    for their tails only: ``tail_ids`` / ``tail_mask`` (left-padded) follow the head, which every row attends to
+    and whose positions the tails continue. Returns the tails' states (left-padded like ``tail_mask``); head +
+    tail equals the whole prefix computed at once within float rounding (a causal LLM's states at the head's
+    positions depend on the head alone). Saves the head's share of every new prefix (a third of ml-1m's and
+    amazon-scientific's prompts)."""
+    runner = _runner(llm)
+    runner.check_prefix_cacheable()
+    if tail_ids.shape != tail_mask.shape or tail_ids.dim() != 2 or head.batch_size != 1:
+        raise PrefixCacheError(f"tail ids {tuple(tail_ids.shape)} and mask {tuple(tail_mask.shape)} must be one "
+                               f"(batch, length) shape after one head row, got {head.batch_size} head rows")
+    device = runner.get_input_embeddings().weight.device
+    tail_ids, tail_mask, head = tail_ids.to(device), tail_mask.to(device).long(), head.to(device)
+    rows, length = tail_ids.shape[0], head.keys.shape[3]
+    heads = PrefixKV(head.keys.expand(-1, rows, -1, -1, -1), head.values.expand(-1, rows, -1, -1, -1),
+                     head.mask.long().expand(rows, -1))
+    cache = heads.to_cache(runner.llm_config)  # grows by concatenation: the head's tensors are not modified
+    mask = torch.cat([heads.mask, tail_mask], dim=1)
+    runner.run_llm(_embed(runner, tail_ids, tail_mask), mask, positions_from_mask(mask)[:, length:], cache=cache,
+                   use_cache=True)
+    keys = torch.stack([layer.keys[:, :, length:] for layer in cache.layers])
+    values = torch.stack([layer.values[:, :, length:] for layer in cache.layers])
+    return PrefixKV(keys, values, tail_mask)
+
+
 def run_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor):
     """The LLM's output over the suffix, which attends to the cached prefix (same rows): ``last_hidden_state``
     (B, S, hidden) and the cache, prefix and suffix, that later steps extend (autoregressive decoding).
@@ -556,6 +585,14 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
+def _rows_of(batch, positions: List[int], what: str) -> List[PrefixKV]:
+    """The unpadded rows of a compute function's answer for ``positions``, checked."""
+    if not isinstance(batch, PrefixKV) or batch.batch_size != len(positions):
+        raise PrefixCacheError(f"{what} must return a PrefixKV with {len(positions)} rows, got "
+                               f"{batch.batch_size if isinstance(batch, PrefixKV) else type(batch).__name__}")
+    return batch.rows()
+
+
 def _columns(entry: PrefixKV, start: int, stop: Optional[int] = None) -> PrefixKV:
     """Sequence positions ``start:stop`` of a single-row entry, copied (a view would keep the whole row alive)."""
     cols = slice(start, stop)
@@ -612,7 +649,8 @@ class PrefixStore:
         return self._memory_bytes
 
     def get_or_compute(self, keys: Sequence[PrefixKey], compute_fn: Callable[[List[int]], PrefixKV],
-                       ids: Optional[Sequence[Sequence[int]]] = None) -> List[PrefixKV]:
+                       ids: Optional[Sequence[Sequence[int]]] = None,
+                       compute_tails_fn: Optional[Callable[[List[int], PrefixKV], PrefixKV]] = None) -> List[PrefixKV]:
         """The entry of every key (the whole prefix), in order; ``compute_fn(positions)`` is called at most once,
         with the positions (into ``keys``, first occurrence of each missing key) to compute, and must return their
         rows in that order.
@@ -620,7 +658,12 @@ class PrefixStore:
         ``ids`` (aligned with ``keys``): each prefix's token ids, what ``compute_fn`` computes from. With them a
         computed entry starting with a stored head's ids is kept as its tail, and a batch of new prefixes with a
         long common start (>= ``MIN_HEAD_TOKENS``) makes that start a head. Without them (the serving span, whose
-        input is vectors, not ids) every entry is kept whole."""
+        input is vectors, not ids) every entry is kept whole.
+
+        ``compute_tails_fn(positions, head)`` (with ``ids``): missing prefixes that start with a stored head are
+        computed from their tails only, once per head, attending to the head's states (``head``, one row); it
+        returns the tails' rows (columns ``len(head):`` of each prefix) in order. Without it they are computed
+        whole by ``compute_fn`` and cut."""
         keys = [self._checked(k) for k in keys]
         if ids is not None and len(ids) != len(keys):
             raise PrefixCacheError(f"get_or_compute got {len(ids)} rows of token ids for {len(keys)} keys")
@@ -637,20 +680,26 @@ class PrefixStore:
             else:
                 found[key] = entry
         if missing:
-            batch = compute_fn(list(missing))
-            if not isinstance(batch, PrefixKV) or batch.batch_size != len(missing):
-                raise PrefixCacheError(
-                    f"compute_fn must return a PrefixKV with {len(missing)} rows, got "
-                    f"{batch.batch_size if isinstance(batch, PrefixKV) else type(batch).__name__}"
-                )
-            new = {keys[pos]: row for pos, row in zip(missing, batch.rows())}
-            self.stats["computed"] += len(new)
-            kept = dict(new) if ids is None else self._share_heads(new, {keys[pos]: ids[pos] for pos in missing})
+            by_head: Dict[Optional[str], List[int]] = {}  # head name (None: computed whole) -> positions
+            for pos in missing:
+                head = None
+                if ids is not None and compute_tails_fn is not None:
+                    head = self._matching_head(keys[pos], tuple(int(t) for t in ids[pos]))
+                by_head.setdefault(None if head is None else head.name, []).append(pos)
+            kept, whole = {}, {}
+            for name, positions in by_head.items():
+                if name is None:
+                    new = {keys[pos]: row for pos, row in zip(positions, _rows_of(compute_fn(positions), positions, "compute_fn"))}
+                    kept.update(new if ids is None else self._share_heads(new, {keys[pos]: ids[pos] for pos in positions}))
+                    whole.update({key: row for key, row in new.items() if key in self._head_of})
+                else:
+                    kept.update(self._computed_tails(self._heads[name], positions, keys, ids, compute_tails_fn))
+            self.stats["computed"] += len(kept)
             if self.persistent:
                 self._write_shard(kept)
-            for key, row in new.items():
-                entry = self._remember(key, kept[key])
-                found[key] = row.to(self.device) if key in self._head_of else entry
+            for key, tail in kept.items():
+                entry = self._remember(key, tail)
+                found[key] = whole[key].to(self.device) if key in whole else self._whole(key, entry)
         self._evict()
         return [found[k] for k in keys]
 
@@ -760,6 +809,25 @@ class PrefixStore:
                 self._head_of[key] = head.name
                 kept[key] = _columns(row, len(head.ids))
                 self.stats["shared"] += 1
+        return kept
+
+    def _computed_tails(self, head: _Head, positions: List[int], keys: Sequence[PrefixKey],
+                        ids: Sequence[Sequence[int]], compute_tails_fn) -> Dict[PrefixKey, PrefixKV]:
+        """The tails of the missing prefixes at ``positions``, all starting with ``head``: computed (only the
+        non-empty ones) by ``compute_tails_fn`` and kept as tails of ``head``."""
+        states, length = self._head_states(head), len(head.ids)
+        running = [pos for pos in positions if len(ids[pos]) > length]
+        rows = _rows_of(compute_tails_fn(running, states), running, "compute_tails_fn") if running else []
+        tails = dict(zip(running, rows))
+        kept = {}
+        for pos in positions:
+            tail = tails[pos] if pos in tails else _columns(states, length)  # the prefix is the head: empty tail
+            if tail.keys.shape[3] != len(ids[pos]) - length:
+                raise PrefixCacheError(f"prefix {keys[pos].name()} has {len(ids[pos]) - length} token ids after its head "
+                                       f"but {tail.keys.shape[3]} computed tail positions")
+            self._head_of[keys[pos]] = head.name
+            kept[keys[pos]] = tail
+            self.stats["shared"] += 1
         return kept
 
     def _matching_head(self, key: PrefixKey, ids: Tuple[int, ...]) -> Optional[_Head]:
@@ -950,10 +1018,20 @@ def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[Pr
             return prefix_key_values(llm, split.prefix_ids[rows][:, cols], mask)
         return prefix_key_values_from_embeds(llm, prefix_embeds[rows][:, cols], mask)
 
-    ids = None  # the serving span's input is vectors: token ids do not describe it, so nothing is shared
+    def compute_tails(positions: List[int], head: PrefixKV) -> PrefixKV:
+        rows = torch.tensor(positions, device=split.prefix_mask.device)
+        lengths = torch.tensor([split.prefix_lengths[p] - head.keys.shape[3] for p in positions],
+                               device=split.prefix_mask.device)
+        width = int(lengths.max())  # the last `width` columns hold every tail (and, in shorter rows, head tokens)
+        cols = slice(split.prefix_mask.shape[1] - width, None)
+        mask = (torch.arange(width, device=lengths.device) >= width - lengths[:, None]).long()
+        return tail_key_values(llm, head, split.prefix_ids[rows][:, cols], mask)
+
+    ids, tails = None, None  # the serving span's input is vectors: token ids do not describe it, so nothing is shared
     if prefix_embeds is None:
         ids = [row[len(row) - n:] for row, n in zip(split.prefix_ids.tolist(), split.prefix_lengths)]
-    entries = store.get_or_compute(keys, compute, ids=ids)
+        tails = compute_tails
+    entries = store.get_or_compute(keys, compute, ids=ids, compute_tails_fn=tails)
     return PrefixKV.concat(entries, device=llm.get_input_embeddings().weight.device)
 
 

@@ -96,6 +96,29 @@ def test_shared_entries_served_from_memory_and_a_reopened_folder_equal_a_fresh_c
     _assert_whole_and_exact(llm, reopened.get_or_compute(keys3, _never), third)
 
 
+def test_new_prefixes_that_start_with_a_stored_head_run_only_their_tails(llm):
+    """The compute saving: once a head is stored, a new prefix's head positions are not run through the LLM again;
+    what the store serves is still the whole prefix, equal to a fresh computation."""
+    store = PrefixStore()
+    first, later = _prefixes([7, 12, 9], seed=0), _prefixes([3, 15, 0, 8], seed=30)  # one later prompt IS the head
+    widths = []
+    hook = llm.get_input_embeddings().register_forward_hook(lambda module, args, out: widths.append(args[0].shape))
+    try:
+        cached_prefix(llm, store, *_batch(first, ["a", "b", "c"]))  # no head yet: whole prefixes; learns the head
+        split, keys = _batch(later, ["d", "e", "f", "g"])
+        served = cached_prefix(llm, store, split, keys)
+    finally:
+        hook.remove()
+    assert widths == [(3, HEAD + 12), (3, 15)]  # the later batch: its three non-empty tails, padded to the longest
+    assert store.stats["computed"] == 7 and store.stats["shared"] == 7
+    assert [store._memory[k].keys.shape[3] for k in keys] == [3, 15, 0, 8]
+    _assert_whole_and_exact(llm, store.get_or_compute(keys, _never), later)
+    fresh = prefix_key_values(llm, split.prefix_ids, split.prefix_mask)  # what the model gets, left-padded
+    assert torch.equal(served.mask, fresh.mask)
+    torch.testing.assert_close(served.keys * served.mask[None, :, None, :, None],
+                               fresh.keys * fresh.mask[None, :, None, :, None], **TOL)
+
+
 def test_shared_heads_shrink_the_store_on_disk_and_in_memory(llm, tmp_path):
     """The byte saving: prompts with a long common start take a fraction of the bytes they take unshared."""
     prefixes = _prefixes([4, 9, 6, 11, 5, 8], seed=1)

