@@ -689,8 +689,9 @@ class PrefixStore:
             kept, whole = {}, {}
             for name, positions in by_head.items():
                 if name is None:
-                    new = {keys[pos]: row for pos, row in zip(positions, _rows_of(compute_fn(positions), positions, "compute_fn"))}
-                    kept.update(new if ids is None else self._share_heads(new, {keys[pos]: ids[pos] for pos in positions}))
+                    new = dict(zip([keys[pos] for pos in positions],
+                                   _rows_of(compute_fn(positions), positions, "compute_fn")))
+                    kept.update(new if ids is None else self._share_heads(new, {keys[p]: ids[p] for p in positions}))
                     whole.update({key: row for key, row in new.items() if key in self._head_of})
                 else:
                     kept.update(self._computed_tails(self._heads[name], positions, keys, ids, compute_tails_fn))
