@@ -125,11 +125,14 @@ def main():
     parser.add_argument("--fill-only", action="store_true", help="time the two fills only (prefix_fill.json)")
     add_run_args(parser)
     args = parser.parse_args()
+    if args.users <= args.batch:
+        parser.error(f"--users {args.users} must exceed --batch {args.batch}: the fill is timed after the first batch")
 
     import torch
     import torch.nn.functional as F
 
     from glta_hf.prefix_cache import PrefixStore, cached_slot_hidden_states, llm_fingerprint, serve_prefixes
+    from glta_hf.prompts import PromptConfig, collate_prompts, encode_prompt, user_item_prompt
 
     class WholePrefixStore(PrefixStore):
         """Computes every new prefix from its first token (no ``compute_tails_fn``): the fill before heads were
@@ -137,7 +140,6 @@ def main():
 
         def get_or_compute(self, keys, compute_fn, ids=None, compute_tails_fn=None):
             return super().get_or_compute(keys, compute_fn, ids=ids)
-    from glta_hf.prompts import PromptConfig, collate_prompts, encode_prompt, user_item_prompt
 
     t_start = start_run(args)
     device = torch.device(args.device)
