@@ -381,13 +381,19 @@ def prefix_key_values_from_embeds(llm, prefix_embeds: torch.Tensor, prefix_mask:
     return _run_prefix(runner, prefix_embeds.to(device), prefix_mask.to(device).long())
 
 
-def _run_prefix(runner, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTensor) -> PrefixKV:
+def _run_prefix(runner, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTensor,
+                after: Optional[PrefixKV] = None) -> PrefixKV:
+    """The states of ``prefix_embeds``; with ``after`` (same rows), of a continuation that attends to those states
+    and continues their positions (``after``'s own states are not returned)."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=runner.llm_config)
-    runner.run_llm(prefix_embeds, prefix_mask, positions_from_mask(prefix_mask), cache=cache, use_cache=True)
-    keys = torch.stack([layer.keys for layer in cache.layers])
-    values = torch.stack([layer.values for layer in cache.layers])
+    start = 0 if after is None else after.mask.shape[1]
+    # a cache grows by concatenation: `after`'s tensors are not modified
+    cache = DynamicCache(config=runner.llm_config) if after is None else after.to_cache(runner.llm_config)
+    mask = prefix_mask if after is None else torch.cat([after.mask.long(), prefix_mask], dim=1)
+    runner.run_llm(prefix_embeds, mask, positions_from_mask(mask)[:, start:], cache=cache, use_cache=True)
+    keys = torch.stack([layer.keys[:, :, start:] for layer in cache.layers])
+    values = torch.stack([layer.values[:, :, start:] for layer in cache.layers])
     return PrefixKV(keys, values, prefix_mask)
 
 
@@ -406,16 +412,10 @@ def tail_key_values(llm, head: PrefixKV, tail_ids: torch.LongTensor, tail_mask: 
                                f"(batch, length) shape after one head row, got {head.batch_size} head rows")
     device = runner.get_input_embeddings().weight.device
     tail_ids, tail_mask, head = tail_ids.to(device), tail_mask.to(device).long(), head.to(device)
-    rows, length = tail_ids.shape[0], head.keys.shape[3]
+    rows = tail_ids.shape[0]
     heads = PrefixKV(head.keys.expand(-1, rows, -1, -1, -1), head.values.expand(-1, rows, -1, -1, -1),
                      head.mask.long().expand(rows, -1))
-    cache = heads.to_cache(runner.llm_config)  # grows by concatenation: the head's tensors are not modified
-    mask = torch.cat([heads.mask, tail_mask], dim=1)
-    runner.run_llm(_embed(runner, tail_ids, tail_mask), mask, positions_from_mask(mask)[:, length:], cache=cache,
-                   use_cache=True)
-    keys = torch.stack([layer.keys[:, :, length:] for layer in cache.layers])
-    values = torch.stack([layer.values[:, :, length:] for layer in cache.layers])
-    return PrefixKV(keys, values, tail_mask)
+    return _run_prefix(runner, _embed(runner, tail_ids, tail_mask), tail_mask, after=heads)
 
 
 def run_with_prefix(llm, prefix: PrefixKV, suffix_embeds: torch.Tensor, suffix_mask: torch.Tensor):
@@ -1010,22 +1010,25 @@ def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[Pr
     if len(keys) != len(split.prefix_lengths):
         raise PrefixCacheError(f"{len(keys)} prefix keys for a batch of {len(split.prefix_lengths)} rows")
 
-    def compute(positions: List[int]) -> PrefixKV:
-        rows = torch.tensor(positions, device=split.prefix_mask.device)
-        width = max(split.prefix_lengths[p] for p in positions)  # left-padded: the last `width` columns hold them all
+    def columns(positions: List[int], skip: int = 0):
+        """The rows at ``positions`` after their first ``skip`` tokens: row index, column slice (left-padded: the
+        last columns hold them all) and mask (0 also over the skipped tokens of shorter rows)."""
+        device = split.prefix_mask.device
+        rows = torch.tensor(positions, device=device)
+        lengths = torch.tensor([split.prefix_lengths[p] - skip for p in positions], device=device)
+        width = int(lengths.max())
         cols = slice(split.prefix_mask.shape[1] - width, None)
-        mask = split.prefix_mask[rows][:, cols]
+        mask = split.prefix_mask[rows][:, cols] * (torch.arange(width, device=device) >= width - lengths[:, None])
+        return rows, cols, mask
+
+    def compute(positions: List[int]) -> PrefixKV:
+        rows, cols, mask = columns(positions)
         if prefix_embeds is None:
             return prefix_key_values(llm, split.prefix_ids[rows][:, cols], mask)
         return prefix_key_values_from_embeds(llm, prefix_embeds[rows][:, cols], mask)
 
     def compute_tails(positions: List[int], head: PrefixKV) -> PrefixKV:
-        rows = torch.tensor(positions, device=split.prefix_mask.device)
-        lengths = torch.tensor([split.prefix_lengths[p] - head.keys.shape[3] for p in positions],
-                               device=split.prefix_mask.device)
-        width = int(lengths.max())  # the last `width` columns hold every tail (and, in shorter rows, head tokens)
-        cols = slice(split.prefix_mask.shape[1] - width, None)
-        mask = (torch.arange(width, device=lengths.device) >= width - lengths[:, None]).long()
+        rows, cols, mask = columns(positions, skip=head.keys.shape[3])
         return tail_key_values(llm, head, split.prefix_ids[rows][:, cols], mask)
 
     ids, tails = None, None  # the serving span's input is vectors: token ids do not describe it, so nothing is shared
