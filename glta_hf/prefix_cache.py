@@ -94,10 +94,6 @@ INDEX_FORMATS = ("glta-prefix-index-1", INDEX_FORMAT)
 MIN_HEAD_TOKENS = 16
 #: At most this many heads per store (one per prompt family is expected): every new entry is matched against each.
 MAX_HEADS = 16
-#: What one more LLM call costs, in padded tokens, when :func:`length_groups` weighs splitting a batch of new
-#: prefixes (per-call work, smaller matrix products); a token of SmolLM2 is ~3 ms on two CPU cores, a call's
-#: fixed work a few tens of ms.
-GROUP_CALL_TOKENS = 64
 
 
 class PrefixCacheError(GLTAError, ValueError):
@@ -589,28 +585,6 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def length_groups(lengths: Sequence[int], call_tokens: Optional[int] = None) -> List[List[int]]:
-    """Indices of ``lengths`` split into groups of similar length, each run as one left-padded batch: the split
-    (of the indices sorted by length) with the fewest padded tokens plus ``call_tokens`` (default
-    ``GROUP_CALL_TOKENS``) per group. A batch of new prefixes is padded to its longest; with texts of mixed length
-    that padding is a sixth of the work."""
-    call_tokens = GROUP_CALL_TOKENS if call_tokens is None else call_tokens
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    sorted_lengths = [int(lengths[i]) for i in order]
-    # best[j]: the cheapest split of the j shortest; cut[j]: where its last group starts
-    best, cut = [0] + [None] * len(order), [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(j):
-            cost = best[i] + (j - i) * sorted_lengths[j - 1] + call_tokens
-            if best[j] is None or cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], len(order)
-    while j > 0:
-        groups.append(order[cut[j]:j])
-        j = cut[j]
-    return groups[::-1]
-
-
 def _rows_of(batch, positions: List[int], what: str) -> List[PrefixKV]:
     """The unpadded rows of a compute function's answer for ``positions``, checked."""
     if not isinstance(batch, PrefixKV) or batch.batch_size != len(positions):
@@ -1047,17 +1021,6 @@ def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[Pr
         mask = split.prefix_mask[rows][:, cols] * (torch.arange(width, device=device) >= width - lengths[:, None])
         return rows, cols, mask
 
-    def by_length(run: Callable[[List[int]], PrefixKV], positions: List[int], skip: int = 0) -> PrefixKV:
-        """``run`` over groups of ``positions`` of similar length (:func:`length_groups`), rows in their order."""
-        groups = length_groups([split.prefix_lengths[p] - skip for p in positions])
-        if len(groups) == 1:
-            return run(positions)
-        rows: List[Optional[PrefixKV]] = [None] * len(positions)
-        for group in groups:
-            for index, row in zip(group, run([positions[i] for i in group]).rows()):
-                rows[index] = row
-        return PrefixKV.concat(rows)
-
     def compute(positions: List[int]) -> PrefixKV:
         rows, cols, mask = columns(positions)
         if prefix_embeds is None:
@@ -1071,10 +1034,8 @@ def cached_prefix(llm, store: PrefixStore, split: PromptSplit, keys: Sequence[Pr
     ids, tails = None, None  # the serving span's input is vectors: token ids do not describe it, so nothing is shared
     if prefix_embeds is None:
         ids = [row[len(row) - n:] for row, n in zip(split.prefix_ids.tolist(), split.prefix_lengths)]
-        tails = lambda positions, head: by_length(lambda group: compute_tails(group, head), positions,  # noqa: E731
-                                                  skip=head.keys.shape[3])
-    entries = store.get_or_compute(keys, lambda positions: by_length(compute, positions), ids=ids,
-                                   compute_tails_fn=tails)
+        tails = compute_tails
+    entries = store.get_or_compute(keys, compute, ids=ids, compute_tails_fn=tails)
     return PrefixKV.concat(entries, device=llm.get_input_embeddings().weight.device)
 
 

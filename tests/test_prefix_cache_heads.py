@@ -14,7 +14,6 @@ from glta_hf.prefix_cache import (
     PrefixKV,
     PrefixStore,
     cached_prefix,
-    length_groups,
     prefix_key_values,
     split_prompt_batch,
 )
@@ -115,54 +114,6 @@ def test_new_prefixes_that_start_with_a_stored_head_run_only_their_tails(llm):
     assert [store._memory[k].keys.shape[3] for k in keys] == [3, 15, 0, 8]
     _assert_whole_and_exact(llm, store.get_or_compute(keys, _never), later)
     fresh = prefix_key_values(llm, split.prefix_ids, split.prefix_mask)  # what the model gets, left-padded
-    assert torch.equal(served.mask, fresh.mask)
-    torch.testing.assert_close(served.keys * served.mask[None, :, None, :, None],
-                               fresh.keys * fresh.mask[None, :, None, :, None], **TOL)
-
-
-def test_length_groups_is_the_cheapest_split_of_the_sorted_lengths():
-    """Padded tokens + a per-call cost, minimised over every split of the length-sorted rows (checked by brute
-    force); equal lengths stay one call; every index appears once."""
-    import itertools
-    import random
-
-    def cost(lengths, groups, call):
-        return sum(len(g) * max(lengths[i] for i in g) + call for g in groups)
-
-    rng = random.Random(0)
-    for trial in range(40):
-        lengths = [rng.randint(1, 120) for _ in range(rng.randint(1, 8))]
-        call = rng.choice([0, 8, 64, 1000])
-        groups = length_groups(lengths, call_tokens=call)
-        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        best = min(cost(lengths, [order[a:b] for a, b in zip((0,) + cuts, cuts + (len(order),))], call)
-                   for r in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), r))
-        assert cost(lengths, groups, call) == best, (lengths, call, groups)
-    assert length_groups([100] * 32) == [list(range(32))]
-    assert length_groups([10, 200, 12, 190], call_tokens=64) == [[0, 2], [3, 1]]
-    assert length_groups([]) == []
-
-
-def test_new_prefixes_of_mixed_length_run_in_groups_of_similar_length(llm, monkeypatch):
-    """Each LLM call over new prefixes (whole or tails) is padded to its own group's longest, not the batch's; the
-    rows come back in the batch's order and equal a fresh computation."""
-    import glta_hf.prefix_cache as prefix_cache
-
-    monkeypatch.setattr(prefix_cache, "GROUP_CALL_TOKENS", 4)
-    store = PrefixStore()
-    first, later = _prefixes([2, 30, 3], seed=0), _prefixes([31, 2, 29, 3], seed=30)
-    widths = []
-    hook = llm.get_input_embeddings().register_forward_hook(lambda module, args, out: widths.append(args[0].shape))
-    try:
-        cached_prefix(llm, store, *_batch(first, ["a", "b", "c"]))  # whole prefixes: HEAD + 2 / 3 apart from + 30
-        split, keys = _batch(later, ["d", "e", "f", "g"])
-        served = cached_prefix(llm, store, split, keys)  # tails of 31 / 29 apart from 2 / 3
-    finally:
-        hook.remove()
-    assert widths == [(2, HEAD + 3), (1, HEAD + 30), (2, 3), (2, 31)]
-    _assert_whole_and_exact(llm, store.get_or_compute(keys, _never), later)
-    fresh = prefix_key_values(llm, split.prefix_ids, split.prefix_mask)
     assert torch.equal(served.mask, fresh.mask)
     torch.testing.assert_close(served.keys * served.mask[None, :, None, :, None],
                                fresh.keys * fresh.mask[None, :, None, :, None], **TOL)

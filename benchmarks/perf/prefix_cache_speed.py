@@ -15,13 +15,11 @@ encoded beforehand), forward + head + top-10, p50/p95 over requests. Peak memory
 RSS over one training step (``VmHWM`` reset through ``/proc/self/clear_refs``; CUDA: peak allocated). The cached
 path's logits are checked against the uncached ones on the first batch before anything is timed.
 
-The fill itself runs three ways too (``--fill-repeats``, interleaved, fresh stores): ``tails`` (the library: a new
-prefix that starts with a stored shared head runs only its tail, attending to the head's states, in groups of
-similar tail length), ``one_call`` (the same tails in one call per batch, padded to the batch's longest) and
-``whole`` (every new prefix run from its first token in one call, as before heads were reused in computation);
-their states are checked equal. Timed after the first batch, which learns the head (computed whole every way,
-untimed): the steady state of an epoch's hundreds of batches. ``--fill-only`` times the fill alone (result
-``prefix_fill.json``).
+The fill itself runs two ways too (``--fill-repeats``, interleaved, fresh stores): ``tails`` (the library: a new
+prefix that starts with a stored shared head runs only its tail, attending to the head's states) and ``whole``
+(every new prefix run from its first token, as before heads were reused in computation); their states are checked
+equal. Timed after the first batch, which learns the head (computed whole both ways, untimed): the steady state of
+an epoch's hundreds of batches. ``--fill-only`` times the fill alone (result ``prefix_fill.json``).
 
 Users: ``--dataset`` (ml-1m) users with real profile / prediction texts from ``--texts`` when that text cache
 exists, else synthetic texts of realistic length (movie titles and genres, cut to the prompt's caps: 96 + 64
@@ -133,7 +131,6 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    import glta_hf.prefix_cache as prefix_cache
     from glta_hf.prefix_cache import PrefixStore, cached_slot_hidden_states, llm_fingerprint, serve_prefixes
     from glta_hf.prompts import PromptConfig, collate_prompts, encode_prompt, user_item_prompt
 
@@ -200,19 +197,15 @@ def main():
         return serve_prefixes(model.model, target, batch["input_ids"], batch["attention_mask"], batch["user_ids"],
                               batch["item_ids"], llm_key=llm_key, layout=args.layout, users=batch_users)[1]
 
-    # one-off: every prefix computed once per run (epoch-invariant), three ways, into fresh stores; then the
-    # exactness checks: each way's states vs the library's on the last batch (the first one has no head to start
-    # from: computed whole every way), cached vs uncached logits on the first
-    ways = {"tails": (PrefixStore, prefix_cache.GROUP_CALL_TOKENS),  # (store, GROUP_CALL_TOKENS)
-            "one_call": (PrefixStore, 1 << 40), "whole": (WholePrefixStore, 1 << 40)}
-    fills, stores = {way: [] for way in ways}, {}
+    # one-off: every prefix computed once per run (epoch-invariant), two ways, into fresh stores; then the exactness
+    # checks: tails vs whole states on the last batch (the first one has no head to start from: computed whole both
+    # ways), cached vs uncached logits on the first
+    fills, stores = {"tails": [], "whole": []}, {}
     for rep in range(args.fill_repeats):
-        order = list(ways)[rep % len(ways):] + list(ways)[:rep % len(ways)]
-        for way in order:
+        for way in (("tails", "whole") if rep % 2 == 0 else ("whole", "tails")):
             if way in stores:
                 stores[way].close()
-            store_class, prefix_cache.GROUP_CALL_TOKENS = ways[way]
-            stores[way] = store_class(max_bytes=args.store_mb << 20)
+            stores[way] = (PrefixStore if way == "tails" else WholePrefixStore)(max_bytes=args.store_mb << 20)
             with torch.no_grad():
                 served_prefix(stores[way], *batches[0])  # untimed: no head is stored yet, both ways compute it whole
                 sync()
@@ -221,47 +214,31 @@ def main():
                     served_prefix(stores[way], batch, batch_users)
                 sync()
             fills[way].append(time.perf_counter() - t0)
-            print(f"fill {rep} {way:8s} {fills[way][-1]:.2f}s load={os.getloadavg()[0]:.1f}", flush=True)
-    prefix_cache.GROUP_CALL_TOKENS = ways["tails"][1]
+            print(f"fill {rep} {way:5s} {fills[way][-1]:.2f}s load={os.getloadavg()[0]:.1f}", flush=True)
     store = stores["tails"]
     with torch.no_grad():
-        served = {way: served_prefix(stores[way], *batches[-1]) for way in ways}
-        tails = served["tails"]
+        tails, whole = (served_prefix(stores[way], *batches[-1]) for way in ("tails", "whole"))
         live = tails.mask[None, :, None, :, None]
-        fill_diff = {way: max((tails.keys - other.keys).mul(live).abs().max().item(),
-                              (tails.values - other.values).mul(live).abs().max().item())
-                     for way, other in served.items() if way != "tails"}
-    for way in ("one_call", "whole"):
-        stores[way].close()
-        if fill_diff[way] > 1e-3 or not torch.equal(tails.mask, served[way].mask):
-            raise SystemExit(f"prefix states of the {way} fill differ from the library's by {fill_diff[way]}")
+        fill_diff = max((tails.keys - whole.keys).mul(live).abs().max().item(),
+                        (tails.values - whole.values).mul(live).abs().max().item())
+    stores["whole"].close()
+    if fill_diff > 1e-3 or not torch.equal(tails.mask, whole.mask):
+        raise SystemExit(f"prefix states computed from tails differ from whole ones by {fill_diff}")
     timed = sum(len(batch_users) for _, batch_users in batches[1:])
-    median = {way: statistics.median(t) for way, t in fills.items()}
-    fill_s = median["tails"]
+    fill_s = statistics.median(fills["tails"])
     heads = [len(h.ids) for h in store._heads.values()]
-    tail_lengths = [n - heads[0] for n in prefix_tokens] if len(heads) == 1 else None
     fill_metrics = {
         "prefix_fill_s_per_user": round(fill_s / timed, 4),
-        "prefix_fill_s_per_user_one_call": round(median["one_call"] / timed, 4),
-        "prefix_fill_s_per_user_whole": round(median["whole"] / timed, 4),
+        "prefix_fill_s_per_user_whole": round(statistics.median(fills["whole"]) / timed, 4),
         "prefix_fill_timed_users": timed,
-        "prefix_fill_speedup_groups": round(median["one_call"] / fill_s, 3),
-        "prefix_fill_speedup_tails": round(median["whole"] / fill_s, 2),
-        "prefix_fill_max_abs_diff": fill_diff,
+        "prefix_fill_speedup_tails": round(statistics.median(fills["whole"]) / fill_s, 2),
+        "prefix_fill_tails_vs_whole_max_abs_diff": fill_diff,
         "shared_head_tokens": heads,
         "prefix_tokens_mean": round(statistics.mean(prefix_tokens), 1),
         "fill_all_s": {way: [round(x, 3) for x in t] for way, t in fills.items()},
     }
-    if tail_lengths:  # the tails' tokens the LLM runs per user, padding included, each way of batching them
-        timed_tails = [tail_lengths[start:start + args.batch] for start in range(args.batch, len(tail_lengths), args.batch)]
-        padded = {"tails": sum(sum(len(g) * max(b[i] for i in g) for g in prefix_cache.length_groups(b))
-                               for b in timed_tails),
-                  "one_call": sum(len(b) * max(b) for b in timed_tails)}
-        fill_metrics["tail_tokens_per_user"] = {"real": round(sum(map(sum, timed_tails)) / timed, 1),
-                                                **{way: round(n / timed, 1) for way, n in padded.items()}}
-    print(f"fill tails {fill_s:.2f}s vs one call {median['one_call']:.2f}s vs whole {median['whole']:.2f}s for "
-          f"{timed} users (heads {heads}; tail tokens per user {fill_metrics.get('tail_tokens_per_user')}); states "
-          f"max |diff| {fill_diff}", flush=True)
+    print(f"fill tails {fill_s:.2f}s vs whole {statistics.median(fills['whole']):.2f}s for {timed} users "
+          f"(heads {heads}); states max |diff| {fill_diff:.2e}", flush=True)
     if args.fill_only:
         store.close()
         write_perf_result(__file__, args, "prefix_fill", split=f"{args.dataset} users, {texts_source}",
