@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from glta_hf.errors import GLTAError, OutputLockedError
 from glta_hf.io_utils import LOCK_NAME, output_lock
 
@@ -132,3 +133,15 @@ def test_pretrain_graph_holds_its_folder_lock_while_it_trains(tmp_path, monkeypa
                         lambda args, argv: seen.append(json.loads((tmp_path / LOCK_NAME).read_text())["pid"]) or 0)
     assert pretrain_graph.main(["--dataset", "ml-latest-small", "--output-dir", str(tmp_path)]) == 0
     assert seen == [os.getpid()] and not (tmp_path / LOCK_NAME).exists()
+
+
+def test_carry_run_refuses_a_folder_another_save_writes(tmp_path):
+    """Two saves into one carried folder (one by hand while paper_rows.sh saves at a stage's end) once collided in
+    its staging folder with a bare FileExistsError; the second is now refused, naming the first, before copying."""
+    carry_run = load_script("benchmarks/quality/carry_run.py")
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    with _locked_by_a_live_process(carried) as pid:
+        with pytest.raises(OutputLockedError, match=f"pid {pid}"):
+            carry_run.save(tmp_path / "run", carried)  # the run folder does not exist: refused before it is read
+    assert sorted(p.name for p in carried.iterdir()) == [LOCK_NAME]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from glta_hf.checkpoint import MANIFEST_NAME, verify_manifest, write_manifest
+from glta_hf.io_utils import output_lock
 from glta_hf.pipeline import checkpoint_problem, checkpoint_step, last_complete_checkpoint, stage_done
 
 STAGES = ("item", "user")
@@ -99,7 +100,14 @@ def _pack(source: Path, archive: Path) -> None:
 
 def save(run_dir: Path, carry_dir: Path, stages=STAGES, attempts: int = 3) -> List[Path]:
     """Replace ``carry_dir``'s content with the folders :func:`carried_folders` names, packed; returns them. A
-    training run may be saving meanwhile: a checkpoint its rotation deletes under the copy is looked up again."""
+    training run may be saving meanwhile: a checkpoint its rotation deletes under the copy is looked up again.
+    One save per ``carry_dir`` at a time (its writer lock): a second one, e.g. by hand while ``paper_rows.sh``
+    saves at a stage's end, is an ``OutputLockedError`` naming the first, not two copies into one staging folder."""
+    with output_lock(carry_dir):
+        return _save(run_dir, carry_dir, stages, attempts)
+
+
+def _save(run_dir: Path, carry_dir: Path, stages, attempts: int) -> List[Path]:
     for attempt in range(attempts):
         folders = carried_folders(run_dir, stages)
         if not folders:
