@@ -387,10 +387,11 @@ def _run_prefix(runner, prefix_embeds: torch.Tensor, prefix_mask: torch.LongTens
     and continues their positions (``after``'s own states are not returned)."""
     from transformers import DynamicCache
 
-    start = 0 if after is None else after.mask.shape[1]
-    # a cache grows by concatenation: `after`'s tensors are not modified
-    cache = DynamicCache(config=runner.llm_config) if after is None else after.to_cache(runner.llm_config)
-    mask = prefix_mask if after is None else torch.cat([after.mask.long(), prefix_mask], dim=1)
+    if after is None:
+        start, cache, mask = 0, DynamicCache(config=runner.llm_config), prefix_mask
+    else:  # a cache grows by concatenation: `after`'s tensors are not modified
+        start, cache = after.mask.shape[1], after.to_cache(runner.llm_config)
+        mask = torch.cat([after.mask.long(), prefix_mask], dim=1)
     runner.run_llm(prefix_embeds, mask, positions_from_mask(mask)[:, start:], cache=cache, use_cache=True)
     keys = torch.stack([layer.keys[:, :, start:] for layer in cache.layers])
     values = torch.stack([layer.values[:, :, start:] for layer in cache.layers])
