@@ -87,8 +87,10 @@ DEFAULT_MAX_BYTES = 2 << 30
 
 INDEX_NAME = "prefix_index.json"
 SHARD_PATTERN = "prefix-{:05d}.safetensors"
-INDEX_FORMAT = "glta-prefix-index-2"  # + shared heads (entries may be tails); format 1 stores still read
-INDEX_FORMATS = ("glta-prefix-index-1", INDEX_FORMAT)
+#: Format 2 added shared heads (entries may be tails); format 3 each entry's and head's own sha256 (checked as it is
+#: read, so a run reads only the entries it serves; format 1 and 2 stores still read, their shards hashed whole).
+INDEX_FORMAT = "glta-prefix-index-3"
+INDEX_FORMATS = ("glta-prefix-index-1", "glta-prefix-index-2", INDEX_FORMAT)
 #: The shortest common start of a computed batch that becomes a shared head. Shorter ones save little (a chat
 #: template's opening) and are often chance agreements of a few prompts, each of which would add a head.
 MIN_HEAD_TOKENS = 16
@@ -600,6 +602,16 @@ def _columns(entry: PrefixKV, start: int, stop: Optional[int] = None) -> PrefixK
     return PrefixKV(entry.keys[:, :, :, cols].clone(), entry.values[:, :, :, cols].clone(), entry.mask[:, cols].clone())
 
 
+def entry_sha256(entry: PrefixKV) -> str:
+    """The sha256 of a stored entry's tensors: their dtypes, shapes and bytes (what a damaged shard would change)."""
+    digest = hashlib.sha256()
+    for tensor in (entry.keys, entry.values, entry.mask):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{tensor.dtype}:{tuple(tensor.shape)};".encode("ascii"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 class PrefixStore:
     """Prefix key/value states for one run (training, evaluation and ``recommend()`` share it).
 
@@ -609,8 +621,10 @@ class PrefixStore:
       ``folder`` (a temporary folder, deleted by :meth:`close`, when none is given), so a prefix is computed once
       per run even when a dataset's prefixes exceed memory. With a ``folder``, every computed entry is also written
       at once and indexed in ``prefix_index.json``, so a later run (or a server) reuses them. The index records
-      each shard's size and sha256, checked when the shard is first opened: a damaged index or shard is a
-      :class:`PrefixCacheError` naming the file (delete the folder to rebuild it), never a served wrong prefix.
+      each shard's size (checked when the shard is first opened) and each entry's sha256 (checked when the entry
+      is read: a store larger than memory is not read twice, once to hash its shards and once to serve them): a
+      damaged index, shard or entry is a :class:`PrefixCacheError` naming the file (delete the folder to rebuild
+      it), never a served wrong prefix. Shards of older stores (no entry checksums) are hashed whole instead.
     * Shared heads: given the prefixes' token ids (``get_or_compute(..., ids=...)``), an entry that starts with a
       head's ids is kept (in memory and on disk) as its tail and a reference; the head is kept once, in memory for
       the store's life (its bytes count against ``max_bytes``; a few per store). See the module docstring.
@@ -632,7 +646,8 @@ class PrefixStore:
         self._heads: Dict[str, _Head] = {}  # head name -> shared head
         self._head_of: Dict[PrefixKey, str] = {}  # key of an entry kept as a tail -> its head's name
         self._shards: Dict[str, object] = {}  # open safe_open handles (memory-mapped)
-        self._checksums: Dict[str, Dict[str, object]] = {}  # shard -> {"size", "sha256"} (persistent folders)
+        self._checksums: Dict[str, Dict[str, object]] = {}  # shard -> {"size"} (+ "sha256": an older store's)
+        self._digests: Dict[Tuple[str, str], str] = {}  # (shard, tensor name) -> the entry's or head's sha256
         self.stats = {"hits_memory": 0, "hits_disk": 0, "computed": 0, "evicted": 0, "spilled": 0, "shared": 0}
         if self.folder is not None and (self.folder / INDEX_NAME).exists():
             self._load_index()
@@ -902,16 +917,21 @@ class PrefixStore:
             self._disk[key] = (shard, key.name())
         for name, head in heads.items():
             head.where = (shard, name)
-        if self.persistent:
-            from .checkpoint import file_sha256
+        if self.persistent:  # a run's own spill folder is not checked: nothing else writes it
+            self._checksums[shard] = {"size": (folder / shard).stat().st_size}
+            self._digests.update({(shard, key.name()): entry_sha256(entry) for key, entry in entries.items()})
+            self._digests.update({(shard, name): entry_sha256(head.kv) for name, head in heads.items()})
 
-            self._checksums[shard] = {"size": (folder / shard).stat().st_size, "sha256": file_sha256(folder / shard)}
+            def digest(where: Tuple[str, str]) -> dict:
+                return {"sha256": self._digests[where]} if where in self._digests else {}
+
             write_json(folder / INDEX_NAME, {
                 "format": INDEX_FORMAT,
-                "entries": [{"key": list(k), "shard": s, "name": n,
+                "entries": [{"key": list(k), "shard": s, "name": n, **digest((s, n)),
                              **({"head": self._head_of[k]} if k in self._head_of else {})}
                             for k, (s, n) in self._disk.items()],
-                "heads": [{"name": h.name, "ids": list(h.ids), "parts": list(h.parts), "shard": h.where[0]}
+                "heads": [{"name": h.name, "ids": list(h.ids), "parts": list(h.parts), "shard": h.where[0],
+                           **digest(h.where)}
                           for h in self._heads.values() if h.where is not None],
                 "shards": self._checksums,
             })
@@ -933,12 +953,18 @@ class PrefixStore:
                                        "rebuild the store") from None
             self._shards[shard] = handle
         try:
-            return PrefixKV(handle.get_tensor(f"{name}.keys"), handle.get_tensor(f"{name}.values"), handle.get_tensor(f"{name}.mask"))
+            entry = PrefixKV(handle.get_tensor(f"{name}.keys"), handle.get_tensor(f"{name}.values"), handle.get_tensor(f"{name}.mask"))
         except Exception as err:  # a truncated or foreign shard: say which file
             raise PrefixCacheError(f"{self.folder / shard}: cannot read cached prefix {name} ({err})") from err
+        recorded = self._digests.get((shard, name))
+        if recorded is not None and entry_sha256(entry) != recorded:
+            raise PrefixCacheError(f"{self.folder / shard}: does not match the checksum in {INDEX_NAME} (entry {name}: "
+                                   f"corrupt or replaced); delete {self.folder} to rebuild the store")
+        return entry
 
     def _verify_shard(self, path: Path, recorded: Optional[Dict[str, object]]) -> None:
-        """A shard against the size and sha256 its index recorded (indexes of older runs recorded none)."""
+        """A shard against the size its index recorded and, for a shard of an older store (no entry checksums), its
+        whole sha256 (indexes of the oldest runs recorded neither)."""
         from .checkpoint import file_sha256
 
         if recorded is None:
@@ -948,12 +974,12 @@ class PrefixStore:
         except OSError as err:
             raise PrefixCacheError(f"{path}: cannot be read ({err.strerror}); delete {self.folder} to rebuild the "
                                    "store") from None
-        if size != recorded.get("size") or file_sha256(path) != recorded.get("sha256"):
+        if size != recorded.get("size") or ("sha256" in recorded and file_sha256(path) != recorded["sha256"]):
             raise PrefixCacheError(f"{path}: does not match the checksum in {INDEX_NAME} (corrupt or replaced); "
                                    f"delete {self.folder} to rebuild the store")
 
     def _load_index(self) -> None:
-        """Read ``prefix_index.json``: format 2, or format 1 (written before heads were shared: no heads)."""
+        """Read ``prefix_index.json``: format 3, 2 (no entry checksums) or 1 (written before heads were shared)."""
         path = self.folder / INDEX_NAME
         try:
             index = read_json(path)
@@ -964,6 +990,15 @@ class PrefixStore:
             raise PrefixCacheError(f"{path}: not a glta prefix index (format {index.get('format') if isinstance(index, dict) else None!r})")
         heads: Dict[str, _Head] = {}
         head_of: Dict[PrefixKey, str] = {}
+        digests: Dict[Tuple[str, str], str] = {}
+
+        def remember_digest(record: dict, where: Tuple[str, str]) -> None:
+            if "sha256" in record:
+                digest = record["sha256"]
+                if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+                    raise ValueError(f"{where[1]}: sha256 {digest!r}")
+                digests[where] = digest
+
         try:
             checksums = index.get("shards") or {}
             for shard, recorded in checksums.items():
@@ -978,6 +1013,7 @@ class PrefixStore:
                     raise PrefixCacheError(f"{self.folder / shard}: missing (it holds the shared head {head.name} of "
                                            f"{path}); delete {self.folder} to rebuild the store")
                 head.where = (shard, head.name)
+                remember_digest(record, head.where)
                 heads[head.name] = head
             for record in index["entries"]:
                 key = PrefixKey(*record["key"])
@@ -990,6 +1026,7 @@ class PrefixStore:
                         raise PrefixCacheError(f"{path}: entry {name} refers to head {head!r}, not one of this index's "
                                                "heads for its LLM, dtype and layout")
                     head_of[key] = head
+                remember_digest(record, (shard, name))
                 self._disk[key] = (shard, name)
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             if isinstance(err, PrefixCacheError):
@@ -997,6 +1034,7 @@ class PrefixStore:
             raise PrefixCacheError(f"{path}: malformed prefix index ({type(err).__name__}: {err}); delete "
                                    f"{self.folder} to rebuild the store") from None
         self._checksums = dict(checksums)
+        self._digests.update(digests)
         self._heads.update(heads)
         self._head_of.update(head_of)
 

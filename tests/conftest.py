@@ -90,3 +90,15 @@ def build_tiny(tmp_path: Path, head: str = "linear", projector: str = "linear", 
 def tiny(tmp_path) -> Tiny:
     """A tiny GLTA model (random 2-layer LLaMA, 6 users, 12 items, d=8, L=4) with user context attached."""
     return build_tiny(tmp_path)
+
+
+def flip_tensor_byte(path: Path, tensor: str) -> None:
+    """Flip one data byte of ``tensor`` in a safetensors file (its header still parses): a damaged entry."""
+    import json
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    header_length = struct.unpack("<Q", raw[:8])[0]
+    begin, end = json.loads(raw[8:8 + header_length])[tensor]["data_offsets"]
+    raw[8 + header_length + (begin + end) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))

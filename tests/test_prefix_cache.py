@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from glta_hf.errors import GLTAError
 from glta_hf.prefix_cache import (
+    INDEX_FORMAT,
     PrefixCacheError,
     PrefixKey,
     PrefixKV,
@@ -23,7 +24,7 @@ from glta_hf.prefix_cache import (
 from glta_hf.prompts import collate_prompts, encode_prompt, item_text_prompt, placeholder_token_ids, user_item_prompt
 from glta_hf.testing import frozen_tiny_decoder, tiny_llama
 
-from conftest import build_tiny
+from conftest import build_tiny, flip_tensor_byte
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -250,6 +251,63 @@ def test_a_flipped_shard_byte_is_refused_never_served(tmp_path):
     store = PrefixStore(folder=folder)
     with pytest.raises(PrefixCacheError, match=rf"{shard.name}: does not match the checksum in prefix_index.json"):
         store.get_or_compute(keys, _computer([]))
+
+
+def _never(positions):
+    raise AssertionError(f"recomputed {positions}: should be served from the store")
+
+
+def test_entry_checksums_refuse_the_damaged_entry_and_serve_the_others_of_its_shard(tmp_path):
+    """Each entry's sha256 is checked as it is read: a run reads only the entries it serves, never a whole shard
+    to hash it (a store larger than memory would be read twice); a damaged entry is refused, naming shard and entry."""
+    import json
+
+    folder = tmp_path / "prefixes"
+    keys = _persisted_store(folder)
+    index = json.loads((folder / "prefix_index.json").read_text())
+    assert index["format"] == INDEX_FORMAT == "glta-prefix-index-3"
+    assert all(len(entry["sha256"]) == 64 for entry in index["entries"])
+    assert all(set(record) == {"size"} for record in index["shards"].values())  # no whole-shard hash
+    assert index["entries"][0]["shard"] == index["entries"][1]["shard"]
+    shard = folder / index["entries"][1]["shard"]
+    flip_tensor_byte(shard, f"{keys[1].name()}.values")
+    store = PrefixStore(folder=folder)
+    served = store.get_or_compute([keys[0]], _never)  # same shard, intact entry: served
+    assert len(served) == 1 and store.stats["hits_disk"] == 1
+    with pytest.raises(PrefixCacheError, match=rf"{shard.name}: does not match the checksum in prefix_index.json "
+                                               rf"\(entry {keys[1].name()}"):
+        store.get_or_compute([keys[1]], _never)
+    index["entries"][0]["sha256"] = "not-a-digest"
+    (folder / "prefix_index.json").write_text(json.dumps(index))
+    with pytest.raises(PrefixCacheError, match="malformed prefix index"):
+        PrefixStore(folder=folder)
+
+
+def test_a_store_without_entry_checksums_still_has_its_shards_hashed_whole(tmp_path):
+    """Format-2 stores (written before entry checksums) recorded each shard's sha256: still checked, whole."""
+    import json
+
+    from glta_hf.checkpoint import file_sha256
+
+    folder = tmp_path / "prefixes"
+    keys = _persisted_store(folder)
+    index_path = folder / "prefix_index.json"
+    index = json.loads(index_path.read_text())
+    for entry in index["entries"]:
+        del entry["sha256"]
+    shard = folder / index["entries"][1]["shard"]
+    index["format"] = "glta-prefix-index-2"
+    index["shards"][shard.name]["sha256"] = file_sha256(shard)
+    index_path.write_text(json.dumps(index))
+    assert len(PrefixStore(folder=folder).get_or_compute(keys, _never)) == 2  # intact: read as before
+    flip_tensor_byte(shard, f"{keys[1].name()}.values")
+    with pytest.raises(PrefixCacheError, match=rf"{shard.name}: does not match the checksum in prefix_index.json"):
+        PrefixStore(folder=folder).get_or_compute([keys[0]], _never)  # the other entry: its shard hashed whole
+    with PrefixStore(folder=folder) as store:  # appending to an old store upgrades its index, old shards kept whole
+        store.get_or_compute([keys[0]._replace(user="carol")], _computer([]))
+    upgraded = json.loads(index_path.read_text())
+    assert upgraded["format"] == "glta-prefix-index-3" and "sha256" in upgraded["shards"][shard.name]
+    assert [("sha256" in entry) for entry in upgraded["entries"]] == [False, False, True]
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -19,6 +19,8 @@ from glta_hf.prefix_cache import (
 )
 from glta_hf.testing import frozen_tiny_decoder
 
+from conftest import flip_tensor_byte
+
 TOL = dict(atol=1e-5, rtol=1e-5)
 PLACEHOLDER = 383  # stands for <user>: where each prompt's prefix ends
 HEAD = 40  # tokens every prompt below starts with (a chat template + system prompt + instruction, in small)
@@ -206,6 +208,7 @@ def test_a_store_of_the_first_index_format_still_reads(tmp_path):
     with PrefixStore(folder=folder) as store:
         first = store.get_or_compute(keys, _rows)
     index = json.loads((folder / "prefix_index.json").read_text())
+    assert all(len(e.pop("sha256")) == 64 for e in index["entries"])  # format 3's entry checksums: not in format 1
     assert index.pop("heads") == [] and all(set(e) == {"key", "shard", "name"} for e in index["entries"])
     (folder / "prefix_index.json").write_text(json.dumps({**index, "format": "glta-prefix-index-1"}))
     again = PrefixStore(folder=folder).get_or_compute(keys, _never)
@@ -222,8 +225,7 @@ def test_a_damaged_or_missing_head_shard_is_a_clear_error(tmp_path, damage):
     index = json.loads(index_path.read_text())
     assert [h["shard"] for h in index["heads"]] == [head_shard.name]
     if damage == "flipped":
-        raw = head_shard.read_bytes()
-        head_shard.write_bytes(raw[:-3] + bytes([raw[-3] ^ 0x01]) + raw[-2:])
+        flip_tensor_byte(head_shard, f"{index['heads'][0]['name']}.keys")
         store = PrefixStore(folder=folder)
         with pytest.raises(PrefixCacheError, match=rf"{head_shard.name}: does not match the checksum"):
             store.get_or_compute([keys[2]], _never)
