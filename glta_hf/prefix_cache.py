@@ -622,7 +622,7 @@ class PrefixStore:
       per run even when a dataset's prefixes exceed memory. With a ``folder``, every computed entry is also written
       at once and indexed in ``prefix_index.json``, so a later run (or a server) reuses them. The index records
       each shard's size (checked when the shard is first opened) and each entry's sha256 (checked when the entry
-      is read: a store larger than memory is not read twice, once to hash its shards and once to serve them): a
+      is read: a run reads only the entries it serves, not every shard they sit in, benchmark 5.13): a
       damaged index, shard or entry is a :class:`PrefixCacheError` naming the file (delete the folder to rebuild
       it), never a served wrong prefix. Shards of older stores (no entry checksums) are hashed whole instead.
     * Shared heads: given the prefixes' token ids (``get_or_compute(..., ids=...)``), an entry that starts with a
