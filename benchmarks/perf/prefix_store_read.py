@@ -70,13 +70,18 @@ def never(positions):
 
 def memory_limit_bytes():
     """This process's memory cgroup limit (v1 or v2), None when unlimited or unknown."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines() if Path("/proc/self/cgroup").exists() else []:
+    cgroups = Path("/proc/self/cgroup")
+    for line in cgroups.read_text().splitlines() if cgroups.exists() else []:
         _, controllers, path = line.split(":", 2)
-        for limit in ([Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"] if "memory" in
-                      controllers.split(",") else [Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"] if
-                      controllers == "" else []):
-            if limit.exists() and limit.read_text().strip().isdigit() and int(limit.read_text()) < 1 << 60:
-                return int(limit.read_text())
+        if "memory" in controllers.split(","):  # v1
+            limit = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"
+        elif controllers == "":  # v2
+            limit = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"
+        else:
+            continue
+        value = limit.read_text().strip() if limit.exists() else ""
+        if value.isdigit() and int(value) < 1 << 60:  # v1 writes a huge number for "unlimited", v2 "max"
+            return int(value)
     return None
 
 
